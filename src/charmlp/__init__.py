@@ -1,0 +1,27 @@
+"""charmlp: character-level MLP language models whose backpropagation is written by hand
+and checked against PyTorch's autograd.
+
+    import charmlp
+    ds = charmlp.load_dataset()                      # the embedded names.txt
+    result = charmlp.train(charmlp.RunConfig(), out_dir="runs/seed")
+    charmlp.sample(result.model, ds.vocab, n=10).samples
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint import load_run, save_run  # noqa: E402
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_preset  # noqa: E402
+from .data import Dataset, Vocab, build_examples, load_dataset, read_items  # noqa: E402
+from .engines import autograd_grads, manual_grads  # noqa: E402
+from .errors import CharmlpError  # noqa: E402
+from .evaluate import evaluate, evaluate_run  # noqa: E402
+from .model import CharMLP, build_model  # noqa: E402
+from .sampling import sample, sample_run  # noqa: E402
+from .train import calibrate_batchnorm, train  # noqa: E402
+
+__all__ = [
+    "CharMLP", "CharmlpError", "DataConfig", "Dataset", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
+    "apply_preset", "autograd_grads", "build_examples", "build_model", "calibrate_batchnorm", "evaluate",
+    "evaluate_run", "load_dataset", "load_run", "manual_grads", "read_items", "sample", "sample_run",
+    "save_run", "train",
+]

@@ -1,0 +1,120 @@
+"""Configuration dataclasses, presets and their JSON round trip.
+
+Configuration travels as these dataclasses; nothing reads module-level state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CharmlpError
+
+# the seed used throughout the makemore lectures
+LECTURE_SEED = 2147483647
+
+
+@dataclass
+class DataConfig:
+    """Where the items come from and how they become examples."""
+
+    path: str | None = None  # None = the embedded names.txt
+    block_size: int = 3  # characters of context
+    split_seed: int = 42  # random.seed(42); random.shuffle(words)
+    split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points
+
+
+@dataclass
+class ModelConfig:
+    """Shape and initialisation of the MLP language model."""
+
+    vocab_size: int = 27
+    block_size: int = 3
+    n_embd: int = 10
+    n_hidden: int = 200
+    n_layers: int = 1  # hidden Linear → BatchNorm1d → tanh blocks
+    batchnorm: bool = True
+    tanh_gain: float = 5 / 3  # Kaiming gain for linears that feed tanh
+    out_scale: float = 0.1  # output weights shrunk so the untrained loss ≈ ln(vocab)
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    """How the parameters are fitted."""
+
+    steps: int = 200_000
+    batch_size: int = 32
+    lr: float = 0.1
+    lr_final: float = 0.01  # used by the step and cosine schedules
+    schedule: str = "step"  # step | cosine | constant
+    decay_at: float = 0.5  # step schedule: fraction of steps after which lr → lr_final
+    optimizer: str = "sgd"  # sgd | adamw
+    weight_decay: float = 0.0
+    engine: str = "autograd"  # autograd | manual
+    seed: int = LECTURE_SEED  # one generator: init, then batches
+    device: str = "auto"  # auto | cpu | cuda
+    calibrate_bn: bool = True  # BatchNorm statistics over the whole train split after training
+    log_every: int = 1  # steps between metrics.jsonl rows
+
+
+@dataclass
+class RunConfig:
+    """Everything a run directory needs to rebuild its model and data."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SCHEDULES = ("step", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+ENGINES = ("autograd", "manual")
+DEVICES = ("auto", "cpu", "cuda")
+
+# preset name → overrides of TrainConfig (and ModelConfig under the "model" key)
+PRESETS: dict[str, dict[str, Any]] = {
+    # the lectures' exact setup: batch 32, 200k steps, lr 0.1 → 0.01 at half way
+    "seed": {},
+    # the demo: a short run that already gives name-like samples
+    "quick": {"steps": 10000, "batch_size": 64, "lr": 0.1, "lr_final": 0.01},
+}
+
+
+def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
+    """Return `cfg` with the preset's values applied."""
+    if name not in PRESETS:
+        raise CharmlpError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(cfg, **PRESETS[name])
+
+
+def _from_dict(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise CharmlpError(f"{where} in config.json is not an object; the run directory is damaged")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise CharmlpError(
+            f"{where} in config.json has unknown keys {sorted(unknown)}; "
+            "it was written by another charmlp version"
+        )
+    kwargs = dict(d)
+    if cls is DataConfig and "split" in kwargs:
+        kwargs["split"] = tuple(kwargs["split"])
+    return cls(**kwargs)
+
+
+def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def run_config_from_dict(d: Any) -> RunConfig:
+    if not isinstance(d, dict):
+        raise CharmlpError("config.json is not a JSON object; the run directory is damaged")
+    return RunConfig(
+        data=_from_dict(DataConfig, d.get("data", {}), "data"),
+        model=_from_dict(ModelConfig, d.get("model", {}), "model"),
+        train=_from_dict(TrainConfig, d.get("train", {}), "train"),
+    )

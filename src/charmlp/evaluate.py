@@ -1,0 +1,42 @@
+"""Loss per split, for a live model or a saved run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_run
+from .data import SPLITS, Dataset, load_dataset
+from .losses import cross_entropy
+from .model import CharMLP
+
+EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
+
+
+@torch.no_grad()
+def split_loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = EVAL_CHUNK) -> float:
+    """Mean cross-entropy of the model (in eval mode) over all examples of (X, Y)."""
+    if len(Y) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(Y), chunk):
+        xb, yb = X[i : i + chunk].to(device), Y[i : i + chunk].to(device)
+        total += cross_entropy(model(xb), yb).double() * len(yb)
+    model.train(was_training)
+    return float(total / len(Y))
+
+
+def evaluate(model: CharMLP, dataset: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
+    """{"train": loss, "val": loss, "test": loss}."""
+    return {s: split_loss(model, dataset.X[s], dataset.Y[s]) for s in splits}
+
+
+def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
+    """Rebuild a run's data split with its own vocabulary and report the loss per split."""
+    run = load_run(run_dir)
+    dataset = load_dataset(run.config.data, vocab=run.vocab)
+    return evaluate(run.model, dataset, splits)

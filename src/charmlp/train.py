@@ -1,0 +1,202 @@
+"""The training loop: batches, learning-rate schedule, optimizer, logging, BatchNorm
+calibration, and the run directory.
+
+One seeded `torch.Generator` (on the CPU) draws the initial weights and then every
+minibatch, so the same seed gives the same losses bit for bit on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import SUMMARY, save_run, write_json, write_metrics
+from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+from .data import Dataset, load_dataset
+from .engines import grad_fn
+from .errors import CharmlpError
+from .evaluate import EVAL_CHUNK, evaluate
+from .layers import BatchNorm1d
+from .model import CharMLP, build_model
+
+# called after every optimizer step: hook(step, model, lr, loss)
+StepHook = Callable[[int, CharMLP, float, torch.Tensor], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharmlpError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name not in DEVICES:
+        raise CharmlpError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for `step` (0-based) under the configured schedule."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":  # the lectures: lr until decay_at·steps, then lr_final
+        return cfg.lr if step < cfg.decay_at * cfg.steps else cfg.lr_final
+    # cosine from lr to lr_final over the run
+    t = step / max(1, cfg.steps - 1)
+    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
+
+
+def make_optimizer(cfg: TrainConfig, model: CharMLP) -> torch.optim.Optimizer:
+    """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
+    params = list(model.parameters())
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
+    """Raise a user error for options that are zero, negative, absurd or unknown."""
+    checks = [
+        (1 <= cfg.steps <= 100_000_000, f"--steps must be between 1 and 100000000, got {cfg.steps}"),
+        (1 <= cfg.batch_size <= 1_000_000, f"--batch-size must be between 1 and 1000000, got {cfg.batch_size}"),
+        (math.isfinite(cfg.lr) and 0 < cfg.lr <= 100, f"--lr must be a positive number up to 100, got {cfg.lr}"),
+        (math.isfinite(cfg.lr_final) and 0 < cfg.lr_final <= 100, f"--lr-final must be a positive number up to 100, got {cfg.lr_final}"),
+        (0 <= cfg.decay_at <= 1, f"--decay-at must be between 0 and 1, got {cfg.decay_at}"),
+        (cfg.weight_decay >= 0, f"--weight-decay must be ≥ 0, got {cfg.weight_decay}"),
+        (cfg.log_every >= 1, f"--log-every must be ≥ 1, got {cfg.log_every}"),
+        (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
+        (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
+        (cfg.engine in ENGINES, f"unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise CharmlpError(msg)
+    if batchnorm and cfg.batch_size < 2:
+        raise CharmlpError(
+            "--batch-size 1 cannot train with BatchNorm (the batch variance needs n − 1 ≥ 1); use a batch of 2 or more"
+        )
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: CharMLP, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
+    """Set each BatchNorm's statistics to the mean and (n − 1) variance of its input over
+    all of X, layer by layer (each layer sees inputs normalised by the ones before it)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    layers = list(model.layers)
+    for i, bn in enumerate(layers):
+        if not isinstance(bn, BatchNorm1d):
+            continue
+        s = torch.zeros(bn.weight.shape, dtype=torch.float64, device=device)
+        s2 = torch.zeros_like(s)
+        for j in range(0, len(X), chunk):
+            h = X[j : j + chunk].to(device)
+            for layer in layers[:i]:
+                h = layer(h)
+            h = h.double()
+            s += h.sum(0)
+            s2 += (h * h).sum(0)
+        n = len(X)
+        mean = s / n
+        var = (s2 - n * mean * mean) / max(1, n - 1)
+        bn.set_statistics(mean.float(), var.clamp_min(0).float())
+    model.train(was_training)
+
+
+@dataclass
+class TrainResult:
+    """What a training run returns to a notebook user."""
+
+    model: CharMLP
+    dataset: Dataset
+    config: RunConfig
+    losses: list[float]
+    summary: dict = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def train(
+    cfg: RunConfig | None = None,
+    out_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    progress: bool = True,
+    hooks: tuple[StepHook, ...] = (),
+) -> TrainResult:
+    """Train a model as configured; with `out_dir`, write the run directory there."""
+    cfg = cfg or RunConfig()
+    tc = cfg.train
+    validate_train_config(tc, cfg.model.batchnorm)
+    dataset = dataset or load_dataset(cfg.data)
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size),
+        data=dataclasses.replace(cfg.data, path=str(dataset.path.resolve())),
+    )
+    device = resolve_device(tc.device)
+    t0 = time.perf_counter()
+
+    g = torch.Generator().manual_seed(tc.seed)
+    model = build_model(cfg.model, generator=g).to(device)
+    model.train()
+    optimizer = make_optimizer(tc, model)
+    compute_grads = grad_fn(tc.engine)
+    Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
+    n = len(Ytr)
+    if tc.batch_size > n:
+        raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
+
+    losses = torch.empty(tc.steps)
+    bar = tqdm(range(tc.steps), desc="train", disable=not progress, mininterval=0.5, dynamic_ncols=True)
+    for step in bar:
+        ix = torch.randint(0, n, (tc.batch_size,), generator=g).to(device)
+        lr = lr_at(tc, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = compute_grads(model, Xtr[ix], Ytr[ix])
+        optimizer.step()
+        losses[step] = loss.detach()
+        for hook in hooks:
+            hook(step, model, lr, loss)
+        if progress and step % 200 == 0:
+            bar.set_postfix(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}", refresh=False)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+
+    if not torch.isfinite(losses).all():
+        bad = int(torch.nonzero(~torch.isfinite(losses))[0])
+        raise CharmlpError(f"the loss became non-finite at step {bad}; lower the learning rate (--lr)")
+    if model.batchnorms() and tc.calibrate_bn:
+        calibrate_batchnorm(model, Xtr)
+    model.eval()
+    split_losses = evaluate(model, dataset)
+    loss_list = losses.tolist()
+    summary = {
+        "init_loss": loss_list[0],
+        "train_loss": split_losses["train"],
+        "val_loss": split_losses["val"],
+        "test_loss": split_losses["test"],
+        "steps": tc.steps,
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": train_seconds,
+        "steps_per_s": tc.steps / train_seconds,
+        "ln_vocab": math.log(dataset.vocab.size),
+        "engine": tc.engine,
+        "device": str(device),
+        "bn_calibrated": bool(model.batchnorms() and tc.calibrate_bn),
+    }
+    out = None
+    if out_dir is not None:
+        out = save_run(out_dir, cfg, dataset.vocab, model)
+        write_metrics(
+            out,
+            ({"step": s, "loss": loss_list[s], "lr": lr_at(tc, s)} for s in range(0, tc.steps, tc.log_every)),
+        )
+        write_json(out / SUMMARY, summary)
+    return TrainResult(model, dataset, cfg, loss_list, summary, out)
