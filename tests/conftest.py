@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny generated data file and a CLI runner (subprocess)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# the machine has 2 cores and tests may run beside each other: keep torch to one thread
+torch.set_num_threads(1)
+
+
+def make_items(n: int = 300, seed: int = 0) -> list[str]:
+    """Deterministic name-like items over a small alphabet."""
+    rng = random.Random(seed)
+    syll = ["an", "na", "li", "el", "ma", "ri", "o", "ka", "te", "sa", "ju", "bo"]
+    return ["".join(rng.choice(syll) for _ in range(rng.randint(1, 4))) for _ in range(n)]
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """A 300-line data file of name-like items."""
+    p = tmp_path / "tiny.txt"
+    p.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
+    return p
+
+
+def run_cli(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m charmlp ARGS` in a fresh process; returns the completed process."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "charmlp", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=env, **kw,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, contains: str = "") -> None:
+    """Exit code 2, stderr one line starting with `error:`, no traceback."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert contains.lower() in err.lower(), err
