@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from charmlp.checkpoint import CONFIG, METRICS, SUMMARY, VOCAB, WEIGHTS, atomic_write_text, load_run
+from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.errors import CharmlpError
+from charmlp.evaluate import evaluate_run
+from charmlp.train import train
+
+
+@pytest.fixture
+def run_dir(tiny_data, tmp_path):
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), ModelConfig(n_embd=6, n_hidden=32),
+                    TrainConfig(steps=120, device="cpu", seed=3))
+    result = train(cfg, out_dir=tmp_path / "run", progress=False)
+    return tmp_path / "run", result
+
+
+def test_run_directory_files(run_dir):
+    d, result = run_dir
+    for name in (CONFIG, VOCAB, WEIGHTS, METRICS, SUMMARY):
+        assert (d / name).is_file(), name
+    rows = [json.loads(line) for line in (d / METRICS).read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(120))
+    assert rows[0]["loss"] == result.losses[0] and rows[0]["lr"] == 0.1
+    summary = json.loads((d / SUMMARY).read_text())
+    for key in ("init_loss", "train_loss", "val_loss", "test_loss", "steps", "seconds"):
+        assert key in summary
+    assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+
+
+def test_save_load_identical_eval_losses(run_dir):
+    d, result = run_dir
+    run = load_run(d)
+    assert run.vocab == result.dataset.vocab
+    for (k, a), b in zip(result.model.state_dict().items(), run.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    losses = evaluate_run(d)
+    s = result.summary
+    assert losses == {"train": s["train_loss"], "val": s["val_loss"], "test": s["test_loss"]}
+
+
+def test_weights_are_safetensors_not_pickle(run_dir):
+    d, _ = run_dir
+    raw = (d / WEIGHTS).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    assert "layers.layers.0.weight" in header
+    assert any("running_mean" in k for k in header)
+
+
+def test_damaged_runs_are_user_errors(run_dir, tmp_path):
+    d, _ = run_dir
+    with pytest.raises(CharmlpError, match="does not exist"):
+        load_run(tmp_path / "missing")
+    (d / WEIGHTS).write_bytes((d / WEIGHTS).read_bytes()[:100])
+    with pytest.raises(CharmlpError, match="safetensors"):
+        load_run(d)
+    cfg = json.loads((d / CONFIG).read_text())
+    cfg["format"] = 99
+    (d / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CharmlpError, match="format"):
+        load_run(d)
+    (d / VOCAB).unlink()
+    cfg["format"] = 1
+    (d / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CharmlpError, match="vocab.json"):
+        load_run(d)
+
+
+def test_checkpoint_from_another_config_is_rejected(run_dir):
+    d, _ = run_dir
+    cfg = json.loads((d / CONFIG).read_text())
+    cfg["model"]["n_hidden"] = 33
+    (d / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CharmlpError, match="does not match"):
+        load_run(d)
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    p = tmp_path / "f.txt"
+    atomic_write_text(p, "old")
+    atomic_write_text(p, "new content")
+    assert p.read_text() == "new content"
+    assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]

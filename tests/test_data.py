@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from charmlp.config import DataConfig
+from charmlp.data import (
+    Vocab,
+    build_examples,
+    default_data_path,
+    load_dataset,
+    min_items_for_split,
+    parse_items,
+    read_items,
+    split_items,
+)
+from charmlp.errors import CharmlpError
+
+
+def test_embedded_names_split_sizes():
+    ds = load_dataset()
+    assert ds.vocab.size == 27
+    assert ds.vocab.itos[0] == "." and "".join(ds.vocab.itos[1:]) == "abcdefghijklmnopqrstuvwxyz"
+    assert {s: len(ds.Y[s]) for s in ("train", "val", "test")} == {"train": 182625, "val": 22655, "test": 22866}
+    assert sum(len(v) for v in ds.items.values()) == 32033
+    assert ds.X["train"].shape == (182625, 3)
+
+
+def test_split_matches_global_random_shuffle():
+    import random
+
+    words = read_items(default_data_path())
+    random.seed(42)
+    ref = list(words)
+    random.shuffle(ref)
+    parts = split_items(words, 42)
+    assert parts["train"] == ref[: int(0.8 * len(ref))]
+    assert parts["test"] == ref[int(0.9 * len(ref)) :]
+
+
+def test_emma_windows():
+    vocab = Vocab.from_items(["emma"])
+    X, Y = build_examples(["emma"], vocab, 3)
+    rows = [(vocab.decode(x.tolist()), vocab.decode([int(y)])) for x, y in zip(X, Y)]
+    assert rows == [("...", "e"), ("..e", "m"), (".em", "m"), ("emm", "a"), ("mma", ".")]
+
+
+def _loop_reference(items, vocab, k):
+    """The lectures' per-character loop, as the reference the vectorised builder must match."""
+    stoi = vocab.stoi
+    xs, ys = [], []
+    for w in items:
+        ctx = [0] * k
+        for ch in w + vocab.boundary:
+            ix = 0 if ch == vocab.boundary else stoi[ch]
+            xs.append(ctx)
+            ys.append(ix)
+            ctx = ctx[1:] + [ix]
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+def test_vectorised_windows_match_loop(k):
+    items = ["a", "bob", "zzzzzzzzzzzz", "emma", "x", "olivia"]
+    vocab = Vocab.from_items(items)
+    X, Y = build_examples(items, vocab, k)
+    Xr, Yr = _loop_reference(items, vocab, k)
+    assert torch.equal(X.long(), Xr) and torch.equal(Y.long(), Yr)
+
+
+def test_encode_decode_round_trip_and_smallest_dtype():
+    vocab = Vocab.from_items(["héllo", "wörld"])
+    s = "hölléd"
+    assert vocab.decode(vocab.encode(s)) == s
+    assert vocab.index_dtype == torch.uint8
+    big = Vocab.from_items(["".join(chr(0x4E00 + i) for i in range(300))])
+    assert big.size == 301 and big.index_dtype == torch.int16
+    X, _ = build_examples(["".join(chr(0x4E00 + i) for i in range(300))], big, 3)
+    assert X.dtype == torch.int16 and int(X.max()) == 300
+
+
+def test_vocab_json_round_trip():
+    vocab = Vocab.from_items(["anna", "bo"])
+    assert Vocab.from_json(vocab.to_json()) == vocab
+
+
+def test_encode_rejects_unknown_character():
+    vocab = Vocab.from_items(["abc"])
+    with pytest.raises(CharmlpError, match="'z'"):
+        vocab.encode("az")
+
+
+def test_boundary_avoids_characters_of_the_data():
+    vocab = Vocab.from_items(["st. louis", "a.b"])
+    assert vocab.boundary != "." and "." in vocab.itos[1:]
+    assert vocab.boundary not in "st. louisa.b"
+
+
+def test_parse_items_line_endings_bom_spaces_and_blanks():
+    text = "\ufeffemma\r\n  olivia \r\n\r\n\nava\n"
+    assert parse_items(text) == ["emma", "olivia", "ava"]
+
+
+def test_read_items_errors(tmp_path):
+    with pytest.raises(CharmlpError, match="does not exist"):
+        read_items(tmp_path / "nope.txt")
+    with pytest.raises(CharmlpError, match="directory"):
+        read_items(tmp_path)
+    (tmp_path / "blank.txt").write_text("\n \n\n")
+    with pytest.raises(CharmlpError, match="no items"):
+        read_items(tmp_path / "blank.txt")
+    (tmp_path / "latin1.txt").write_bytes(b"ok\ncaf\xe9\n")
+    with pytest.raises(CharmlpError, match="line 2"):
+        read_items(tmp_path / "latin1.txt")
+
+
+def test_too_few_items_for_splits(tmp_path):
+    need = min_items_for_split()
+    p = tmp_path / "few.txt"
+    p.write_text("\n".join(["ab"] * (need - 1)))
+    with pytest.raises(CharmlpError, match=f"at least {need}"):
+        load_dataset(DataConfig(path=str(p)))
+    p.write_text("\n".join(["ab"] * need))
+    ds = load_dataset(DataConfig(path=str(p)))
+    assert all(len(ds.items[s]) > 0 for s in ("train", "val", "test"))

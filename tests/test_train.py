@@ -1,0 +1,82 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_preset
+from charmlp.data import load_dataset
+from charmlp.errors import CharmlpError
+from charmlp.evaluate import split_loss
+from charmlp.train import calibrate_batchnorm, lr_at, train
+
+
+def _cfg(path, **train) -> RunConfig:
+    tc = TrainConfig(**{"steps": 300, "batch_size": 32, "lr": 0.1, "seed": 5, "device": "cpu", **train})
+    return RunConfig(DataConfig(path=str(path)), ModelConfig(n_embd=8, n_hidden=64), tc)
+
+
+def test_short_run_lowers_the_loss(tiny_data):
+    result = train(_cfg(tiny_data), progress=False)
+    s = result.summary
+    assert abs(s["init_loss"] - math.log(result.dataset.vocab.size)) < 0.3
+    assert s["train_loss"] < s["init_loss"] - 0.5
+    assert len(result.losses) == 300
+    assert s["steps"] == 300 and s["seconds"] > 0
+
+
+def test_same_seed_same_losses_bit_for_bit(tiny_data):
+    a = train(_cfg(tiny_data), progress=False)
+    b = train(_cfg(tiny_data), progress=False)
+    assert a.losses == b.losses
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    c = train(dataclasses.replace(_cfg(tiny_data), train=dataclasses.replace(_cfg(tiny_data).train, seed=6)),
+              progress=False)
+    assert c.losses != a.losses
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizers_train(tiny_data, optimizer):
+    lr = 0.1 if optimizer == "sgd" else 0.01
+    result = train(_cfg(tiny_data, optimizer=optimizer, lr=lr), progress=False)
+    assert result.summary["train_loss"] < result.summary["init_loss"] - 0.5
+
+
+def test_lr_schedules():
+    tc = TrainConfig(steps=100, lr=0.1, lr_final=0.01)
+    assert [lr_at(tc, s) for s in (0, 49, 50, 99)] == [0.1, 0.1, 0.01, 0.01]
+    cos = dataclasses.replace(tc, schedule="cosine")
+    assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 99) == pytest.approx(0.01)
+    assert lr_at(dataclasses.replace(tc, schedule="constant"), 99) == 0.1
+
+
+def test_presets():
+    assert apply_preset(TrainConfig(), "seed") == TrainConfig()
+    assert TrainConfig().steps == 200_000 and TrainConfig().batch_size == 32
+    assert apply_preset(TrainConfig(), "quick").steps < 50_000
+    with pytest.raises(CharmlpError, match="unknown preset"):
+        apply_preset(TrainConfig(), "nope")
+
+
+def test_batch_of_one_with_batchnorm_is_a_user_error(tiny_data):
+    with pytest.raises(CharmlpError, match="batch"):
+        train(_cfg(tiny_data, batch_size=1), progress=False)
+
+
+def test_calibration_matches_full_batch_statistics():
+    ds = load_dataset()
+    result = train(RunConfig(model=ModelConfig(n_hidden=32, n_layers=2), train=TrainConfig(steps=50, device="cpu")),
+                   dataset=ds, progress=False)
+    model = result.model
+    calibrate_batchnorm(model, ds.X["train"], chunk=10_000)  # chunked must equal one full batch
+    model.eval()
+    layers = list(model.layers)
+    with torch.no_grad():
+        h = ds.X["train"]
+        for i, layer in enumerate(layers):
+            if i == 6:  # the second BatchNorm's input, after the first (calibrated) block
+                torch.testing.assert_close(layer.running_mean, h.mean(0), atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(layer.running_var, h.var(0), atol=1e-3, rtol=1e-4)
+            h = layer(h)
+    # calibrated statistics fit the train split at least as well as the running ones
+    assert split_loss(model, ds.X["train"], ds.Y["train"]) <= result.summary["train_loss"] + 1e-6
