@@ -6,7 +6,7 @@ the same `torch.optim` optimizer takes the step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
