@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, default_data_path, load_dataset
 from .engines import grad_fn
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate
@@ -137,7 +137,8 @@ def train(
     cfg = dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size),
-        data=dataclasses.replace(cfg.data, path=str(dataset.path.resolve())),
+        # the embedded dataset stays `None` so the run directory works from any install
+        data=dataclasses.replace(cfg.data, path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
     )
     device = resolve_device(tc.device)
     t0 = time.perf_counter()
