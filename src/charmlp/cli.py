@@ -21,8 +21,11 @@ from .config import (
     apply_preset,
 )
 from .data import load_dataset
+from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
 from .errors import CharmlpError
 from .evaluate import evaluate_run
+from .lrfind import LR_FIND, lr_find, save_lr_find
+from .report import diagnose
 from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
 from .train import train
 
@@ -43,6 +46,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-hidden", type=int, metavar="H", help="hidden units per layer (default 200)")
     p.add_argument("--n-layers", type=int, metavar="L", help="hidden Linear→BatchNorm→tanh blocks (default 1)")
     p.add_argument("--no-batchnorm", action="store_true", help="hidden blocks without BatchNorm (Linear → tanh)")
+    p.add_argument("--tanh-gain", type=float, metavar="G",
+                   help="hidden weights ~ N(0,1)·G/√fan_in (default 5/3, Kaiming for tanh; √fan_in gives N(0,1))")
+    p.add_argument("--out-scale", type=float, metavar="S",
+                   help="output weights ~ N(0,1)·S/√fan_in (default 0.1: a near-uniform first guess)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate (default 0.1)")
     p.add_argument("--lr-final", type=float, metavar="LR", help="learning rate after decay (default 0.01)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default step: lr → lr-final at half way)")
@@ -60,7 +67,8 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "schedule": "schedule", "optimizer": "optimizer", "weight_decay": "weight_decay",
     "engine": "engine", "seed": "seed", "device": "device",
 }
-_MODEL_FLAGS = {"n_embd": "n_embd", "n_hidden": "n_hidden", "n_layers": "n_layers"}
+_MODEL_FLAGS = {"n_embd": "n_embd", "n_hidden": "n_hidden", "n_layers": "n_layers",
+                "tanh_gain": "tanh_gain", "out_scale": "out_scale"}
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -90,13 +98,24 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args)
-    result = train(cfg, out_dir=args.out, progress=not args.no_progress)
+    hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong
+    recorder = None
+    if args.diagnostics or args.diagnostics_every is not None:
+        every = args.diagnostics_every if args.diagnostics_every is not None else default_every(cfg.train.steps)
+        if every < 1:
+            raise CharmlpError(f"--diagnostics-every must be at least 1, got {every}")
+        recorder = DiagnosticsRecorder(every)
+        hooks.append(recorder)
+    result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
+    if recorder is not None:
+        recorder.save(result.out_dir)
     s = result.summary
     print(
         f"step-0 loss {s['init_loss']:.4f} (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
         f"| val {s['val_loss']:.4f} | test {s['test_loss']:.4f} | {s['steps']} steps in {s['seconds']:.1f} s"
     )
-    print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`")
+    print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
+          + (f" or `charmlp diagnose {result.out_dir}`" if recorder is not None else ""))
     return 0
 
 
@@ -125,6 +144,71 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- diagnostics: lr-find, diagnose
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    fixed = [f for f, v in (("--steps", args.steps), ("--lr", args.lr), ("--lr-final", args.lr_final),
+                            ("--schedule", args.schedule)) if v is not None]
+    if fixed:
+        raise CharmlpError(f"lr-find sets the learning rate itself; drop {', '.join(fixed)} "
+                           "and use --lr-min, --lr-max, --lr-steps")
+    cfg = run_config_from_args(args)
+    result = lr_find(cfg, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.lr_steps, progress=not args.no_progress)
+    if args.out is not None:
+        save_lr_find(result, args.out)
+    if args.json:
+        out = {k: v for k, v in result.to_dict().items() if k not in ("lrs", "losses", "smoothed")}
+        print(json.dumps({**out, "steps": len(result.lrs), "out": args.out}))
+        return 0
+    print(f"suggested lr {result.suggested_lr:.3g} (90% of the loss's fall to its minimum)")
+    print(f"steepest-descent lr {result.steepest_lr:.3g} | lowest smoothed loss at lr {result.min_loss_lr:.3g}")
+    if result.diverged_at is not None:
+        print(f"the loss blew up at step {result.diverged_at} (lr {result.lrs[-1]:.3g}); the sweep stopped there")
+    if args.out is not None:
+        print(f"plot and numbers in {Path(args.out) / 'lr_find.png'} and {Path(args.out) / LR_FIND}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    rep = diagnose(args.run)
+    n = rep.numbers
+    if args.json:
+        print(json.dumps(n, ensure_ascii=False))
+        return 0
+    if n["init_check"]:
+        print(("WARNING " if n["init_check"]["confidently_wrong"] else "") + n["init_check"]["message"])
+    if n["losses"]:
+        print("final loss  " + " | ".join(f"{k} {v:.4f}" for k, v in n["losses"].items() if v is not None))
+    for state, rows in (n["tanh"] or {}).items():
+        for r in rows:
+            print(f"{state:<8} tanh {r['layer']:<10} mean {r['mean']:+.3f} std {r['std']:.3f} "
+                  f"saturated {r['saturated_pct']:5.1f}% dead {r['dead_units']}/{r['units']}")
+    for name, v in (n["update_ratio_final"] or {}).items():
+        if v is not None and name.endswith(".weight") and "BatchNorm" not in name:
+            print(f"log10 update ratio {name:<22} {v:+.2f} (guide −3)")
+    for m in rep.missing:
+        print(f"note: {m}")
+    print(f"report written to {rep.path}")
+    return 0
+
+
+def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lr-find", help="sweep the learning rate over one fresh model and suggest one")
+    _add_train_args(p)
+    p.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
+    p.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
+    p.add_argument("--lr-steps", type=int, default=1000, metavar="N", help="steps, lr spaced evenly in log10 (default 1000)")
+    p.add_argument("--out", metavar="DIR", help="write lr_find.png and lr_find.json here")
+    p.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("diagnose", help="write DIR/report.html: losses, init check, statistics and pictures")
+    p.add_argument("run", metavar="DIR", help="run directory")
+    p.add_argument("--json", action="store_true", help="print the key numbers as one JSON object")
+    p.set_defaults(func=cmd_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="charmlp",
@@ -141,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     _add_train_args(p)
+    p.add_argument("--diagnostics", action="store_true",
+                   help="record update ratios and tanh statistics while training (diagnostics.json)")
+    p.add_argument("--diagnostics-every", type=int, metavar="K",
+                   help="with --diagnostics: sample every K steps (default: about 1000 samples per run)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="loss per split of a saved run")
@@ -158,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help=f"longest item, prefix included (default {DEFAULT_MAX_LEN})")
     p.add_argument("--json", action="store_true", help="print a JSON object with samples and novel_fraction")
     p.set_defaults(func=cmd_sample)
+
+    _add_diagnostics_commands(sub)
     return parser
 
 

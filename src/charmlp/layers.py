@@ -152,6 +152,7 @@ class Sequential(Layer):
     def __init__(self, *layers: Layer) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.keep_grads = False  # diagnostics: keep each layer's output gradient as `layer.grad_out`
 
     def __iter__(self):
         return iter(self.layers)
@@ -170,5 +171,7 @@ class Sequential(Layer):
     # chain rule: feed each layer's input gradient to the layer before it
     def backward(self, dout: torch.Tensor) -> torch.Tensor | None:
         for layer in reversed(self.layers):
+            if self.keep_grads:
+                layer.grad_out = dout  # dL/d(this layer's output)
             dout = layer.backward(dout)
         return dout
