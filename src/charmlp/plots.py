@@ -67,11 +67,14 @@ def loss_curve_png(
     else:
         _no_data(ax, "no per-step losses in metrics.jsonl")
         last = 0
-    colors = {"train": "tab:green", "val": "tab:orange", "test": "tab:red"}
-    for split, v in (split_losses or {}).items():
+    # the final loss over each whole split, side by side just right of the last step
+    style = {"train": ("tab:green", "o"), "val": ("tab:orange", "s"), "test": ("tab:red", "^")}
+    offset = 0.015 * max(1, last)
+    for k, (split, v) in enumerate((split_losses or {}).items()):
         if v is not None and v > 0 and math.isfinite(v):
-            ax.plot([last], [math.log10(v)], "o", ms=9, color=colors.get(split, "black"),
-                    label=f"{split} loss (whole split) {v:.4f}")
+            color, marker = style.get(split, ("black", "D"))
+            ax.plot([last + (k + 1) * offset], [math.log10(v)], marker, ms=8, color=color, mec="black",
+                    label=f"{split} loss (whole split, after training) {v:.4f}")
     if ln_vocab:
         ax.axhline(math.log10(ln_vocab), color="gray", ls="--", lw=1, label=f"ln V = {ln_vocab:.3f} (uniform guess)")
     ax.set_xlabel("step")
