@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from conftest import assert_user_error, run_cli
 
 import charmlp
 from charmlp.diagnostics import (
@@ -23,6 +22,7 @@ from charmlp.diagnostics import (
     take_snapshot,
     update_ratio,
 )
+from conftest import assert_user_error, run_cli
 
 
 def test_activation_stats_known_answers():
@@ -171,3 +171,8 @@ def test_cli_train_warns_on_bad_init(tiny_data, tmp_path):
     assert d["steps"] == [0, 1, 2, 3, 4] and d["every"] == 1
     proc = run_cli("train", "--data", tiny_data, "--out", tmp_path / "r2", "--steps", 5, "--diagnostics-every", 0)
     assert_user_error(proc, "--diagnostics-every")
+
+
+@pytest.mark.parametrize("flag,value", [("--tanh-gain", "-1"), ("--out-scale", "nan"), ("--out-scale", "1e9")])
+def test_init_scale_flags_are_validated(tiny_data, tmp_path, flag, value):
+    assert_user_error(run_cli("train", "--data", tiny_data, "--out", tmp_path / "r", "--steps", 2, flag, value), flag)

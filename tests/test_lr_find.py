@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
-from conftest import assert_user_error, run_cli
 
 from charmlp.errors import CharmlpError
 from charmlp.lrfind import lr_schedule, suggest
+from conftest import assert_user_error, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

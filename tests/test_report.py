@@ -8,11 +8,11 @@ import re
 
 import pytest
 import torch
-from conftest import assert_user_error, run_cli
 
 import charmlp
 from charmlp import plots
 from charmlp.diagnostics import embedding_2d, take_snapshot
+from conftest import assert_user_error, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("config", "losses", "init", "activations", "gradients", "training", "embedding")

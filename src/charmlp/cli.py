@@ -198,7 +198,8 @@ def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_args(p)
     p.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
     p.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
-    p.add_argument("--lr-steps", type=int, default=1000, metavar="N", help="steps, lr spaced evenly in log10 (default 1000)")
+    p.add_argument("--lr-steps", type=int, default=1000, metavar="N",
+                   help="steps, lr spaced evenly in log10 (default 1000)")
     p.add_argument("--out", metavar="DIR", help="write lr_find.png and lr_find.json here")
     p.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
     p.set_defaults(func=cmd_lr_find)

@@ -150,7 +150,9 @@ def init_check(loss: float, vocab_size: int, margin: float = CONFIDENTLY_WRONG) 
     return InitCheck(float(loss), math.log(vocab_size), margin)
 
 
-def init_warning_hook(write: Callable[[str], None] | None = None) -> Callable[[int, CharMLP, float, torch.Tensor], None]:
+def init_warning_hook(
+    write: Callable[[str], None] | None = None,
+) -> Callable[[int, CharMLP, float, torch.Tensor], None]:
     """A `train` step hook that warns (on stderr) at step 0 if the init is confidently wrong."""
     if write is None:
         from tqdm.auto import tqdm

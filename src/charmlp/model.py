@@ -84,6 +84,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
         v = getattr(cfg, name)
         if not lo <= v <= hi:
             raise CharmlpError(f"{flags.get(name, name)} must be between {lo} and {hi}, got {v}")
+    for name, flag in (("tanh_gain", "--tanh-gain"), ("out_scale", "--out-scale")):  # init scales
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and 0 <= v <= 1000):
+            raise CharmlpError(f"{flag} must be a number between 0 and 1000, got {v}")
 
 
 def build_model(cfg: ModelConfig, generator: torch.Generator | None = None, seed: int | None = None) -> CharMLP:

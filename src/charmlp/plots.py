@@ -85,15 +85,27 @@ def loss_curve_png(
     return _png(fig)
 
 
-def _hist_panels(states: States, width: float = 14, height: float = 4.5):
-    fig = _figure(width, height)
+def _hist_panels(states: States, legend_rows: int = 1, width: float = 14):
+    fig = _figure(width, 4.2 + 0.18 * legend_rows)
     axes = fig.subplots(1, max(1, len(states)), squeeze=False)[0]
     return fig, axes
 
 
+def _legend_below(ax) -> None:
+    """Legend under the axes, so it never hides a histogram."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=1, frameon=False)
+
+
+def _rows(states: States, what: str) -> int:
+    snap = states[0][1] if states else None
+    if snap is None:
+        return 1
+    return 1 + (len(snap.tanh()) if what == "tanh" else sum(p.data.dim() == 2 for p in snap.params))
+
+
 def activation_hist_png(states: States) -> bytes:
     """Histogram of every tanh layer's outputs; the legend holds mean, std and % saturated."""
-    fig, axes = _hist_panels(states)
+    fig, axes = _hist_panels(states, _rows(states, "tanh"))
     for ax, (title, snap) in zip(axes, states, strict=False):
         for s in snap.tanh():
             st = activation_stats(s.out)
@@ -104,14 +116,14 @@ def activation_hist_png(states: States) -> bytes:
         ax.set_xlabel("tanh output h")
         ax.set_ylabel("density")
         ax.set_title(f"Activations, {title}")
-        ax.legend(loc="upper center", fontsize=8)
+        _legend_below(ax)
     fig.suptitle("Tanh activation distribution per layer")
     return _png(fig)
 
 
 def gradient_hist_png(states: States) -> bytes:
     """Histogram of the gradient arriving at every tanh layer's output, dL/dh."""
-    fig, axes = _hist_panels(states)
+    fig, axes = _hist_panels(states, _rows(states, "tanh"))
     for ax, (title, snap) in zip(axes, states, strict=False):
         drawn = False
         for s in snap.tanh():
@@ -122,7 +134,7 @@ def gradient_hist_png(states: States) -> bytes:
                     label=f"{s.label}: mean {float(g.mean()):+.1e}, std {float(g.std()):.1e}")
             drawn = True
         if drawn:
-            ax.legend(loc="upper right", fontsize=8)
+            _legend_below(ax)
         else:
             _no_data(ax, "no tanh layers")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
@@ -135,7 +147,7 @@ def gradient_hist_png(states: States) -> bytes:
 
 def weight_grad_hist_png(states: States) -> bytes:
     """Histogram of every weight matrix's gradient; the legend holds std(grad)/std(data)."""
-    fig, axes = _hist_panels(states)
+    fig, axes = _hist_panels(states, _rows(states, "params"))
     for ax, (title, snap) in zip(axes, states, strict=False):
         for p in snap.params:
             if p.data.dim() != 2:
@@ -148,14 +160,14 @@ def weight_grad_hist_png(states: States) -> bytes:
         ax.set_xlabel("gradient value")
         ax.set_ylabel("density (log scale)")
         ax.set_title(f"Weight gradients, {title}")
-        ax.legend(loc="upper right", fontsize=8)
+        _legend_below(ax)
     fig.suptitle("Weight-gradient distribution per weight matrix (legend: std(grad) / std(weight))")
     return _png(fig)
 
 
 def update_ratio_png(diag: dict) -> bytes:
     """log10(std(lr·grad)/std(param)) of every weight matrix over training, with the 1e-3 guide."""
-    fig = _figure(10, 4.5)
+    fig = _figure(11, 4.5)
     ax = fig.subplots()
     steps = diag["steps"]
     for name, ys in diag["update_ratio"].items():
@@ -170,7 +182,7 @@ def update_ratio_png(diag: dict) -> bytes:
     ax.set_ylabel("log10( std(lr·grad) / std(param) )")
     ax.set_title(f"Update-to-data ratio per weight matrix (sampled every {diag.get('every', '?')} steps)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: the lines stay visible
     return _png(fig)
 
 
@@ -187,7 +199,7 @@ def saturation_over_training_png(diag: dict) -> bytes:
     ax.set_title("Tanh saturation over training (on each sampled step's minibatch)")
     ax.grid(alpha=0.3)
     if diag["tanh"]:
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return _png(fig)
 
 
@@ -238,7 +250,9 @@ def embedding_png(coords: torch.Tensor, chars: list[str], share: list[float] | N
     return _png(fig)
 
 
-def lr_find_png(lrs: list[float], losses: list[float], smoothed: list[float], suggested: float, steepest: float) -> bytes:
+def lr_find_png(
+    lrs: list[float], losses: list[float], smoothed: list[float], suggested: float, steepest: float
+) -> bytes:
     """Loss against log10(lr) of a learning-rate sweep, with the two suggestions marked."""
     fig = _figure(10, 4.5)
     ax = fig.subplots()

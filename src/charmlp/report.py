@@ -52,7 +52,9 @@ def _read_diagnostics(run_dir: Path) -> dict | None:
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
-        raise CharmlpError(f"{p} is not valid JSON; the run directory is damaged (retrain with --diagnostics)") from None
+        raise CharmlpError(
+            f"{p} is not valid JSON; the run directory is damaged (retrain with --diagnostics)"
+        ) from None
     if not isinstance(d, dict) or not {"steps", "update_ratio", "tanh"} <= set(d):
         raise CharmlpError(f"{p} lacks the expected fields; it was written by another charmlp version")
     return d
@@ -87,9 +89,11 @@ def _img(png: bytes, alt: str) -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;
+  color:#222}
 h1{margin-bottom:0.2em} h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em} th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;display:block;margin:0.8em 0;border:1px solid #eee}
 .ok{color:#17692b;font-weight:bold} .bad{color:#b00020;font-weight:bold} .note{color:#666}
@@ -139,7 +143,8 @@ def diagnose(run_dir: str | Path, batch_seed: int = BATCH_SEED) -> Report:
     if "init_loss" in summary:
         check, source = init_check(summary["init_loss"], cfg.model.vocab_size), "step-0 minibatch loss of the run"
     elif "init" in tables:
-        check, source = init_check(tables["init"]["loss"], cfg.model.vocab_size), f"loss of the initial weights on a seeded batch of {bs}"
+        check = init_check(tables["init"]["loss"], cfg.model.vocab_size)
+        source = f"loss of the initial weights on a seeded batch of {bs}"
     else:
         check, source = None, None
         missing.append("init check: no step-0 loss in summary.json and no data to recompute it")
@@ -229,8 +234,9 @@ def _render(d, cfg, summary, check, source, tables, diag, pictures, missing) -> 
         cls = "bad" if check.confidently_wrong else "ok"
         parts.append(f"<p class='{cls}'>{esc(check.message())}</p>"
                      f"<p class='note'>Source: {esc(source)}. A model that predicts uniformly over V = "
-                     f"{cfg.model.vocab_size} characters has loss ln V; more than {CONFIDENTLY_WRONG} nats above it means the "
-                     "initial logits are large and confidently wrong, and the first steps are spent only shrinking them.</p>")
+                     f"{cfg.model.vocab_size} characters has loss ln V; more than {CONFIDENTLY_WRONG} nats above it "
+                     "means the initial logits are large and confidently wrong, and the first steps are spent only "
+                     "shrinking them.</p>")
     if "init" in tables:
         parts.append(f"<p>Loss of the snapshot batch: at initialisation {tables['init']['loss']:.4f}, "
                      f"after training {tables['trained']['loss']:.4f}.</p>")
@@ -268,11 +274,13 @@ def _render(d, cfg, summary, check, source, tables, diag, pictures, missing) -> 
         last = _last_update_ratios(diag)
         parts.append(f"<p>{len(diag['steps'])} samples, every {diag.get('every')} steps. "
                      "Mean log10 update ratio over the last 10 % of the samples:</p>")
-        parts.append(_table([{"param": k, "value": v} for k, v in last.items()], {"param": "parameter", "value": "log10 update"}))
+        parts.append(_table([{"param": k, "value": v} for k, v in last.items()],
+                            {"param": "parameter", "value": "log10 update"}))
         for key, alt in (("update_ratio", "update ratio"), ("saturation_over_training", "saturation over training")):
             parts.append(_img(pictures[key], alt))
     else:
-        parts.append("<p class='missing'>No samples over training: retrain with <code>charmlp train --diagnostics</code>.</p>")
+        parts.append("<p class='missing'>No samples over training: retrain with "
+                     "<code>charmlp train --diagnostics</code>.</p>")
 
     # embeddings
     parts.append("<h2 id='embedding'>Embeddings</h2>")
