@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from . import plots
 from .checkpoint import atomic_write_text, load_run, run_config_to_dict
 from .data import load_dataset
 from .diagnostics import (
@@ -103,6 +102,7 @@ img{max-width:100%;display:block;margin:0.8em 0;border:1px solid #eee}
 
 def diagnose(run_dir: str | Path, batch_seed: int = BATCH_SEED) -> Report:
     """Write DIR/report.html and return the key numbers (see `Report.numbers`)."""
+    from . import plots  # matplotlib loads only when a report is drawn, not with every command
     run = load_run(run_dir)
     d = run.path
     cfg = run.config
