@@ -57,13 +57,15 @@ def test_lr_find_on_names_suggests_a_sensible_lr(tmp_path):
     assert saved["suggested_lr"] == res["suggested_lr"]
 
 
-def test_lr_find_text_output_and_divergence(tiny_data):
+def test_lr_find_text_output_and_divergence(tiny_data, tmp_path):
     # adamw up to lr 100 blows up: the sweep stops and says so
     proc = run_cli("lr-find", "--data", tiny_data, "--batch-size", 16, "--n-hidden", 32, "--optimizer", "adamw",
-                   "--lr-max", 100, "--lr-steps", 300, "--no-progress")
+                   "--lr-max", 100, "--lr-steps", 300, "--no-progress", "--out", tmp_path / "lrf")
     assert proc.returncode == 0, proc.stderr
     assert "suggested lr" in proc.stdout and "steepest-descent lr" in proc.stdout
-    assert "blew up at step" in proc.stdout
+    assert "blew up at step" in proc.stdout and "plot and numbers in" in proc.stdout
+    saved = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
+    assert saved["diverged_at"] is not None and len(saved["lrs"]) == saved["diverged_at"] < 300
 
 
 def test_lr_find_user_errors(tiny_data):
