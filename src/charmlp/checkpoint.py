@@ -1,12 +1,18 @@
-"""The run directory: config.json, vocab.json, model.safetensors, metrics.jsonl, summary.json.
+"""The run directory: config.json, vocab.json, model.safetensors, metrics.jsonl, summary.json,
+and while training runs with checkpoints, train_state.safetensors.
 
-Every file is written to a temporary name in the same directory and renamed into place, so a
-reader sees either the previous complete file or the new one. Weights are safetensors:
-loading a run never executes code from it.
+Every file is written to a temporary name in the same directory, flushed to disk and renamed
+into place, so a reader sees either the previous complete file or the new one. The order of
+writes keeps the directory consistent as a whole (see `prepare_run_dir` and `save_run`):
+model.safetensors is written last and is the mark of a finished run. Tensor files are
+safetensors carrying a SHA-256 of their tensors: loading never executes code, and a tampered
+or truncated file is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -33,21 +39,56 @@ CONFIG, VOCAB, WEIGHTS, METRICS, SUMMARY = (
     "metrics.jsonl",
     "summary.json",
 )
+STATE = "train_state.safetensors"  # resumable training state (see resume.py)
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make a rename in `d` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and a rename."""
+    """Write `data` to `path` via a temporary file in the same directory and a rename.
+
+    A failure (disk full, no permission) raises `CharmlpError` and leaves `path` as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CharmlpError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CharmlpError(f"cannot write {path}: {e.strerror}; the previous version is unchanged") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -63,18 +104,162 @@ def write_metrics(run_dir: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: CharMLP) -> Path:
-    """Write config, vocabulary and weights (parameters and BatchNorm buffers)."""
+def remove_file(path: str | Path) -> None:
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as e:
+        raise CharmlpError(f"cannot remove {path}: {e.strerror}") from None
+
+
+# ----------------------------------------------------------------------------- tensor files
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of `tensors` (in name order)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """safetensors bytes; `meta` (JSON-able) and a checksum travel in the header."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    header = {"format": str(FORMAT_VERSION), "meta": json.dumps(meta), "sha256": tensors_sha256(cpu)}
+    return st_save(cpu, metadata=header)
+
+
+def decode_tensors(raw: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of `encode_tensors`; any damage → `CharmlpError` naming `path`."""
+    try:
+        tensors = st_load(raw)
+        header = _safetensors_metadata(raw)
+    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
+        msg = " ".join(str(e).split())
+        raise CharmlpError(f"{path} is not a readable safetensors file ({msg}); the file is damaged") from None
+    if header.get("format") != str(FORMAT_VERSION):
+        raise CharmlpError(
+            f"{path} has format {header.get('format')!r}, this charmlp reads format {FORMAT_VERSION}; "
+            "it was written by another charmlp version"
+        )
+    if header.get("sha256") != tensors_sha256(tensors):
+        raise CharmlpError(f"{path} fails its checksum: its contents were changed or damaged")
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CharmlpError(f"{path} has an unreadable header; the file is damaged")
+    return tensors, meta
+
+
+def _safetensors_metadata(raw: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors buffer (8-byte little-endian length, JSON header)."""
+    if len(raw) < 8:
+        raise ValueError("file too short")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise ValueError("header longer than the file")
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("bad metadata")
+    return meta
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def make_run_dir(run_dir: str | Path) -> Path:
     d = Path(run_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CharmlpError(f"cannot create run directory {d}: {e.strerror}") from None
-    write_json(d / CONFIG, {"format": FORMAT_VERSION, **run_config_to_dict(cfg)})
-    atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(d / WEIGHTS, st_save(tensors, metadata={"format": str(FORMAT_VERSION)}))
     return d
+
+
+def _config_bytes(cfg: RunConfig) -> str:
+    return json.dumps({"format": FORMAT_VERSION, **run_config_to_dict(cfg)}, indent=2, ensure_ascii=False) + "\n"
+
+
+def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, vocab: Vocab) -> Path:
+    """Start a fresh run in `run_dir`: remove a previous run's files, then write vocab and config.
+
+    Order matters for a kill at any moment: the finished-run mark (model.safetensors) goes
+    first and config.json comes last, so whenever config.json exists, the vocab.json and
+    checkpoint beside it belong to it.
+    """
+    d = make_run_dir(run_dir)
+    for name in (WEIGHTS, STATE, SUMMARY, METRICS, CONFIG, VOCAB):
+        remove_file(d / name)
+    remove_stale_temporaries(d)
+    atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
+    atomic_write_text(d / CONFIG, _config_bytes(cfg))
+    return d
+
+
+def remove_stale_temporaries(d: Path) -> None:
+    """Temporary files left by a process killed while writing."""
+    for name in (CONFIG, VOCAB, WEIGHTS, METRICS, SUMMARY, STATE):
+        for tmp in d.glob(f".{name}.*.tmp"):
+            remove_file(tmp)
+
+
+def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: CharMLP) -> Path:
+    """Write config, vocabulary and weights (parameters and BatchNorm buffers).
+
+    The weights are written last and record the model configuration and vocabulary they
+    belong to, so `load_run` can tell a mixed-up directory from a complete one.
+    """
+    d = make_run_dir(run_dir)
+    atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
+    atomic_write_text(d / CONFIG, _config_bytes(cfg))
+    meta = {"kind": "weights", "model": dataclasses.asdict(cfg.model), "vocab": list(vocab.itos)}
+    atomic_write_bytes(d / WEIGHTS, encode_tensors(model.state_dict(), meta))
+    return d
+
+
+def _read(d: Path, name: str) -> bytes:
+    p = d / name
+    if not p.is_file():
+        raise CharmlpError(
+            f"{d} has no {name}; it is not a complete charmlp run directory (train one with `charmlp train --out {d}`)"
+        )
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise CharmlpError(f"cannot read {p}: {e.strerror}") from None
+
+
+def read_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:
+    """config.json and vocab.json of a run directory, checked against each other."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise CharmlpError(f"run directory {d} does not exist; pass the --out directory of `charmlp train`")
+    try:
+        raw = json.loads(_read(d, CONFIG))
+    except (ValueError, UnicodeDecodeError):
+        raise CharmlpError(f"{d / CONFIG} is not valid JSON; the run directory is damaged") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+        got = raw.get("format") if isinstance(raw, dict) else None
+        raise CharmlpError(
+            f"{d / CONFIG} has format {got!r}, this charmlp reads format {FORMAT_VERSION}; "
+            "it was written by another charmlp version: retrain the run"
+        )
+    cfg = run_config_from_dict({k: v for k, v in raw.items() if k != "format"})
+    try:
+        vocab = Vocab.from_json(_read(d, VOCAB).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CharmlpError(f"{d / VOCAB} is not UTF-8; the run directory is damaged") from None
+    if vocab.size != cfg.model.vocab_size:
+        raise CharmlpError(
+            f"vocab.json has {vocab.size} characters but config.json says {cfg.model.vocab_size}; "
+            "the run directory is damaged"
+        )
+    return cfg, vocab
 
 
 @dataclass
@@ -88,52 +273,40 @@ class Run:
 
     def summary(self) -> dict | None:
         p = self.path / SUMMARY
-        return json.loads(p.read_text()) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise CharmlpError(f"{p} is not valid JSON; the run directory is damaged") from None
 
     def metrics(self) -> list[dict]:
         p = self.path / METRICS
         if not p.exists():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line]
-
-
-def _read(d: Path, name: str) -> bytes:
-    p = d / name
-    if not p.is_file():
-        raise CharmlpError(f"{d} has no {name}; it is not a complete charmlp run directory (train one with `charmlp train --out {d}`)")
-    return p.read_bytes()
+        try:
+            return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+        except (ValueError, UnicodeDecodeError):
+            raise CharmlpError(f"{p} is not valid JSON lines; the run directory is damaged") from None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild the model of a run directory; raises `CharmlpError` if anything is off."""
     d = Path(run_dir)
-    if not d.is_dir():
-        raise CharmlpError(f"run directory {d} does not exist; pass the --out directory of `charmlp train`")
-    try:
-        raw = json.loads(_read(d, CONFIG))
-    except (ValueError, UnicodeDecodeError):
-        raise CharmlpError(f"{d / CONFIG} is not valid JSON; the run directory is damaged") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
-        got = raw.get("format") if isinstance(raw, dict) else None
+    cfg, vocab = read_run_config(d)
+    if not (d / WEIGHTS).is_file() and (d / STATE).is_file():
         raise CharmlpError(
-            f"{d / CONFIG} has format {got!r}, this charmlp reads format {FORMAT_VERSION}; retrain the run"
+            f"{d} holds an unfinished training run (no {WEIGHTS} yet); finish it with `charmlp train --resume {d}`"
         )
-    cfg = run_config_from_dict({k: v for k, v in raw.items() if k != "format"})
-    try:
-        vocab = Vocab.from_json(_read(d, VOCAB).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CharmlpError(f"{d / VOCAB} is not UTF-8; the run directory is damaged") from None
-    if vocab.size != cfg.model.vocab_size:
-        raise CharmlpError(
-            f"vocab.json has {vocab.size} characters but config.json says {cfg.model.vocab_size}; the run directory is damaged"
-        )
-    try:
-        tensors = st_load(_read(d, WEIGHTS))
-    except (SafetensorError, ValueError, OSError) as e:
-        raise CharmlpError(f"{d / WEIGHTS} is not a readable safetensors file ({e}); the run directory is damaged") from None
+    tensors, meta = decode_tensors(_read(d, WEIGHTS), d / WEIGHTS)
     model = build_model(cfg.model)
     expected = model.state_dict()
     if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
+    if meta.get("model") != dataclasses.asdict(cfg.model) or meta.get("vocab") != list(vocab.itos):
+        raise CharmlpError(
+            f"{d / WEIGHTS} was written for another model configuration or vocabulary than config.json and "
+            "vocab.json describe; the run directory is mixed up"
+        )
     model.load_state_dict(tensors)
     return Run(d, cfg, vocab, model.to(device).eval())

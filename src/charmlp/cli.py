@@ -23,12 +23,19 @@ from .config import (
 )
 from .data import load_dataset
 from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
-from .errors import CharmlpError
+from .errors import CharmlpError, TrainingInterrupted
 from .evaluate import evaluate_run
 from .lrfind import LR_FIND, lr_find, save_lr_find
 from .report import diagnose
 from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
-from .train import train
+from .train import resume, train
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: charmlp train: …`, exit code 2, like every user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -60,16 +67,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
     p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
     p.add_argument("--no-calibrate", action="store_true", help="keep BatchNorm's running statistics instead of calibrating over the train split")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="save a resumable checkpoint every N steps (default: only on Ctrl-C/SIGTERM)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "steps": "steps", "batch_size": "batch_size", "lr": "lr", "lr_final": "lr_final",
     "schedule": "schedule", "optimizer": "optimizer", "weight_decay": "weight_decay",
-    "engine": "engine", "seed": "seed", "device": "device",
+    "engine": "engine", "seed": "seed", "device": "device", "checkpoint_every": "checkpoint_every",
 }
 _MODEL_FLAGS = {"n_embd": "n_embd", "n_hidden": "n_hidden", "n_layers": "n_layers",
                 "tanh_gain": "tanh_gain", "out_scale": "out_scale"}
+# what `train --resume` may change: nothing that alters a number of the run
+_RESUME_FLAGS = ("device", "checkpoint_every", "no_progress")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -98,18 +109,34 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = run_config_from_args(args)
-    hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong
     recorder = None
-    if args.diagnostics or args.diagnostics_every is not None:
-        every = args.diagnostics_every if args.diagnostics_every is not None else default_every(cfg.train.steps)
-        if every < 1:
-            raise CharmlpError(f"--diagnostics-every must be at least 1, got {every}")
-        recorder = DiagnosticsRecorder(every)
-        hooks.append(recorder)
-    result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
-    if recorder is not None:
-        recorder.save(result.out_dir)
+    if args.resume is not None:
+        if args.diagnostics or args.diagnostics_every is not None:
+            raise CharmlpError("--diagnostics cannot be combined with --resume: the statistics of the interrupted "
+                               "part were not kept; train afresh with --diagnostics")
+        changed = [
+            "--" + dest.replace("_", "-") for dest, value in vars(args).items()
+            if dest in args.train_dests and dest not in _RESUME_FLAGS and value != args.defaults[dest]
+        ]
+        if changed:
+            raise CharmlpError(
+                f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
+                f"{args.resume}/config.json (only --device, --checkpoint-every and --no-progress may be given)"
+            )
+        result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
+                        device=args.device, checkpoint_every=args.checkpoint_every)
+    else:
+        cfg = run_config_from_args(args)
+        hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong
+        if args.diagnostics or args.diagnostics_every is not None:
+            every = args.diagnostics_every if args.diagnostics_every is not None else default_every(cfg.train.steps)
+            if every < 1:
+                raise CharmlpError(f"--diagnostics-every must be at least 1, got {every}")
+            recorder = DiagnosticsRecorder(every)
+            hooks.append(recorder)
+        result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
+        if recorder is not None:
+            recorder.save(result.out_dir)
     s = result.summary
     print(
         f"step-0 loss {s['init_loss']:.4f} (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
@@ -212,7 +239,7 @@ def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="charmlp",
         description="Character-level MLP language models with hand-written backprop checked against autograd.",
     )
@@ -225,13 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR", help="run directory to write")
+    where.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
     _add_train_args(p)
     p.add_argument("--diagnostics", action="store_true",
                    help="record update ratios and tanh statistics while training (diagnostics.json)")
     p.add_argument("--diagnostics-every", type=int, metavar="K",
                    help="with --diagnostics: sample every K steps (default: about 1000 samples per run)")
-    p.set_defaults(func=cmd_train)
+    dests = {a.dest for a in p._actions} - {"help", "out", "resume"}
+    p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
     p = sub.add_parser("eval", help="loss per split of a saved run")
     p.add_argument("run", metavar="DIR", help="run directory")
@@ -259,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CharmlpError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     calibrate_bn: bool = True  # BatchNorm statistics over the whole train split after training
     log_every: int = 1  # steps between metrics.jsonl rows
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: only on Ctrl-C/SIGTERM)
 
 
 @dataclass
@@ -101,9 +102,28 @@ def _from_dict(cls: type, d: Any, where: str) -> Any:
             "it was written by another charmlp version"
         )
     kwargs = dict(d)
+    defaults = cls()
+    for k, v in kwargs.items():
+        if not _same_kind(getattr(defaults, k), v):
+            raise CharmlpError(f"{where}.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
     if cls is DataConfig and "split" in kwargs:
         kwargs["split"] = tuple(kwargs["split"])
     return cls(**kwargs)
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Does a value read from JSON have the type of the field's default?"""
+    if isinstance(default, bool) or default is None:  # None: the optional data path
+        return isinstance(value, bool) if isinstance(default, bool) else value is None or isinstance(value, str)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and len(value) == len(default) and all(
+            _same_kind(a, b) for a, b in zip(default, value, strict=True)
+        )
+    return isinstance(value, type(default))
 
 
 def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from .config import DataConfig
 from .errors import CharmlpError
 
 SPLITS = ("train", "val", "test")
+MAX_BLOCK_SIZE = 1024  # the model's limit too
+MAX_EXAMPLE_BYTES = 8 << 30  # context windows of all examples, above which we refuse (memory)
 # candidates for the boundary token, first one absent from the data wins
 _BOUNDARY_CANDIDATES = ".·•¤§¶#~|^_@"
 
@@ -36,19 +38,26 @@ def resolve_data_path(path: str | Path | None) -> Path:
 
 
 def parse_items(text: str) -> list[str]:
-    """One item per line: `\\n` or `\\r\\n` endings, surrounding spaces removed, blanks dropped."""
+    """One item per line (`\\n`, `\\r\\n` or `\\r` endings); surrounding whitespace removed, blanks dropped.
+
+    Only these three end a line: other Unicode separators (U+2028 …) stay inside an item.
+    """
     if text.startswith("\ufeff"):  # UTF-8 byte-order mark
         text = text[1:]
-    items = (line.strip(" \t\r\f\v") for line in text.split("\n"))
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    items = (line.strip() for line in text.split("\n"))
     return [s for s in items if s]
 
 
 def read_items(path: str | Path | None = None) -> list[str]:
     """Read and validate the items of a UTF-8 text file (default: embedded names.txt)."""
     p = resolve_data_path(path)
-    if p.is_dir():
-        raise CharmlpError(f"{p} is a directory; pass a text file with one item per line")
     try:
+        if p.is_dir():
+            raise CharmlpError(f"{p} is a directory; pass a text file with one item per line")
+        if p.exists() and not p.is_file():  # a FIFO or device (/dev/zero) could block or never end
+            raise CharmlpError(f"{p} is not a regular file; pass a text file with one item per line")
         raw = p.read_bytes()
     except FileNotFoundError:
         raise CharmlpError(f"data file {p} does not exist; check the path given to --data") from None
@@ -82,10 +91,12 @@ class Vocab:
 
     @classmethod
     def from_items(cls, items: list[str]) -> Vocab:
-        chars = sorted(set("".join(items)))
-        boundary = next((c for c in _BOUNDARY_CANDIDATES if c not in chars), None)
-        if boundary is None:  # every candidate is data: take the first unused code point
-            boundary = next(chr(c) for c in range(0x2400, 0x110000) if chr(c) not in set(chars))
+        present = set("".join(items))
+        chars = sorted(present)
+        boundary = next((c for c in _BOUNDARY_CANDIDATES if c not in present), None)
+        if boundary is None:  # every candidate is data: the first unused code point (no surrogates)
+            codes = (c for c in range(0x2400, 0x110000) if not 0xD800 <= c < 0xE000)
+            boundary = next(chr(c) for c in codes if chr(c) not in present)
         return cls((boundary, *chars))
 
     @property
@@ -134,6 +145,8 @@ class Vocab:
             raise CharmlpError("vocab.json is not a charmlp vocabulary; the run directory is damaged") from None
         if not itos or any(not isinstance(c, str) or len(c) != 1 for c in itos) or len(set(itos)) != len(itos):
             raise CharmlpError("vocab.json holds an invalid vocabulary; the run directory is damaged")
+        if d.get("boundary", itos[0]) != itos[0]:
+            raise CharmlpError("vocab.json names a boundary that is not its first symbol; the run directory is damaged")
         return cls(itos)
 
 
@@ -227,8 +240,11 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     Pass `vocab` to encode with an existing model's vocabulary (e.g. when evaluating a run).
     """
     cfg = cfg or DataConfig()
-    if cfg.block_size < 1:
-        raise CharmlpError(f"--block-size must be at least 1, got {cfg.block_size}")
+    if not 1 <= cfg.block_size <= MAX_BLOCK_SIZE:
+        raise CharmlpError(f"--block-size must be between 1 and {MAX_BLOCK_SIZE}, got {cfg.block_size}")
+    a, b = cfg.split
+    if not 0 < a < b < 1:
+        raise CharmlpError(f"split cut points must satisfy 0 < train < val < 1, got {cfg.split}")
     items = read_items(cfg.path)
     need = min_items_for_split(cfg.split)
     if len(items) < need:
@@ -237,6 +253,13 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
             "to form train, val and test splits"
         )
     vocab = vocab or Vocab.from_items(items)
+    n_examples = sum(map(len, items)) + len(items)
+    need_bytes = n_examples * cfg.block_size * vocab.index_dtype.itemsize
+    if need_bytes > MAX_EXAMPLE_BYTES:
+        raise CharmlpError(
+            f"{n_examples} examples at --block-size {cfg.block_size} would take {need_bytes / 2**30:.1f} GiB; "
+            "use a smaller --block-size or a smaller file"
+        )
     parts = split_items(items, cfg.split_seed, cfg.split)
     X, Y = {}, {}
     for s in SPLITS:

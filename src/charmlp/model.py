@@ -88,6 +88,24 @@ def validate_model_config(cfg: ModelConfig) -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and 0 <= v <= 1000):
             raise CharmlpError(f"{flag} must be a number between 0 and 1000, got {v}")
+    n = count_params(cfg)
+    if n > MAX_PARAMS:
+        raise CharmlpError(
+            f"this model would have {n:,} parameters ({4 * n / 2**30:.1f} GiB), more than the {MAX_PARAMS:,} "
+            "charmlp allows; lower --n-hidden, --n-layers or --n-embd"
+        )
+
+
+MAX_PARAMS = 1 << 28  # 1 GiB of float32 weights; gradients and optimizer state come on top
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameters of the model `cfg` describes, without building it."""
+    n, fan_in = cfg.vocab_size * cfg.n_embd, cfg.block_size * cfg.n_embd
+    for _ in range(cfg.n_layers):
+        n += fan_in * cfg.n_hidden + (2 * cfg.n_hidden if cfg.batchnorm else cfg.n_hidden)
+        fan_in = cfg.n_hidden
+    return n + fan_in * cfg.vocab_size + cfg.vocab_size
 
 
 def build_model(cfg: ModelConfig, generator: torch.Generator | None = None, seed: int | None = None) -> CharMLP:

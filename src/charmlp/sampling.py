@@ -15,6 +15,9 @@ from .model import CharMLP
 
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10
 DEFAULT_MAX_LEN = 64
+MAX_SAMPLES = 1_000_000
+MAX_LEN_LIMIT = 100_000
+MAX_SAMPLE_CELLS = 200_000_000  # n × max_len ids held at once
 
 
 @torch.no_grad()
@@ -42,7 +45,9 @@ def sample_ids(
     length = torch.full((n,), max_new, dtype=torch.long)
     device = next(model.parameters()).device
     for t in range(max_new):
-        logits = model(ctx.to(device)).float().cpu() / temperature
+        logits = model(ctx.to(device)).float().cpu()
+        # shift the max to 0 before dividing: a tiny temperature then gives -inf, never inf − inf = nan
+        logits = (logits - logits.max(dim=1, keepdim=True).values) / temperature
         if top_k is not None and top_k < logits.shape[1]:
             kth = torch.topk(logits, top_k, dim=1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -54,7 +59,7 @@ def sample_ids(
         if bool(done.all()):
             break
         ctx = torch.cat([ctx[:, 1:], ix[:, None]], dim=1)
-    rows = [row[:k] for row, k in zip(out.tolist(), length.tolist())]
+    rows = [row[:k] for row, k in zip(out.tolist(), length.tolist(), strict=True)]
     return rows, int((~done).sum())
 
 
@@ -86,15 +91,21 @@ def sample(
     training_items: list[str] | None = None,
 ) -> Samples:
     """Sample `n` items, each starting with `prefix`, at most `max_len` characters long."""
-    if n < 1 or n > 10_000_000:
-        raise CharmlpError(f"-n must be between 1 and 10000000, got {n}")
-    if not temperature > 0 or temperature > 1e6:
-        raise CharmlpError(f"--temperature must be a positive number, got {temperature}")
-    if top_k is not None and top_k < 1:
+    if not 1 <= n <= MAX_SAMPLES:
+        raise CharmlpError(f"-n must be between 1 and {MAX_SAMPLES}, got {n}")
+    if not 0 < temperature <= 1e6:  # also refuses nan
+        raise CharmlpError(f"--temperature must be a positive number up to 1000000, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= 10_000_000:
         raise CharmlpError(f"--top-k must be at least 1, got {top_k}")
     prefix_ids = vocab.encode(prefix)
     if max_len <= len(prefix):
         raise CharmlpError(f"--max-len {max_len} leaves no room after the {len(prefix)}-character prefix; raise it")
+    if max_len > MAX_LEN_LIMIT:
+        raise CharmlpError(f"--max-len must be at most {MAX_LEN_LIMIT}, got {max_len}")
+    if n * (max_len - len(prefix)) > MAX_SAMPLE_CELLS:
+        raise CharmlpError(
+            f"-n {n} × --max-len {max_len} is too much to generate at once; ask for fewer or shorter samples"
+        )
     g = torch.Generator().manual_seed(seed)
     rows, truncated = sample_ids(model, n, g, prefix_ids, temperature, top_k, max_len - len(prefix))
     items = [prefix + vocab.decode(r) for r in rows]

@@ -25,6 +25,7 @@ from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate
 from .layers import BatchNorm1d
 from .model import CharMLP, build_model
+from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
 StepHook = Callable[[int, CharMLP, float, torch.Tensor], None]
@@ -66,10 +67,14 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
         (1 <= cfg.steps <= 100_000_000, f"--steps must be between 1 and 100000000, got {cfg.steps}"),
         (1 <= cfg.batch_size <= 1_000_000, f"--batch-size must be between 1 and 1000000, got {cfg.batch_size}"),
         (math.isfinite(cfg.lr) and 0 < cfg.lr <= 100, f"--lr must be a positive number up to 100, got {cfg.lr}"),
-        (math.isfinite(cfg.lr_final) and 0 < cfg.lr_final <= 100, f"--lr-final must be a positive number up to 100, got {cfg.lr_final}"),
+        (
+            math.isfinite(cfg.lr_final) and 0 < cfg.lr_final <= 100,
+            f"--lr-final must be a positive number up to 100, got {cfg.lr_final}",
+        ),
         (0 <= cfg.decay_at <= 1, f"--decay-at must be between 0 and 1, got {cfg.decay_at}"),
-        (cfg.weight_decay >= 0, f"--weight-decay must be ≥ 0, got {cfg.weight_decay}"),
+        (0 <= cfg.weight_decay <= 100, f"--weight-decay must be between 0 and 100, got {cfg.weight_decay}"),
         (cfg.log_every >= 1, f"--log-every must be ≥ 1, got {cfg.log_every}"),
+        (0 <= cfg.checkpoint_every <= 100_000_000, f"--checkpoint-every must be ≥ 0, got {cfg.checkpoint_every}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (cfg.engine in ENGINES, f"unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}"),
@@ -80,6 +85,21 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
     if batchnorm and cfg.batch_size < 2:
         raise CharmlpError(
             "--batch-size 1 cannot train with BatchNorm (the batch variance needs n − 1 ≥ 1); use a batch of 2 or more"
+        )
+
+
+MAX_BATCH_BYTES = 8 << 30
+
+
+def validate_batch_memory(cfg: RunConfig) -> None:
+    """Refuse a batch whose activations (forward and backward, float32) would not fit in memory."""
+    m = cfg.model
+    floats_per_example = 2 * m.block_size * m.n_embd + 4 * m.n_layers * m.n_hidden + 4 * m.vocab_size
+    need = cfg.train.batch_size * floats_per_example * 4
+    if need > MAX_BATCH_BYTES:
+        raise CharmlpError(
+            f"a batch of {cfg.train.batch_size} needs about {need / 2**30:.0f} GiB of activations for this model; "
+            "lower --batch-size or the model size"
         )
 
 
@@ -128,8 +148,13 @@ def train(
     dataset: Dataset | None = None,
     progress: bool = True,
     hooks: tuple[StepHook, ...] = (),
+    resume: bool = False,
 ) -> TrainResult:
-    """Train a model as configured; with `out_dir`, write the run directory there."""
+    """Train a model as configured; with `out_dir`, write the run directory there.
+
+    With `out_dir`, Ctrl-C/SIGTERM save a checkpoint and raise `TrainingInterrupted`;
+    `resume=True` continues from the checkpoint in `out_dir` (see `resume`).
+    """
     cfg = cfg or RunConfig()
     tc = cfg.train
     validate_train_config(tc, cfg.model.batchnorm)
@@ -140,6 +165,7 @@ def train(
         # the embedded dataset stays `None` so the run directory works from any install
         data=dataclasses.replace(cfg.data, path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
     )
+    validate_batch_memory(cfg)
     device = resolve_device(tc.device)
     t0 = time.perf_counter()
 
@@ -154,13 +180,17 @@ def train(
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
 
     losses = torch.empty(tc.steps)
-    bar = tqdm(range(tc.steps), desc="train", disable=not progress, mininterval=0.5, dynamic_ncols=True)
-    for step in bar:
+    ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses)
+    start = ckpt.begin(resume)
+    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
+               mininterval=0.5, dynamic_ncols=True)
+    for step in ckpt.steps(bar):  # checkpoints after each step; Ctrl-C/SIGTERM stop cleanly
         ix = torch.randint(0, n, (tc.batch_size,), generator=g).to(device)
         lr = lr_at(tc, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = compute_grads(model, Xtr[ix], Ytr[ix])
+        ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
         optimizer.step()
         losses[step] = loss.detach()
         for hook in hooks:
@@ -186,18 +216,40 @@ def train(
         "steps": tc.steps,
         "seconds": time.perf_counter() - t0,
         "train_seconds": train_seconds,
-        "steps_per_s": tc.steps / train_seconds,
+        "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
         "engine": tc.engine,
         "device": str(device),
         "bn_calibrated": bool(model.batchnorms() and tc.calibrate_bn),
     }
     out = None
-    if out_dir is not None:
-        out = save_run(out_dir, cfg, dataset.vocab, model)
+    if out_dir is not None:  # the weights last: model.safetensors marks a finished run
+        out = Path(out_dir)
         write_metrics(
             out,
             ({"step": s, "loss": loss_list[s], "lr": lr_at(tc, s)} for s in range(0, tc.steps, tc.log_every)),
         )
         write_json(out / SUMMARY, summary)
+        save_run(out, cfg, dataset.vocab, model)
+        ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
+
+
+def resume(
+    run_dir: str | Path,
+    progress: bool = True,
+    hooks: tuple[StepHook, ...] = (),
+    device: str | None = None,
+    checkpoint_every: int | None = None,
+) -> TrainResult:
+    """Continue the interrupted run in `run_dir` from its last checkpoint (or from step 0 if it
+    stopped before the first one). The result is bit for bit what the uninterrupted run gives.
+
+    `device` and `checkpoint_every` may differ from the original run (the others may not);
+    another device can change the numbers in the last bits.
+    """
+    cfg, vocab = resume_run_config(run_dir)
+    overrides = {k: v for k, v in (("device", device), ("checkpoint_every", checkpoint_every)) if v is not None}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    dataset = load_dataset(cfg.data, vocab=vocab)
+    return train(cfg, out_dir=run_dir, dataset=dataset, progress=progress, hooks=hooks, resume=True)

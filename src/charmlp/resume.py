@@ -1,0 +1,308 @@
+"""Resumable training: checkpoints every N steps, on Ctrl-C/SIGTERM and before a non-finite loss.
+
+A checkpoint is one file, train_state.safetensors, written atomically: the model's tensors
+(parameters and BatchNorm buffers), the optimizer's state tensors, the random generator's
+state (a uint8 tensor), the losses so far, and — as JSON in the header — the step, the
+optimizer's scalar settings and fingerprints of the configuration, vocabulary and data it
+belongs to. Nothing is pickled. Restoring all of it makes an interrupted and resumed run
+reproduce an uninterrupted one bit for bit: the learning-rate schedule is a function of the
+step, and every random draw comes from the restored generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import signal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import (
+    STATE,
+    WEIGHTS,
+    atomic_write_bytes,
+    decode_tensors,
+    encode_tensors,
+    prepare_run_dir,
+    read_run_config,
+    remove_file,
+    remove_stale_temporaries,
+)
+from .config import RunConfig
+from .data import SPLITS, Dataset, Vocab
+from .errors import CharmlpError, TrainingInterrupted
+from .model import CharMLP
+
+# training options that may differ between the interrupted and the resuming process:
+# they do not change a single number of the run
+NON_NUMERIC_TRAIN_FIELDS = ("device", "checkpoint_every")
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 of the items of every split (what training and evaluation actually see)."""
+    h = hashlib.sha256()
+    for s in SPLITS:
+        h.update(f"{s}:{len(dataset.items[s])}\n".encode())
+        for item in dataset.items[s]:
+            h.update(item.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
+
+
+def _run_fingerprint(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in NON_NUMERIC_TRAIN_FIELDS}
+    return {
+        "model": dataclasses.asdict(cfg.model),
+        "train": train,
+        "block_size": cfg.data.block_size,
+        "vocab": list(dataset.vocab.itos),
+        "data_sha256": data_fingerprint(dataset),
+    }
+
+
+# ----------------------------------------------------------------------------- state ↔ tensors
+
+
+def state_tensors(
+    model: CharMLP, optimizer: torch.optim.Optimizer, generator: torch.Generator, losses: torch.Tensor, step: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Everything needed to continue after `step` completed steps, as tensors + JSON scalars."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in opt["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{pid}/{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    tensors["rng"] = generator.get_state()
+    tensors["losses"] = losses[:step].detach().to("cpu", torch.float32)
+    meta = {"param_groups": opt["param_groups"], "state_scalars": scalars}
+    return tensors, meta
+
+
+def restore_state(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: CharMLP,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    losses: torch.Tensor,
+    path: Path,
+) -> int:
+    """Load a checkpoint's state into live objects; returns the step to continue from."""
+    damaged = f"{path} does not match the run's model or optimizer; the checkpoint is damaged"
+    step = meta.get("step")
+    if not isinstance(step, int) or not 0 <= step <= len(losses):
+        raise CharmlpError(damaged)
+    model_sd = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    expected = model.state_dict()
+    if set(model_sd) != set(expected) or any(model_sd[k].shape != expected[k].shape for k in expected):
+        raise CharmlpError(damaged)
+    opt_state: dict[int, dict[str, Any]] = {}
+    try:
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                _, pid, key = k.split("/", 2)
+                opt_state.setdefault(int(pid), {})[key] = v
+        for pid, d in meta["state_scalars"].items():
+            opt_state.setdefault(int(pid), {}).update(d)
+        param_groups = meta["param_groups"]
+        params = list(model.parameters())
+        if any(not 0 <= pid < len(params) for pid in opt_state):
+            raise ValueError("unknown parameter id")
+        for pid, st in opt_state.items():
+            shape = params[pid].shape
+            if any(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != shape for v in st.values()):
+                raise ValueError("optimizer state shape")
+        rng = tensors["rng"]
+        saved_losses = tensors["losses"]
+        if saved_losses.shape != (step,) or rng.dtype != torch.uint8:
+            raise ValueError("losses or generator")
+        model.load_state_dict(model_sd)
+        optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+        generator.set_state(rng)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError):
+        raise CharmlpError(damaged) from None
+    losses[:step] = saved_losses.to(losses.device, losses.dtype)
+    return step
+
+
+# ----------------------------------------------------------------------------- the checkpointer
+
+
+@dataclass
+class Checkpoint:
+    """What `read_checkpoint` finds in a run directory (without building a model)."""
+
+    path: Path
+    step: int
+    steps: int
+    reason: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def read_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The training checkpoint of a run directory, integrity-checked; None if there is none."""
+    path = Path(run_dir) / STATE
+    if not path.is_file():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CharmlpError(f"cannot read {path}: {e.strerror}") from None
+    tensors, meta = decode_tensors(raw, path)
+    if meta.get("kind") != "train_state" or not isinstance(meta.get("step"), int):
+        raise CharmlpError(f"{path} is not a charmlp training checkpoint; the run directory is damaged")
+    return Checkpoint(path, meta["step"], int(meta.get("steps", 0)), str(meta.get("reason", "")), tensors, meta)
+
+
+class Checkpointer:
+    """Saves and restores training state for the loop in `train.train`.
+
+    Without a run directory it only guards against a non-finite loss.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path | None,
+        cfg: RunConfig,
+        dataset: Dataset,
+        model: CharMLP,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        losses: torch.Tensor,
+    ) -> None:
+        self.dir = None if out_dir is None else Path(out_dir)
+        self.cfg, self.dataset = cfg, dataset
+        self.model, self.optimizer, self.generator, self.losses = model, optimizer, generator, losses
+        self.every = cfg.train.checkpoint_every
+        self.total = cfg.train.steps
+        self.pending: int | None = None  # signal number received during a step
+        self.last_saved = -1
+        self.fingerprint = _run_fingerprint(cfg, dataset) if self.dir is not None else None
+
+    # -- start ----------------------------------------------------------------------------
+    def begin(self, resume: bool) -> int:
+        """Fresh run: prepare the run directory. Resume: restore the checkpoint. Returns the first step."""
+        if self.dir is None:
+            if resume:
+                raise CharmlpError("resuming needs the run directory")
+            return 0
+        if not resume:
+            ck = read_checkpoint(self.dir) if (self.dir / STATE).is_file() else None
+            if ck is not None:
+                raise CharmlpError(
+                    f"{self.dir} holds an unfinished run (stopped at step {ck.step} of {ck.steps}); continue it with "
+                    f"`charmlp train --resume {self.dir}`, or delete it, or pass another --out"
+                )
+            prepare_run_dir(self.dir, self.cfg, self.dataset.vocab)
+            return 0
+        remove_stale_temporaries(self.dir)
+        ck = read_checkpoint(self.dir)
+        if ck is None:  # stopped before its first checkpoint: start over, which is exact
+            return 0
+        if ck.meta.get("fingerprint") != self.fingerprint:
+            raise CharmlpError(
+                f"{ck.path} was written for another configuration, vocabulary or data file than this run has now "
+                "(was the data file changed?); it cannot be resumed exactly"
+            )
+        step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path)
+        self.last_saved = step
+        return step
+
+    # -- per step -------------------------------------------------------------------------
+    def check_loss(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        """Stop at once on a non-finite loss, after saving the last good state."""
+        if bool(torch.isfinite(loss)):
+            return
+        where = ""
+        if self.dir is not None:
+            if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                self.save(step, "non-finite")
+                where = f"; the last good state (after {step} steps) is saved in {self.dir}"
+            elif self.last_saved >= 0:
+                where = f"; the last good checkpoint (after {self.last_saved} steps) is kept in {self.dir}"
+        raise CharmlpError(
+            f"the loss became non-finite ({float(loss)}) at step {step} of {self.total}: the learning rate "
+            f"(lr {lr:g}) is probably too high; train again with a lower --lr{where}"
+        )
+
+    def after_step(self, step: int) -> None:
+        """Periodic checkpoint; on a pending Ctrl-C/SIGTERM, save and stop."""
+        done = step + 1
+        if self.dir is None:
+            return
+        if self.every and (done % self.every == 0 or done == self.total):
+            self.save(done, "periodic")
+        if self.pending is not None:
+            if self.last_saved != done:
+                self.save(done, "interrupted")
+            raise TrainingInterrupted(
+                f"stopped at step {done} of {self.total}; the run is saved in {self.dir}: "
+                f"continue it with `charmlp train --resume {self.dir}`",
+                signum=self.pending,
+            )
+
+    def save(self, step: int, reason: str) -> None:
+        assert self.dir is not None
+        tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step)
+        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint)
+        atomic_write_bytes(self.dir / STATE, encode_tensors(tensors, meta))
+        self.last_saved = step
+
+    def finish(self) -> None:
+        """The run is complete (model.safetensors written): the checkpoint has served."""
+        if self.dir is not None and (self.dir / WEIGHTS).is_file():
+            remove_file(self.dir / STATE)
+
+    def steps(self, steps: Iterable[int]) -> Iterator[int]:
+        """The training loop's steps; after each one, checkpoint as configured. While it runs,
+        Ctrl-C/SIGTERM stop cleanly at the end of the current step."""
+        with self.catch_signals():
+            for step in steps:
+                yield step
+                self.after_step(step)
+
+    # -- signals --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def catch_signals(self) -> Iterator[None]:
+        """Within the loop, Ctrl-C/SIGTERM ask for a clean stop at the end of the current step;
+        a second Ctrl-C stops at once (files stay consistent: every write is atomic)."""
+        if self.dir is None:
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.pending is not None:
+                raise KeyboardInterrupt
+            self.pending = signum
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+
+def resume_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:
+    """Configuration and vocabulary of a run to resume, with a clear error when there is nothing to do."""
+    d = Path(run_dir)
+    cfg, vocab = read_run_config(d)
+    ck = read_checkpoint(d)
+    if (d / WEIGHTS).is_file() and (ck is None or ck.step >= ck.steps):
+        raise CharmlpError(f"{d} is a finished run; nothing to resume (sample from it with `charmlp sample {d}`)")
+    return cfg, vocab
+
