@@ -29,13 +29,13 @@ from .lrfind import lr_find, lr_schedule  # noqa: E402
 from .model import CharMLP, build_model  # noqa: E402
 from .report import diagnose  # noqa: E402
 from .sampling import sample, sample_run  # noqa: E402
-from .train import calibrate_batchnorm, train  # noqa: E402
+from .train import calibrate_batchnorm, resume, train  # noqa: E402
 
 __all__ = [
     "CharMLP", "CharmlpError", "DataConfig", "Dataset", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
     "apply_preset", "autograd_grads", "build_examples", "build_model", "calibrate_batchnorm", "evaluate",
     "evaluate_run", "load_dataset", "load_run", "manual_grads", "read_items", "sample", "sample_run",
-    "save_run", "train",
+    "resume", "save_run", "train",
     # diagnostics
     "DiagnosticsRecorder", "activation_stats", "diagnose", "embedding_2d", "grad_data_ratio", "init_check",
     "init_warning_hook", "lr_find", "lr_schedule", "take_snapshot", "update_ratio",

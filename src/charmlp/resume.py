@@ -211,7 +211,7 @@ class Checkpointer:
         if ck.meta.get("fingerprint") != self.fingerprint:
             raise CharmlpError(
                 f"{ck.path} was written for another configuration, vocabulary or data file than this run has now "
-                "(was the data file changed?); it cannot be resumed exactly"
+                "(the data file changed?); it cannot be resumed exactly"
             )
         step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path)
         self.last_saved = step

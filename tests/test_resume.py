@@ -1,0 +1,259 @@
+"""Interrupt and resume: Ctrl-C/SIGTERM/SIGKILL at any moment, then `train --resume`, must give
+bit for bit the parameters and losses of an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SRC, assert_user_error, run_cli
+from safetensors.torch import load_file
+
+import charmlp
+from charmlp.checkpoint import STATE, WEIGHTS, load_run, prepare_run_dir
+from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.errors import CharmlpError, TrainingInterrupted
+from charmlp.resume import read_checkpoint
+
+# a tiny model so that a step is cheap and checkpoint writes dominate
+TINY = ["--batch-size", "16", "--n-hidden", "16", "--n-embd", "4", "--no-progress"]
+
+
+def tiny_cfg(data: Path, steps: int = 60, **train: object) -> RunConfig:
+    return RunConfig(
+        DataConfig(path=str(data)),
+        ModelConfig(n_hidden=16, n_embd=4),
+        TrainConfig(steps=steps, batch_size=16, **train),
+    )
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise equal weights and logged losses."""
+    wa, wb = load_file(a / WEIGHTS), load_file(b / WEIGHTS)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    la = [json.loads(x)["loss"] for x in (a / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def popen_cli(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "charmlp", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def wait_for_new_checkpoint(state: Path, proc: subprocess.Popen, after_ns: int, timeout: float = 120) -> bool:
+    """Wait until `state` is (re)written after `after_ns`; False if the process ended first."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if state.stat().st_mtime_ns > after_ns:
+                return True
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def interrupt_at(step_to_stop: int, signum: int = signal.SIGINT):
+    """A step hook that sends this process a signal, as Ctrl-C would, during step `step_to_stop`."""
+
+    def hook(step: int, model, lr, loss) -> None:
+        if step == step_to_stop:
+            os.kill(os.getpid(), signum)
+
+    return hook
+
+
+@pytest.mark.parametrize("optimizer,engine", [("sgd", "autograd"), ("adamw", "manual")])
+def test_signal_then_resume_matches_uninterrupted_in_process(tmp_path, tiny_data, optimizer, engine):
+    cfg = tiny_cfg(tiny_data, steps=60, optimizer=optimizer, engine=engine, lr=0.05, lr_final=0.005, log_every=1)
+    ref = charmlp.train(cfg, out_dir=tmp_path / "ref", progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as exc:
+        charmlp.train(cfg, out_dir=run, progress=False, hooks=(interrupt_at(23),))
+    assert exc.value.signum == signal.SIGINT
+    assert "--resume" in str(exc.value) and "step 24 of 60" in str(exc.value)
+    # the handler is gone after training: Ctrl-C is an ordinary KeyboardInterrupt again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ck = read_checkpoint(run)
+    assert ck is not None and ck.step == 24 and ck.reason == "interrupted"
+    with pytest.raises(CharmlpError, match="unfinished"):
+        load_run(run)
+    res = charmlp.resume(run, progress=False)
+    assert res.losses == ref.losses
+    for (k, a), (_, b) in zip(res.model.state_dict().items(), ref.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert not (run / STATE).exists()  # a finished run keeps no checkpoint
+    assert_same_run(run, tmp_path / "ref")
+
+
+def test_periodic_checkpoints_and_sigterm(tmp_path, tiny_data):
+    cfg = tiny_cfg(tiny_data, steps=40, checkpoint_every=7)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as exc:
+        charmlp.train(cfg, out_dir=run, progress=False, hooks=(interrupt_at(20, signal.SIGTERM),))
+    assert exc.value.signum == signal.SIGTERM
+    ck = read_checkpoint(run)
+    assert ck.step == 21 and len(ck.tensors["losses"]) == 21
+    # resume with another checkpoint interval: allowed, it changes no number
+    res = charmlp.resume(run, progress=False, checkpoint_every=3)
+    ref = charmlp.train(cfg, progress=False)
+    assert res.losses == ref.losses
+
+
+def test_resume_before_first_checkpoint_starts_over_exactly(tmp_path, tiny_data):
+    """Killed after config.json/vocab.json were written but before any checkpoint."""
+    cfg = tiny_cfg(tiny_data, steps=30)
+    ref = charmlp.train(cfg, progress=False)
+    ds = charmlp.load_dataset(cfg.data)
+    cfg_written = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, vocab_size=ds.vocab.size),
+        data=dataclasses.replace(cfg.data, path=str(tiny_data.resolve())),
+    )
+    prepare_run_dir(tmp_path / "run", cfg_written, ds.vocab)
+    res = charmlp.resume(tmp_path / "run", progress=False)
+    assert res.losses == ref.losses
+
+
+def test_non_finite_loss_stops_with_step_and_lr_after_saving(tmp_path, tiny_data):
+    """A hook blows the embedding up to finite-but-huge values: the next loss is not finite."""
+    cfg = tiny_cfg(tiny_data, steps=50, checkpoint_every=5)
+
+    def explode(step, model, lr, loss):
+        if step == 12:
+            with torch.no_grad():
+                model.layers[0].weight.fill_(3e38)
+
+    with pytest.raises(CharmlpError) as exc:
+        charmlp.train(cfg, out_dir=tmp_path / "run", progress=False, hooks=(explode,))
+    msg = str(exc.value)
+    assert "non-finite" in msg and "step 13 of 50" in msg and "--lr" in msg and "lr 0.1" in msg
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ck = read_checkpoint(tmp_path / "run")
+    assert ck.step == 13 and ck.reason == "non-finite"
+    assert torch.isfinite(ck.tensors["losses"]).all()
+
+
+def test_fresh_train_refuses_to_overwrite_an_unfinished_run(tmp_path, tiny_data):
+    cfg = tiny_cfg(tiny_data, steps=30)
+    with pytest.raises(TrainingInterrupted):
+        charmlp.train(cfg, out_dir=tmp_path / "run", progress=False, hooks=(interrupt_at(3),))
+    with pytest.raises(CharmlpError, match="unfinished run .*--resume"):
+        charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)
+
+
+def test_resume_refuses_changed_data(tmp_path, tiny_data):
+    cfg = tiny_cfg(tiny_data, steps=30)
+    with pytest.raises(TrainingInterrupted):
+        charmlp.train(cfg, out_dir=tmp_path / "run", progress=False, hooks=(interrupt_at(3),))
+    lines = tiny_data.read_text().splitlines()
+    tiny_data.write_text("\n".join(reversed(lines)) + "\n")  # same characters, other split
+    with pytest.raises(CharmlpError, match="data file changed"):
+        charmlp.resume(tmp_path / "run", progress=False)
+
+
+# ----------------------------------------------------------------------------- real processes
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> tuple[Path, Path]:
+    """An uninterrupted 300-step run (in this process) and its data file."""
+    d = tmp_path_factory.mktemp("resume")
+    from conftest import make_items
+
+    data = d / "tiny.txt"
+    data.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
+    charmlp.train(tiny_cfg(data, steps=300), out_dir=d / "ref", progress=False)
+    return data, d / "ref"
+
+
+def test_cli_sigint_then_resume_is_bitwise_identical(tmp_path, reference_run):
+    data, ref = reference_run
+    run = tmp_path / "run"
+    proc = popen_cli("train", "--data", data, "--out", run, "--steps", "300", "--checkpoint-every", "10", *TINY)
+    assert wait_for_new_checkpoint(run / STATE, proc, 0), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("interrupted:") and f"--resume {run}" in line
+    ck = read_checkpoint(run)
+    assert 0 < ck.step < 300
+    # sampling an unfinished run says how to finish it
+    assert_user_error(run_cli("sample", run), "--resume")
+    done = run_cli("train", "--resume", run, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert_same_run(run, ref)
+
+
+def test_cli_sigkill_during_checkpoint_writes_always_leaves_a_loadable_run(tmp_path, reference_run):
+    """Kill -9 at random moments while a checkpoint is written every step; after each kill the run
+    directory loads, and resuming through all the kills ends exactly where the reference does."""
+    data, ref = reference_run
+    run = tmp_path / "run"
+    rng = random.Random(1234)
+    steps_seen = []
+    for i in range(3):
+        args = ["--resume", run] if i else ["--data", data, "--out", run, "--steps", "300", *TINY]
+        proc = popen_cli("train", *args, "--checkpoint-every", "1", "--no-progress")
+        before = (run / STATE).stat().st_mtime_ns if (run / STATE).exists() else 0
+        if not wait_for_new_checkpoint(run / STATE, proc, before):
+            pytest.fail(f"training ended before it could be killed: {proc.communicate()}")
+        time.sleep(rng.uniform(0, 0.15))
+        proc.kill()
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        ck = read_checkpoint(run)  # complete and checksummed, whatever moment the kill hit
+        assert ck is not None and 0 < ck.step <= 300 and len(ck.tensors["losses"]) == ck.step
+        charmlp.checkpoint.read_run_config(run)
+        steps_seen.append(ck.step)
+    assert steps_seen == sorted(steps_seen)
+    done = run_cli("train", "--resume", run, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert not list(run.glob(".*.tmp"))  # leftovers of the kills are cleaned up
+    assert_same_run(run, ref)
+
+
+def test_cli_non_finite_loss(tmp_path, tiny_data):
+    """A learning rate of 100 without BatchNorm or hidden layer overflows the loss within a few steps."""
+    run = tmp_path / "run"
+    p = run_cli("train", "--data", tiny_data, "--out", run, "--steps", "300", "--no-batchnorm", "--n-layers", "0",
+                "--lr", "100", "--lr-final", "100", "--schedule", "constant", *TINY)
+    assert_user_error(p, "non-finite")
+    assert "at step" in p.stderr and "--lr" in p.stderr and "saved in" in p.stderr
+    ck = read_checkpoint(run)
+    assert ck.reason == "non-finite" and all(torch.isfinite(t).all() for k, t in ck.tensors.items() if k != "rng")
+
+
+def test_cli_resume_errors(tmp_path, reference_run):
+    data, ref = reference_run
+    assert_user_error(run_cli("train", "--resume", ref), "finished run")
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / WEIGHTS).unlink()
+    p = run_cli("train", "--resume", run, "--lr", "0.5", "--steps", "10")
+    assert_user_error(p, "cannot change when resuming")
+    assert_user_error(run_cli("train", "--resume", tmp_path / "nowhere"), "does not exist")
+    assert_user_error(run_cli("train", "--resume", run, "--out", run), "not allowed with argument")
