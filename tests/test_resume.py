@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SRC, assert_user_error, run_cli
 from safetensors.torch import load_file
 
 import charmlp
 from charmlp.checkpoint import STATE, WEIGHTS, load_run, prepare_run_dir
+from charmlp.cli import main
 from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from charmlp.errors import CharmlpError, TrainingInterrupted
 from charmlp.resume import read_checkpoint
+from conftest import SRC, assert_user_error, run_cli
 
 # a tiny model so that a step is cheap and checkpoint writes dominate
 TINY = ["--batch-size", "16", "--n-hidden", "16", "--n-embd", "4", "--no-progress"]
@@ -178,20 +179,20 @@ def test_resume_refuses_changed_data(tmp_path, tiny_data):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> tuple[Path, Path]:
-    """An uninterrupted 300-step run (in this process) and its data file."""
+    """An uninterrupted 200-step run (in this process) and its data file."""
     d = tmp_path_factory.mktemp("resume")
     from conftest import make_items
 
     data = d / "tiny.txt"
     data.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
-    charmlp.train(tiny_cfg(data, steps=300), out_dir=d / "ref", progress=False)
+    charmlp.train(tiny_cfg(data, steps=200), out_dir=d / "ref", progress=False)
     return data, d / "ref"
 
 
 def test_cli_sigint_then_resume_is_bitwise_identical(tmp_path, reference_run):
     data, ref = reference_run
     run = tmp_path / "run"
-    proc = popen_cli("train", "--data", data, "--out", run, "--steps", "300", "--checkpoint-every", "10", *TINY)
+    proc = popen_cli("train", "--data", data, "--out", run, "--steps", "200", "--checkpoint-every", "10", *TINY)
     assert wait_for_new_checkpoint(run / STATE, proc, 0), proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -200,9 +201,7 @@ def test_cli_sigint_then_resume_is_bitwise_identical(tmp_path, reference_run):
     line = err.strip()
     assert len(line.splitlines()) == 1 and line.startswith("interrupted:") and f"--resume {run}" in line
     ck = read_checkpoint(run)
-    assert 0 < ck.step < 300
-    # sampling an unfinished run says how to finish it
-    assert_user_error(run_cli("sample", run), "--resume")
+    assert 0 < ck.step < 200
     done = run_cli("train", "--resume", run, "--no-progress")
     assert done.returncode == 0, done.stderr
     assert_same_run(run, ref)
@@ -215,8 +214,8 @@ def test_cli_sigkill_during_checkpoint_writes_always_leaves_a_loadable_run(tmp_p
     run = tmp_path / "run"
     rng = random.Random(1234)
     steps_seen = []
-    for i in range(3):
-        args = ["--resume", run] if i else ["--data", data, "--out", run, "--steps", "300", *TINY]
+    for i in range(2):
+        args = ["--resume", run] if i else ["--data", data, "--out", run, "--steps", "200", *TINY]
         proc = popen_cli("train", *args, "--checkpoint-every", "1", "--no-progress")
         before = (run / STATE).stat().st_mtime_ns if (run / STATE).exists() else 0
         if not wait_for_new_checkpoint(run / STATE, proc, before):
@@ -226,11 +225,11 @@ def test_cli_sigkill_during_checkpoint_writes_always_leaves_a_loadable_run(tmp_p
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
         ck = read_checkpoint(run)  # complete and checksummed, whatever moment the kill hit
-        assert ck is not None and 0 < ck.step <= 300 and len(ck.tensors["losses"]) == ck.step
+        assert ck is not None and 0 < ck.step <= 200 and len(ck.tensors["losses"]) == ck.step
         charmlp.checkpoint.read_run_config(run)
         steps_seen.append(ck.step)
     assert steps_seen == sorted(steps_seen)
-    done = run_cli("train", "--resume", run, "--no-progress")
+    done = run_cli("train", "--resume", run, "--no-progress", "--checkpoint-every", "0")
     assert done.returncode == 0, done.stderr
     assert not list(run.glob(".*.tmp"))  # leftovers of the kills are cleaned up
     assert_same_run(run, ref)
@@ -247,13 +246,26 @@ def test_cli_non_finite_loss(tmp_path, tiny_data):
     assert ck.reason == "non-finite" and all(torch.isfinite(t).all() for k, t in ck.tensors.items() if k != "rng")
 
 
-def test_cli_resume_errors(tmp_path, reference_run):
-    data, ref = reference_run
-    assert_user_error(run_cli("train", "--resume", ref), "finished run")
+def test_cli_resume_of_a_finished_run(reference_run):
+    assert_user_error(run_cli("train", "--resume", reference_run[1]), "finished run")
+
+
+def cli_error(capsys, *args: object) -> str:
+    """Run the CLI's main() in this process; assert exit code 2 and one `error:` line, return it."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, (code, err)
+    return err
+
+
+def test_resume_option_errors(tmp_path, reference_run, capsys):
     run = tmp_path / "run"
-    shutil.copytree(ref, run)
+    shutil.copytree(reference_run[1], run)
     (run / WEIGHTS).unlink()
-    p = run_cli("train", "--resume", run, "--lr", "0.5", "--steps", "10")
-    assert_user_error(p, "cannot change when resuming")
-    assert_user_error(run_cli("train", "--resume", tmp_path / "nowhere"), "does not exist")
-    assert_user_error(run_cli("train", "--resume", run, "--out", run), "not allowed with argument")
+    assert "cannot change when resuming" in cli_error(capsys, "train", "--resume", run, "--lr", "0.5", "--steps", "10")
+    assert "does not exist" in cli_error(capsys, "train", "--resume", tmp_path / "nowhere")
+    assert "not allowed with argument" in cli_error(capsys, "train", "--resume", run, "--out", run)
+    assert "one of the arguments --out --resume is required" in cli_error(capsys, "train")

@@ -24,7 +24,7 @@ from .engines import grad_fn
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate
 from .layers import BatchNorm1d
-from .model import CharMLP, build_model
+from .model import CharMLP, build_model, validate_model_config
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
@@ -94,6 +94,7 @@ MAX_BATCH_BYTES = 8 << 30
 def validate_batch_memory(cfg: RunConfig) -> None:
     """Refuse a batch whose activations (forward and backward, float32) would not fit in memory."""
     m = cfg.model
+    validate_model_config(m)  # sizes first: their messages name the flag
     floats_per_example = 2 * m.block_size * m.n_embd + 4 * m.n_layers * m.n_hidden + 4 * m.vocab_size
     need = cfg.train.batch_size * floats_per_example * 4
     if need > MAX_BATCH_BYTES:
