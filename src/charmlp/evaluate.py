@@ -12,6 +12,7 @@ from .losses import cross_entropy
 from .model import CharMLP
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
+MAX_CHUNK_LOGITS = 1 << 24  # logits per forward pass (64 MiB of float32)
 
 
 @torch.no_grad()
@@ -22,6 +23,7 @@ def split_loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = EV
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    chunk = max(1, min(chunk, MAX_CHUNK_LOGITS // model.cfg.vocab_size))  # large vocabularies: smaller chunks
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(Y), chunk):
         xb, yb = X[i : i + chunk].to(device), Y[i : i + chunk].to(device)
