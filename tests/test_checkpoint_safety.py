@@ -169,3 +169,24 @@ def test_run_directory_holds_only_complete_files(runs):
     assert {p.name for p in runs["a"].iterdir()} == {"config.json", "vocab.json", WEIGHTS, "metrics.jsonl",
                                                      "summary.json"}
     assert {p.name for p in runs["unfinished"].iterdir()} == {"config.json", "vocab.json", STATE}
+
+
+def test_training_never_deletes_a_foreign_config_json(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "my app"}')
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(make_items()))
+    with pytest.raises(CharmlpError, match="did not write"):
+        charmlp.train(tiny_cfg(data, steps=2), out_dir=project, progress=False)
+    assert (project / "config.json").read_text() == '{"name": "my app"}'
+
+
+def test_retraining_removes_the_previous_runs_derived_files(tmp_path, runs):
+    d = tmp_path / "a"
+    shutil.copytree(runs["a"], d)
+    (d / "diagnostics.json").write_text("{}")
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(make_items()))
+    charmlp.train(tiny_cfg(data, steps=3), out_dir=d, progress=False)
+    assert not (d / "diagnostics.json").exists() and load_run(d).config.train.steps == 3

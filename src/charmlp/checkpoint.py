@@ -40,6 +40,8 @@ CONFIG, VOCAB, WEIGHTS, METRICS, SUMMARY = (
     "summary.json",
 )
 STATE = "train_state.safetensors"  # resumable training state (see resume.py)
+# written beside a run by diagnostics/report; stale once the run is retrained
+DERIVED = ("diagnostics.json", "report.html")
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -193,12 +195,27 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, vocab: Vocab) -> Path:
     checkpoint beside it belong to it.
     """
     d = make_run_dir(run_dir)
-    for name in (WEIGHTS, STATE, SUMMARY, METRICS, CONFIG, VOCAB):
+    _refuse_foreign_config(d)
+    for name in (WEIGHTS, STATE, SUMMARY, METRICS, *DERIVED, CONFIG, VOCAB):
         remove_file(d / name)
     remove_stale_temporaries(d)
     atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
     atomic_write_text(d / CONFIG, _config_bytes(cfg))
     return d
+
+
+def _refuse_foreign_config(d: Path) -> None:
+    """Never delete a config.json that charmlp did not write (e.g. `--out .` in a project)."""
+    p = d / CONFIG
+    if not p.is_file():
+        return
+    try:
+        raw = json.loads(p.read_bytes())
+        ours = isinstance(raw, dict) and "format" in raw and {"data", "model", "train"} <= set(raw)
+    except (OSError, ValueError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise CharmlpError(f"{d} holds a config.json that charmlp did not write; pass --out a new or empty directory")
 
 
 def remove_stale_temporaries(d: Path) -> None:
