@@ -269,3 +269,25 @@ def test_resume_option_errors(tmp_path, reference_run, capsys):
     assert "does not exist" in cli_error(capsys, "train", "--resume", tmp_path / "nowhere")
     assert "not allowed with argument" in cli_error(capsys, "train", "--resume", run, "--out", run)
     assert "one of the arguments --out --resume is required" in cli_error(capsys, "train")
+
+
+def test_interrupted_after_the_loop_resumes_to_the_same_run(tmp_path, tiny_data, monkeypatch):
+    """Ctrl-C during the final evaluation: the final checkpoint is on disk and resuming only finishes."""
+    train_module = sys.modules["charmlp.train"]  # the attribute charmlp.train is the function
+
+    cfg = tiny_cfg(tiny_data, steps=25)
+    ref = charmlp.train(cfg, progress=False)
+    real_evaluate = train_module.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)
+    ck = read_checkpoint(tmp_path / "run")
+    assert ck.step == 25 and ck.reason == "final"
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    res = charmlp.resume(tmp_path / "run", progress=False)
+    assert res.losses == ref.losses and res.summary["val_loss"] == ref.summary["val_loss"]
+    assert not (tmp_path / "run" / STATE).exists()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
+from .checkpoint import STATE
 from .config import (
     DEVICES,
     ENGINES,
@@ -28,7 +30,7 @@ from .evaluate import evaluate_run
 from .lrfind import LR_FIND, lr_find, save_lr_find
 from .report import diagnose
 from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
-from .train import resume, train
+from .train import TrainResult, resume, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,7 +110,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, DiagnosticsRecorder | None]:
     recorder = None
     if args.resume is not None:
         if args.diagnostics or args.diagnostics_every is not None:
@@ -137,6 +139,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
         if recorder is not None:
             recorder.save(result.out_dir)
+    return result, recorder
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run_dir = args.resume if args.resume is not None else args.out
+    try:
+        result, recorder = _train_or_resume(args)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one after the loop: the last checkpoint is on disk
+        if not (Path(run_dir) / STATE).is_file():
+            raise
+        raise TrainingInterrupted(
+            f"stopped; the last checkpoint in {run_dir} is kept: continue with `charmlp train --resume {run_dir}`",
+            signum=signal.SIGINT,
+        ) from None
     s = result.summary
     print(
         f"step-0 loss {s['init_loss']:.4f} (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "

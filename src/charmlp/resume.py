@@ -239,7 +239,9 @@ class Checkpointer:
         done = step + 1
         if self.dir is None:
             return
-        if self.every and (done % self.every == 0 or done == self.total):
+        if done == self.total:  # always: an interrupted evaluation/write-out then resumes from here
+            self.save(done, "final")
+        elif self.every and done % self.every == 0:
             self.save(done, "periodic")
         if self.pending is not None:
             if self.last_saved != done:
