@@ -291,3 +291,17 @@ def test_interrupted_after_the_loop_resumes_to_the_same_run(tmp_path, tiny_data,
     res = charmlp.resume(tmp_path / "run", progress=False)
     assert res.losses == ref.losses and res.summary["val_loss"] == ref.summary["val_loss"]
     assert not (tmp_path / "run" / STATE).exists()
+
+
+def test_a_diverged_run_can_be_retrained_in_place(tmp_path, tiny_data):
+    def explode(step, model, lr, loss):
+        if step == 2:
+            with torch.no_grad():
+                model.layers[0].weight.fill_(3e38)
+
+    cfg = tiny_cfg(tiny_data, steps=10)
+    with pytest.raises(CharmlpError, match="non-finite"):
+        charmlp.train(cfg, out_dir=tmp_path / "run", progress=False, hooks=(explode,))
+    assert read_checkpoint(tmp_path / "run").reason == "non-finite"
+    charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)  # e.g. with a lower --lr
+    assert load_run(tmp_path / "run").config.train.steps == 10 and not (tmp_path / "run" / STATE).exists()

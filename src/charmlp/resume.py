@@ -197,8 +197,11 @@ class Checkpointer:
                 raise CharmlpError("resuming needs the run directory")
             return 0
         if not resume:
-            ck = read_checkpoint(self.dir) if (self.dir / STATE).is_file() else None
-            if ck is not None:
+            try:
+                ck = read_checkpoint(self.dir)
+            except CharmlpError:  # a damaged checkpoint cannot be resumed: a fresh run may replace it
+                ck = None
+            if ck is not None and ck.reason != "non-finite":  # a diverged run may be retrained in place
                 raise CharmlpError(
                     f"{self.dir} holds an unfinished run (stopped at step {ck.step} of {ck.steps}); continue it with "
                     f"`charmlp train --resume {self.dir}`, or delete it, or pass another --out"
