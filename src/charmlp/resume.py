@@ -271,10 +271,15 @@ class Checkpointer:
     def steps(self, steps: Iterable[int]) -> Iterator[int]:
         """The training loop's steps; after each one, checkpoint as configured. While it runs,
         Ctrl-C/SIGTERM stop cleanly at the end of the current step."""
-        with self.catch_signals():
-            for step in steps:
-                yield step
-                self.after_step(step)
+        try:
+            with self.catch_signals():
+                for step in steps:
+                    yield step
+                    self.after_step(step)
+        finally:  # end a progress bar's line before any message (tqdm's close is idempotent)
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
 
     # -- signals --------------------------------------------------------------------------
     @contextlib.contextmanager
