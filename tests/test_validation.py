@@ -77,6 +77,17 @@ def test_unreadable_file(tmp_path):
     assert_user_error(run_cli("data", "--data", p), "permission")
 
 
+def test_unreadable_file_in_process(tmp_path, capsys, monkeypatch):
+    """The same case where the tests run as root: reading fails with EACCES."""
+    p = write(tmp_path, b"anna\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    assert "Permission denied; check its permissions" in cli_error(capsys, "data", "--data", p)
+
+
 def test_directory(tmp_path):
     assert_user_error(run_cli("data", "--data", tmp_path), "is a directory")
 
