@@ -25,6 +25,7 @@ from .data import load_dataset
 from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
 from .errors import CharmlpError
 from .evaluate import evaluate_run
+from .fastpath import set_threads
 from .lrfind import LR_FIND, lr_find, save_lr_find
 from .report import diagnose
 from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
@@ -56,7 +57,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default step: lr → lr-final at half way)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
     p.add_argument("--weight-decay", type=float, metavar="WD", help="default 0")
-    p.add_argument("--engine", choices=ENGINES, help="who fills .grad: autograd or the hand-written backward (default autograd)")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="auto (default): the fused fast step where it runs (CPU), else manual; fast: only the fused "
+                        "step; autograd | manual: the readable eager engines (autograd or the hand-written backward)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for torch and NumPy's BLAS (default 1: fastest for this small model)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
     p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
     p.add_argument("--no-calibrate", action="store_true", help="keep BatchNorm's running statistics instead of calibrating over the train split")
@@ -99,6 +104,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args)
+    set_threads(args.threads)
     hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong
     recorder = None
     if args.diagnostics or args.diagnostics_every is not None:

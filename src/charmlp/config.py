@@ -53,7 +53,9 @@ class TrainConfig:
     decay_at: float = 0.5  # step schedule: fraction of steps after which lr → lr_final
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 0.0
-    engine: str = "autograd"  # autograd | manual
+    # auto: the fused fast step (fastpath.py) where it runs (CPU, float32, sgd/adamw), else manual;
+    # fast: only the fused step; autograd | manual: the readable eager reference engines
+    engine: str = "auto"
     seed: int = LECTURE_SEED  # one generator: init, then batches
     device: str = "auto"  # auto | cpu | cuda
     calibrate_bn: bool = True  # BatchNorm statistics over the whole train split after training
@@ -71,7 +73,7 @@ class RunConfig:
 
 SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
-ENGINES = ("autograd", "manual")
+ENGINES = ("auto", "fast", "autograd", "manual")
 DEVICES = ("auto", "cpu", "cuda")
 
 # preset name → overrides of TrainConfig (and ModelConfig under the "model" key)
