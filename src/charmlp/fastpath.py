@@ -30,7 +30,7 @@ BatchNorm), plain `torch.optim.SGD` (no momentum/nesterov/dampening) or `torch.o
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -315,7 +315,7 @@ class FastStep:
         # torch.optim.AdamW: p ← p·(1 − lr·wd); m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
         # p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
         b1, b2, eps, wd = self.beta1, self.beta2, self.adam_eps, self.wd
-        for (p, g, _), (step, m, v, t) in zip(self.params, self.adam_state):
+        for (p, g, _), (step, m, v, t) in zip(self.params, self.adam_state, strict=True):
             step += 1.0
             n = float(step[0])
             if wd:

@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import load_run
 from .config import LECTURE_SEED
 from .data import Vocab, read_items
 from .errors import CharmlpError
+from .layers import BatchNorm1d, Embedding, Flatten, Linear, Tanh
 from .model import CharMLP
 
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10
 DEFAULT_MAX_LEN = 64
+
+
+def eval_forward(model: CharMLP) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's eval-mode forward with every BatchNorm folded into the Linear before it.
+
+    In eval mode BatchNorm is affine: γ·(x@W + b − μ)·rstd + β = x@(W·a) + ((b − μ)·a + β) with
+    a = γ·rstd, rstd = 1/√(σ² + ε). Each hidden block becomes one `addmm` and a tanh, which
+    saves the BatchNorm passes over every sampled row. Unknown layer stacks use `model` itself.
+    """
+    layers = list(model.layers)
+    if not (isinstance(layers[0], Embedding) and isinstance(layers[1], Flatten)):
+        return model
+    C, mats, i = layers[0].weight, [], 2
+    while i < len(layers):
+        lin = layers[i]
+        if not isinstance(lin, Linear):
+            return model
+        W = lin.weight
+        b = lin.bias if lin.bias is not None else torch.zeros(W.shape[1], device=W.device, dtype=W.dtype)
+        i += 1
+        if i < len(layers) and isinstance(layers[i], BatchNorm1d):
+            bn = layers[i]
+            a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            W, b = W * a, (b - bn.running_mean) * a + bn.bias
+            i += 1
+        act = i < len(layers) and isinstance(layers[i], Tanh)
+        if i < len(layers) and not act:
+            return model
+        i += act
+        mats.append((W, b, act))
+
+    def forward(idx: torch.Tensor) -> torch.Tensor:
+        h = C[idx.long()].reshape(len(idx), -1)
+        for W, b, act in mats:
+            h = torch.addmm(b, h, W)  # h @ W + b
+            if act and h.device.type == "cpu":  # NumPy's float32 tanh is ~10× faster than torch's on CPU
+                np.tanh(h.numpy(), out=h.numpy())
+            elif act:
+                h = torch.tanh(h)
+        return h
+
+    return forward
 
 
 @torch.no_grad()
@@ -29,33 +75,49 @@ def sample_ids(
 ) -> tuple[list[list[int]], int]:
     """Draw `n` continuations of `prefix_ids` in one batch.
 
+    Every step feeds only the rows still going (most names end within ~8 characters, the
+    longest of 10 000 after ~30), and draws each row's next id by inverting its cumulative
+    distribution: id = #{v : cdf_v < u·cdf_V}, u ~ U[0, 1) — exact, and far cheaper than
+    `torch.multinomial` over many rows.
+
     Returns each sample's new ids (without the closing boundary) and how many hit `max_new`
     before emitting the boundary.
     """
     model.eval()
+    forward = eval_forward(model)
     block = model.cfg.block_size
     ctx = torch.zeros(n, block, dtype=torch.long)
     for i in prefix_ids:  # slide the prefix into the boundary-padded context
         ctx = torch.cat([ctx[:, 1:], torch.full((n, 1), i, dtype=torch.long)], dim=1)
     out = torch.zeros(n, max_new, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
     length = torch.full((n,), max_new, dtype=torch.long)
+    alive = torch.arange(n)  # rows that have not emitted the boundary yet
     device = next(model.parameters()).device
+    steps = 0
     for t in range(max_new):
-        logits = model(ctx.to(device)).float().cpu() / temperature
+        steps = t + 1
+        logits = forward(ctx.to(device)).float().cpu() / temperature
         if top_k is not None and top_k < logits.shape[1]:
             kth = torch.topk(logits, top_k, dim=1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        ix = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
-        ended = (ix == 0) & ~done
-        length[ended] = t
-        done |= ended
-        out[:, t] = ix
-        if bool(done.all()):
-            break
+        cdf = torch.softmax(logits, dim=1).cumsum_(1)
+        u = torch.rand(len(alive), 1, generator=generator) * cdf[:, -1:]
+        ix = (cdf < u).sum(1)
+        out[alive, t] = ix
+        ended = ix == 0
+        if bool(ended.any()):
+            length[alive[ended]] = t
+            keep = ~ended
+            alive, ix, ctx = alive[keep], ix[keep], ctx[keep]
+            if len(alive) == 0:
+                break
         ctx = torch.cat([ctx[:, 1:], ix[:, None]], dim=1)
-    rows = [row[:k] for row, k in zip(out.tolist(), length.tolist())]
-    return rows, int((~done).sum())
+    # each row's ids up to its length: one flat list, then slices (tolist of the padded matrix is slow)
+    lengths = length.clamp_max(steps)
+    flat = out[:, :steps][torch.arange(steps) < lengths[:, None]].tolist()
+    ends = torch.cumsum(lengths, 0).tolist()
+    rows = [flat[e - k : e] for e, k in zip(ends, lengths.tolist(), strict=True)]
+    return rows, len(alive)
 
 
 @dataclass
@@ -97,7 +159,9 @@ def sample(
         raise CharmlpError(f"--max-len {max_len} leaves no room after the {len(prefix)}-character prefix; raise it")
     g = torch.Generator().manual_seed(seed)
     rows, truncated = sample_ids(model, n, g, prefix_ids, temperature, top_k, max_len - len(prefix))
-    items = [prefix + vocab.decode(r) for r in rows]
+    text = vocab.decode([i for r in rows for i in r])  # one decode, then a slice per sample
+    ends = list(itertools.accumulate(len(r) for r in rows))
+    items = [prefix + text[e - len(r) : e] for e, r in zip(ends, rows, strict=True)]
     novel = None
     if training_items is not None:
         known = set(training_items)
