@@ -143,3 +143,21 @@ def test_cli_threads_zero_is_a_user_error(tmp_path: Path, tiny_data: Path) -> No
     proc = run_cli("train", "--data", tiny_data, "--steps", "5", "--threads", "0", "--out", tmp_path / "r",
                    "--no-progress")
     assert_user_error(proc, "--threads")
+
+
+def test_tanh_outputs_visible_to_hooks(dataset) -> None:
+    """After each fast step every Tanh's `.out` holds that step's activations, as after the
+    eager forward (diagnostics hooks read them)."""
+    ds = dataset[3]
+    seen = {}
+    for engine in ("manual", "fast"):
+        g = torch.Generator().manual_seed(5)
+        model = build_model(ModelConfig(n_layers=2, n_hidden=32), generator=g)
+        model.train()
+        step, _ = make_train_step(engine, model, make_optimizer(TrainConfig(), model), ds.X["train"],
+                                  ds.Y["train"], 32, g)
+        for _ in range(3):
+            step(0.1)
+        seen[engine] = [m.out.clone() for m in model.layers if type(m).__name__ == "Tanh"]
+    for a, b in zip(seen["manual"], seen["fast"], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -152,6 +152,9 @@ class FastStep:
             bn = layers[i + 1] if isinstance(layers[i + 1], BatchNorm1d) else None
             self.blocks.append(_Block(lin, bn, B))
             i += 3 if bn is not None else 2
+            # each Tanh's `.out` is, after every step, that step's activations (as after the eager
+            # forward), which step hooks such as diagnostics.DiagnosticsRecorder read
+            layers[i - 1].out = torch.from_numpy(self.blocks[-1].h)
         # buffers
         self.xb = np.empty((B, T), self.X.dtype)
         self.xflat = self.xb.reshape(B * T)
