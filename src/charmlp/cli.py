@@ -41,7 +41,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     """Model and optimisation options; unset ones come from the preset."""
     _add_data_args(p)
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed",
-                   help="seed: the lectures' setup (200k steps); quick: a short demo run (default seed)")
+                   help="seed: the lectures' setup (200k steps); quick: a short demo run; "
+                        "fast: the lectures' val loss in a fraction of their time (default seed)")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
     p.add_argument("--batch-size", type=int, metavar="B", help="examples per minibatch (default 32)")
     p.add_argument("--n-embd", type=int, metavar="E", help="embedding size (default 10)")
