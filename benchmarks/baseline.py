@@ -122,26 +122,26 @@ def sample_one_at_a_time(forward, n: int, block_size: int, g: torch.Generator) -
     return out_all
 
 
-def build_dataset_loop(path: str, block_size: int = 3) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The lectures' data pipeline: read, vocabulary, shuffle, split 80/10/10, and one Python
-    iteration per character to build the context windows."""
+def read_and_split(path: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The lectures' data preparation: read, vocabulary, random.seed(42) shuffle, 80/10/10."""
     words = open(path, encoding="utf-8").read().splitlines()
     chars = sorted(list(set("".join(words))))
     stoi = {s: i + 1 for i, s in enumerate(chars)}
     stoi["."] = 0
-
-    def build(words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        X, Y = [], []
-        for w in words:
-            context = [0] * block_size
-            for ch in w + ".":
-                ix = stoi[ch]
-                X.append(context)
-                Y.append(ix)
-                context = context[1:] + [ix]
-        return torch.tensor(X), torch.tensor(Y)
-
     random.seed(42)
     random.shuffle(words)
     n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
-    return {"train": build(words[:n1]), "val": build(words[n1:n2]), "test": build(words[n2:])}
+    return {"train": words[:n1], "val": words[n1:n2], "test": words[n2:]}, stoi
+
+
+def build_dataset(words: list[str], stoi: dict[str, int], block_size: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lectures' context windows: one Python iteration per character."""
+    X, Y = [], []
+    for w in words:
+        context = [0] * block_size
+        for ch in w + ".":
+            ix = stoi[ch]
+            X.append(context)
+            Y.append(ix)
+            context = context[1:] + [ix]
+    return torch.tensor(X), torch.tensor(Y)

@@ -16,9 +16,11 @@ interleaved, so a busy machine slows both sides of a ratio alike):
    baseline's time for 60 000 steps.
 3. sampling 10 000 names: the lectures' one-name-at-a-time loop vs charmlp's batched sampler,
    same model.
-4. building the dataset from a 1 000 000-line file generated from names: the lectures'
-   per-character loop vs `charmlp.load_dataset` — time and peak memory (RSS growth measured in a
-   fresh child process for each, so neither pays for the other's garbage).
+4. building the dataset from a 1 000 000-line file generated from names: the context windows
+   of the three splits by the lectures' per-character loop vs `charmlp.build_examples` — time
+   and peak memory, each in a fresh child process — and the whole pipeline (read, vocabulary,
+   the lectures' random.shuffle split, windows), whose shuffle is the same Python code on
+   both sides.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import baseline as B  # noqa: E402
 import charmlp  # noqa: E402
 from charmlp.config import PRESETS, ModelConfig, RunConfig, TrainConfig, apply_preset  # noqa: E402
-from charmlp.data import DataConfig, load_dataset  # noqa: E402
+from charmlp.data import build_examples, load_dataset, split_items  # noqa: E402
 from charmlp.fastpath import make_train_step, set_threads  # noqa: E402
 from charmlp.model import build_model  # noqa: E402
 from charmlp.train import make_optimizer  # noqa: E402
@@ -226,28 +227,49 @@ def bench_sampling(model: charmlp.CharMLP, vocab: charmlp.Vocab, n_loop: int, n_
 # ----------------------------------------------------------------------------- 4. data building
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) / 1024  # kB → MB
 
 
 def data_child(which: str, path: str) -> None:
-    """Run in a fresh process: build the dataset one way, print seconds and memory as JSON."""
+    """Run in a fresh process: build the dataset one way, print times and peak memory as JSON.
+
+    `prepare`: read, vocabulary, shuffle, split (the same work on both sides); `windows`: the
+    context windows of the three splits — the lectures' per-character loop or
+    `charmlp.build_examples`. Peak memory is the growth of the peak RSS (VmHWM, reset through
+    /proc/self/clear_refs once the words are read) over the RSS before the windows.
+    """
     set_threads(1)
-    before = _rss_mb()
     t0 = time.perf_counter()
     if which == "loop":
-        d = B.build_dataset_loop(path)
-        n = sum(len(y) for _, y in d.values())
-        dtype = str(d["train"][0].dtype)
+        splits, stoi = B.read_and_split(path)
     else:
-        ds = load_dataset(DataConfig(path=path))
-        n = sum(len(y) for y in ds.Y.values())
-        dtype = str(ds.X["train"].dtype)
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "examples": n, "dtype": dtype, "peak_rss_mb": peak,
-                      "rss_before_mb": before, "peak_growth_mb": peak - before}))
+        items = charmlp.read_items(path)
+        vocab = charmlp.Vocab.from_items(items)
+        splits = split_items(items)
+    t1 = time.perf_counter()
+    try:  # reset the peak-RSS counter (Linux ≥ 4.0) so the peak is that of the window building
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = _status_mb("VmRSS")
+    t1 = time.perf_counter()
+    if which == "loop":
+        built = {s: B.build_dataset(w, stoi) for s, w in splits.items()}
+    else:
+        built = {s: build_examples(w, vocab, 3) for s, w in splits.items()}
+    t2 = time.perf_counter()
+    peak = _status_mb("VmHWM")
+    X = built["train"][0]
+    print(json.dumps({
+        "prepare_seconds": t1 - t0, "seconds": t2 - t1, "pipeline_seconds": t2 - t0,
+        "examples": sum(len(y) for _, y in built.values()), "dtype": str(X.dtype),
+        "bytes_per_example": (X.element_size() * X.shape[1] + built["train"][1].element_size()),
+        "peak_growth_mb": peak - before if reset else None, "rss_before_mb": before, "peak_rss_mb": peak,
+    }))
 
 
 def bench_data(lines: int, workdir: Path) -> dict:
@@ -261,10 +283,15 @@ def bench_data(lines: int, workdir: Path) -> dict:
                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent / "src")))
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr)
-        out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
-        log(f"  {which}: {out[which]['seconds']:.2f} s, peak RSS growth {out[which]['peak_growth_mb']:.0f} MB")
+        out[which] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+        log(f"  {which}: windows {r['seconds']:.2f} s (read+split {r['prepare_seconds']:.2f} s), "
+            f"peak RSS growth {r['peak_growth_mb']} MB, {r['dtype']}")
+    if out["charmlp"]["examples"] != out["loop"]["examples"]:
+        raise RuntimeError("the two data pipelines built different numbers of examples")
     out["data_build_speedup"] = out["loop"]["seconds"] / out["charmlp"]["seconds"]
-    out["data_memory_ratio"] = out["loop"]["peak_growth_mb"] / max(1.0, out["charmlp"]["peak_growth_mb"])
+    out["data_pipeline_speedup"] = out["loop"]["pipeline_seconds"] / out["charmlp"]["pipeline_seconds"]
+    lm, cm = out["loop"]["peak_growth_mb"], out["charmlp"]["peak_growth_mb"]
+    out["data_memory_ratio"] = lm / max(cm, 1.0) if lm is not None and cm is not None else None
     return out
 
 
@@ -290,10 +317,14 @@ def table(r: dict) -> str:
         ("sampling: one name at a time (names/s)", f"{sa['loop_names_per_s']:.0f}", "1×"),
         (f"sampling: batched, {sa['batched_names']} names (names/s)", f"{sa['batched_names_per_s']:.0f}",
          f"{sa['sampling_speedup']:.0f}×"),
-        (f"dataset from {d['lines']} lines: per-character loop", f"{d['loop']['seconds']:.2f} s, "
-         f"+{d['loop']['peak_growth_mb']:.0f} MB peak ({d['loop']['dtype']})", "1×"),
-        ("dataset: `charmlp.load_dataset`", f"{d['charmlp']['seconds']:.2f} s, "
-         f"+{d['charmlp']['peak_growth_mb']:.0f} MB peak ({d['charmlp']['dtype']})", f"{d['data_build_speedup']:.0f}×"),
+        (f"context windows of a {d['lines']}-line file: lectures' per-character loop",
+         f"{d['loop']['seconds']:.2f} s, peak +{d['loop']['peak_growth_mb']:.0f} MB ({d['loop']['dtype']})", "1×"),
+        ("context windows: `charmlp.build_examples`",
+         f"{d['charmlp']['seconds']:.2f} s, peak +{d['charmlp']['peak_growth_mb']:.0f} MB ({d['charmlp']['dtype']})",
+         f"{d['data_build_speedup']:.0f}× faster, {d['data_memory_ratio']:.0f}× less memory"),
+        ("whole data pipeline (read, shuffle, split, windows)",
+         f"{d['loop']['pipeline_seconds']:.2f} s vs {d['charmlp']['pipeline_seconds']:.2f} s",
+         f"{d['data_pipeline_speedup']:.1f}×"),
     ]
     lines = ["| measurement | value | vs the lectures |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -321,6 +352,7 @@ def summary(r: dict) -> dict:
         "sampling_speedup": r["sampling"]["sampling_speedup"],
         "data_build_speedup": r["data"]["data_build_speedup"],
         "data_memory_ratio": r["data"]["data_memory_ratio"],
+        "data_pipeline_speedup": r["data"]["data_pipeline_speedup"],
         "threads_steps_per_s": s["threads"],
         "quick": r["quick"],
         "machine": r["machine"],
