@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -101,6 +102,26 @@ def split_loss(m: BaselineModel, X: torch.Tensor, Y: torch.Tensor) -> float:
     hpreact = m.bngain * (hpreact - m.bnmean) / m.bnstd + m.bnbias
     logits = torch.tanh(hpreact) @ m.W2 + m.b2
     return F.cross_entropy(logits, Y).item()
+
+
+def lecture_forward(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The lectures' sampling forward (raw tensors, BatchNorm with running statistics) for the
+    weights of a trained one-hidden-layer charmlp model with BatchNorm, so both samplers draw
+    from the same distribution."""
+    emb_layer, _, lin, bn, _, out = list(model.layers)
+    C, W1, W2, b2 = emb_layer.weight.detach(), lin.weight.detach(), out.weight.detach(), out.bias.detach()
+    bngain, bnbias = bn.weight.detach(), bn.bias.detach()
+    bnmean, bnstd = bn.running_mean, torch.sqrt(bn.running_var + bn.eps)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        emb = C[x]
+        embcat = emb.view(emb.shape[0], -1)
+        hpreact = embcat @ W1
+        hpreact = bngain * (hpreact - bnmean) / bnstd + bnbias
+        h = torch.tanh(hpreact)
+        return h @ W2 + b2
+
+    return forward
 
 
 @torch.no_grad()
