@@ -132,7 +132,7 @@ def bench_steps(ds: charmlp.Dataset, rounds: int, steps: int) -> dict:
     out["all_rates"] = rates
     # threads: 1 vs 2, baseline and fast, interleaved
     thr: dict[str, list[float]] = {}
-    n2 = max(200, steps // 3)
+    n2 = 300  # a second spinning thread can make the lectures' loop ~30× slower on a busy machine: keep it short
     for i in range(2):
         for th in ((1, 2) if i == 0 else (2, 1)):
             set_threads(th)

@@ -191,6 +191,8 @@ class FastStep:
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 self.adam_state.append((_np(st["step"].reshape(1)), _np(st["exp_avg"]), _np(st["exp_avg_sq"]),
                                         np.empty(p.shape, np.float32)))
+            # the step count t (torch keeps one per parameter; they move together)
+            self.adam_t = int(optimizer.state[params[0]]["step"])
 
     # ------------------------------------------------------------------ the step
     def __call__(self, lr: float) -> float:
@@ -198,12 +200,12 @@ class FastStep:
         torch.randint(0, self.N, (B,), generator=self.generator, out=self.ix_t)
         ixn = self.ix_np
         self.group["lr"] = lr  # keeps optimizer.state_dict() what the eager path would leave
-        np.take(self.X, ixn, axis=0, out=self.xb)
-        np.take(self.Y, ixn, out=self.yb)
+        np.take(self.X, ixn, axis=0, out=self.xb, mode="clip")  # clip: no buffering of out
+        np.take(self.Y, ixn, out=self.yb, mode="clip")
 
         # ---- forward
         # emb[b, t] = C[x[b, t]]; Flatten is a view of emb3
-        np.take(self.C, self.xb, axis=0, out=self.emb3)
+        np.take(self.C, self.xb, axis=0, out=self.emb3, mode="clip")
         x = self.emb
         for blk in self.blocks:
             pre = blk.pre
@@ -245,7 +247,7 @@ class FastStep:
         np.maximum.reduce(logits, axis=1, out=self.mx[:, 0])
         logits -= self.mx
         np.add(self.rowoff, self.yb, out=self.flat_y)
-        np.take(self.logits_flat, self.flat_y, out=self.zy)
+        np.take(self.logits_flat, self.flat_y, out=self.zy, mode="clip")
         np.exp(logits, out=logits)
         np.add.reduce(logits, axis=1, out=self.s[:, 0])
         loss = float(np.add.reduce(np.log(self.s[:, 0]) - self.zy)) / B
@@ -317,10 +319,15 @@ class FastStep:
     def _adamw(self, lr: float) -> None:
         # torch.optim.AdamW: p ← p·(1 − lr·wd); m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
         # p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+        #   = p − (lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ)) · m / (√v + ε·√(1 − β₂ᵗ))   (one multiply fewer)
         b1, b2, eps, wd = self.beta1, self.beta2, self.adam_eps, self.wd
+        self.adam_t += 1
+        n = self.adam_t
+        bc2_sqrt = math.sqrt(1.0 - b2**n)
+        step_size = lr * bc2_sqrt / (1.0 - b1**n)
+        eps_hat = eps * bc2_sqrt
         for (p, g, _), (step, m, v, t) in zip(self.params, self.adam_state, strict=True):
-            step += 1.0
-            n = float(step[0])
+            step[0] = n
             if wd:
                 p *= 1.0 - lr * wd
             np.subtract(g, m, out=t)
@@ -331,10 +338,9 @@ class FastStep:
             t *= 1.0 - b2
             v += t
             np.sqrt(v, out=t)
-            t *= 1.0 / math.sqrt(1.0 - b2**n)
-            t += eps
+            t += eps_hat
             np.divide(m, t, out=t)
-            t *= lr / (1.0 - b1**n)
+            t *= step_size
             p -= t
 
 
