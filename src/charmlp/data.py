@@ -144,16 +144,27 @@ def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray
     Characters become ids through a dense code point → id table (at most 0x110000 entries),
     one gather for the whole file; unknown characters raise a user error.
     """
-    lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
-    joined = "".join(items)
-    if not joined:
-        return np.zeros(0, np.int64), lengths
+    # One pass over the (shuffled, scattered in memory) strings: join with "\n", then the lengths
+    # are the gaps between separators. Items holding "\n" themselves (never from a file) fall
+    # back to asking each item its length.
+    joined = "\n".join(items)
     codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    is_sep = codes == 10
+    sep = np.flatnonzero(is_sep)
+    if len(sep) == max(0, len(items) - 1):
+        lengths = np.diff(sep, prepend=-1, append=len(codes)) - 1 if items else np.zeros(0, np.int64)
+        codes = codes[~is_sep]
+    else:
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+        joined = "".join(items)
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    if len(codes) == 0:
+        return np.zeros(0, np.int64), lengths
     cps = [ord(c) for c in vocab.itos[1:]]
     id_dtype = np.int16 if len(cps) < 2**15 else np.int32
     table = np.full(max(cps) + 2, -1, dtype=id_dtype)  # last entry: every code point beyond the vocabulary
     table[cps] = np.arange(1, len(cps) + 1)
-    ids = np.take(table, np.minimum(codes, len(table) - 1).astype(np.intp))
+    ids = np.take(table, codes, mode="clip")  # clip: code points past the table hit its −1 entry
     if (ids < 0).any():
         missing = sorted({c for c in joined if c not in vocab.stoi or c == vocab.boundary})
         raise CharmlpError(f"characters {''.join(missing)!r} are not in the vocabulary")
@@ -185,12 +196,15 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     is_char = np.repeat(pattern, counts)
     flat = np.zeros(len(is_char), np_dtype)
     flat[is_char] = ids
-    target = is_char.copy()
-    target[np.cumsum(lengths + k)] = True  # the boundary right after each item (empty ones too)
-    pos = torch.from_numpy(np.flatnonzero(target))
-    F = torch.from_numpy(flat)
-    X = F.unfold(0, k, 1).index_select(0, pos - k)  # X[i] = F[p_i − k : p_i]
-    return X, F[pos]
+    target = is_char  # reused in place: targets are the characters …
+    target[np.cumsum(lengths + k)] = True  # … and the boundary right after each item (empty ones too)
+    # target p's context F[p − k : p], column by column: F shifted by j, compressed by the
+    # target mask — no index arrays, only the (N, k) output in the small id dtype
+    tk = target[k:]
+    X = np.empty((int(np.count_nonzero(tk)), k), np_dtype)
+    for j in range(k):
+        X[:, j] = flat[j : len(flat) - k + j][tk]
+    return torch.from_numpy(X), torch.from_numpy(flat[k:][tk])
 
 
 # ----------------------------------------------------------------------------- splits
