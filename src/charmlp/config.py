@@ -84,9 +84,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"steps": 10000, "batch_size": 64, "lr": 0.1, "lr_final": 0.01},
     # the lectures' val loss (≤ 2.11 on names) in a small fraction of their time, same model and
     # split (measured with benchmarks/run.py; README "Performance"). AdamW makes far more progress
-    # per example than plain SGD: ~3.1M examples here vs the lectures' 6.4M. Batch 384 keeps the
-    # fused step's (B, 200) buffers in L2 cache while amortising per-step overhead (256: more
-    # steps of overhead; 1024: arrays spill the cache, slower per example). Cosine from 5e-3 to
+    # per example than plain SGD: ~3.1M examples here vs the lectures' 6.4M. Batch 384 amortises
+    # the per-step overhead (256: more steps of it) and ran faster per example than 1024 here,
+    # whose (B, 200) buffers no longer fit the L2 cache. Cosine from 5e-3 to
     # 5e-5 (1e-2 and up overshoot: val 2.11–2.16); BatchNorm calibrated over the train split.
     # Measured on names, seed 2147483647: val 2.1050 (bs 512 × 6000: 2.1069; 256 × 10000: 2.1090).
     "fast": {"steps": 8000, "batch_size": 384, "optimizer": "adamw", "lr": 0.005, "lr_final": 0.00005,

@@ -15,8 +15,9 @@ forward, hand-written backward and optimizer update as `engines.manual_grads` fo
   Σ dx̂·x̂ = γ·dγ), the cross-entropy backward folded into the softmax, and every shape, index
   and constant computed once, outside the step.
 
-NumPy's per-call overhead on small arrays is ~1 µs against PyTorch's ~3–5 µs, which is what
-makes a ~50-operation step run ~10× faster than the lectures' loop (see benchmarks/run.py).
+NumPy's per-call overhead on small arrays is ~1–2 µs against PyTorch's ~3–5 µs (plus autograd's
+bookkeeping); with ~75 calls and ~60 µs of small matrix products per batch-32 step this runs
+~4× the lectures' loop on a busy 2-core machine (benchmarks/run.py; README "Performance").
 
 The step consumes no randomness: the caller draws the batch indices from its generator exactly
 as the eager loop does, so the same seed gives the same batches and (within float32 rounding)
