@@ -161,3 +161,23 @@ def test_tanh_outputs_visible_to_hooks(dataset) -> None:
         seen[engine] = [m.out.clone() for m in model.layers if type(m).__name__ == "Tanh"]
     for a, b in zip(seen["manual"], seen["fast"], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["manual", "fast"])
+def test_non_finite_loss_leaves_the_last_good_state(dataset, engine: str) -> None:
+    ds = dataset[3]
+    g = torch.Generator().manual_seed(2)
+    model = build_model(ModelConfig(), generator=g)
+    model.train()
+    opt = make_optimizer(TrainConfig(optimizer="adamw", lr=0.01), model)
+    step, _ = make_train_step(engine, model, opt, ds.X["train"], ds.Y["train"], 32, g)
+    step(0.01)
+    with torch.no_grad():
+        model.layers[-1].bias[0] = float("inf")  # every logit row now holds an inf: the loss is nan
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+    loss = float(step(0.01))
+    assert loss != loss  # nan
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    assert float(opt.state_dict()["state"][0]["step"]) == 1.0

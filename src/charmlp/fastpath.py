@@ -197,6 +197,11 @@ class FastStep:
 
     # ------------------------------------------------------------------ the step
     def __call__(self, lr: float) -> float:
+        # a diverging run overflows quietly, as torch does; the loop's guard reports it
+        with np.errstate(all="ignore"):
+            return self._step(lr)
+
+    def _step(self, lr: float) -> float:
         B = self.B
         torch.randint(0, self.N, (B,), generator=self.generator, out=self.ix_t)
         ixn = self.ix_np
@@ -252,6 +257,8 @@ class FastStep:
         np.exp(logits, out=logits)
         np.add.reduce(logits, axis=1, out=self.s[:, 0])
         loss = float(np.add.reduce(np.log(self.s[:, 0]) - self.zy)) / B
+        if not math.isfinite(loss):  # leave the last good state for the caller's non-finite guard
+            return loss
         # dlogits = (softmax − onehot(y)) / B, computed in the logits buffer
         self.s *= B
         logits /= self.s
@@ -349,6 +356,11 @@ def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimize
                     Y: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[StepFn, str]:
     """The training loop's step for `engine`, and the engine that will actually run.
 
+    A step whose loss is not finite returns it without updating anything, so the model and the
+    optimizer still hold the last good state when the loop stops on it. Build the step after
+    any restore of a checkpoint: `optimizer.load_state_dict` replaces AdamW's state tensors,
+    which the fast step holds views of.
+
     `fast`: the fused step (ValueError with the reason where it cannot run); `auto`: the fused
     step where it can run, else the eager manual engine; `autograd` / `manual`: the readable
     eager reference — `engines.grad_fn` fills `.grad`, then `optimizer.step()`.
@@ -369,7 +381,8 @@ def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimize
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = compute_grads(model, X[ix], Y[ix])
-        optimizer.step()
+        if math.isfinite(loss.item()):  # as the fast step: no update from a non-finite loss
+            optimizer.step()
         return loss.detach()
 
     return eager_step, engine
