@@ -27,6 +27,7 @@ from .data import load_dataset
 from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
 from .errors import CharmlpError, TrainingInterrupted
 from .evaluate import evaluate_run
+from .fastpath import set_threads
 from .lrfind import LR_FIND, lr_find, save_lr_find
 from .report import diagnose
 from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
@@ -49,7 +50,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     """Model and optimisation options; unset ones come from the preset."""
     _add_data_args(p)
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed",
-                   help="seed: the lectures' setup (200k steps); quick: a short demo run (default seed)")
+                   help="seed: the lectures' setup (200k steps); quick: a short demo run; "
+                        "fast: the lectures' val loss in a fraction of their time (default seed)")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
     p.add_argument("--batch-size", type=int, metavar="B", help="examples per minibatch (default 32)")
     p.add_argument("--n-embd", type=int, metavar="E", help="embedding size (default 10)")
@@ -65,7 +67,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default step: lr → lr-final at half way)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
     p.add_argument("--weight-decay", type=float, metavar="WD", help="default 0")
-    p.add_argument("--engine", choices=ENGINES, help="who fills .grad: autograd or the hand-written backward (default autograd)")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="auto (default): the fused fast step where it runs (CPU), else manual; fast: only the fused "
+                        "step; autograd | manual: the readable eager engines (autograd or the hand-written backward)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for torch and NumPy's BLAS (default 1: fastest for this small model)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
     p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
     p.add_argument("--no-calibrate", action="store_true", help="keep BatchNorm's running statistics instead of calibrating over the train split")
@@ -82,7 +88,7 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
 _MODEL_FLAGS = {"n_embd": "n_embd", "n_hidden": "n_hidden", "n_layers": "n_layers",
                 "tanh_gain": "tanh_gain", "out_scale": "out_scale"}
 # what `train --resume` may change: nothing that alters a number of the run
-_RESUME_FLAGS = ("device", "checkpoint_every", "no_progress")
+_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "no_progress")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -111,6 +117,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, DiagnosticsRecorder | None]:
+    set_threads(args.threads)
     recorder = None
     if args.resume is not None:
         if args.diagnostics or args.diagnostics_every is not None:
@@ -123,7 +130,7 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         if changed:
             raise CharmlpError(
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
-                f"{args.resume}/config.json (only --device, --checkpoint-every and --no-progress may be given)"
+                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every and --no-progress may be given)"
             )
         result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
                         device=args.device, checkpoint_every=args.checkpoint_every)

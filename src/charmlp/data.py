@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import DataConfig
@@ -150,29 +151,47 @@ class Vocab:
         return cls(itos)
 
 
-def encode_items(items: list[str], vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
-    """All items as one flat tensor of ids, plus each item's length (vectorised, no per-char loop)."""
-    lengths = torch.tensor([len(s) for s in items], dtype=torch.int64)
-    joined = "".join(items)
-    if not joined:
-        return torch.zeros(0, dtype=torch.int64), lengths
-    codes = torch.frombuffer(bytearray(joined.encode("utf-32-le")), dtype=torch.int32).to(torch.int64)
-    table = torch.tensor([ord(c) for c in vocab.itos[1:]], dtype=torch.int64)  # sorted code points
-    order = torch.argsort(table)
-    pos = torch.searchsorted(table[order], codes).clamp_(max=len(table) - 1)
-    if not torch.equal(table[order][pos], codes):
-        missing = sorted({c for c in joined if c not in vocab.stoi})
+def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """All items as one flat array of ids, plus each item's length (vectorised, no per-char loop).
+
+    Characters become ids through a dense code point → id table (at most 0x110000 entries),
+    one gather for the whole file; unknown characters raise a user error.
+    """
+    # One pass over the (shuffled, scattered in memory) strings: join with "\n", then the lengths
+    # are the gaps between separators. Items holding "\n" themselves (never from a file) fall
+    # back to asking each item its length.
+    joined = "\n".join(items)
+    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    is_sep = codes == 10
+    sep = np.flatnonzero(is_sep)
+    if len(sep) == max(0, len(items) - 1):
+        lengths = np.diff(sep, prepend=-1, append=len(codes)) - 1 if items else np.zeros(0, np.int64)
+        codes = codes[~is_sep]
+    else:
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+        joined = "".join(items)
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    if len(codes) == 0:
+        return np.zeros(0, np.int64), lengths
+    cps = [ord(c) for c in vocab.itos[1:]]
+    id_dtype = np.int16 if len(cps) < 2**15 else np.int32
+    table = np.full(max(cps) + 2, -1, dtype=id_dtype)  # last entry: every code point beyond the vocabulary
+    table[cps] = np.arange(1, len(cps) + 1)
+    ids = np.take(table, codes, mode="clip")  # clip: code points past the table hit its −1 entry
+    if (ids < 0).any():
+        missing = sorted({c for c in joined if c not in vocab.stoi or c == vocab.boundary})
         raise CharmlpError(f"characters {''.join(missing)!r} are not in the vocabulary")
-    return order[pos] + 1, lengths
+    return ids, lengths
 
 
 def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Context windows of `block_size` ids padded with the boundary, and the next id.
 
     For `emma` at block 3: `...→e, ..e→m, .em→m, emm→a, mma→.`.
-    Layout trick: F = [0]*k + item₀ + [0]*k + item₁ + … + [0]*k. Item w's windows start at
-    o_w + j (j = 0 … len_w), context F[s:s+k], target F[s+k]; for j = len_w the target is the
-    next padding zero, i.e. the boundary.
+    Layout trick: F = [0]*k + item₀ + [0]*k + item₁ + … + [0]*k. The targets are every item
+    character and the first padding zero after each item (the boundary); each target p's
+    context is F[p − k : p]. All of it is a few whole-array operations: no per-item or
+    per-character Python work.
     """
     if block_size < 1:
         raise CharmlpError(f"block size must be at least 1, got {block_size}")
@@ -181,16 +200,24 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     dtype = vocab.index_dtype
     if n == 0:
         return torch.zeros(0, k, dtype=dtype), torch.zeros(0, dtype=dtype)
-    word = torch.repeat_interleave(torch.arange(n), lengths)
-    flat = torch.zeros(int(lengths.sum()) + k * (n + 1), dtype=dtype)
-    flat[torch.arange(len(ids)) + k * (word + 1)] = ids.to(dtype)
-    starts_of_item = torch.cumsum(lengths + k, 0) - (lengths + k)  # o_w
-    per_item = lengths + 1
-    first = torch.repeat_interleave(torch.cumsum(per_item, 0) - per_item, per_item)
-    starts = torch.repeat_interleave(starts_of_item, per_item) + torch.arange(int(per_item.sum())) - first
-    X = flat.unfold(0, k, 1)[starts]
-    Y = flat[starts + k]
-    return X.contiguous(), Y.contiguous()
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    # is_char over F: k padding positions, then len_w item positions, for every item, then k more
+    counts = np.empty(2 * n + 1, np.int64)
+    counts[0::2], counts[1::2] = k, lengths
+    pattern = np.zeros(2 * n + 1, bool)
+    pattern[1::2] = True
+    is_char = np.repeat(pattern, counts)
+    flat = np.zeros(len(is_char), np_dtype)
+    flat[is_char] = ids
+    target = is_char  # reused in place: targets are the characters …
+    target[np.cumsum(lengths + k)] = True  # … and the boundary right after each item (empty ones too)
+    # target p's context F[p − k : p], column by column: F shifted by j, compressed by the
+    # target mask — no index arrays, only the (N, k) output in the small id dtype
+    tk = target[k:]
+    X = np.empty((int(np.count_nonzero(tk)), k), np_dtype)
+    for j in range(k):
+        X[:, j] = flat[j : len(flat) - k + j][tk]
+    return torch.from_numpy(X), torch.from_numpy(flat[k:][tk])
 
 
 # ----------------------------------------------------------------------------- splits

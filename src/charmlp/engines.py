@@ -40,7 +40,9 @@ ENGINES: dict[str, GradFn] = {"autograd": autograd_grads, "manual": manual_grads
 
 
 def grad_fn(engine: str) -> GradFn:
-    """The gradient function of an engine name (`autograd` or `manual`)."""
+    """The gradient function of an engine name (`autograd` or `manual`; `auto` and `fast` — the
+    fused step of fastpath.py, which computes the manual engine's math — give `manual`)."""
+    engine = "manual" if engine in ("auto", "fast") else engine
     try:
         return ENGINES[engine]
     except KeyError:

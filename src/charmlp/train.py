@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
-from .engines import grad_fn
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate
+from .fastpath import make_train_step
 from .layers import BatchNorm1d
 from .model import CharMLP, build_model, validate_model_config
 from .resume import Checkpointer, resume_run_config
@@ -174,7 +174,6 @@ def train(
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
     optimizer = make_optimizer(tc, model)
-    compute_grads = grad_fn(tc.engine)
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
     n = len(Ytr)
     if tc.batch_size > n:
@@ -183,19 +182,23 @@ def train(
     losses = torch.empty(tc.steps)
     ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses)
     start = ckpt.begin(resume)
+    # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
+    # Built after the restore: the fast step holds views of the optimizer's state tensors.
+    try:
+        train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
+    except ValueError as e:
+        raise CharmlpError(f"--engine fast cannot run here: {e}; use --engine auto or manual") from None
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
                mininterval=0.5, dynamic_ncols=True)
     for step in ckpt.steps(bar):  # checkpoints after each step; Ctrl-C/SIGTERM stop cleanly
-        ix = torch.randint(0, n, (tc.batch_size,), generator=g).to(device)
         lr = lr_at(tc, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = compute_grads(model, Xtr[ix], Ytr[ix])
+        loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
         ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
-        optimizer.step()
-        losses[step] = loss.detach()
-        for hook in hooks:
-            hook(step, model, lr, loss)
+        losses[step] = loss
+        if hooks:
+            loss_t = losses[step]
+            for hook in hooks:
+                hook(step, model, lr, loss_t)
         if progress and step % 200 == 0:
             bar.set_postfix(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}", refresh=False)
     bar.close()
@@ -219,7 +222,7 @@ def train(
         "train_seconds": train_seconds,
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
-        "engine": tc.engine,
+        "engine": engine,
         "device": str(device),
         "bn_calibrated": bool(model.batchnorms() and tc.calibrate_bn),
     }

@@ -1,0 +1,429 @@
+"""The fast training step: the manual engine's math, fused, on preallocated NumPy views.
+
+At batch 32 one step of this model is ~2 MFLOP, a few microseconds of arithmetic; the eager
+engines spend almost all their time in per-operation framework overhead (dispatch, autograd
+bookkeeping, allocation, `torch.optim`'s per-parameter loops). This module does the same
+forward, hand-written backward and optimizer update as `engines.manual_grads` followed by
+`torch.optim.SGD/AdamW.step()`, but
+
+- on NumPy *views* of the model's own parameter, gradient, BatchNorm-buffer and optimizer-state
+  tensors (shared memory: the model, `p.grad` and `optimizer.state` stay live and correct, so
+  checkpoints, hooks and a later eager step see exactly what the eager path would leave),
+- into buffers allocated once (every ufunc/matmul writes with `out=`; nothing is allocated per
+  step except a few scalars),
+- with the BatchNorm backward folded into four vector operations (Σdx̂ = γ·dβ,
+  Σ dx̂·x̂ = γ·dγ), the cross-entropy backward folded into the softmax, and every shape, index
+  and constant computed once, outside the step.
+
+NumPy's per-call overhead on small arrays is ~1–2 µs against PyTorch's ~3–5 µs (plus autograd's
+bookkeeping); with ~75 calls and ~60 µs of small matrix products per batch-32 step this runs
+~4× the lectures' loop on a busy 2-core machine (benchmarks/run.py; README "Performance").
+
+The step consumes no randomness: the caller draws the batch indices from its generator exactly
+as the eager loop does, so the same seed gives the same batches and (within float32 rounding)
+the same losses as `--engine manual`; tests/test_fastpath.py proves it over hundreds of steps.
+
+Supported (checked by `unsupported_reason`): CPU float32 `CharMLP` (any depth, with or without
+BatchNorm), plain `torch.optim.SGD` (no momentum/nesterov/dampening) or `torch.optim.AdamW`
+(no amsgrad/maximize). Anything else runs the eager engines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .engines import grad_fn
+from .layers import BatchNorm1d, Embedding, Flatten, Linear, Tanh
+from .model import CharMLP
+
+# step(lr) -> loss of the minibatch it drew (before the update). Every step draws its batch as
+# the lectures' loop does, `torch.randint(0, N, (B,), generator=g)`, so the generator's state at
+# each step boundary is exactly the eager loop's (a checkpoint can save it; a resume restores it).
+StepFn = Callable[[float], "float | torch.Tensor"]
+
+
+def unsupported_reason(model: CharMLP, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why the fast step cannot run this model/optimizer (None when it can)."""
+    params = list(model.parameters())
+    if any(p.device.type != "cpu" for p in params):
+        return "the fast step runs on the CPU only"
+    if any(p.dtype != torch.float32 for p in params):
+        return "the fast step needs float32 parameters"
+    kinds = [type(m) for m in model.layers]
+    if kinds[:2] != [Embedding, Flatten] or kinds[-1] is not Linear:
+        return "unrecognised layer stack"
+    body = kinds[2:-1]
+    i = 0
+    while i < len(body):  # [Linear, (BatchNorm1d), Tanh]*
+        if body[i] is not Linear:
+            return "unrecognised layer stack"
+        i += 1
+        if i < len(body) and body[i] is BatchNorm1d:
+            i += 1
+        if i >= len(body) or body[i] is not Tanh:
+            return "unrecognised layer stack"
+        i += 1
+    if len(optimizer.param_groups) != 1:
+        return "the fast step needs a single parameter group"
+    group = optimizer.param_groups[0]
+    if {id(p) for p in group["params"]} != {id(p) for p in params}:
+        return "the optimizer does not hold exactly the model's parameters"
+    if isinstance(optimizer, torch.optim.AdamW):
+        if group.get("amsgrad") or group.get("maximize") or group.get("capturable") or group.get("differentiable"):
+            return "AdamW with amsgrad/maximize/capturable/differentiable is not supported"
+        return None
+    if type(optimizer) is torch.optim.SGD:
+        if group.get("momentum") or group.get("nesterov") or group.get("dampening") or group.get("maximize"):
+            return "SGD with momentum/nesterov/dampening/maximize is not supported"
+        return None
+    return f"optimizer {type(optimizer).__name__} is not supported"
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view sharing `t`'s memory (t must be a contiguous CPU tensor)."""
+    assert t.is_contiguous()
+    return t.detach().numpy()
+
+
+class _Block:
+    """One hidden block Linear → (BatchNorm1d) → tanh: views of its tensors, and its buffers."""
+
+    def __init__(self, lin: Linear, bn: BatchNorm1d | None, B: int) -> None:
+        fan_in, H = lin.weight.shape
+        self.W, self.gW = _np(lin.weight), _np(lin.weight.grad)
+        self.b = None if lin.bias is None else _np(lin.bias)
+        self.gb = None if lin.bias is None else _np(lin.bias.grad)
+        self.pre = np.empty((B, H), np.float32)  # x @ W (+ b)
+        self.h = np.empty((B, H), np.float32)  # tanh output
+        self.dpre = np.empty((B, H), np.float32)
+        self.tmp = np.empty((B, H), np.float32)
+        self.bn = bn is not None
+        if bn is not None:
+            self.gamma, self.beta = _np(bn.weight), _np(bn.bias)
+            self.ggamma, self.gbeta = _np(bn.weight.grad), _np(bn.bias.grad)
+            self.rmean, self.rvar = _np(bn.running_mean), _np(bn.running_var)
+            self.eps, self.mom = float(bn.eps), float(bn.momentum)
+            self.xhat = np.empty((B, H), np.float32)
+            self.mean, self.var, self.rstd = (np.empty(H, np.float32) for _ in range(3))
+            self.k, self.v = np.empty(H, np.float32), np.empty(H, np.float32)
+
+
+class FastStep:
+    """A fused forward + manual backward + optimizer update for one minibatch.
+
+    Build once per run, then call `step(lr)`: it draws the batch's example indices from
+    `generator` (one `randint(0, N, (B,))`, as the eager loop), updates the model's parameters,
+    `.grad`, BatchNorm running statistics and the optimizer's state in place, and returns the
+    minibatch loss (before the update).
+    """
+
+    def __init__(self, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
+                 batch_size: int, generator: torch.Generator) -> None:
+        reason = unsupported_reason(model, optimizer)
+        if reason is not None:
+            raise ValueError(reason)
+        B = batch_size
+        self.B = B
+        self.generator, self.N = generator, len(Y)
+        self.group = optimizer.param_groups[0]
+        self.ix_t = torch.empty(B, dtype=torch.int64)  # randint writes here; ix_np is its NumPy view
+        self.ix_np = self.ix_t.numpy()
+        self.model, self.optimizer = model, optimizer
+        params = list(model.parameters())
+        for p in params:  # .grad buffers the step writes into; p.grad then reads like the eager path's
+            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
+                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        layers = list(model.layers)
+        emb, out = layers[0], layers[-1]
+        self.X = np.ascontiguousarray(X.numpy())  # (N, T) ids, kept in their small int dtype
+        self.Y = np.ascontiguousarray(Y.numpy())
+        T = self.X.shape[1]
+        V, E = emb.weight.shape
+        self.C, self.gC = _np(emb.weight), _np(emb.weight.grad)
+        self.Wo, self.gWo = _np(out.weight), _np(out.weight.grad)
+        self.bo, self.gbo = _np(out.bias), _np(out.bias.grad)
+        self.blocks: list[_Block] = []
+        i = 2
+        while i < len(layers) - 1:
+            lin = layers[i]
+            bn = layers[i + 1] if isinstance(layers[i + 1], BatchNorm1d) else None
+            self.blocks.append(_Block(lin, bn, B))
+            i += 3 if bn is not None else 2
+            # each Tanh's `.out` is, after every step, that step's activations (as after the eager
+            # forward), which step hooks such as diagnostics.DiagnosticsRecorder read
+            layers[i - 1].out = torch.from_numpy(self.blocks[-1].h)
+        # buffers
+        self.xb = np.empty((B, T), self.X.dtype)
+        self.xflat = self.xb.reshape(B * T)
+        self.yb = np.empty(B, self.Y.dtype)
+        self.emb3 = np.empty((B, T, E), np.float32)
+        self.emb = self.emb3.reshape(B, T * E)  # Flatten: a view
+        self.demb = np.empty((B, T * E), np.float32)
+        self.onehot = np.zeros((B * T, V), np.float32)
+        self.onehot_flat = self.onehot.reshape(-1)
+        self.ohoff = np.arange(B * T, dtype=np.intp) * V
+        self.ohidx = np.empty(B * T, np.intp)
+        self.logits = np.empty((B, V), np.float32)
+        self.mx = np.empty((B, 1), np.float32)
+        self.s = np.empty((B, 1), np.float32)
+        self.zy = np.empty(B, np.float32)
+        self.rowoff = np.arange(B, dtype=np.intp) * V  # flat index of row b's first logit
+        self.flat_y = np.empty(B, np.intp)
+        self.logits_flat = self.logits.reshape(B * V)
+        self.dh_out = np.empty((B, self.Wo.shape[0]), np.float32)
+        # optimizer: views of its parameters and (AdamW) state, in the order of model.parameters()
+        self.params = [(_np(p), _np(p.grad), np.empty(p.shape, np.float32)) for p in params]
+        group = optimizer.param_groups[0]
+        self.wd = float(group["weight_decay"])
+        self.adamw = isinstance(optimizer, torch.optim.AdamW)
+        if self.adamw:
+            self.beta1, self.beta2 = (float(b) for b in group["betas"])
+            self.adam_eps = float(group["eps"])
+            self.adam_state = []
+            for p in params:
+                st = optimizer.state[p]
+                if not st:  # the state torch.optim.AdamW creates on its first step
+                    st["step"] = torch.tensor(0.0)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self.adam_state.append((_np(st["step"].reshape(1)), _np(st["exp_avg"]), _np(st["exp_avg_sq"]),
+                                        np.empty(p.shape, np.float32)))
+            # the step count t (torch keeps one per parameter; they move together)
+            self.adam_t = int(optimizer.state[params[0]]["step"])
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, lr: float) -> float:
+        # a diverging run overflows quietly, as torch does; the loop's guard reports it
+        with np.errstate(all="ignore"):
+            return self._step(lr)
+
+    def _step(self, lr: float) -> float:
+        B = self.B
+        torch.randint(0, self.N, (B,), generator=self.generator, out=self.ix_t)
+        ixn = self.ix_np
+        self.group["lr"] = lr  # keeps optimizer.state_dict() what the eager path would leave
+        np.take(self.X, ixn, axis=0, out=self.xb, mode="clip")  # clip: no buffering of out
+        np.take(self.Y, ixn, out=self.yb, mode="clip")
+
+        # ---- forward
+        # emb[b, t] = C[x[b, t]]; Flatten is a view of emb3
+        np.take(self.C, self.xb, axis=0, out=self.emb3, mode="clip")
+        x = self.emb
+        for blk in self.blocks:
+            pre = blk.pre
+            np.dot(x, blk.W, out=pre)  # pre = x @ W (+ b)
+            if blk.b is not None:
+                pre += blk.b
+            if blk.bn:
+                # μ = mean_b pre, σ² = Σ_b (pre − μ)² / (B − 1), x̂ = (pre − μ)·rstd, rstd = 1/√(σ² + ε)
+                xc, mean, var, rstd = blk.xhat, blk.mean, blk.var, blk.rstd
+                np.add.reduce(pre, axis=0, out=mean)
+                mean *= 1.0 / B
+                np.subtract(pre, mean, out=xc)
+                np.multiply(xc, xc, out=blk.tmp)
+                np.add.reduce(blk.tmp, axis=0, out=var)
+                var *= 1.0 / (B - 1)
+                # running ← running + momentum·(batch − running)   (torch's lerp_)
+                np.subtract(mean, blk.rmean, out=blk.k)
+                blk.k *= blk.mom
+                blk.rmean += blk.k
+                np.subtract(var, blk.rvar, out=blk.k)
+                blk.k *= blk.mom
+                blk.rvar += blk.k
+                np.add(var, blk.eps, out=rstd)
+                np.sqrt(rstd, out=rstd)
+                np.divide(1.0, rstd, out=rstd)
+                xc *= rstd  # now x̂
+                # h = tanh(γ·x̂ + β)
+                np.multiply(xc, blk.gamma, out=blk.h)
+                blk.h += blk.beta
+                np.tanh(blk.h, out=blk.h)
+            else:
+                np.tanh(pre, out=blk.h)
+            x = blk.h
+        logits = self.logits
+        np.dot(x, self.Wo, out=logits)
+        logits += self.bo
+
+        # ---- loss: L = mean_b (log Σ_v e^{z_bv} − z_b,y_b), z = logits − max (stable)
+        np.maximum.reduce(logits, axis=1, out=self.mx[:, 0])
+        logits -= self.mx
+        np.add(self.rowoff, self.yb, out=self.flat_y)
+        np.take(self.logits_flat, self.flat_y, out=self.zy, mode="clip")
+        np.exp(logits, out=logits)
+        np.add.reduce(logits, axis=1, out=self.s[:, 0])
+        loss = float(np.add.reduce(np.log(self.s[:, 0]) - self.zy)) / B
+        if not math.isfinite(loss):  # leave the last good state for the caller's non-finite guard
+            return loss
+        # dlogits = (softmax − onehot(y)) / B, computed in the logits buffer
+        self.s *= B
+        logits /= self.s
+        self.logits_flat[self.flat_y] -= 1.0 / B
+        d = logits
+
+        # ---- backward
+        # logits = h @ Wo + bo  →  dWo = hᵀ·d, dbo = Σ_b d, dh = d·Woᵀ
+        np.dot(x.T, d, out=self.gWo)
+        np.add.reduce(d, axis=0, out=self.gbo)
+        dh = self.dh_out
+        np.dot(d, self.Wo.T, out=dh)
+        for i in range(len(self.blocks) - 1, -1, -1):
+            blk = self.blocks[i]
+            dy = blk.dpre
+            # h = tanh(y)  →  dy = (1 − h²)·dh
+            np.multiply(blk.h, blk.h, out=blk.tmp)
+            np.subtract(1.0, blk.tmp, out=blk.tmp)
+            np.multiply(dh, blk.tmp, out=dy)
+            if blk.bn:
+                # dγ = Σ dy·x̂, dβ = Σ dy; with Σdx̂ = γ·dβ and Σdx̂·x̂ = γ·dγ the closed form is
+                # dpre = γ·rstd·(dy − dβ/B − x̂·dγ/(B − 1))
+                np.multiply(dy, blk.xhat, out=blk.tmp)
+                np.add.reduce(blk.tmp, axis=0, out=blk.ggamma)
+                np.add.reduce(dy, axis=0, out=blk.gbeta)
+                np.multiply(blk.ggamma, 1.0 / (B - 1), out=blk.v)
+                np.multiply(blk.xhat, blk.v, out=blk.tmp)
+                np.subtract(dy, blk.tmp, out=dy)
+                np.multiply(blk.gbeta, 1.0 / B, out=blk.v)
+                dy -= blk.v
+                np.multiply(blk.gamma, blk.rstd, out=blk.k)
+                dy *= blk.k
+            # pre = x @ W + b  →  dW = xᵀ·dpre, db = Σ_b dpre, dx = dpre·Wᵀ
+            x_in = self.blocks[i - 1].h if i > 0 else self.emb
+            np.dot(x_in.T, dy, out=blk.gW)
+            if blk.gb is not None:
+                np.add.reduce(dy, axis=0, out=blk.gb)
+            dh = self.blocks[i - 1].dpre if i > 0 else self.demb  # dpre of the block below is free now
+            np.dot(dy, blk.W.T, out=dh)
+        # emb[b, t] = C[x[b, t]]  →  dC[i] = Σ_{b,t: x[b,t]=i} demb[b, t] = (onehot(x)ᵀ · demb)[i]
+        # (a (B·T, V) one-hot matmul: several times faster than np.add.at at this size)
+        self.onehot.fill(0.0)
+        np.add(self.ohoff, self.xflat, out=self.ohidx)
+        self.onehot_flat[self.ohidx] = 1.0
+        np.dot(self.onehot.T, dh.reshape(-1, self.gC.shape[1]), out=self.gC)
+
+        # ---- update
+        if self.adamw:
+            self._adamw(lr)
+        else:
+            self._sgd(lr)
+        return loss
+
+    def _sgd(self, lr: float) -> None:
+        # torch.optim.SGD: g ← g + wd·p; p ← p − lr·g
+        wd = self.wd
+        for p, g, t in self.params:
+            if wd:
+                np.multiply(p, wd, out=t)
+                t += g
+                t *= lr
+            else:
+                np.multiply(g, lr, out=t)
+            p -= t
+
+    def _adamw(self, lr: float) -> None:
+        # torch.optim.AdamW: p ← p·(1 − lr·wd); m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
+        # p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+        #   = p − (lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ)) · m / (√v + ε·√(1 − β₂ᵗ))   (one multiply fewer)
+        b1, b2, eps, wd = self.beta1, self.beta2, self.adam_eps, self.wd
+        self.adam_t += 1
+        n = self.adam_t
+        bc2_sqrt = math.sqrt(1.0 - b2**n)
+        step_size = lr * bc2_sqrt / (1.0 - b1**n)
+        eps_hat = eps * bc2_sqrt
+        for (p, g, _), (step, m, v, t) in zip(self.params, self.adam_state, strict=True):
+            step[0] = n
+            if wd:
+                p *= 1.0 - lr * wd
+            np.subtract(g, m, out=t)
+            t *= 1.0 - b1
+            m += t
+            v *= b2
+            np.multiply(g, g, out=t)
+            t *= 1.0 - b2
+            v += t
+            np.sqrt(v, out=t)
+            t += eps_hat
+            np.divide(m, t, out=t)
+            t *= step_size
+            p -= t
+
+
+def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+                    Y: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[StepFn, str]:
+    """The training loop's step for `engine`, and the engine that will actually run.
+
+    A step whose loss is not finite returns it without updating anything, so the model and the
+    optimizer still hold the last good state when the loop stops on it. Build the step after
+    any restore of a checkpoint: `optimizer.load_state_dict` replaces AdamW's state tensors,
+    which the fast step holds views of.
+
+    `fast`: the fused step (ValueError with the reason where it cannot run); `auto`: the fused
+    step where it can run, else the eager manual engine; `autograd` / `manual`: the readable
+    eager reference — `engines.grad_fn` fills `.grad`, then `optimizer.step()`.
+    """
+    if engine in ("auto", "fast"):
+        reason = unsupported_reason(model, optimizer)
+        if reason is None:
+            return FastStep(model, optimizer, X, Y, batch_size, generator), "fast"
+        if engine == "fast":
+            raise ValueError(reason)
+        engine = "manual"
+    compute_grads = grad_fn(engine)
+    device = X.device
+    n = len(Y)
+
+    def eager_step(lr: float) -> torch.Tensor:
+        ix = torch.randint(0, n, (batch_size,), generator=generator).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = compute_grads(model, X[ix], Y[ix])
+        if math.isfinite(loss.item()):  # as the fast step: no update from a non-finite loss
+            optimizer.step()
+        return loss.detach()
+
+    return eager_step, engine
+
+
+def _openblas_setters() -> list[Callable[[int], None]]:
+    """`openblas_set_num_threads` of every OpenBLAS loaded in this process (NumPy's own, on Linux)."""
+    import ctypes
+
+    setters = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return setters
+    names = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], None
+                setters.append(fn)
+                break
+    return setters
+
+
+def set_threads(n: int) -> None:
+    """Use `n` CPU threads in torch and in NumPy's OpenBLAS (where it can be found).
+
+    For this model one thread is fastest (benchmarks/run.py measures 1 vs 2): the matrices are
+    too small to split, and on a busy machine a second spinning thread costs far more than it
+    gives.
+    """
+    from .errors import CharmlpError
+
+    if not 1 <= n <= 1024:
+        raise CharmlpError(f"--threads must be between 1 and 1024, got {n}")
+    torch.set_num_threads(n)
+    for setter in _openblas_setters():
+        setter(n)
