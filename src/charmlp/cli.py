@@ -261,6 +261,35 @@ def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_diagnose)
 
 
+# ── gradcheck ─────────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    """Print the gradient check table (or JSON); exit 1 if any row is outside the tolerance."""
+    from .gradcheck import gradcheck
+
+    report = gradcheck(
+        dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, n_layers=args.n_layers,
+        dataset=load_dataset(DataConfig(path=args.data, block_size=args.block_size)),
+    )
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
+    return 0 if report.ok else 1
+
+
+def _add_gradcheck_command(sub: argparse._SubParsersAction) -> None:
+    from .config import LECTURE_SEED
+    from .gradcheck import DTYPES
+
+    p = sub.add_parser("gradcheck", help="check every hand-written gradient against autograd (exit 1 on a mismatch)")
+    _add_data_args(p)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
+    p.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
+    p.add_argument("--n-layers", type=int, default=1, metavar="L", help="hidden blocks of the model in part 3 (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
+    p.set_defaults(func=cmd_gradcheck)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="charmlp",
@@ -303,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     _add_diagnostics_commands(sub)
+    _add_gradcheck_command(sub)
     return parser
 
 

@@ -16,9 +16,13 @@ from torch import nn
 
 
 def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
-    """p.grad += g (creating it on first use), as autograd does."""
+    """p.grad += g (creating it on first use), as autograd does.
+
+    `g` must be a tensor the caller has just computed for this purpose (every backward here
+    passes a fresh product or sum), so on first use it becomes `p.grad` without a copy.
+    """
     if p.grad is None:
-        p.grad = g.detach().clone()
+        p.grad = g.detach()
     else:
         p.grad.add_(g)
 
@@ -99,6 +103,7 @@ class BatchNorm1d(Layer):
         self.register_buffer("running_var", torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_stats = self.training  # backward must differentiate what forward did
         if self.training:
             n = x.shape[0]
             if n < 2:
@@ -114,18 +119,18 @@ class BatchNorm1d(Layer):
         self.xhat = (x - mean) * self.rstd
         return self.weight * self.xhat + self.bias
 
-    # dγ = Σ dy·x̂, dβ = Σ dy. Training (x̂ depends on the batch, σ² with n − 1):
-    # dx = γ·rstd/n · (n·dy − Σdy − n/(n−1)·x̂·Σ(dy·x̂)).  Eval: dx = γ·rstd·dy.
+    # y = γ·x̂ + β  →  dγ = Σ_batch dy·x̂, dβ = Σ_batch dy
+    # eval (μ, σ² constants): dx = γ·rstd·dy
+    # training (μ, σ² from the batch, σ² with n − 1), closed form:
+    #   dx = γ·rstd/n · (n·dy − Σ_batch dy − n/(n−1) · x̂ · Σ_batch dy·x̂) = γ·rstd/n · (n·dy − dβ − n/(n−1)·x̂·dγ)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
-        accumulate_grad(self.weight, (dout * self.xhat).sum(0))
-        accumulate_grad(self.bias, dout.sum(0))
-        if not self.training:
+        dgamma, dbeta = (dout * self.xhat).sum(0), dout.sum(0)
+        accumulate_grad(self.weight, dgamma)
+        accumulate_grad(self.bias, dbeta)
+        if not self.batch_stats:
             return dout * (self.weight * self.rstd)
         n = dout.shape[0]
-        dxhat = dout * self.weight
-        return (self.rstd / n) * (
-            n * dxhat - dxhat.sum(0) - (n / (n - 1)) * self.xhat * (dxhat * self.xhat).sum(0)
-        )
+        return (self.weight * self.rstd / n) * (n * dout - dbeta - (n / (n - 1)) * self.xhat * dgamma)
 
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
