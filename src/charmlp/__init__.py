@@ -25,6 +25,7 @@ from .diagnostics import (  # noqa: E402
 from .engines import autograd_grads, manual_grads  # noqa: E402
 from .errors import CharmlpError  # noqa: E402
 from .evaluate import evaluate, evaluate_run  # noqa: E402
+from .gradcheck import GradcheckReport, gradcheck  # noqa: E402
 from .lrfind import lr_find, lr_schedule  # noqa: E402
 from .model import CharMLP, build_model  # noqa: E402
 from .report import diagnose  # noqa: E402
@@ -32,9 +33,9 @@ from .sampling import sample, sample_run  # noqa: E402
 from .train import calibrate_batchnorm, resume, train  # noqa: E402
 
 __all__ = [
-    "CharMLP", "CharmlpError", "DataConfig", "Dataset", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
+    "CharMLP", "CharmlpError", "DataConfig", "Dataset", "GradcheckReport", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
     "apply_preset", "autograd_grads", "build_examples", "build_model", "calibrate_batchnorm", "evaluate",
-    "evaluate_run", "load_dataset", "load_run", "manual_grads", "read_items", "sample", "sample_run",
+    "evaluate_run", "gradcheck", "load_dataset", "load_run", "manual_grads", "read_items", "sample", "sample_run",
     "resume", "save_run", "train",
     # diagnostics
     "DiagnosticsRecorder", "activation_stats", "diagnose", "embedding_2d", "grad_data_ratio", "init_check",
