@@ -135,7 +135,7 @@ class GradcheckReport:
         """Aligned table, one row per tensor, per section."""
         t = self.tolerance
         lines = [
-            f"gradcheck · {self.dtype} · batch {self.batch_size} · seed {self.seed} · {self.n_layers} hidden layer(s)",
+            f"gradcheck · {self.dtype} · batch {self.batch_size} · seed {self.seed} · model of part 3: {self.n_layers} hidden layer(s)",
             f"rel_err = max|manual − autograd| / max|autograd|; approx = rel_err ≤ {t.rel:g} ({self.dtype});"
             " exact = bitwise equal",
         ]
