@@ -9,7 +9,7 @@ import torch
 from .checkpoint import load_run
 from .data import SPLITS, Dataset, load_dataset
 from .losses import cross_entropy
-from .model import CharMLP
+from .model import CharMLP, eval_forward
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
 MAX_CHUNK_LOGITS = 1 << 24  # logits per forward pass (64 MiB of float32)
@@ -24,10 +24,11 @@ def split_loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = EV
     model.eval()
     device = next(model.parameters()).device
     chunk = max(1, min(chunk, MAX_CHUNK_LOGITS // model.cfg.vocab_size))  # large vocabularies: smaller chunks
+    forward = eval_forward(model)  # BatchNorm folded into the Linear before it: same function, fewer passes
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(Y), chunk):
         xb, yb = X[i : i + chunk].to(device), Y[i : i + chunk].to(device)
-        total += cross_entropy(model(xb), yb).double() * len(yb)
+        total += cross_entropy(forward(xb), yb).double() * len(yb)
     model.train(was_training)
     return float(total / len(Y))
 

@@ -2,85 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .checkpoint import load_run
 from .config import LECTURE_SEED
 from .data import Vocab, read_items
 from .errors import CharmlpError
-from .layers import BatchNorm1d, Embedding, Flatten, Linear, Tanh
-from .model import CharMLP
+from .model import CharMLP, eval_forward
 
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10
 DEFAULT_MAX_LEN = 64
 MAX_SAMPLES = 1_000_000
 MAX_LEN_LIMIT = 100_000
 MAX_SAMPLE_CELLS = 200_000_000  # n × max_len ids held at once
-
-
-def eval_forward(model: CharMLP) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's eval-mode forward with every BatchNorm folded into the Linear before it.
-
-    In eval mode BatchNorm is affine: γ·(x@W + b − μ)·rstd + β = x@(W·a) + ((b − μ)·a + β) with
-    a = γ·rstd, rstd = 1/√(σ² + ε). Each hidden block becomes one `addmm` and a tanh, which
-    saves the BatchNorm passes over every sampled row. Unknown layer stacks use `model` itself.
-    """
-    layers = list(model.layers)
-    if not (isinstance(layers[0], Embedding) and isinstance(layers[1], Flatten)):
-        return model
-    C, mats, i = layers[0].weight, [], 2
-    while i < len(layers):
-        lin = layers[i]
-        if not isinstance(lin, Linear):
-            return model
-        W = lin.weight
-        b = lin.bias if lin.bias is not None else torch.zeros(W.shape[1], device=W.device, dtype=W.dtype)
-        i += 1
-        if i < len(layers) and isinstance(layers[i], BatchNorm1d):
-            bn = layers[i]
-            a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            W, b = W * a, (b - bn.running_mean) * a + bn.bias
-            i += 1
-        act = i < len(layers) and isinstance(layers[i], Tanh)
-        if i < len(layers) and not act:
-            return model
-        i += act
-        mats.append((W, b, act))
-
-    # First layer as a table: C[x_t] @ W_t summed over t = Σ_t P[t, x_t] with P[t] = C @ W_t
-    # (W_t: the rows of W that multiply position t). One embedding_bag per step replaces the
-    # (n, T·E) @ (T·E, H) matmul; worth it when there are more rows than table entries.
-    W0, b0, act0 = mats[0]
-    T, (V, E) = W0.shape[0] // C.shape[1], C.shape
-    P = torch.einsum("ve,teh->tvh", C, W0.reshape(T, E, -1))
-    P[0] += b0  # each row sums exactly one entry of P[0]: the bias rides along
-    P = P.reshape(T * V, -1)
-    offsets = torch.arange(T, device=C.device) * V
-
-    def forward(idx: torch.Tensor) -> torch.Tensor:
-        if len(idx) >= T * V:
-            h = torch.nn.functional.embedding_bag(idx.long() + offsets, P, mode="sum")  # includes b0
-            if act0 and h.device.type == "cpu":
-                np.tanh(h.numpy(), out=h.numpy())
-            elif act0:
-                h = torch.tanh(h)
-            rest = mats[1:]
-        else:
-            h, rest = C[idx.long()].reshape(len(idx), -1), mats
-        for W, b, act in rest:
-            h = torch.addmm(b, h, W)  # h @ W + b
-            if act and h.device.type == "cpu":  # NumPy's float32 tanh is ~10× faster than torch's on CPU
-                np.tanh(h.numpy(), out=h.numpy())
-            elif act:
-                h = torch.tanh(h)
-        return h
-
-    return forward
 
 
 def _cdf(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
