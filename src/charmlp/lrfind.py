@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from .checkpoint import write_json
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .engines import grad_fn
 from .errors import CharmlpError
+from .fastpath import make_train_step
 from .model import build_model
 from .train import make_optimizer, resolve_device, validate_train_config
 
@@ -108,21 +108,20 @@ def lr_find(
     g = torch.Generator().manual_seed(tc.seed)
     model = build_model(mc, generator=g).to(device).train()
     optimizer = make_optimizer(tc, model)
-    compute_grads = grad_fn(tc.engine)
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
     n = len(Ytr)
     if tc.batch_size > n:
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
+    try:  # the training loop's own step: draws the batch from g, fills .grad, updates
+        train_step, _ = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
+    except ValueError as e:
+        raise CharmlpError(f"--engine fast cannot run here: {e}; use --engine auto or manual") from None
 
     losses: list[float] = []
     diverged_at = None
     best = math.inf
     for step, lr in enumerate(tqdm(lrs, desc="lr-find", disable=not progress, mininterval=0.5)):
-        ix = torch.randint(0, n, (tc.batch_size,), generator=g).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = float(compute_grads(model, Xtr[ix], Ytr[ix]))
-        optimizer.step()
+        loss = float(train_step(lr))
         losses.append(loss)
         smoothed = ema(losses[-50:])[-1] if len(losses) > 10 else loss
         best = min(best, smoothed)
