@@ -112,7 +112,7 @@ def test_auto_falls_back_and_fast_refuses_unsupported(dataset) -> None:
     assert "momentum" in unsupported_reason(model, opt)
     _, used = make_train_step("auto", model, opt, ds.X["train"], ds.Y["train"], 32, g)
     assert used == "manual"
-    with pytest.raises(ValueError, match="momentum"):
+    with pytest.raises(CharmlpError, match="momentum"):
         make_train_step("fast", model, opt, ds.X["train"], ds.Y["train"], 32, g)
     assert unsupported_reason(model.double(), make_optimizer(TrainConfig(), model)) is not None
 

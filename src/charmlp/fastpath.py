@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .engines import grad_fn
+from .errors import CharmlpError
 from .layers import BatchNorm1d, Embedding, Flatten, Linear, Tanh
 from .model import CharMLP
 
@@ -361,7 +362,7 @@ def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimize
     any restore of a checkpoint: `optimizer.load_state_dict` replaces AdamW's state tensors,
     which the fast step holds views of.
 
-    `fast`: the fused step (ValueError with the reason where it cannot run); `auto`: the fused
+    `fast`: the fused step (a user error naming the reason where it cannot run); `auto`: the fused
     step where it can run, else the eager manual engine; `autograd` / `manual`: the readable
     eager reference — `engines.grad_fn` fills `.grad`, then `optimizer.step()`.
     """
@@ -370,7 +371,7 @@ def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimize
         if reason is None:
             return FastStep(model, optimizer, X, Y, batch_size, generator), "fast"
         if engine == "fast":
-            raise ValueError(reason)
+            raise CharmlpError(f"--engine fast cannot run here: {reason}; use --engine auto or manual")
         engine = "manual"
     compute_grads = grad_fn(engine)
     device = X.device
@@ -420,8 +421,6 @@ def set_threads(n: int) -> None:
     too small to split, and on a busy machine a second spinning thread costs far more than it
     gives.
     """
-    from .errors import CharmlpError
-
     if not 1 <= n <= 1024:
         raise CharmlpError(f"--threads must be between 1 and 1024, got {n}")
     torch.set_num_threads(n)
