@@ -307,6 +307,12 @@ class Run:
             raise CharmlpError(f"{p} is not valid JSON lines; the run directory is damaged") from None
 
 
+def fits_model(model: CharMLP, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether `tensors` holds exactly the model's state_dict entries, each of the right shape."""
+    expected = model.state_dict()
+    return set(tensors) == set(expected) and all(tensors[k].shape == expected[k].shape for k in expected)
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild the model of a run directory; raises `CharmlpError` if anything is off."""
     d = Path(run_dir)
@@ -317,8 +323,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         )
     tensors, meta = decode_tensors(_read(d, WEIGHTS), d / WEIGHTS)
     model = build_model(cfg.model)
-    expected = model.state_dict()
-    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+    if not fits_model(model, tensors):
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
     if meta.get("model") != dataclasses.asdict(cfg.model) or meta.get("vocab") != list(vocab.itos):
         raise CharmlpError(

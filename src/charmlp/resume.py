@@ -29,6 +29,7 @@ from .checkpoint import (
     atomic_write_bytes,
     decode_tensors,
     encode_tensors,
+    fits_model,
     prepare_run_dir,
     read_run_config,
     remove_file,
@@ -102,8 +103,7 @@ def restore_state(
     if not isinstance(step, int) or not 0 <= step <= len(losses):
         raise CharmlpError(damaged)
     model_sd = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    expected = model.state_dict()
-    if set(model_sd) != set(expected) or any(model_sd[k].shape != expected[k].shape for k in expected):
+    if not fits_model(model, model_sd):
         raise CharmlpError(damaged)
     opt_state: dict[int, dict[str, Any]] = {}
     try:

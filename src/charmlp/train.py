@@ -201,10 +201,8 @@ def train(
     bar.close()
     train_seconds = time.perf_counter() - t0
 
-    if not torch.isfinite(losses).all():
-        bad = int(torch.nonzero(~torch.isfinite(losses))[0])
-        raise CharmlpError(f"the loss became non-finite at step {bad}; lower the learning rate (--lr)")
-    if model.batchnorms() and tc.calibrate_bn:
+    calibrate = bool(model.batchnorms()) and tc.calibrate_bn
+    if calibrate:
         calibrate_batchnorm(model, Xtr)
     model.eval()
     split_losses = evaluate(model, dataset)
@@ -221,7 +219,7 @@ def train(
         "ln_vocab": math.log(dataset.vocab.size),
         "engine": engine,
         "device": str(device),
-        "bn_calibrated": bool(model.batchnorms() and tc.calibrate_bn),
+        "bn_calibrated": calibrate,
     }
     out = None
     if out_dir is not None:  # the weights last: model.safetensors marks a finished run
