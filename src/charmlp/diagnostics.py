@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .checkpoint import write_json
+from .engines import reference_engine
 from .layers import Tanh
 from .losses import cross_entropy, cross_entropy_backward
 from .model import CharMLP
@@ -273,8 +274,7 @@ def take_snapshot(model: CharMLP, xb: torch.Tensor, yb: torch.Tensor, engine: st
     for p in m.parameters():
         p.grad = None
     outs: list[torch.Tensor] = []
-    if engine in ("auto", "fast"):  # the fused fast step (fastpath.py) computes the manual engine's math
-        engine = "manual"
+    engine = reference_engine(engine)
     if engine == "manual":
         m.layers.keep_grads = True
         with torch.no_grad():

@@ -39,10 +39,15 @@ def manual_grads(model: CharMLP, xb: torch.Tensor, yb: torch.Tensor) -> torch.Te
 ENGINES: dict[str, GradFn] = {"autograd": autograd_grads, "manual": manual_grads}
 
 
+def reference_engine(engine: str) -> str:
+    """The eager engine whose gradients `engine` computes: `auto` and `fast` (the fused step of
+    fastpath.py) are the manual engine's math; `autograd` and `manual` are themselves."""
+    return "manual" if engine in ("auto", "fast") else engine
+
+
 def grad_fn(engine: str) -> GradFn:
-    """The gradient function of an engine name (`autograd` or `manual`; `auto` and `fast` — the
-    fused step of fastpath.py, which computes the manual engine's math — give `manual`)."""
-    engine = "manual" if engine in ("auto", "fast") else engine
+    """The gradient function of an engine name (`fast` and `auto` give the manual engine's)."""
+    engine = reference_engine(engine)
     try:
         return ENGINES[engine]
     except KeyError:
