@@ -3,10 +3,11 @@
 from .base import LanguageModel, ModelSpec, count_params, num_params
 from .mlp import CharMLP, MLPConfig
 from .registry import MODELS, apply_preset, build_model, get_spec, model_config, preset, spec_of, validate_model_config
+from .transformer import Transformer, TransformerConfig
 from .wavenet import WaveNet, WaveNetConfig
 
 __all__ = [
-    "MODELS", "CharMLP", "LanguageModel", "MLPConfig", "ModelSpec", "WaveNet", "WaveNetConfig", "apply_preset",
+    "MODELS", "CharMLP", "LanguageModel", "MLPConfig", "ModelSpec", "Transformer", "TransformerConfig", "WaveNet", "WaveNetConfig", "apply_preset",
     "build_model", "count_params", "get_spec", "model_config", "num_params", "preset", "spec_of",
     "validate_model_config",
 ]

@@ -1,15 +1,19 @@
 """Layers, each a `torch.nn.Module` with `forward` and a hand-written `backward` beside it."""
 
-from .activations import Tanh
+from .activations import GELU, Tanh
+from .attention import CausalSelfAttention
 from .batchnorm import BatchNorm1d
+from .block import MLP, Block
 from .containers import Sequential
-from .embedding import Embedding
+from .embedding import Embedding, PositionEmbedding
+from .layernorm import LayerNorm
 from .linear import Linear
 from .losses import cross_entropy, cross_entropy_backward
 from .module import Layer, accumulate_grad
 from .reshape import Flatten, FlattenConsecutive
 
 __all__ = [
-    "BatchNorm1d", "Embedding", "Flatten", "FlattenConsecutive", "Layer", "Linear", "Sequential", "Tanh",
+    "GELU", "MLP", "BatchNorm1d", "Block", "CausalSelfAttention", "Embedding", "Flatten", "FlattenConsecutive",
+    "Layer", "LayerNorm", "Linear", "PositionEmbedding", "Sequential", "Tanh",
     "accumulate_grad", "cross_entropy", "cross_entropy_backward",
 ]

@@ -17,3 +17,27 @@ class Tanh(Layer):
     # h = tanh(x)  →  dx = (1 − h²)·dh
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
         return (1.0 - self.out**2) * dout
+
+
+
+class GELU(Layer):
+    """The exact GELU (PyTorch's default `gelu`): y = x·Φ(x), Φ the standard normal CDF,
+    Φ(x) = ½(1 + erf(x/√2)). (GPT-2 and makemore.py use its tanh approximation; on the CPU the
+    exact form is the faster kernel, forward and backward.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.x = x
+        return torch.nn.functional.gelu(x)
+
+    # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π);
+    # with s = x/√2:  Φ + x·φ = ½·(1 + erf(s) + (2/√π)·s·e^(−s²))
+    def backward(self, dout: torch.Tensor) -> torch.Tensor:
+        x = self.x
+        s = torch.mul(x, SQRT1_2, out=self.scratch("s", x.shape, x))
+        se = torch.mul(s, s, out=self.scratch("se", x.shape, x)).neg_().exp_().mul_(s)  # s·e^(−s²)
+        local = torch.erf(s, out=s).add_(se, alpha=TWO_OVER_SQRTPI)  # 2·(Φ + x·φ) − 1
+        dx = torch.mul(dout, 0.5)
+        return dx.addcmul_(dx, local)  # ½dy·(1 + local)
+
+SQRT1_2 = 0.7071067811865476  # 1/√2
+TWO_OVER_SQRTPI = 1.1283791670955126  # 2/√π

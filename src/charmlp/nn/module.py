@@ -31,3 +31,15 @@ class Layer(nn.Module):
 
     def backward(self, dout: torch.Tensor) -> torch.Tensor | None:  # noqa: D102
         raise NotImplementedError(f"{type(self).__name__} has no hand-written backward")
+
+    def scratch(self, name: str, shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor of `shape` that this layer reuses from one backward to the next
+        for an intermediate result (`like` gives dtype and device). On the CPU a fresh large tensor
+        is fresh memory from the OS, and its page faults can cost more than the arithmetic; the
+        fused kernels autograd calls allocate little, a backward written as several ops allocates
+        more. Only for values that do not outlive the backward that computes them."""
+        bufs = self.__dict__.setdefault("_scratch", {})
+        t = bufs.get(name)
+        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+            t = bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return t

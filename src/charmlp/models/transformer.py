@@ -1,0 +1,102 @@
+"""A small GPT: token + position embeddings, pre-LayerNorm blocks of causal multi-head
+self-attention and a GELU MLP, a final LayerNorm and a linear head (GPT-2's layout, makemore.py's
+`Transformer`), every backward written by hand in `charmlp.nn`.
+
+ids (B, T) → Embedding (B, T, C) → PositionEmbedding (+ P[:T]) → Block × n_layer → LayerNorm →
+Linear → logits (B, T, V): position t predicts the character after inputs 0..t (a sequence model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..config import ModelConfig, check_range
+from ..errors import CharmlpError
+from ..nn import Block, Embedding, Layer, LayerNorm, Linear, PositionEmbedding
+from .base import LanguageModel, ModelSpec
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """Shape and initialisation of the transformer (defaults: makemore.py's, ~200k parameters on names)."""
+
+    kind = "transformer"
+    n_layer: int = field(default=4, metadata={"help": "transformer: blocks"})
+    n_head: int = field(default=4, metadata={"help": "transformer: attention heads per block"})
+    n_embd: int = field(default=64, metadata={"help": "embedding size (transformer: must be a multiple of --n-head)"})
+    init_std: float = field(default=0.02, metadata={
+        "help": "transformer: weights and embeddings ~ N(0, std²); residual projections scaled by 1/√(2·n_layer)"})
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("--n-layer", self.n_layer, 0, 64)
+        check_range("--n-head", self.n_head, 1, 256)
+        check_range("--n-embd", self.n_embd, 1, 8192)
+        if self.n_embd % self.n_head:
+            raise CharmlpError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
+        if not (math.isfinite(self.init_std) and 0 <= self.init_std <= 10):
+            raise CharmlpError(f"--init-std must be a number between 0 and 10, got {self.init_std}")
+
+    def floats_per_example(self) -> int:
+        # per position, per block: ~16 C-wide activations (ln, qkv, attention output, MLP's 4C twice…)
+        # plus the (H, T, T) attention weights and their gradient; the logits and their gradient on top
+        T, C, H = self.block_size, self.n_embd, self.n_head
+        return T * (4 * C + self.n_layer * (24 * C + 3 * H * T) + 3 * self.vocab_size)
+
+
+class Transformer(LanguageModel):
+    """The GPT as a `Sequential` of hand-differentiable layers (each Block is one layer)."""
+
+    config_class = TransformerConfig
+    sequence: ClassVar[bool] = True
+
+    @staticmethod
+    def layers_for(cfg: TransformerConfig) -> list[Layer]:
+        C = cfg.n_embd
+        return [
+            Embedding(cfg.vocab_size, C),
+            PositionEmbedding(cfg.block_size, C),
+            *(Block(C, cfg.n_head) for _ in range(cfg.n_layer)),
+            LayerNorm(C),
+            Linear(C, cfg.vocab_size),
+        ]
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """GPT-2's initialisation: every weight matrix and embedding ~ N(0, init_std²), the
+        projections that write into the residual stream (attn.proj, mlp.proj) scaled down by
+        1/√(2·n_layer) so the stream's variance does not grow with depth; biases 0; LayerNorm γ = 1, β = 0."""
+        std = self.cfg.init_std
+        resid = {id(m.attn.proj) for m in self.layers if isinstance(m, Block)}
+        resid |= {id(m.mlp.proj) for m in self.layers if isinstance(m, Block)}
+        for m in self.modules():
+            if isinstance(m, LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, (Linear, Embedding, PositionEmbedding)):
+                s = std / math.sqrt(2 * self.cfg.n_layer) if id(m) in resid else std
+                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * s)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+
+SPEC = ModelSpec(
+    name="transformer",
+    config=TransformerConfig,
+    model=Transformer,
+    about="a small GPT: causal self-attention blocks (pre-LayerNorm, GELU MLP) over the whole item",
+    presets={
+        # makemore.py's transformer: 4 layers, 4 heads, n_embd 64, AdamW lr 5e-4, batch 32, weight decay 0.01
+        "seed": {"steps": 200_000, "batch_size": 32, "optimizer": "adamw", "lr": 5e-4, "schedule": "constant",
+                 "weight_decay": 0.01},
+        "quick": {"steps": 1000, "batch_size": 32, "optimizer": "adamw", "lr": 2e-3, "lr_final": 2e-4,
+                  "schedule": "cosine", "weight_decay": 0.01},
+        "fast": {"steps": 3000, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "lr_final": 2e-5,
+                 "schedule": "cosine", "weight_decay": 0.01},
+        "best": {"steps": 10000, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "lr_final": 2e-5,
+                 "schedule": "cosine", "weight_decay": 0.01},
+    },
+)
