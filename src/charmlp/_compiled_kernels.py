@@ -49,7 +49,7 @@ def _tanh(x):
     """tanh(x) as an odd/even rational function on [−7.9, 7.9] (Eigen's float tanh): vectorises,
     where the C library's tanhf does not; within 4e-7 of the exact value."""
     c = np.float32(7.90531110763549805)
-    x = min(max(x, -c), c)
+    x = c if x > c else (-c if x < -c else x)  # clamp; NaN falls through both tests and stays NaN
     x2 = x * x
     p = np.float32(-2.76076847742355e-16)
     p = p * x2 + np.float32(2.00018790482477e-13)
