@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charmlp import CharmlpError, compiled_step, DataConfig, ModelConfig, RunConfig, TrainConfig, load_dataset, train
+from charmlp import CharmlpError, DataConfig, ModelConfig, RunConfig, TrainConfig, compiled_step, load_dataset, train
 from charmlp.config import PRESETS, apply_preset, run_config_from_dict, run_config_to_dict
 from charmlp.fastpath import make_train_step, set_threads, unsupported_reason
 from charmlp.model import build_model

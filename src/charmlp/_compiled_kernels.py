@@ -10,7 +10,9 @@ model drops Python's ZeroDivisionError check (a branch in every division that st
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 from .compiled_step import _SYMBOL
 
@@ -35,6 +37,28 @@ def _jit(**kw):
             return njit(cache=False, **kw)(fn)
 
     return deco
+
+
+@intrinsic
+def _f32p(typingctx, addr):
+    """The address `addr` (an integer) as a float32 pointer."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+
+    return types.CPointer(types.float32)(types.intp), codegen
+
+
+@njit(inline="always")
+def _v1(addr, n):
+    """The float32 vector of length n at `addr` (memory the caller keeps alive)."""
+    return carray(_f32p(addr), n)
+
+
+@njit(inline="always")
+def _v2(addr, m, n):
+    """The C-contiguous float32 (m, n) matrix at `addr`."""
+    return carray(_f32p(addr), (m, n))
 
 
 @njit(inline="always")
@@ -74,10 +98,15 @@ def tanh_array(x, out):
 
 
 @_jit(fastmath=_FM, error_model="numpy")
-def mlp_step(ix, X, Y, C, gC, emb, demb, blocks, n_blocks, Wo, gWo, bo, gbo, logits, params, lr, wd, adamw,
+def mlp_step(ix, X, Y, C, gC, emb, demb, bp, bdim, bf, n_blocks, Wo, gWo, bo, gbo, logits, pp, psz, lr, wd, adamw,
              beta1, beta2, adam_eps, t):
     """One training step on the batch X[ix], Y[ix]; returns its loss (before the update).
-    Updates parameters, grads, BatchNorm running statistics and AdamW state in place."""
+    Updates parameters, grads, BatchNorm running statistics and AdamW state in place.
+
+    Hidden block l is described by addresses bp[l] = (W, gW, b, gb, γ, β, dγ, dβ, running mean,
+    running var, batch mean, batch var, rstd, x̂, h, dpre), sizes bdim[l] = (fan_in, H, has bias,
+    has BatchNorm) and bf[l] = (eps, momentum); parameter i by pp[i] = (p, g, m, v, step) and its
+    size psz[i]. Addresses instead of arrays give one compiled signature for every depth."""
     B, T, E = ix.shape[0], X.shape[1], C.shape[1]
     one = np.float32(1.0)
 
@@ -90,16 +119,20 @@ def mlp_step(ix, X, Y, C, gC, emb, demb, blocks, n_blocks, Wo, gWo, bo, gbo, log
                 emb[b, k * E + e] = C[c, e]
     x = emb
     for li in range(n_blocks):
-        W, _, bias, _, gamma, beta, _, _, rmean, rvar, mean, var, rstd, xhat, h, _, eps_mom = blocks[li]
-        K, H = W.shape
+        K, H = bdim[li, 0], bdim[li, 1]
+        a = bp[li]
+        W, h = _v2(a[0], K, H), _v2(a[14], B, H)
         _mm(_N, _N, B, H, K, x, W, h)  # pre = x·W (in h)
-        if bias.shape[0] > 0:
+        if bdim[li, 2]:
+            bias = _v1(a[2], H)
             for b in range(B):
                 for j in range(H):
                     h[b, j] += bias[j]
-        if gamma.shape[0] > 0:
+        if bdim[li, 3]:
+            gamma, beta, rmean, rvar = _v1(a[4], H), _v1(a[5], H), _v1(a[8], H), _v1(a[9], H)
+            mean, var, rstd, xhat = _v1(a[10], H), _v1(a[11], H), _v1(a[12], H), _v2(a[13], B, H)
             # μ = Σ_b pre / B, σ² = Σ_b (pre − μ)² / (B − 1), x̂ = (pre − μ)·rstd, rstd = 1/√(σ² + ε)
-            eps, mom = eps_mom[0], eps_mom[1]
+            eps, mom = bf[li, 0], bf[li, 1]
             mean[:] = 0
             var[:] = 0
             for b in range(B):
@@ -167,16 +200,20 @@ def mlp_step(ix, X, Y, C, gC, emb, demb, blocks, n_blocks, Wo, gWo, bo, gbo, log
     for b in range(B):
         for v in range(V):
             gbo[v] += d[b, v]
-    dh = blocks[n_blocks - 1][15] if n_blocks > 0 else demb  # the top block's dpre holds dh first
+    # the top block's dpre buffer holds dh first
+    dh = _v2(bp[n_blocks - 1, 15], B, K) if n_blocks > 0 else demb
     _mm(_N, _T, B, K, V, d, Wo, dh)
     for li in range(n_blocks - 1, -1, -1):
-        W, gW, _, gb, gamma, _, ggamma, gbeta, _, _, _, _, rstd, xhat, h, dy, _ = blocks[li]
-        K, H = W.shape
+        K, H = bdim[li, 0], bdim[li, 1]
+        a = bp[li]
+        W, gW, h, dy = _v2(a[0], K, H), _v2(a[1], K, H), _v2(a[14], B, H), _v2(a[15], B, H)
         # h = tanh(y)  →  dy = (1 − h²)·dh   (in place: dy holds dh)
         for b in range(B):
             for j in range(H):
                 dy[b, j] *= one - h[b, j] * h[b, j]
-        if gamma.shape[0] > 0:
+        if bdim[li, 3]:
+            gamma, ggamma, gbeta = _v1(a[4], H), _v1(a[6], H), _v1(a[7], H)
+            rstd, xhat = _v1(a[12], H), _v2(a[13], B, H)
             # dγ = Σ_b dy·x̂, dβ = Σ_b dy; with Σdx̂ = γ·dβ and Σdx̂·x̂ = γ·dγ the closed form is
             # dpre = γ·rstd·(dy − dβ/B − x̂·dγ/(B − 1))
             ggamma[:] = 0
@@ -191,14 +228,15 @@ def mlp_step(ix, X, Y, C, gC, emb, demb, blocks, n_blocks, Wo, gWo, bo, gbo, log
                 for j in range(H):
                     dy[b, j] = gamma[j] * rstd[j] * (dy[b, j] - gbeta[j] * inv_b - xhat[b, j] * (ggamma[j] * inv_b1))
         # pre = x·W + b  →  dW = xᵀ·dpre, db = Σ_b dpre, dx = dpre·Wᵀ
-        x_in = blocks[li - 1][14] if li > 0 else emb
+        x_in = _v2(bp[li - 1, 14], B, K) if li > 0 else emb
         _mm(_T, _N, K, H, B, x_in, dy, gW)
-        if gb.shape[0] > 0:
+        if bdim[li, 2]:
+            gb = _v1(a[3], H)
             gb[:] = 0
             for b in range(B):
                 for j in range(H):
                     gb[j] += dy[b, j]
-        dx = blocks[li - 1][15] if li > 0 else demb  # the block below's dpre buffer is free now
+        dx = _v2(bp[li - 1, 15], B, K) if li > 0 else demb  # the block below's dpre buffer is free now
         _mm(_N, _T, B, K, H, dy, W, dx)
     # emb[b, t] = C[x[b, t]]  →  dC[i] = Σ_{b,t: x[b,t]=i} demb[b, t]
     gC[:] = 0
@@ -215,13 +253,14 @@ def mlp_step(ix, X, Y, C, gC, emb, demb, blocks, n_blocks, Wo, gWo, bo, gbo, log
         # torch.optim.AdamW: p ← p·(1 − lr·wd); m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
         # p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
         decay = np.float32(1.0 - lr * wd)
-        b1, b2 = np.float32(beta1), np.float32(beta2)
+        b2 = np.float32(beta2)
         c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
         step_size = np.float32(lr / (1.0 - beta1**t))
         bc2_sqrt = np.float32(np.sqrt(1.0 - beta2**t))
         eps32 = np.float32(adam_eps)
-        for pi in range(len(params)):
-            p, g, m, v, step = params[pi]
+        for pi in range(pp.shape[0]):
+            n = psz[pi]
+            p, g, m, v, step = _v1(pp[pi, 0], n), _v1(pp[pi, 1], n), _v1(pp[pi, 2], n), _v1(pp[pi, 3], n), _v1(pp[pi, 4], 1)
             step[0] = np.float32(t)
             for i in range(p.shape[0]):
                 gi = g[i]
@@ -234,8 +273,9 @@ def mlp_step(ix, X, Y, C, gC, emb, demb, blocks, n_blocks, Wo, gWo, bo, gbo, log
     else:
         # torch.optim.SGD: p ← p − lr·(g + wd·p)
         wd32 = np.float32(wd)
-        for pi in range(len(params)):
-            p, g, _, _, _ = params[pi]
+        for pi in range(pp.shape[0]):
+            n = psz[pi]
+            p, g = _v1(pp[pi, 0], n), _v1(pp[pi, 1], n)
             if wd != 0.0:
                 for i in range(p.shape[0]):
                     p[i] -= lr32 * (g[i] + wd32 * p[i])

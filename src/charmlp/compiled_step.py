@@ -110,16 +110,13 @@ def cache_info() -> dict[str, Any]:
     st = _step_fn.stats
     impl = getattr(_step_fn, "_cache", None)
     return {"available": True, "cached": _cached, "cache_dir": getattr(impl, "cache_path", None),
-            "cache_hits": dict(st.cache_hits), "cache_misses": dict(st.cache_misses)}
+            "cache_hits": sum(st.cache_hits.values()), "cache_misses": sum(st.cache_misses.values())}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     """A NumPy view sharing `t`'s memory."""
     assert t.is_contiguous()
     return t.detach().numpy()
-
-
-_EMPTY = np.empty(0, np.float32)
 
 
 class CompiledStep:
@@ -134,8 +131,6 @@ class CompiledStep:
         reason = unsupported_reason(model, optimizer) or unavailable_reason()
         if reason is not None:
             raise ValueError(reason)
-        from numba.typed import List
-
         B = self.B = batch_size
         self.generator, self.N = generator, len(Y)
         self.group = optimizer.param_groups[0]
@@ -157,55 +152,62 @@ class CompiledStep:
         self.emb = np.empty((B, T * E), np.float32)
         self.demb = np.empty((B, T * E), np.float32)
         self.logits = np.empty((B, self.Wo.shape[1]), np.float32)
-        # one tuple per hidden block: (W, gW, b, gb, γ, β, dγ, dβ, running mean, running var,
-        # batch mean, batch var, rstd, x̂, h, dpre, (eps, momentum)); empty arrays where absent
-        self.blocks = List()
+        # hidden blocks and parameters as tables of addresses (see _compiled_kernels.mlp_step);
+        # self._keep holds every array they point into, so the memory outlives the tables
+        self._keep: list[np.ndarray] = []
+
+        def addr(a: np.ndarray | None) -> int:
+            if a is None:
+                return 0
+            assert a.dtype == np.float32 and a.flags.c_contiguous
+            self._keep.append(a)
+            return a.ctypes.data
+
+        rows, dims, bnf = [], [], []
         i = 2
         while i < len(layers) - 1:
             lin: Linear = layers[i]
             bn = layers[i + 1] if isinstance(layers[i + 1], BatchNorm1d) else None
-            H = lin.weight.shape[1]
-            h = np.empty((B, H), np.float32)
+            K, H = lin.weight.shape
+            h, dpre = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+            bias = None if lin.bias is None else (_np(lin.bias), _np(lin.bias.grad))
             if bn is not None:
-                bnv = (_np(bn.weight), _np(bn.bias), _np(bn.weight.grad), _np(bn.bias.grad), _np(bn.running_mean),
-                       _np(bn.running_var), *(np.empty(H, np.float32) for _ in range(3)), np.empty((B, H), np.float32))
-                eps_mom = np.array([bn.eps, bn.momentum], np.float32)
+                bnv = [_np(bn.weight), _np(bn.bias), _np(bn.weight.grad), _np(bn.bias.grad), _np(bn.running_mean),
+                       _np(bn.running_var), *(np.empty(H, np.float32) for _ in range(3)), np.empty((B, H), np.float32)]
             else:
-                bnv = (*(_EMPTY,) * 9, np.empty((0, 0), np.float32))
-                eps_mom = np.zeros(2, np.float32)
-            b, gb = (_EMPTY, _EMPTY) if lin.bias is None else (_np(lin.bias), _np(lin.bias.grad))
-            self.blocks.append((_np(lin.weight), _np(lin.weight.grad), b, gb, *bnv, h, np.empty((B, H), np.float32),
-                                eps_mom))
+                bnv = [None] * 10
+            arrays = [_np(lin.weight), _np(lin.weight.grad), *(bias or (None, None)), *bnv, h, dpre]
+            rows.append([addr(x) for x in arrays])
+            dims.append([K, H, bias is not None, bn is not None])
+            bnf.append([bn.eps, bn.momentum] if bn is not None else [0.0, 0.0])
             i += 3 if bn is not None else 2
             layers[i - 1].out = torch.from_numpy(h)  # Tanh.out: this step's activations, for hooks
-        if not len(self.blocks):  # give the typed list its item type
-            self.blocks.append((np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), *(_EMPTY,) * 11,
-                                np.empty((0, 0), np.float32), np.empty((0, 0), np.float32),
-                                np.empty((0, 0), np.float32), np.zeros(2, np.float32)))
-            self.n_blocks = 0
-        else:
-            self.n_blocks = len(self.blocks)
-        # optimizer: (p, g, m, v, step) flat views per parameter (SGD: empty m, v, step)
+        self.n_blocks = len(rows)
+        self.bp = np.array(rows or [[0] * 16], np.int64).reshape(-1, 16)
+        self.bdim = np.array(dims or [[0] * 4], np.int64).reshape(-1, 4)
+        self.bf = np.array(bnf or [[0.0, 0.0]], np.float32).reshape(-1, 2)
+        # optimizer: (p, g, m, v, step) per parameter (SGD: no m, v, step)
         group = self.group
         self.wd = float(group["weight_decay"])
         self.adamw = isinstance(optimizer, torch.optim.AdamW)
-        self.params = List()
         self.beta1 = self.beta2 = self.adam_eps = 0.0
         self.adam_t = 0
         if self.adamw:
             self.beta1, self.beta2 = (float(b) for b in group["betas"])
             self.adam_eps = float(group["eps"])
+        prows = []
         for p in params:
+            m = v = s = None
             if self.adamw:
                 st = optimizer.state[p]
                 if not st:  # the state torch.optim.AdamW creates on its first step
                     st["step"] = torch.tensor(0.0)
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m, v, s = _np(st["exp_avg"]).reshape(-1), _np(st["exp_avg_sq"]).reshape(-1), _np(st["step"].reshape(1))
-            else:
-                m = v = s = _EMPTY
-            self.params.append((_np(p).reshape(-1), _np(p.grad).reshape(-1), m, v, s))
+                m, v, s = _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["step"].reshape(1))
+            prows.append([addr(x) for x in (_np(p), _np(p.grad), m, v, s)])
+        self.pp = np.array(prows, np.int64)
+        self.psz = np.array([p.numel() for p in params], np.int64)
         if self.adamw:  # the step count t (torch keeps one per parameter; they move together)
             self.adam_t = int(optimizer.state[params[0]]["step"])
         self._fn = _step_fn
@@ -213,8 +215,9 @@ class CompiledStep:
     def __call__(self, lr: float) -> float:
         torch.randint(0, self.N, (self.B,), generator=self.generator, out=self.ix_t)
         self.group["lr"] = lr  # keeps optimizer.state_dict() what the eager path would leave
-        loss = self._fn(self.ix, self.X, self.Y, self.C, self.gC, self.emb, self.demb, self.blocks, self.n_blocks,
-                        self.Wo, self.gWo, self.bo, self.gbo, self.logits, self.params, lr, self.wd, self.adamw,
+        loss = self._fn(self.ix, self.X, self.Y, self.C, self.gC, self.emb, self.demb, self.bp, self.bdim, self.bf,
+                        self.n_blocks, self.Wo, self.gWo, self.bo, self.gbo, self.logits, self.pp, self.psz, lr,
+                        self.wd, self.adamw,
                         self.beta1, self.beta2, self.adam_eps, float(self.adam_t + 1))
         if self.adamw and math.isfinite(loss):
             self.adam_t += 1

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
-O = TypeVar("O", bound=torch.optim.Optimizer)
+Opt = TypeVar("Opt", bound=torch.optim.Optimizer)
 
 
 def _raw(fn: Callable) -> Callable:
@@ -24,7 +24,7 @@ def _raw(fn: Callable) -> Callable:
     return getattr(fn, "__wrapped__", fn)
 
 
-def build_optimizer(cls: type[O], params: Iterable[torch.Tensor], **kwargs: Any) -> O:
+def build_optimizer(cls: type[Opt], params: Iterable[torch.Tensor], **kwargs: Any) -> Opt:
     """`cls(params, **kwargs)`, with `add_param_group` called undecorated during `__init__`."""
     opt = cls.__new__(cls)
     opt.add_param_group = _raw(torch.optim.Optimizer.add_param_group).__get__(opt)  # shadows the class's
