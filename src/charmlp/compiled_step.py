@@ -16,7 +16,7 @@ tanh is a rational approximation (Eigen's float tanh; at most 4e-7 from the exac
 over ±10 in tests/test_fastpath.py), because the C library's scalar tanh cannot be vectorised
 and cost more than the whole rest of the step.
 
-Compilation (~10–20 s) happens once: Numba caches the machine code in `__pycache__` beside this
+Compilation (~3 s; benchmarks/run.py measures it) happens once: Numba caches the machine code in `__pycache__` beside this
 file, or, where that is read-only, in the user's cache directory (`NUMBA_CACHE_DIR` overrides);
 later processes load it in well under a second. `available()` says whether this step can run
 (Numba importable and NumPy's BLAS exports the ILP64 `cblas_sgemm`); when not, the caller falls
