@@ -70,7 +70,7 @@ class TrainConfig:
     decay_at: float = 0.5  # step schedule: fraction of steps after which lr → lr_final
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 0.0
-    # auto: the fused fast step (fastpath.py) where it runs (CPU, float32, sgd/adamw), else manual;
+    # auto: the fused fast step (engines/fast.py, engines/compiled.py) where it runs (CPU, float32, sgd/adamw), else manual;
     # fast: only the fused step; autograd | manual: the readable eager reference engines
     engine: str = "auto"
     seed: int = LECTURE_SEED  # one generator: init, then batches

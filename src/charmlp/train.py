@@ -25,6 +25,7 @@ from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate, split_loss
 from .models import LanguageModel, build_model, validate_model_config
 from .nn import BatchNorm1d
+from .optim import build_optimizer
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
@@ -56,9 +57,10 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def make_optimizer(cfg: TrainConfig, model: LanguageModel) -> torch.optim.Optimizer:
     """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
     params = list(model.parameters())
+    # build_optimizer: the same torch.optim object, built without importing torch._dynamo (~1.8 s)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return build_optimizer(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return build_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def resolve_eval_every(cfg: TrainConfig) -> int:
@@ -247,6 +249,7 @@ def train(
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
         "engine": engine,
+        "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
         "device": str(device),
         "bn_calibrated": calibrate,
     }
