@@ -126,5 +126,36 @@ def main(path: str, workdir: str, parts: str) -> int:
     return 0
 
 
+def layer_main(path: str, cls_name: str, kind: str, workdir: str) -> int:
+    """`check-layer`: import the learner's file, run charmlp's layer check on the class, write result.json."""
+    import torch
+
+    from charmlp.errors import CharmlpError
+    from charmlp.exercise.layers import check_layer
+
+    torch.set_num_threads(1)
+    path = os.path.abspath(path)
+    out: dict = {"error": None, "report": None}
+    try:
+        spec = importlib.util.spec_from_file_location("learner_layers", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["learner_layers"] = module
+        with contextlib.redirect_stdout(io.StringIO()):
+            spec.loader.exec_module(module)
+            cls = getattr(module, cls_name, None)
+            if cls is None:
+                out["error"] = {"line": None, "text": "", "message": f"no class {cls_name} in the file"}
+            else:
+                out["report"] = check_layer(cls, kind).to_dict()
+    except CharmlpError as e:
+        out["error"] = {"line": None, "text": "", "message": str(e)}
+    except BaseException as e:  # noqa: BLE001
+        out["error"] = _where(e, path)
+    json.dump(out, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--layer":
+        sys.exit(layer_main(*sys.argv[2:6]))
     sys.exit(main(*sys.argv[1:4]))

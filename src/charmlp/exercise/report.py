@@ -67,7 +67,7 @@ class Report:
         if self.error:
             return f"stopped: {self.error}"
         bad = [r.name for r in done if not r.ok]
-        head = f"{len(good)} of {len(self.rows)} correct"
+        head = f"{len(good)} of {sum(r.status != 'skipped' for r in self.rows)} correct"
         return head + (f"; fix: {', '.join(bad)}" if bad else ("" if done else " (nothing filled in yet)"))
 
     def to_dict(self) -> dict:

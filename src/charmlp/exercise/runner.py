@@ -100,6 +100,49 @@ def _error_line(err: dict, path: Path) -> str:
     return f"{where}{text} — {err['message']}"
 
 
+def run_child(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess | None:
+    """Run `_child.py ARGS` with charmlp importable; None when it ran past `timeout` (it is killed)."""
+    src = str(Path(__file__).resolve().parents[2])  # so the learner's file can import charmlp
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(Path(__file__).with_name("_child.py")), *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(cwd))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -> Report:
+    """`FILE:ClassName`: check the learner's layer class in a time-limited child process."""
+    from .layers import KINDS
+
+    path_s, sep, cls_name = target.rpartition(":")
+    if not sep or not path_s or not cls_name.isidentifier():
+        raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
+    if kind not in KINDS:
+        raise CharmlpError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    path = Path(path_s)
+    if not path.is_file():
+        raise CharmlpError(f"{path}: no such file")
+    title = f"layer check: {cls_name} as {kind} · {path.name}"
+    with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
+        proc = run_child(["--layer", str(path.resolve()), cls_name, kind, wd], path.resolve().parent, timeout)
+        if proc is None:
+            return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
+        res = Path(wd, "result.json")
+        if not res.is_file():
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return Report(title, error=f"{path.name} stopped Python itself: {last}")
+        out = json.loads(res.read_text(encoding="utf-8"))
+    if out["error"]:
+        return Report(title, error=_error_line(out["error"], path))
+    r = out["report"]
+    rows = [Row(**{**d, "shape": None if d["shape"] is None else tuple(d["shape"]),
+                   "got_shape": None if d["got_shape"] is None else tuple(d["got_shape"]),
+                   "maxdiff": d["maxdiff"] if d["maxdiff"] is not None or d["status"] != "wrong" else float("inf")})
+            for d in r["rows"]]
+    return Report(title, rows, notes=r["notes"])
+
+
 def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int | None = None,
                timeout: float = DEFAULT_TIMEOUT, batch_size: int = 32) -> list[Report]:
     """Run the learner's file and check each part it defines (or `parts`); one Report per part.
@@ -125,13 +168,8 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
         tensors.update(ref_hpreact=ex.grads["hpreact"].contiguous(), batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
         save_file(tensors, os.path.join(wd, "inputs.safetensors"))
         Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X4), "lr": PART4_LR, "params": list(PARAMS)}))
-        src = str(Path(__file__).resolve().parents[2])  # so the learner's file can import charmlp
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
-                   OMP_NUM_THREADS="1")
-        cmd = [sys.executable, str(Path(__file__).with_name("_child.py")), str(path.resolve()), wd, ",".join(map(str, asked))]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(path.resolve().parent))
-        except subprocess.TimeoutExpired:
+        proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], path.resolve().parent, timeout)
+        if proc is None:
             return [Report(f"{TITLES[p]} · {path.name}", error=f"{path.name} did not finish within {timeout:g} s: an endless "
                            "loop, or a long training run at the top of the file?") for p in asked]
         res_file = Path(wd, "result.json")
