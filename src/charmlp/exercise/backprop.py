@@ -179,11 +179,20 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
     g = g.detach().to(r.dtype)
     gs = tuple(g.shape)
     if gs != shape:
+        bad_up = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and L[u].shape != R[u].shape]
+        if bad_up:
+            us = " and ".join("d" + u for u in bad_up)
+            return Row(name, "wrong shape", shape, gs, diagnosis=f"expected {_fmt(shape)}, got {_fmt(gs)}: follows from the "
+                       f"wrong shape of {us}; fix {us} first", kind="inherited")
         msg, kind = _shape_diagnosis(atom, g, r)
         return Row(name, "wrong shape", shape, gs, diagnosis=f"expected {_fmt(shape)}, got {_fmt(gs)}: {msg}", kind=kind)
     maxdiff = (g - r).abs().max().item() if g.numel() else 0.0
     if not torch.isfinite(g).all():
         where = "NaN" if torch.isnan(g).any() else "inf"
+        bad_up = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.isfinite(L[u]).all()]
+        if bad_up:
+            us = " and ".join("d" + u for u in bad_up)
+            return Row(name, "wrong", shape, gs, math.inf, f"contains {where}, which comes from {us}: fix {us} first", "inherited")
         return Row(name, "wrong", shape, gs, math.inf, f"contains {where}: a division by zero, or log/exp of an extreme "
                    "value? (probs can be tiny: use counts_sum_inv as in the forward)", "nonfinite")
     row = functools.partial(Row, name, shape=shape, got_shape=gs, maxdiff=maxdiff)
@@ -200,6 +209,16 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
     if fn is not None and wrong_up and _close(g, fn(F_, U), MATCH_TOL):
         us = " and ".join("d" + u for u in wrong_up)
         return row(status="wrong", diagnosis=f"correct for your {us}, which is wrong: check {us} first", kind="inherited")
+    # an upstream gradient of the wrong shape that still broadcasts: is g what it gives?
+    odd = [u for u in ups if isinstance(L.get(u), torch.Tensor) and L[u].shape != R[u].shape]
+    if fn is not None and odd:
+        try:
+            mine = fn(F_, {**U, **{u: L[u].detach().to(r.dtype) for u in odd}})
+        except (RuntimeError, ValueError, IndexError):
+            mine = None
+        if mine is not None and _close(g, mine, MATCH_TOL):
+            us = " and ".join("d" + u for u in odd)
+            return row(status="wrong", diagnosis=f"correct for your {us}, whose shape is wrong: fix {us} first", kind="inherited")
     if _close(g, -r, MATCH_TOL, s):
         return row(status="wrong", diagnosis="the sign is flipped", kind="sign")
     if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g.T, r, MATCH_TOL, s):
@@ -211,6 +230,15 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
             other = " and ".join(v for v in BRANCHES[atom] if v != via)
             return row(status="wrong", kind="branch", diagnosis=f"only the contribution through {via}: {atom} is used twice in "
                        f"the forward (also by {other}), so d{atom} is the sum of both branches")
+    # both branches there, one of them off by a constant factor: g − (the others) = k·(this branch)
+    parts = {via: f(F_, {**R, **U}) for via, f in BRANCHES.get(atom, {}).items()}
+    for via, part in parts.items():
+        rest = g - sum(p for v, p in parts.items() if v != via)
+        pp = (part * part).sum().item()
+        k = (rest * part).sum().item() / pp if pp > 0 else 0.0
+        if k not in (0.0, 1.0) and _close(rest, k * part, MATCH_TOL, abs(k) * part.abs().max().item()):
+            msg = _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
+            return row(status="wrong", kind="factor", diagnosis=f"the contribution through {via} is wrong: {msg}")
     for kind, msg, cand in _known_slips(atom, F_, R):
         if _close(g, cand, MATCH_TOL):
             return row(status="wrong", diagnosis=msg, kind=kind)

@@ -169,16 +169,20 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
         save_file(tensors, os.path.join(wd, "inputs.safetensors"))
         Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X4), "lr": PART4_LR, "params": list(PARAMS)}))
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], path.resolve().parent, timeout)
+        def whole_file(error: str) -> list[Report]:  # the file as a whole failed: one report
+            titles = [TITLES[p] for p in parts] if parts else ["exercise check"]
+            return [Report(f"{t} · {path.name}", error=error) for t in titles]
+
         if proc is None:
-            return [Report(f"{TITLES[p]} · {path.name}", error=f"{path.name} did not finish within {timeout:g} s: an endless "
-                           "loop, or a long training run at the top of the file?") for p in asked]
+            return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop, or a long training run "
+                              "at the top of the file?")
         res_file = Path(wd, "result.json")
         if not res_file.is_file():
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            return [Report(f"{TITLES[p]} · {path.name}", error=f"{path.name} stopped Python itself: {last}") for p in asked]
+            return whole_file(f"{path.name} stopped Python itself: {last}")
         result = json.loads(res_file.read_text(encoding="utf-8"))
         if result["import_error"]:
-            return [Report(f"{TITLES[p]} · {path.name}", error=_error_line(result["import_error"], path)) for p in asked]
+            return whole_file(_error_line(result["import_error"], path))
         if parts is None and not any(r["defined"] for r in result["parts"].values()):
             raise CharmlpError(f"{path} defines none of part1 … part4: start from `charmlp exercise init`")
         from safetensors.torch import load_file
