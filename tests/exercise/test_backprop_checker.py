@@ -92,6 +92,17 @@ def test_inherited_error_points_upstream(ex):
     assert all(r.kind == "inherited" for r in rep.rows[1:] if not r.ok) and not rep.row("dC").ok
 
 
+def test_two_mistakes_are_both_named_and_the_rest_follow(ex):
+    """A mistake below another one is measured against what the learner's own upstream gradient gives."""
+    src = plant("dcounts = counts_sum_inv * dprobs + dcounts_sum", "dcounts = counts_sum_inv * dprobs")
+    src = src.replace("dbndiff2 = torch.ones_like(bndiff2) * dbnvar / (n - 1)", "dbndiff2 = torch.ones_like(bndiff2) * dbnvar / n", 1)
+    rep = ex.check(part=1, **run_source(ex, src))
+    assert rep.row("dcounts").kind == "branch"
+    assert rep.row("dbndiff2").kind == "factor" and "Bessel" in rep.row("dbndiff2").diagnosis
+    own = [r.name for r in rep.rows if not r.ok and r.kind != "inherited"]
+    assert own == ["dcounts", "dbndiff2"] and "fix: dcounts, dbndiff2 (the" in rep.summary
+
+
 def test_fused_parts_and_their_mistakes(ex):
     assert ex.check(part=2, **run_source(ex, SOLUTION, 2)).ok
     assert ex.check(part=3, **run_source(ex, SOLUTION, 3)).ok

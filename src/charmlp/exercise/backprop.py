@@ -208,7 +208,8 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
     wrong_up = [u for u in ups if _usable(L.get(u), R[u]) and not _close(L[u].to(r.dtype), R[u], REL_TOL)]
     if fn is not None and wrong_up and _close(g, fn(F_, U), MATCH_TOL):
         us = " and ".join("d" + u for u in wrong_up)
-        return row(status="wrong", diagnosis=f"correct for your {us}, which is wrong: check {us} first", kind="inherited")
+        return row(status="wrong", diagnosis=f"correct for your {us}, which {_is(wrong_up)} wrong: check {us} first",
+                   kind="inherited")
     # an upstream gradient of the wrong shape that still broadcasts: is g what it gives?
     odd = [u for u in ups if isinstance(L.get(u), torch.Tensor) and L[u].shape != R[u].shape]
     if fn is not None and odd:
@@ -219,39 +220,53 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
         if mine is not None and _close(g, mine, MATCH_TOL):
             us = " and ".join("d" + u for u in odd)
             return row(status="wrong", diagnosis=f"correct for your {us}, whose shape is wrong: fix {us} first", kind="inherited")
+    found = _mistake(atom, g, r, F_, {**R, **U}, s, R)
+    if found is None and fn is not None and wrong_up:  # a mistake of its own on top of an inherited one
+        base = fn(F_, U)
+        found = _mistake(atom, g, base, F_, {**R, **U}, base.abs().max().item(), {**R, **U})
+        if found is not None:
+            us = " and ".join("d" + u for u in wrong_up)
+            found = (found[0], f"{found[1]} (relative to what your {us} gives; {us} {_is(wrong_up)} wrong too)")
+    if found is not None:
+        return row(status="wrong", kind=found[0], diagnosis=found[1])
+    if not g.any():
+        return row(status="wrong", diagnosis="all zeros", kind="zero")
+    return row(status="wrong", diagnosis="wrong, and not one of the common mistakes: derive it again from the forward line "
+               f"that makes {atom}", kind="unknown")
+
+
+def _is(names) -> str:
+    return "is" if len(names) == 1 else "are"
+
+
+def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: float, R: dict) -> tuple[str, str] | None:
+    """(kind, message) of the first common mistake that turns the right gradient `r` into `g`; U: upstream gradients."""
     if _close(g, -r, MATCH_TOL, s):
-        return row(status="wrong", diagnosis="the sign is flipped", kind="sign")
+        return "sign", "the sign is flipped"
     if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g.T, r, MATCH_TOL, s):
-        return row(status="wrong", diagnosis="transposed: you have the transpose of the gradient (W.T where W belongs)",
-                   kind="transposed")
-    for via, f in BRANCHES.get(atom, {}).items():
-        part = f(F_, {**R, **{u: U[u] for u in U}})
+        return "transposed", "transposed: you have the transpose of the gradient (W.T where W belongs)"
+    parts = {via: f(F_, U) for via, f in BRANCHES.get(atom, {}).items()}
+    for via, part in parts.items():
         if _close(g, part, MATCH_TOL, s):
-            other = " and ".join(v for v in BRANCHES[atom] if v != via)
-            return row(status="wrong", kind="branch", diagnosis=f"only the contribution through {via}: {atom} is used twice in "
-                       f"the forward (also by {other}), so d{atom} is the sum of both branches")
+            other = " and ".join(v for v in parts if v != via)
+            return "branch", (f"only the contribution through {via}: {atom} is used twice in the forward (also by {other}), "
+                              f"so d{atom} is the sum of both branches")
     # both branches there, one of them off by a constant factor: g − (the others) = k·(this branch)
-    parts = {via: f(F_, {**R, **U}) for via, f in BRANCHES.get(atom, {}).items()}
     for via, part in parts.items():
         rest = g - sum(p for v, p in parts.items() if v != via)
         pp = (part * part).sum().item()
         k = (rest * part).sum().item() / pp if pp > 0 else 0.0
         if k not in (0.0, 1.0) and _close(rest, k * part, MATCH_TOL, abs(k) * part.abs().max().item()):
-            msg = _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
-            return row(status="wrong", kind="factor", diagnosis=f"the contribution through {via} is wrong: {msg}")
+            return "factor", f"the contribution through {via} is wrong: " + (_ratio_name(k, F_["n"]) or f"off by a factor {k:.6g}")
     for kind, msg, cand in _known_slips(atom, F_, R):
         if _close(g, cand, MATCH_TOL):
-            return row(status="wrong", diagnosis=msg, kind=kind)
+            return kind, msg
     rr = (r * r).sum().item()
     if rr > 0:
         k = (g * r).sum().item() / rr
         if k != 0 and _close(g, k * r, MATCH_TOL, abs(k) * s):
-            msg = _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
-            return row(status="wrong", diagnosis=msg, kind="factor")
-    if not g.any():
-        return row(status="wrong", diagnosis="all zeros", kind="zero")
-    return row(status="wrong", diagnosis="wrong, and not one of the common mistakes: derive it again from the forward line "
-               f"that makes {atom}", kind="unknown")
+            return "factor", _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
+    return None
 
 
 def _usable(g, r: torch.Tensor) -> bool:

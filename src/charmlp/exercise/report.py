@@ -66,9 +66,12 @@ class Report:
         good = [r for r in done if r.ok]
         if self.error:
             return f"stopped: {self.error}"
-        bad = [r.name for r in done if not r.ok]
+        bad = [r.name for r in done if not r.ok and r.kind != "inherited"]
+        follow = sum(1 for r in done if not r.ok and r.kind == "inherited")
         head = f"{len(good)} of {sum(r.status != 'skipped' for r in self.rows)} correct"
-        return head + (f"; fix: {', '.join(bad)}" if bad else ("" if done else " (nothing filled in yet)"))
+        if bad or follow:
+            return head + f"; fix: {', '.join(bad) or '(see above)'}" + (f" (the {follow} other wrong rows follow from them)" if follow else "")
+        return head + ("" if done else " (nothing filled in yet)")
 
     def to_dict(self) -> dict:
         return {"title": self.title, "ok": self.ok, "error": self.error, "rows": [r.to_dict() for r in self.rows],
