@@ -331,6 +331,60 @@ def _add_gradcheck_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_gradcheck)
 
 
+# ── exercise (the learner's side) ──────────────────────────────────────────────────────────────
+
+
+def cmd_exercise_init(args: argparse.Namespace) -> int:
+    from .exercise.starter import write_starter
+
+    out = write_starter(args.out, args.part)
+    print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
+    return 0
+
+
+def cmd_exercise_check(args: argparse.Namespace) -> int:
+    from .exercise.runner import check_file
+
+    reports = check_file(args.file, parts=(args.part,) if args.part else None, seed=args.seed, timeout=args.timeout)
+    ok = all(r.ok for r in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "parts": [r.to_dict() for r in reports]}, ensure_ascii=False))
+    else:
+        print("\n\n".join(r.format_text() for r in reports))
+    return 0 if ok else 1
+
+
+def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
+    from .exercise.runner import check_layer_file
+
+    report = check_layer_file(args.target, args.kind, timeout=args.timeout)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_text())
+    return 0 if report.ok else 1
+
+
+def _add_exercise_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("exercise", help="the backprop exercise: a starter file, and checks of your own gradients and layers")
+    esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
+    parts = (1, 2, 3, 4)
+    q = esub.add_parser("init", help="write the exercise's starter file (never overwrites)")
+    q.add_argument("--out", default="backprop_exercise.py", metavar="FILE", help="default backprop_exercise.py")
+    q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.set_defaults(func=cmd_exercise_init)
+    q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--part", type=int, choices=parts, help="only this part (default: every part the file defines)")
+    q.add_argument("--seed", type=int, metavar="S", help="seed of the batch and parameters (default: the lectures')")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
+    q.add_argument("target", metavar="FILE:CLASS")
+    q.add_argument("--kind", required=True, choices=("batchnorm1d", "linear", "tanh", "embedding"))
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_check_layer)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="charmlp",
@@ -374,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_diagnostics_commands(sub)
     _add_gradcheck_command(sub)
+    _add_exercise_commands(sub)
     return parser
 
 
