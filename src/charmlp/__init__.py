@@ -9,6 +9,7 @@ backpropagation is written by hand and checked against PyTorch's autograd.
 
 __version__ = "0.1.0"
 
+from . import exercise  # noqa: E402, F401  (charmlp.exercise.Backprop, check_layer: the learner's side)
 from .checkpoint import load_run, save_run  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .data import Dataset, Vocab, build_examples, load_dataset, read_items  # noqa: E402

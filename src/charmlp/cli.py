@@ -34,7 +34,13 @@ class Parser(argparse.ArgumentParser):
 def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) -> None:
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
-                   help="characters of context (default " + (f"{block_default})" if block_default else "the model's: mlp 3, wavenet 8)"))
+                   help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
+
+
+def _block_defaults() -> str:
+    """'the model's: mlp 3, wavenet 8, …; whole-item models: the longest item + 1)'."""
+    windows = [f"{n} {s.config().block_size}" for n, s in MODELS.items() if not s.config.sequence]
+    return f"the model's: {', '.join(windows)}; models that read whole items: the longest item + 1)"
 
 
 # every model's configuration fields become flags; these are set from the data instead
@@ -133,7 +139,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.no_calibrate:
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
-    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size), mc, tc)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -305,7 +311,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     mc = model_config_from_args(args)
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size)),
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1
@@ -323,6 +329,60 @@ def _add_gradcheck_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
     p.set_defaults(func=cmd_gradcheck)
+
+
+# ── exercise (the learner's side) ──────────────────────────────────────────────────────────────
+
+
+def cmd_exercise_init(args: argparse.Namespace) -> int:
+    from .exercise.starter import write_starter
+
+    out = write_starter(args.out, args.part)
+    print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
+    return 0
+
+
+def cmd_exercise_check(args: argparse.Namespace) -> int:
+    from .exercise.runner import check_file
+
+    reports = check_file(args.file, parts=(args.part,) if args.part else None, seed=args.seed, timeout=args.timeout)
+    ok = all(r.ok for r in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "parts": [r.to_dict() for r in reports]}, ensure_ascii=False))
+    else:
+        print("\n\n".join(r.format_text() for r in reports))
+    return 0 if ok else 1
+
+
+def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
+    from .exercise.runner import check_layer_file
+
+    report = check_layer_file(args.target, args.kind, timeout=args.timeout)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_text())
+    return 0 if report.ok else 1
+
+
+def _add_exercise_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("exercise", help="the backprop exercise: a starter file, and checks of your own gradients and layers")
+    esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
+    parts = (1, 2, 3, 4)
+    q = esub.add_parser("init", help="write the exercise's starter file (never overwrites)")
+    q.add_argument("--out", default="backprop_exercise.py", metavar="FILE", help="default backprop_exercise.py")
+    q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.set_defaults(func=cmd_exercise_init)
+    q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--part", type=int, choices=parts, help="only this part (default: every part the file defines)")
+    q.add_argument("--seed", type=int, metavar="S", help="seed of the batch and parameters (default: the lectures')")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
+    q.add_argument("target", metavar="FILE:CLASS")
+    q.add_argument("--kind", required=True, choices=("batchnorm1d", "linear", "tanh", "embedding"))
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_check_layer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_diagnostics_commands(sub)
     _add_gradcheck_command(sub)
+    _add_exercise_commands(sub)
     return parser
 
 

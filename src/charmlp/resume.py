@@ -39,6 +39,7 @@ from .config import RunConfig, model_config_to_dict
 from .data import SPLITS, Dataset, Vocab
 from .errors import CharmlpError, TrainingInterrupted
 from .models import LanguageModel
+from .optim import load_optimizer_state_dict, optimizer_state_dict
 
 # training options that may differ between the interrupted and the resuming process:
 # they do not change a single number of the run
@@ -75,7 +76,7 @@ def state_tensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Everything needed to continue after `step` completed steps, as tensors + JSON scalars."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
+    opt = optimizer_state_dict(optimizer)
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in opt["state"].items():
         for key, value in st.items():
@@ -131,7 +132,7 @@ def restore_state(
         if saved_losses.shape != (step,) or rng.dtype != torch.uint8 or (saved_val is not None and saved_val.shape != (step,)):
             raise ValueError("losses or generator")
         model.load_state_dict(model_sd)
-        optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+        load_optimizer_state_dict(optimizer, {"state": opt_state, "param_groups": param_groups})
         generator.set_state(rng)
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError):
         raise CharmlpError(damaged) from None

@@ -25,6 +25,7 @@ from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate, split_loss
 from .models import LanguageModel, build_model, validate_model_config
 from .nn import BatchNorm1d
+from .optim import build_optimizer
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
@@ -56,9 +57,10 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def make_optimizer(cfg: TrainConfig, model: LanguageModel) -> torch.optim.Optimizer:
     """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
     params = list(model.parameters())
+    # build_optimizer: the same torch.optim object, built without importing torch._dynamo (~1.8 s)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return build_optimizer(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return build_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def resolve_eval_every(cfg: TrainConfig) -> int:
@@ -138,6 +140,25 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
     model.train(was_training)
 
 
+def prepare_data(cfg: RunConfig, dataset: Dataset | None = None) -> tuple[RunConfig, Dataset]:
+    """The dataset in the layout the model reads (loaded unless given), and `cfg` completed from
+    it: vocabulary size, block size as resolved, the data path as a run directory records it."""
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence))
+    dataset = dataset or load_dataset(cfg.data)
+    if dataset.sequence != cfg.model.sequence:
+        layout = {True: "whole items", False: "context windows"}
+        raise CharmlpError(f"the dataset holds {layout[dataset.sequence]}, but model {cfg.model.kind} reads "
+                           f"{layout[cfg.model.sequence]}; load it with DataConfig(sequence={cfg.model.sequence})")
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size),
+        # the embedded dataset stays `None` so the run directory works from any install
+        data=dataclasses.replace(cfg.data, block_size=dataset.block_size,
+                                 path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
+    )
+    return cfg, dataset
+
+
 @dataclass
 class TrainResult:
     """What a training run returns to a notebook user."""
@@ -166,13 +187,7 @@ def train(
     cfg = cfg or RunConfig()
     tc = cfg.train
     validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
-    dataset = dataset or load_dataset(cfg.data)
-    cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size),
-        # the embedded dataset stays `None` so the run directory works from any install
-        data=dataclasses.replace(cfg.data, path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
-    )
+    cfg, dataset = prepare_data(cfg, dataset)
     validate_batch_memory(cfg)
     device = resolve_device(tc.device)
     t0 = time.perf_counter()
@@ -234,6 +249,7 @@ def train(
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
         "engine": engine,
+        "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
         "device": str(device),
         "bn_calibrated": calibrate,
     }
