@@ -30,7 +30,7 @@ from .data import Dataset, load_dataset
 from .engines import autograd_grads
 from .errors import CharmlpError
 from .models import LanguageModel, MLPConfig, build_model
-from .nn import BatchNorm1d, Embedding, Linear, cross_entropy, cross_entropy_backward
+from .nn import BatchNorm1d, Embedding, LayerNorm, Linear, cross_entropy, cross_entropy_backward
 
 SECTIONS = ("atomic", "fused", "layer")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -334,10 +334,11 @@ def atomic_check(
 
 @torch.no_grad()
 def perturb_parameters(model: LanguageModel, generator: torch.Generator) -> None:
-    """Move biases and BatchNorm's γ, β off their initial 0s and 1s (a wrong formula that only
-    multiplies by γ or adds β would otherwise pass)."""
-    for m in model.layers:
-        if isinstance(m, BatchNorm1d):
+    """Move biases and BatchNorm's and LayerNorm's γ, β off their initial 0s and 1s (a wrong
+    formula that only multiplies by γ or adds β would otherwise pass), in layers nested inside
+    others too (a transformer's blocks)."""
+    for m in model.modules():
+        if isinstance(m, (BatchNorm1d, LayerNorm)):
             m.weight.add_(0.1 * torch.randn(m.weight.shape, generator=generator).to(m.weight))
             m.bias.add_(0.1 * torch.randn(m.bias.shape, generator=generator).to(m.bias))
         elif isinstance(m, Linear) and m.bias is not None:
@@ -380,9 +381,10 @@ def layer_check(model: LanguageModel, Xb: torch.Tensor, Yb: torch.Tensor, tol: T
     rows = [compare("layer", "loss → logits", dlogits, auto_dlogits, tol)]
     for i in reversed(range(len(layers))):
         a, m = layers[i], manual_model.layers[i]
-        label = f"[{i}] {type(a).__name__}"
-        for pname, pa in a.named_parameters(recurse=False):
-            rows.append(compare("layer", f"{label}.{pname}", getattr(m, pname).grad, pa.grad, tol))
+        # a layer may name itself (`label`, e.g. a transformer's "block0"); nested parameters keep their path
+        label = f"[{i}] {getattr(a, 'label', None) or type(a).__name__}"
+        for pname, pa in a.named_parameters():
+            rows.append(compare("layer", f"{label}.{pname}", m.get_parameter(pname).grad, pa.grad, tol))
         if not isinstance(a, Embedding):  # an embedding's input is character ids
             rows.append(compare("layer", f"{label} input", manual_dx[i], auto_dx[i], tol))
     return rows

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
-
 import torch
 
 from ..config import ModelConfig, check_range
@@ -25,6 +23,8 @@ class TransformerConfig(ModelConfig):
     """Shape and initialisation of the transformer (defaults: makemore.py's, ~200k parameters on names)."""
 
     kind = "transformer"
+    sequence = True  # reads whole items: logits at every position
+    block_size: int = 0  # 0: from the data (the longest item + 1)
     n_layer: int = field(default=4, metadata={"help": "transformer: blocks"})
     n_head: int = field(default=4, metadata={"help": "transformer: attention heads per block"})
     n_embd: int = field(default=64, metadata={"help": "embedding size (transformer: must be a multiple of --n-head)"})
@@ -52,18 +52,22 @@ class Transformer(LanguageModel):
     """The GPT as a `Sequential` of hand-differentiable layers (each Block is one layer)."""
 
     config_class = TransformerConfig
-    sequence: ClassVar[bool] = True
 
     @staticmethod
     def layers_for(cfg: TransformerConfig) -> list[Layer]:
         C = cfg.n_embd
-        return [
+        layers = [
             Embedding(cfg.vocab_size, C),
             PositionEmbedding(cfg.block_size, C),
             *(Block(C, cfg.n_head) for _ in range(cfg.n_layer)),
             LayerNorm(C),
             Linear(C, cfg.vocab_size),
         ]
+        # GPT-2's (and llm.c's) names, shown by gradcheck's table: wte, wpe, block0 … , ln_f, lm_head
+        labels = ["wte", "wpe", *(f"block{i}" for i in range(cfg.n_layer)), "ln_f", "lm_head"]
+        for layer, label in zip(layers, labels, strict=True):
+            layer.label = label
+        return layers
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
