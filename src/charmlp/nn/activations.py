@@ -31,13 +31,16 @@ class GELU(Layer):
     # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π);
     # with s = x/√2:  Φ + x·φ = ½·(1 + erf(s) + (2/√π)·s·e^(−s²))
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
+        return self.backward_(dout.clone())
+
+    def backward_(self, dout: torch.Tensor) -> torch.Tensor:
+        """`backward` written into `dout` itself (for a caller that owns it, such as `MLP`): one
+        fresh tensor fewer on every step."""
         x = self.x
         s = torch.mul(x, SQRT1_2, out=self.scratch("s", x.shape, x))
         se = torch.mul(s, s, out=self.scratch("se", x.shape, x)).neg_().exp_().mul_(s)  # s·e^(−s²)
-        local = torch.erf(s, out=s).add_(se, alpha=TWO_OVER_SQRTPI)  # 2·(Φ + x·φ) − 1
-        dx = torch.mul(dout, 0.5)
-        return dx.addcmul_(dx, local)  # ½dy·(1 + local)
-
+        local = torch.erf(s, out=s).add_(se, alpha=TWO_OVER_SQRTPI).add_(1.0).mul_(0.5)  # Φ + x·φ
+        return dout.mul_(local)
 
 SQRT1_2 = 0.7071067811865476  # 1/√2
 TWO_OVER_SQRTPI = 1.1283791670955126  # 2/√π

@@ -23,9 +23,9 @@ class MLP(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.act(self.fc(x)))
 
-    # chain rule through proj, GELU, fc
+    # chain rule through proj, GELU, fc (GELU's gradient written over proj's fresh input gradient)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
-        return self.fc.backward(self.act.backward(self.proj.backward(dout)))
+        return self.fc.backward(self.act.backward_(self.proj.backward(dout)))
 
 
 class Block(Layer):
