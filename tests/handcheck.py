@@ -1,0 +1,67 @@
+"""Checking a layer's hand-written backward: against float64 finite differences
+(`torch.autograd.gradcheck` on a Function whose backward *is* the layer's backward) and against
+autograd differentiating the same forward. Shared by the layer and model tests."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from charmlp.nn import Layer
+
+
+class HandWritten(torch.autograd.Function):
+    """y = layer(x; params) with the gradient given by `layer.backward`."""
+
+    @staticmethod
+    def forward(ctx, layer: Layer, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            for p, v in zip(layer.parameters(), params, strict=True):
+                p.copy_(v)
+            out = layer(x)
+        ctx.layer = copy.deepcopy(layer)  # what this call's forward kept (gradcheck calls forward many times)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        layer = ctx.layer
+        for p in layer.parameters():
+            p.grad = None
+        with torch.no_grad():
+            dx = layer.backward(dout)
+        return (None, dx, *(p.grad for p in layer.parameters()))
+
+
+def randomise(layer: Layer, generator: torch.Generator, scale: float = 0.5) -> Layer:
+    """float64 copy with every parameter random (no 0 bias or 1 gain to hide a missing term)."""
+    layer = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * scale + (1.0 if p.dim() == 1 else 0))
+    return layer
+
+
+def check_finite_differences(layer: Layer, x: torch.Tensor) -> None:
+    """The hand-written backward (input and every parameter) against float64 finite differences."""
+    params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
+    x = x.detach().clone().requires_grad_(x.is_floating_point())
+    assert torch.autograd.gradcheck(lambda x, *ps: HandWritten.apply(layer, x, *ps), (x, *params), eps=1e-6, atol=1e-7)
+
+
+def check_against_autograd(layer: Layer, x: torch.Tensor, generator: torch.Generator, rel: float = 1e-10) -> None:
+    """The hand-written backward against autograd of the same forward, float64, for a random dout."""
+    auto, manual = copy.deepcopy(layer), copy.deepcopy(layer)
+    xa = x.detach().clone().requires_grad_(x.is_floating_point())
+    out = auto(xa)
+    dout = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+    out.backward(dout)
+    with torch.no_grad():
+        out_m = manual(x)
+        dx = manual.backward(dout.clone())
+    assert torch.equal(out_m, out.detach())
+    pairs = [(dx, xa.grad)] if x.is_floating_point() else []
+    pairs += [(pm.grad, pa.grad) for pm, pa in zip(manual.parameters(), auto.parameters(), strict=True)]
+    for m, a in pairs:
+        assert m.shape == a.shape
+        assert (m - a).abs().max() <= rel * a.abs().max().clamp_min(1e-300), ((m - a).abs().max(), a.abs().max())
