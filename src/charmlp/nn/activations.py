@@ -28,8 +28,7 @@ class GELU(Layer):
         self.x = x
         return torch.nn.functional.gelu(x)
 
-    # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π);
-    # with s = x/√2:  Φ + x·φ = ½·(1 + erf(s) + (2/√π)·s·e^(−s²))
+    # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), Φ(x) = ½(1 + erf(x/√2)), φ(x) = e^(−x²/2)/√(2π)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
         return self.backward_(dout.clone())
 
@@ -37,10 +36,9 @@ class GELU(Layer):
         """`backward` written into `dout` itself (for a caller that owns it, such as `MLP`): one
         fresh tensor fewer on every step."""
         x = self.x
-        s = torch.mul(x, SQRT1_2, out=self.scratch("s", x.shape, x))
-        se = torch.mul(s, s, out=self.scratch("se", x.shape, x)).neg_().exp_().mul_(s)  # s·e^(−s²)
-        local = torch.erf(s, out=s).add_(se, alpha=TWO_OVER_SQRTPI).add_(1.0).mul_(0.5)  # Φ + x·φ
-        return dout.mul_(local)
+        cdf = torch.mul(x, SQRT1_2, out=self.scratch("cdf", x.shape, x)).erf_().mul_(0.5).add_(0.5)  # Φ(x)
+        e = torch.mul(x, x, out=self.scratch("e", x.shape, x)).mul_(-0.5).exp_()  # e^(−x²/2)
+        return dout.mul_(cdf.addcmul_(x, e, value=INV_SQRT_2PI))  # Φ + x·φ
 
 SQRT1_2 = 0.7071067811865476  # 1/√2
-TWO_OVER_SQRTPI = 1.1283791670955126  # 2/√π
+INV_SQRT_2PI = 0.3989422804014327  # 1/√(2π)

@@ -32,15 +32,18 @@ class LayerNorm(Layer):
     # where mean(dx̂) = dy·γ/C and mean(dx̂·x̂) = (dy·x̂)·γ/C are matrix-vector products
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
         C = dout.shape[-1]
-        w = self.weight
-        xhat = torch.sub(self.x, self.mean, out=self.scratch("xhat", dout.shape, dout)).mul_(self.rstd)
-        dy_xhat = torch.mul(dout, xhat, out=self.scratch("dy_xhat", dout.shape, dout))
-        accumulate_grad(w, dy_xhat.reshape(-1, C).sum(0))
-        accumulate_grad(self.bias, dout.reshape(-1, C).sum(0))
-        a = (dout @ w).unsqueeze_(-1).mul_(1.0 / C)  # mean(dx̂)
-        b = (dy_xhat @ w).unsqueeze_(-1).mul_(1.0 / C)  # mean(dx̂·x̂)
-        dx = torch.mul(dout, w)  # dx̂
-        return dx.sub_(a).sub_(xhat.mul_(b)).mul_(self.rstd)
+        d2, w = dout.reshape(-1, C), self.weight
+        xhat = torch.sub(self.x.reshape(-1, C), self.mean.reshape(-1, 1), out=self.scratch("xhat", d2.shape, d2))
+        rstd = self.rstd.reshape(-1, 1)
+        xhat.mul_(rstd)
+        dy_xhat = torch.mul(d2, xhat, out=self.scratch("dy_xhat", d2.shape, d2))
+        accumulate_grad(w, dy_xhat.sum(0))
+        accumulate_grad(self.bias, d2.sum(0))
+        w_mean = w * (1.0 / C)
+        mean_dxhat = torch.mv(d2, w_mean).unsqueeze_(1)
+        mean_dxhat_xhat = torch.mv(dy_xhat, w_mean).unsqueeze_(1)
+        dx = torch.mul(d2, w).sub_(mean_dxhat)  # dx̂ − mean(dx̂)
+        return dx.sub_(xhat.mul_(mean_dxhat_xhat)).mul_(rstd).view(dout.shape)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
