@@ -15,7 +15,7 @@ import torch
 
 from ..config import ModelConfig, check_range
 from ..errors import CharmlpError
-from ..nn import Block, Embedding, Layer, LayerNorm, Linear, PositionEmbedding
+from ..nn import Block, Embedding, Layer, LayerNorm, Linear, PositionEmbedding, share_scratch
 from .base import LanguageModel, ModelSpec
 
 
@@ -53,6 +53,10 @@ class Transformer(LanguageModel):
     """The GPT as a `Sequential` of hand-differentiable layers (each Block is one layer)."""
 
     config_class = TransformerConfig
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__(cfg)
+        share_scratch(self)  # one set of backward buffers for all blocks: it stays in cache
 
     @staticmethod
     def layers_for(cfg: TransformerConfig) -> list[Layer]:

@@ -22,13 +22,15 @@ class Tanh(Layer):
 class GELU(Layer):
     """The exact GELU (PyTorch's default `gelu`): y = x·Φ(x), Φ the standard normal CDF,
     Φ(x) = ½(1 + erf(x/√2)). (GPT-2 and makemore.py use its tanh approximation; on the CPU the
-    exact form is the faster kernel, forward and backward.)"""
+    exact form is the faster kernel.)"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x
-        return torch.nn.functional.gelu(x)
+        self.out = torch.nn.functional.gelu(x)
+        return self.out
 
-    # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), Φ(x) = ½(1 + erf(x/√2)), φ(x) = e^(−x²/2)/√(2π)
+    # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π);
+    # Φ(x) = y/x is read off the forward's output (no erf again); at x = 0, Φ = ½
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
         return self.backward_(dout.clone())
 
@@ -36,9 +38,8 @@ class GELU(Layer):
         """`backward` written into `dout` itself (for a caller that owns it, such as `MLP`): one
         fresh tensor fewer on every step."""
         x = self.x
-        cdf = torch.mul(x, SQRT1_2, out=self.scratch("cdf", x.shape, x)).erf_().mul_(0.5).add_(0.5)  # Φ(x)
+        cdf = torch.div(self.out, x, out=self.scratch("cdf", x.shape, x)).nan_to_num_(nan=0.5)  # Φ(x); 0/0 → ½
         e = torch.mul(x, x, out=self.scratch("e", x.shape, x)).mul_(-0.5).exp_()  # e^(−x²/2)
         return dout.mul_(cdf.addcmul_(x, e, value=INV_SQRT_2PI))  # Φ + x·φ
 
-SQRT1_2 = 0.7071067811865476  # 1/√2
 INV_SQRT_2PI = 0.3989422804014327  # 1/√(2π)

@@ -37,9 +37,19 @@ class Layer(nn.Module):
         for an intermediate result (`like` gives dtype and device). On the CPU a fresh large tensor
         is fresh memory from the OS, and its page faults can cost more than the arithmetic; the
         fused kernels autograd calls allocate little, a backward written as several ops allocates
-        more. Only for values that do not outlive the backward that computes them."""
+        more. Only for values that do not outlive the backward that computes them — which is
+        also why layers may share one pool (`share_scratch`): the same memory, still in cache,
+        serves every layer in turn."""
         bufs = self.__dict__.setdefault("_scratch", {})
         t = bufs.get(name)
         if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
             t = bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return t
+
+
+def share_scratch(root: nn.Module) -> None:
+    """Let every layer under `root` draw its `scratch` tensors from one pool."""
+    pool: dict[str, torch.Tensor] = {}
+    for m in root.modules():
+        if isinstance(m, Layer):
+            m.__dict__["_scratch"] = pool
