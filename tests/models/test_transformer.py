@@ -49,14 +49,14 @@ def test_makemore_sized_model_and_its_initialisation():
     assert [type(layer).__name__ for layer in m.layers] == [
         "Embedding", "PositionEmbedding", "Block", "Block", "Block", "Block", "LayerNorm", "Linear"]
     block = m.layers[2]
-    assert abs(block.attn.qkv.weight.std().item() - 0.02) < 0.002
-    assert abs(block.mlp.proj.weight.std().item() - 0.02 / math.sqrt(8)) < 0.001  # residual projections scaled
+    assert abs(block.attn.qkv.weight.std().item() - 0.1) < 0.01
+    assert abs(block.mlp.proj.weight.std().item() - 0.1 / math.sqrt(8)) < 0.005  # residual projections scaled
     assert torch.equal(block.ln1.weight, torch.ones(64)) and torch.equal(block.attn.qkv.bias, torch.zeros(192))
     x = torch.randint(0, 27, (5, 16))
     logits = m(x)
     assert logits.shape == (5, 16, 27)
     loss = cross_entropy(logits, torch.randint(0, 27, (5, 16)))
-    assert abs(loss.item() - math.log(27)) < 0.05  # an untrained model predicts nearly uniformly
+    assert abs(loss.item() - math.log(27)) < 0.25  # an untrained model predicts nearly uniformly
 
 
 def test_config_errors_are_user_errors():
