@@ -38,10 +38,10 @@ ENGINES = {"manual": manual_grads, "autograd": autograd_grads}
 
 
 def configs() -> list[tuple[str, TransformerConfig, int]]:
-    """(name, model, batch): makemore.py's default transformer and batch, and the `best` preset's."""
+    """(name, model, batch): makemore.py's default transformer at the presets' batch (32), and at 64."""
     train, model = preset("transformer", "best")
-    return [("makemore default (4×64, batch 32)", TransformerConfig(), 32),
-            ("preset best", TransformerConfig(**model), train["batch_size"])]
+    return [(f"4 layers × 64, batch {train['batch_size']}", TransformerConfig(**model), train["batch_size"]),
+            ("4 layers × 64, batch 64", TransformerConfig(**model), 64)]
 
 
 def measure(cfg: TransformerConfig, batch: int, rounds: int, steps: int, seed: int = 0) -> dict:

@@ -57,10 +57,11 @@ class CausalSelfAttention(Layer):
         # mask: a masked score is the constant −∞, so its gradient is 0 — and att = 0 there gives exactly that
         dscores = datt.mul_(att)
         dscores.sub_(torch.mul(att, dscores.sum(-1, keepdim=True), out=self.scratch("tmp", att.shape, att)))
-        # scores = q·kᵀ/√D  →  dq = dscores·k/√D, dk = dscoresᵀ·q/√D
-        dscores.mul_(1.0 / math.sqrt(D))
-        torch.matmul(dscores, k, out=dqkv[0])
-        torch.matmul(dscores.transpose(-2, -1), q, out=dqkv[1])
+        # scores = q·kᵀ/√D  →  dq = dscores·k/√D, dk = dscoresᵀ·q/√D (the 1/√D rides in the matmuls)
+        s, n = 1.0 / math.sqrt(D), B * H
+        ds3, (q3, k3) = dscores.view(n, T, T), (t.view(n, T, D) for t in (q, k))
+        torch.baddbmm(dqkv[0].view(n, T, D), ds3, k3, beta=0.0, alpha=s, out=dqkv[0].view(n, T, D))
+        torch.baddbmm(dqkv[1].view(n, T, D), ds3.transpose(1, 2), q3, beta=0.0, alpha=s, out=dqkv[1].view(n, T, D))
         # undo the split: (3, B, H, T, D) → (B, T, 3, H, D) = (B, T, 3C), the layout of qkv's output
         dqkv_t = self.scratch("dqkv_t", (B, T, 3, H, D), dout).copy_(dqkv.permute(1, 3, 0, 2, 4))
         return self.qkv.backward(dqkv_t.view(B, T, 3 * H * D))

@@ -45,5 +45,5 @@ class Block(Layer):
     # out = h + mlp(ln2(h)), h = x + attn(ln1(x))  →  dh = dout + ln2ᵀ(mlpᵀ(dout)), dx = dh + ln1ᵀ(attnᵀ(dh))
     # (each residual add passes its gradient to both branches unchanged; the branch results add up)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
-        dh = self.ln2.backward(self.mlp.backward(dout)).add_(dout)
-        return self.ln1.backward(self.attn.backward(dh)).add_(dh)
+        dh = self.ln2.backward(self.mlp.backward(dout), residual=dout)
+        return self.ln1.backward(self.attn.backward(dh), residual=dh)

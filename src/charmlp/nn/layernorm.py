@@ -30,7 +30,8 @@ class LayerNorm(Layer):
     # y = γ·x̂ + β, x̂ = (x − μ)·rstd  →  dγ = Σ_rows dy·x̂, dβ = Σ_rows dy
     # per row of C entries, closed form: dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = γ·dy,
     # where mean(dx̂) = dy·γ/C and mean(dx̂·x̂) = (dy·x̂)·γ/C are matrix-vector products
-    def backward(self, dout: torch.Tensor) -> torch.Tensor:
+    def backward(self, dout: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """dL/dx; with `residual`, dL/dx + residual in the same pass (a residual block's skip path)."""
         C = dout.shape[-1]
         d2, w = dout.reshape(-1, C), self.weight
         xhat = torch.sub(self.x.reshape(-1, C), self.mean.reshape(-1, 1), out=self.scratch("xhat", d2.shape, d2))
@@ -43,7 +44,10 @@ class LayerNorm(Layer):
         mean_dxhat = torch.mv(d2, w_mean).unsqueeze_(1)
         mean_dxhat_xhat = torch.mv(dy_xhat, w_mean).unsqueeze_(1)
         dx = torch.mul(d2, w).sub_(mean_dxhat)  # dx̂ − mean(dx̂)
-        return dx.sub_(xhat.mul_(mean_dxhat_xhat)).mul_(rstd).view(dout.shape)
+        dx.sub_(xhat.mul_(mean_dxhat_xhat))
+        if residual is None:
+            return dx.mul_(rstd).view(dout.shape)
+        return torch.addcmul(residual.reshape(-1, C), dx, rstd, out=dx).view(dout.shape)  # residual + rstd·(…)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -21,7 +21,7 @@ def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
     passes a fresh product or sum), so on first use it becomes `p.grad` without a copy.
     """
     if p.grad is None:
-        p.grad = g.detach()
+        p.grad = g.detach() if g.requires_grad else g
     else:
         p.grad.add_(g)
 
