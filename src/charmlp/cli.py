@@ -56,14 +56,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default="mlp",
                    help="; ".join(f"{n}: {s.about}" for n, s in MODELS.items()) + " (default mlp)")
     for name, (f, kinds) in _model_fields().items():
-        defaults = ", ".join(f"{k} {getattr(MODELS[k].config(), name):g}" for k in kinds)
+        defaults = ", ".join(f"{k} {_fmt(getattr(MODELS[k].config(), name))}" for k in kinds)
         flag = "--" + name.replace("_", "-")
         help_ = f"{f.metadata.get('help', name)} (default {defaults})"
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif "choices" in f.metadata:
+            p.add_argument(flag, choices=f.metadata["choices"], help=help_)
         else:
-            kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=kind, metavar=name.split("_")[-1][0].upper(), help=help_)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -23,7 +23,7 @@ from .data import Dataset, default_data_path, load_dataset
 from .engines.fast import make_train_step
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate, split_loss
-from .models import LanguageModel, build_model, validate_model_config
+from .models import LanguageModel, build_model, spec_of, validate_model_config
 from .nn import BatchNorm1d
 from .resume import Checkpointer, resume_run_config
 
@@ -182,6 +182,10 @@ def train(
     model.train()
     optimizer = make_optimizer(tc, model)
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
+    closed_form = spec_of(cfg.model).fit
+    if closed_form is not None and closed_form(model, Xtr, Ytr):  # fitted in closed form (bigram --fit counts): no steps
+        tc = dataclasses.replace(tc, steps=0)
+        cfg = dataclasses.replace(cfg, train=tc)
     n = len(Ytr)
     if tc.batch_size > n:
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
@@ -224,7 +228,7 @@ def train(
     split_losses = evaluate(model, dataset)
     loss_list = losses.tolist()
     summary = {
-        "init_loss": loss_list[0],
+        "init_loss": loss_list[0] if loss_list else math.nan,
         "train_loss": split_losses["train"],
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],

@@ -122,6 +122,10 @@ class ModelSpec:
     `presets` maps a preset name to overrides of `TrainConfig` fields, plus the model's own
     fields under the key "model". Every model has `seed` (the lectures' setup where there is
     one), `quick` (a demo of a few seconds) and `fast`.
+
+    `fit`, when set, is a closed-form fit that training offers the freshly built model and its
+    training split before any step: `fit(model, X, Y)` returns True when it has fitted the
+    model (training then takes no gradient steps), False to train as usual.
     """
 
     name: str
@@ -129,3 +133,4 @@ class ModelSpec:
     model: type[LanguageModel]
     presets: dict[str, dict]
     about: str  # one line for --help
+    fit: Callable[[LanguageModel, torch.Tensor, torch.Tensor], bool] | None = None
