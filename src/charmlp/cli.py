@@ -34,7 +34,13 @@ class Parser(argparse.ArgumentParser):
 def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) -> None:
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
-                   help="characters of context (default " + (f"{block_default})" if block_default else "the model's: mlp 3, wavenet 8)"))
+                   help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
+
+
+def _block_defaults() -> str:
+    """'the model's: mlp 3, wavenet 8, …; whole-item models: the longest item + 1)'."""
+    windows = [f"{n} {s.config().block_size}" for n, s in MODELS.items() if not s.config.sequence]
+    return f"the model's: {', '.join(windows)}; models that read whole items: the longest item + 1)"
 
 
 # every model's configuration fields become flags; these are set from the data instead
@@ -139,7 +145,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.no_calibrate:
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
-    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size), mc, tc)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -311,7 +317,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     mc = model_config_from_args(args)
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size)),
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1

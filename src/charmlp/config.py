@@ -20,7 +20,8 @@ class DataConfig:
     """Where the items come from and how they become examples."""
 
     path: str | None = None  # None = the embedded names.txt
-    block_size: int = 3  # characters of context
+    block_size: int = 3  # characters of context (whole-item models: positions; 0 = longest item + 1)
+    sequence: bool = False  # rows of whole items (X, Y: (items, block)) instead of context windows
     split_seed: int = 42  # random.seed(42); random.shuffle(words)
     split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points
 
@@ -31,6 +32,7 @@ class ModelConfig:
     fields (each field becomes a `--flag` of the commands) and names itself with `kind`."""
 
     kind: ClassVar[str] = ""
+    sequence: ClassVar[bool] = False  # reads whole items: ids (B, T) → logits (B, T, V), data rows from build_sequences
     vocab_size: int = 27
     block_size: int = 3  # characters of context the model sees
 

@@ -7,6 +7,7 @@ data itself uses `.`) that pads the context before an item and marks its end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -220,6 +221,38 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     return torch.from_numpy(X), torch.from_numpy(flat[k:][tk])
 
 
+def build_sequences(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per item for models that read the whole item (`sequence` models): inputs
+    [boundary, c1, …, cn] and targets [c1, …, cn, boundary], padded to `block_size` positions
+    (inputs with the boundary, targets with −1, which the loss ignores).
+
+    For `emma` at block 6: X = `.emma.`, Y = `emma.` + [−1]. Each real target is one of the
+    window examples `build_examples` gives (the same context, seen whole), so the mean loss over
+    targets ≠ −1 is the same per-character measure.
+    """
+    ids, lengths = encode_items(items, vocab)
+    n = len(items)
+    if n and int(lengths.max()) + 1 > block_size:
+        raise CharmlpError(
+            f"an item of {int(lengths.max())} characters needs a block size of at least {int(lengths.max()) + 1} "
+            f"for a model that reads whole items, got {block_size}; leave --block-size out (it follows the data)"
+        )
+    x_dtype = vocab.index_dtype
+    X = np.zeros((n, block_size), torch.empty(0, dtype=x_dtype).numpy().dtype)
+    Y = np.full((n, block_size), -1, np.int16 if vocab.size < 2**15 else np.int32)
+    if len(ids):
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within its item
+        X[rows, cols + 1] = ids  # after the leading boundary
+        Y[rows, cols] = ids
+    Y[np.arange(n), lengths] = 0  # the end token
+    return torch.from_numpy(X), torch.from_numpy(Y)
+
+
+def longest_item(items: list[str]) -> int:
+    return max(map(len, items), default=0)
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -248,6 +281,7 @@ class Dataset:
     X: dict[str, torch.Tensor]
     Y: dict[str, torch.Tensor]
     path: Path
+    sequence: bool = False  # rows are whole items (build_sequences), not context windows
 
     def summary(self) -> dict:
         return {
@@ -257,7 +291,7 @@ class Dataset:
             "vocab": "".join(self.vocab.itos),
             "block_size": self.block_size,
             "items": {s: len(self.items[s]) for s in SPLITS},
-            "examples": {s: len(self.Y[s]) for s in SPLITS},
+            "examples": {s: int((self.Y[s] >= 0).sum()) for s in SPLITS},  # predicted characters
         }
 
 
@@ -267,12 +301,16 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     Pass `vocab` to encode with an existing model's vocabulary (e.g. when evaluating a run).
     """
     cfg = cfg or DataConfig()
+    items = None
+    if cfg.sequence and cfg.block_size == 0:  # whole items: as long as the longest, plus the start token
+        items = read_items(cfg.path)
+        cfg = dataclasses.replace(cfg, block_size=min(MAX_BLOCK_SIZE, longest_item(items) + 1))
     if not 1 <= cfg.block_size <= MAX_BLOCK_SIZE:
         raise CharmlpError(f"--block-size must be between 1 and {MAX_BLOCK_SIZE}, got {cfg.block_size}")
     a, b = cfg.split
     if not 0 < a < b < 1:
         raise CharmlpError(f"split cut points must satisfy 0 < train < val < 1, got {cfg.split}")
-    items = read_items(cfg.path)
+    items = items if items is not None else read_items(cfg.path)
     need = min_items_for_split(cfg.split)
     if len(items) < need:
         raise CharmlpError(
@@ -280,7 +318,7 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
             "to form train, val and test splits"
         )
     vocab = vocab or Vocab.from_items(items)
-    n_examples = sum(map(len, items)) + len(items)
+    n_examples = len(items) if cfg.sequence else sum(map(len, items)) + len(items)
     need_bytes = n_examples * cfg.block_size * vocab.index_dtype.itemsize
     if need_bytes > MAX_EXAMPLE_BYTES:
         raise CharmlpError(
@@ -289,6 +327,7 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
         )
     parts = split_items(items, cfg.split_seed, cfg.split)
     X, Y = {}, {}
+    build = build_sequences if cfg.sequence else build_examples
     for s in SPLITS:
-        X[s], Y[s] = build_examples(parts[s], vocab, cfg.block_size)
-    return Dataset(vocab, cfg.block_size, parts, X, Y, resolve_data_path(cfg.path))
+        X[s], Y[s] = build(parts[s], vocab, cfg.block_size)
+    return Dataset(vocab, cfg.block_size, parts, X, Y, resolve_data_path(cfg.path), cfg.sequence)

@@ -10,6 +10,7 @@ from .checkpoint import load_run
 from .data import SPLITS, Dataset, load_dataset
 from .models import LanguageModel
 from .nn import cross_entropy
+from .nn.losses import IGNORE
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
 MAX_CHUNK_LOGITS = 1 << 24  # logits per forward pass (64 MiB of float32)
@@ -23,14 +24,18 @@ def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunk = max(1, min(chunk, MAX_CHUNK_LOGITS // model.cfg.vocab_size))  # large vocabularies: smaller chunks
+    per_row = model.cfg.vocab_size * (X.shape[1] if model.cfg.sequence else 1)  # logits one row of X gives
+    chunk = max(1, min(chunk, MAX_CHUNK_LOGITS // per_row))  # large vocabularies: smaller chunks
     forward = model.eval_forward()  # BatchNorm folded into the Linear before it: same function, fewer passes
     total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0  # real targets (whole items: those ≠ −1)
     for i in range(0, len(Y), chunk):
         xb, yb = X[i : i + chunk].to(device), Y[i : i + chunk].to(device)
-        total += cross_entropy(forward(xb), yb).double() * len(yb)
+        n = int((yb != IGNORE).sum()) if model.cfg.sequence else len(yb)
+        total += cross_entropy(forward(xb), yb).double() * n
+        count += n
     model.train(was_training)
-    return float(total / len(Y))
+    return float(total / count)
 
 
 def evaluate(model: LanguageModel, dataset: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:

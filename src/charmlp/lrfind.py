@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import write_json
 from .config import RunConfig
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .engines.fast import make_train_step
 from .errors import CharmlpError
 from .models import build_model
-from .train import make_optimizer, resolve_device, validate_train_config
+from .train import make_optimizer, prepare_data, resolve_device, validate_train_config
 
 LR_FIND = "lr_find.json"
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
@@ -102,8 +102,8 @@ def lr_find(
     tc = cfg.train
     validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
     lrs = lr_schedule(lr_min, lr_max, steps)
-    dataset = dataset or load_dataset(cfg.data)
-    mc = dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size)
+    cfg, dataset = prepare_data(cfg, dataset)
+    mc = cfg.model
     device = resolve_device(tc.device)
     g = torch.Generator().manual_seed(tc.seed)
     model = build_model(mc, generator=g).to(device).train()

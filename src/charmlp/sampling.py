@@ -44,26 +44,35 @@ def _sample_flat(
     forward = model.eval_forward()
     V, block = model.cfg.vocab_size, model.cfg.block_size
     device = next(model.parameters()).device
-    ctx = torch.zeros(n, block, dtype=torch.long)
-    for i in prefix_ids:  # slide the prefix into the boundary-padded context
-        ctx = torch.cat([ctx[:, 1:], torch.full((n, 1), i, dtype=torch.long)], dim=1)
+    seq = model.cfg.sequence  # reads whole items: the growing sequence [boundary, prefix…, new…]
+    if seq:
+        ctx = torch.tensor([[0, *prefix_ids]], dtype=torch.long).repeat(n, 1)
+    else:
+        ctx = torch.zeros(n, block, dtype=torch.long)
+        for i in prefix_ids:  # slide the prefix into the boundary-padded context
+            ctx = torch.cat([ctx[:, 1:], torch.full((n, 1), i, dtype=torch.long)], dim=1)
     # When there are fewer possible contexts (V^block) than rows to feed (~8 per sample), the
     # model is a lookup table: the cdf of every context once, then each step is a gather.
     n_ctx = V**block
     table = None
-    if n_ctx <= min(4 * n, TABLE_MAX_CONTEXTS):
+    if not seq and n_ctx <= min(4 * n, TABLE_MAX_CONTEXTS):
         powers = V ** torch.arange(block - 1, -1, -1)
         every = (torch.arange(n_ctx)[:, None] // powers) % V  # context of each code, base V
         table = torch.cat([_cdf(forward(every[i : i + 65536].to(device)), temperature, top_k)
                            for i in range(0, n_ctx, 65536)])
         code = ctx @ powers  # the context as one base-V number
+
+    def next_cdf(ctx: torch.Tensor) -> torch.Tensor:
+        logits = forward(ctx[:, -block:].to(device))
+        return _cdf(logits[:, -1] if seq else logits, temperature, top_k)  # whole items: the last position's
+
     out = torch.zeros(n, max_new, dtype=torch.long)
     length = torch.full((n,), max_new, dtype=torch.long)
     alive = torch.arange(n)  # rows that have not emitted the boundary yet
     steps = 0
     for t in range(max_new):
         steps = t + 1
-        cdf = table[code] if table is not None else _cdf(forward(ctx.to(device)), temperature, top_k)
+        cdf = table[code] if table is not None else next_cdf(ctx)
         u = torch.rand(len(alive), 1, generator=generator) * cdf[:, -1:]
         ix = (cdf < u).sum(1)
         out[alive, t] = ix
@@ -81,7 +90,7 @@ def _sample_flat(
         if table is not None:  # drop the oldest id, append the new one
             code = code % (n_ctx // V) * V + ix
         else:
-            ctx = torch.cat([ctx[:, 1:], ix[:, None]], dim=1)
+            ctx = torch.cat([ctx[:, int(not seq):], ix[:, None]], dim=1)  # windows slide; whole items grow
     lengths = length.clamp_max(steps)
     flat = out[:, :steps][torch.arange(steps) < lengths[:, None]]
     return flat, lengths, len(alive)

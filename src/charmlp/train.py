@@ -138,6 +138,25 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
     model.train(was_training)
 
 
+def prepare_data(cfg: RunConfig, dataset: Dataset | None = None) -> tuple[RunConfig, Dataset]:
+    """The dataset in the layout the model reads (loaded unless given), and `cfg` completed from
+    it: vocabulary size, block size as resolved, the data path as a run directory records it."""
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence))
+    dataset = dataset or load_dataset(cfg.data)
+    if dataset.sequence != cfg.model.sequence:
+        layout = {True: "whole items", False: "context windows"}
+        raise CharmlpError(f"the dataset holds {layout[dataset.sequence]}, but model {cfg.model.kind} reads "
+                           f"{layout[cfg.model.sequence]}; load it with DataConfig(sequence={cfg.model.sequence})")
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size),
+        # the embedded dataset stays `None` so the run directory works from any install
+        data=dataclasses.replace(cfg.data, block_size=dataset.block_size,
+                                 path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
+    )
+    return cfg, dataset
+
+
 @dataclass
 class TrainResult:
     """What a training run returns to a notebook user."""
@@ -166,13 +185,7 @@ def train(
     cfg = cfg or RunConfig()
     tc = cfg.train
     validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
-    dataset = dataset or load_dataset(cfg.data)
-    cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size),
-        # the embedded dataset stays `None` so the run directory works from any install
-        data=dataclasses.replace(cfg.data, path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
-    )
+    cfg, dataset = prepare_data(cfg, dataset)
     validate_batch_memory(cfg)
     device = resolve_device(tc.device)
     t0 = time.perf_counter()

@@ -1,20 +1,37 @@
-"""Cross-entropy: forward, and the fused backward the manual engine uses."""
+"""Cross-entropy: forward, and the fused backward the manual engine uses.
+
+Window models give logits (B, V) and one target per row. Whole-item models give logits
+(B, T, V) and targets (B, T) where −1 marks padding: those positions are ignored, and the mean
+runs over the real targets, so both measure the same per-character loss.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+IGNORE = -1  # target of a padding position
+
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of `targets` under softmax(`logits`)."""
-    return F.cross_entropy(logits, targets.long())
+    """Mean negative log-likelihood of `targets` under softmax(`logits`), over targets ≠ −1."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, targets.long())
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long(), ignore_index=IGNORE)
 
 
 # L = −(1/n) Σ_i log softmax(logits_i)[y_i]  →  dlogits = (softmax(logits) − onehot(y)) / n
+# (n: the real targets; rows of ignored targets get 0)
 def cross_entropy_backward(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """dL/dlogits of the mean cross-entropy, in one fused expression."""
-    n = logits.shape[0]
-    dlogits = torch.softmax(logits, dim=1)
-    dlogits[torch.arange(n, device=logits.device), targets.long()] -= 1.0
-    return dlogits / n
+    if logits.dim() == 2:
+        n = logits.shape[0]
+        dlogits = torch.softmax(logits, dim=1)
+        dlogits[torch.arange(n, device=logits.device), targets.long()] -= 1.0
+        return dlogits / n
+    flat, t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
+    rows = torch.nonzero(t != IGNORE).squeeze(1)
+    dlogits = torch.zeros_like(flat)
+    dlogits[rows] = torch.softmax(flat[rows], dim=1)
+    dlogits[rows, t[rows]] -= 1.0
+    return (dlogits / len(rows)).reshape(logits.shape)
