@@ -379,8 +379,9 @@ def layer_check(model: LanguageModel, Xb: torch.Tensor, Yb: torch.Tensor, tol: T
     for i in reversed(range(len(layers))):
         a, m = layers[i], manual_model.layers[i]
         label = f"[{i}] {type(a).__name__}"
-        for pname, pa in a.named_parameters(recurse=False):
-            rows.append(compare("layer", f"{label}.{pname}", getattr(m, pname).grad, pa.grad, tol))
+        manual_params = dict(m.named_parameters())
+        for pname, pa in a.named_parameters():  # a layer's sub-modules' too (a recurrent layer's cell)
+            rows.append(compare("layer", f"{label}.{pname}", manual_params[pname].grad, pa.grad, tol))
         if not isinstance(a, Embedding):  # an embedding's input is character ids
             rows.append(compare("layer", f"{label} input", manual_dx[i], auto_dx[i], tol))
     return rows

@@ -59,7 +59,7 @@ def test_layers_shape_and_parameter_count(kind):
     model = build_model(CONFIGS[kind](vocab_size=27, block_size=16), seed=0)
     assert [type(m).__name__ for m in model.layers] == ["Embedding", "Recurrent", "Linear"]
     assert isinstance(model.layers[1].cell, RNNCell if kind == "rnn" else GRUCell)
-    assert model.sequence
+    assert model.cfg.sequence
     E, H, V, G = 64, 128, 27, 1 if kind == "rnn" else 3
     cell = E * G * H + G * H + H * H * (1 if kind == "rnn" else 3)
     assert num_params(model) == V * E + cell + H + H * V + V  # C, cell, h0, head
@@ -136,6 +136,6 @@ def test_init_scales():
 
 def test_bad_sizes_are_user_errors():
     with pytest.raises(CharmlpError, match="--n-hidden"):
-        build_model(RNNConfig(n_hidden=0))
+        build_model(RNNConfig(block_size=8, n_hidden=0))
     with pytest.raises(CharmlpError, match="--n-embd"):
-        build_model(GRUConfig(n_embd=-3))
+        build_model(GRUConfig(block_size=8, n_embd=-3))

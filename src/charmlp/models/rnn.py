@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 
@@ -26,6 +25,8 @@ class RNNConfig(ModelConfig):
     """Shape of a recurrent model; `kind` picks the cell (rnn: Elman tanh cell, gru: gated)."""
 
     kind = "rnn"
+    sequence = True
+    block_size: int = 0  # positions: 0 = the data's longest item + 1
     n_embd: int = field(default=64, metadata={"help": "embedding size"})
     n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
 
@@ -49,7 +50,6 @@ class GRUConfig(RNNConfig):
 class RecurrentLM(LanguageModel):
     """Embedding → Recurrent(RNNCell or GRUCell) → Linear, over every position at once."""
 
-    sequence: ClassVar[bool] = True
     config_class = RNNConfig
 
     @staticmethod
