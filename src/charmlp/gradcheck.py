@@ -421,7 +421,8 @@ def gradcheck(
     when `model` is None or an MLP; part 3 checks `model` (default: the MLP of `n_embd`,
     `n_hidden`, `n_layers`) layer by layer, its block size and vocabulary set from `dataset`."""
     validate_gradcheck_args(dtype, seed, batch_size, n_layers)
-    dataset = dataset or load_dataset(DataConfig())
+    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
+    dataset = dataset or load_dataset(DataConfig(block_size=0 if mcfg.sequence else mcfg.block_size, sequence=mcfg.sequence))
     tdtype, tol = DTYPES[dtype], TOLERANCES[dtype]
     V, T = dataset.vocab.size, dataset.block_size
     g = torch.Generator().manual_seed(seed)
@@ -431,7 +432,6 @@ def gradcheck(
     Xtr, Ytr = dataset.X["train"], dataset.Y["train"]
     ix = torch.randint(0, len(Ytr), (batch_size,), generator=g)
     Xb, Yb = Xtr[ix].long(), Ytr[ix].long()
-    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
     mcfg = dataclasses.replace(mcfg, vocab_size=V, block_size=T)
     net = build_model(mcfg, generator=g)
     perturb_parameters(net, g)

@@ -143,7 +143,9 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
 def prepare_data(cfg: RunConfig, dataset: Dataset | None = None) -> tuple[RunConfig, Dataset]:
     """The dataset in the layout the model reads (loaded unless given), and `cfg` completed from
     it: vocabulary size, block size as resolved, the data path as a run directory records it."""
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence))
+    # the model decides the layout, and the block size unless the data config sets one
+    block = cfg.data.block_size or (0 if cfg.model.sequence else cfg.model.block_size)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence, block_size=block))
     dataset = dataset or load_dataset(cfg.data)
     if dataset.sequence != cfg.model.sequence:
         layout = {True: "whole items", False: "context windows"}
