@@ -62,14 +62,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default="mlp",
                    help="; ".join(f"{n}: {s.about}" for n, s in MODELS.items()) + " (default mlp)")
     for name, (f, kinds) in _model_fields().items():
-        defaults = ", ".join(f"{k} {getattr(MODELS[k].config(), name):g}" for k in kinds)
         flag = "--" + name.replace("_", "-")
-        help_ = f"{f.metadata.get('help', name)} (default {defaults})"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, metavar=name.split("_")[-1][0].upper(), help=help_)
+        p.add_argument(flag, **_field_flag(name, f, kinds))
+
+
+def _field_flag(name: str, f: dataclasses.Field, kinds: list[str]) -> dict:
+    """argparse keywords for a model field: its type, and a help naming each model's default."""
+    def show(v: object) -> str:
+        return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"
+
+    defaults = {k: show(getattr(MODELS[k].config(), name)) for k in kinds}
+    shown = next(iter(defaults.values())) if len(set(defaults.values())) == 1 else ", ".join(
+        f"{k} {v}" for k, v in defaults.items())
+    only = f"{', '.join(kinds)} only; " if len(kinds) < len(MODELS) else ""
+    help_ = f"{f.metadata.get('help', name)} ({only}default {shown})"
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        return {"action": argparse.BooleanOptionalAction, "default": None, "help": help_}
+    return {"type": {"int": int, "float": float}[kind], "metavar": name.split("_")[-1][0].upper(), "help": help_}
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, object]:

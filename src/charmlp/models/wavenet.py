@@ -23,9 +23,9 @@ class WaveNetConfig(TanhStackConfig):
     block_size: int = 8
     n_embd: int = field(default=24, metadata={"help": "embedding size"})
     n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
-    fuse: int = field(default=2, metadata={"help": "wavenet: neighbours fused per level"})
+    fuse: int = field(default=2, metadata={"help": "neighbours fused per level"})
     n_levels: int = field(default=0, metadata={
-        "help": "wavenet: fusing levels (0: log_fuse(block size); fewer: the last level fuses what is left)"})
+        "help": "fusing levels (0: log_fuse(block size); fewer: the last level fuses what is left)"})
 
     def validate(self) -> None:
         super().validate()
