@@ -213,10 +213,12 @@ def train(
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
         "steps": tc.steps,
-        "seconds": time.perf_counter() - t0,
-        "train_seconds": train_seconds,
+        # wall times include the processes before a resume (from the checkpoint)
+        "seconds": ckpt.seconds_before + time.perf_counter() - t0,
+        "train_seconds": ckpt.seconds_before + train_seconds,
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "engine": engine,
         "device": str(device),
         "bn_calibrated": calibrate,
@@ -229,7 +231,7 @@ def train(
             ({"step": s, "loss": loss_list[s], "lr": lr_at(tc, s)} for s in range(0, tc.steps, tc.log_every)),
         )
         write_json(out / SUMMARY, summary)
-        save_run(out, cfg, dataset.vocab, model)
+        save_run(out, cfg, dataset.vocab, model, keep_config=resume)
         ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 
