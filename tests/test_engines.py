@@ -142,8 +142,7 @@ def test_batch_of_two_float32_manual_is_as_accurate_as_autograd(seed):
     worst_a = 0.0
     for name in truth:
         err_a, err_m = rel_err(auto[name].double(), truth[name]), rel_err(manual[name].double(), truth[name])
-        # same order as autograd: torch 2.13 stays within 4×, torch 2.2.2 and 2.5.1 reach 4.25× (seed 0)
-        assert err_m <= 8 * err_a + 1e-6, f"{name}: manual {err_m:.1e} vs autograd {err_a:.1e}"
+        assert err_m <= 4 * err_a + 1e-6, f"{name}: manual {err_m:.1e} vs autograd {err_a:.1e}"
         worst_a = max(worst_a, err_a)
     assert worst_a > 1e-5  # float32 really cannot resolve these gradients: the reason for this test
 
