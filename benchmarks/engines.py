@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from charmlp import DataConfig, ModelConfig, RunConfig, TrainConfig, load_dataset, train
+from charmlp import DataConfig, MLPConfig, RunConfig, TrainConfig, load_dataset, train
 
 
 def measure(steps: int, rounds: int, batch_size: int, n_embd: int, n_hidden: int) -> dict:
     dataset = load_dataset(DataConfig())
     base = RunConfig(
         DataConfig(),
-        ModelConfig(n_embd=n_embd, n_hidden=n_hidden),
+        MLPConfig(n_embd=n_embd, n_hidden=n_hidden),
         TrainConfig(steps=steps, batch_size=batch_size, device="cpu", calibrate_bn=False),
     )
     rates: dict[str, list[float]] = {"autograd": [], "manual": []}

@@ -46,10 +46,15 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import baseline as B  # noqa: E402
 import charmlp  # noqa: E402
-from charmlp.config import PRESETS, ModelConfig, RunConfig, TrainConfig, apply_preset  # noqa: E402
+from charmlp.config import RunConfig, TrainConfig  # noqa: E402
 from charmlp.data import build_examples, load_dataset, split_items  # noqa: E402
-from charmlp.fastpath import make_train_step, set_threads  # noqa: E402
-from charmlp.model import build_model  # noqa: E402
+from charmlp.engines.fast import make_train_step, set_threads  # noqa: E402
+from charmlp.models import (  # noqa: E402
+    MODELS,
+    MLPConfig,
+    apply_preset,
+    build_model,  # noqa: E402
+)
 from charmlp.train import make_optimizer  # noqa: E402
 
 TARGET_VAL = 2.11
@@ -91,7 +96,7 @@ def _baseline_runner(ds: charmlp.Dataset):
 def _charmlp_runner(ds: charmlp.Dataset, engine: str, batch_size: int = 32):
     tc = TrainConfig(engine=engine, batch_size=batch_size)
     g = torch.Generator().manual_seed(tc.seed)
-    model = build_model(ModelConfig(), generator=g)
+    model = build_model(MLPConfig(), generator=g)
     model.train()
     opt = make_optimizer(tc, model)
     step, used = make_train_step(engine, model, opt, ds.X["train"], ds.Y["train"], batch_size, g)
@@ -172,7 +177,7 @@ def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: fl
     res = charmlp.train(cfg, dataset=ds, progress=False)
     out["fast_seconds"] = time.perf_counter() - t0
     out["fast_val"] = res.summary["val_loss"]
-    out["fast_preset"] = PRESETS["fast"]
+    out["fast_preset"] = MODELS["mlp"].presets["fast"]
     out["fast_engine"] = res.summary["engine"]
     out["fast_reached_target"] = out["fast_val"] <= TARGET_VAL
     out["time_to_val_2_11_ratio"] = out["fast_seconds"] / out["baseline_seconds"]

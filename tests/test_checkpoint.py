@@ -4,15 +4,16 @@ import pytest
 import torch
 
 from charmlp.checkpoint import CONFIG, METRICS, SUMMARY, VOCAB, WEIGHTS, atomic_write_text, load_run
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.errors import CharmlpError
 from charmlp.evaluate import evaluate_run
+from charmlp.models import MLPConfig
 from charmlp.train import train
 
 
 @pytest.fixture
 def run_dir(tiny_data, tmp_path):
-    cfg = RunConfig(DataConfig(path=str(tiny_data)), ModelConfig(n_embd=6, n_hidden=32),
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), MLPConfig(n_embd=6, n_hidden=32),
                     TrainConfig(steps=120, device="cpu", seed=3))
     result = train(cfg, out_dir=tmp_path / "run", progress=False)
     return tmp_path / "run", result

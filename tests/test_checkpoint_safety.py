@@ -16,14 +16,15 @@ import torch
 import charmlp
 from charmlp import checkpoint
 from charmlp.checkpoint import STATE, WEIGHTS, atomic_write_bytes, load_run
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.errors import CharmlpError, TrainingInterrupted
+from charmlp.models import MLPConfig
 from charmlp.resume import read_checkpoint
 from conftest import SRC, assert_user_error, make_items, run_cli
 
 
 def tiny_cfg(data: Path, **train) -> RunConfig:
-    return RunConfig(DataConfig(path=str(data)), ModelConfig(n_hidden=8, n_embd=3), TrainConfig(**train))
+    return RunConfig(DataConfig(path=str(data)), MLPConfig(n_hidden=8, n_embd=3), TrainConfig(**train))
 
 
 @pytest.fixture(scope="module")

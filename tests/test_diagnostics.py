@@ -89,7 +89,7 @@ def test_smooth_chunk_means():
 def _tiny_cfg(tiny_data, **model) -> charmlp.RunConfig:
     return charmlp.RunConfig(
         charmlp.DataConfig(path=str(tiny_data)),
-        charmlp.ModelConfig(n_embd=4, n_hidden=32, **model),
+        charmlp.MLPConfig(n_embd=4, n_hidden=32, **model),
         charmlp.TrainConfig(steps=20, batch_size=16, lr=0.1, schedule="constant", device="cpu", seed=3),
     )
 

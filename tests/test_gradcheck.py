@@ -13,7 +13,7 @@ import torch
 from charmlp import cli
 from charmlp.errors import CharmlpError
 from charmlp.gradcheck import ABOVE_TANH, ATOMIC_ROWS, TANH_NOTE, gradcheck
-from charmlp.layers import BatchNorm1d, Tanh
+from charmlp.nn import BatchNorm1d, Tanh
 from conftest import assert_user_error, run_cli
 
 gradcheck_module = sys.modules["charmlp.gradcheck"]  # `charmlp.gradcheck` the attribute is the function

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import charmlp
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.data import _BOUNDARY_CANDIDATES, Vocab, parse_items, read_items
+from charmlp.models import MLPConfig
 from conftest import make_items, run_cli
 
 
@@ -77,12 +78,12 @@ def test_large_vocabularies_train(tmp_path, n_chars, dtype):
     assert ds.vocab.size == n_chars + 1 and ds.vocab.index_dtype == dtype
     assert int(ds.X["train"].max()) > 255 and ds.X["train"].dtype == dtype
     if n_chars <= 1000:
-        cfg = RunConfig(DataConfig(path=str(p)), ModelConfig(n_hidden=8, n_embd=2), TrainConfig(steps=3, batch_size=8))
+        cfg = RunConfig(DataConfig(path=str(p)), MLPConfig(n_hidden=8, n_embd=2), TrainConfig(steps=3, batch_size=8))
         res = charmlp.train(cfg, dataset=ds, progress=False)
         assert all(map(torch.isfinite, map(torch.tensor, res.losses)))
         model = res.model
     else:  # a full evaluation over 40k logits per example is slow: check one step of each engine
-        model = charmlp.build_model(ModelConfig(vocab_size=ds.vocab.size, n_hidden=8, n_embd=2), seed=0)
+        model = charmlp.build_model(MLPConfig(vocab_size=ds.vocab.size, n_hidden=8, n_embd=2), seed=0)
         xb, yb = ds.X["train"][:16], ds.Y["train"][:16]
         la = charmlp.autograd_grads(model, xb, yb)
         ga = [p.grad.clone() for p in model.parameters()]

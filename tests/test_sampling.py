@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.errors import CharmlpError
+from charmlp.models import MLPConfig
 from charmlp.sampling import sample, sample_ids, sample_run
 from charmlp.train import train
 
@@ -14,7 +15,7 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("s")
     p = d / "items.txt"
     p.write_text("\n".join(make_items()))
-    cfg = RunConfig(DataConfig(path=str(p)), ModelConfig(n_embd=6, n_hidden=48),
+    cfg = RunConfig(DataConfig(path=str(p)), MLPConfig(n_embd=6, n_hidden=48),
                     TrainConfig(steps=400, device="cpu", seed=1))
     result = train(cfg, out_dir=d / "run", progress=False)
     return result, d / "run"

@@ -4,16 +4,17 @@ import math
 import pytest
 import torch
 
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_preset
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.data import load_dataset
 from charmlp.errors import CharmlpError
 from charmlp.evaluate import split_loss
+from charmlp.models import MLPConfig, apply_preset
 from charmlp.train import calibrate_batchnorm, lr_at, train
 
 
 def _cfg(path, **train) -> RunConfig:
     tc = TrainConfig(**{"steps": 300, "batch_size": 32, "lr": 0.1, "seed": 5, "device": "cpu", **train})
-    return RunConfig(DataConfig(path=str(path)), ModelConfig(n_embd=8, n_hidden=64), tc)
+    return RunConfig(DataConfig(path=str(path)), MLPConfig(n_embd=8, n_hidden=64), tc)
 
 
 def test_short_run_lowers_the_loss(tiny_data):
@@ -65,7 +66,7 @@ def test_batch_of_one_with_batchnorm_is_a_user_error(tiny_data):
 
 def test_calibration_matches_full_batch_statistics():
     ds = load_dataset()
-    result = train(RunConfig(model=ModelConfig(n_hidden=32, n_layers=2), train=TrainConfig(steps=50, device="cpu")),
+    result = train(RunConfig(model=MLPConfig(n_hidden=32, n_layers=2), train=TrainConfig(steps=50, device="cpu")),
                    dataset=ds, progress=False)
     model = result.model
     calibrate_batchnorm(model, ds.X["train"], chunk=10_000)  # chunked must equal one full batch

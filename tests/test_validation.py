@@ -16,8 +16,9 @@ import pytest
 
 import charmlp
 from charmlp.cli import main
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.data import min_items_for_split
+from charmlp.models import MLPConfig
 from conftest import assert_user_error, make_items, run_cli
 
 
@@ -32,7 +33,7 @@ def data_file(tmp_path_factory) -> Path:
 def finished_run(tmp_path_factory, data_file) -> Path:
     """A finished tiny run (trained in this process); tests that damage it work on a copy."""
     d = tmp_path_factory.mktemp("run") / "run"
-    cfg = RunConfig(DataConfig(path=str(data_file)), ModelConfig(n_hidden=8, n_embd=3), TrainConfig(steps=20))
+    cfg = RunConfig(DataConfig(path=str(data_file)), MLPConfig(n_hidden=8, n_embd=3), TrainConfig(steps=20))
     charmlp.train(cfg, out_dir=d, progress=False)
     return d
 

@@ -1,5 +1,5 @@
-"""charmlp: character-level MLP language models whose backpropagation is written by hand
-and checked against PyTorch's autograd.
+"""charmlp: character-level language models (the makemore lectures' MLP, WaveNet, …) whose
+backpropagation is written by hand and checked against PyTorch's autograd.
 
     import charmlp
     ds = charmlp.load_dataset()                      # the embedded names.txt
@@ -10,7 +10,7 @@ and checked against PyTorch's autograd.
 __version__ = "0.1.0"
 
 from .checkpoint import load_run, save_run  # noqa: E402
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_preset  # noqa: E402
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .data import Dataset, Vocab, build_examples, load_dataset, read_items  # noqa: E402
 from .diagnostics import (  # noqa: E402
     DiagnosticsRecorder,
@@ -27,13 +27,14 @@ from .errors import CharmlpError  # noqa: E402
 from .evaluate import evaluate, evaluate_run  # noqa: E402
 from .gradcheck import GradcheckReport, gradcheck  # noqa: E402
 from .lrfind import lr_find, lr_schedule  # noqa: E402
-from .model import CharMLP, build_model  # noqa: E402
+from .models import MODELS, CharMLP, LanguageModel, MLPConfig, WaveNet, WaveNetConfig, apply_preset, build_model  # noqa: E402
 from .report import diagnose  # noqa: E402
 from .sampling import sample, sample_run  # noqa: E402
 from .train import calibrate_batchnorm, resume, train  # noqa: E402
 
 __all__ = [
-    "CharMLP", "CharmlpError", "DataConfig", "Dataset", "GradcheckReport", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
+    "MODELS", "CharMLP", "CharmlpError", "LanguageModel", "MLPConfig", "WaveNet", "WaveNetConfig",
+    "DataConfig", "Dataset", "GradcheckReport", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
     "apply_preset", "autograd_grads", "build_examples", "build_model", "calibrate_batchnorm", "evaluate",
     "evaluate_run", "gradcheck", "load_dataset", "load_run", "manual_grads", "read_items", "sample", "sample_run",
     "resume", "save_run", "train",

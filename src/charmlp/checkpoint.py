@@ -11,7 +11,6 @@ or truncated file is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -26,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import RunConfig, run_config_from_dict, run_config_to_dict
+from .config import RunConfig, model_config_to_dict, run_config_from_dict, run_config_to_dict
 from .data import Vocab
 from .errors import CharmlpError
-from .model import CharMLP, build_model
+from .models import LanguageModel, build_model
 
 FORMAT_VERSION = 1
 CONFIG, VOCAB, WEIGHTS, METRICS, SUMMARY = (
@@ -243,7 +242,7 @@ def remove_stale_temporaries(d: Path) -> None:
             remove_file(tmp)
 
 
-def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: CharMLP, keep_config: bool = False) -> Path:
+def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: LanguageModel, keep_config: bool = False) -> Path:
     """Write config, vocabulary and weights (parameters and BatchNorm buffers).
 
     The weights are written last and record the model configuration and vocabulary they
@@ -256,7 +255,7 @@ def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: CharMLP, 
     if not (keep_config and (d / CONFIG).is_file() and (d / VOCAB).is_file()):
         atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
         atomic_write_text(d / CONFIG, _config_bytes(cfg))
-    meta = {"kind": "weights", "model": dataclasses.asdict(cfg.model), "vocab": list(vocab.itos)}
+    meta = {"kind": "weights", "model": model_config_to_dict(cfg.model), "vocab": list(vocab.itos)}
     atomic_write_bytes(d / WEIGHTS, encode_tensors(model.state_dict(), meta))
     return d
 
@@ -308,7 +307,7 @@ class Run:
     path: Path
     config: RunConfig
     vocab: Vocab
-    model: CharMLP
+    model: LanguageModel
 
     def summary(self) -> dict | None:
         p = self.path / SUMMARY
@@ -329,7 +328,7 @@ class Run:
             raise CharmlpError(f"{p} is not valid JSON lines; the run directory is damaged") from None
 
 
-def fits_model(model: CharMLP, tensors: dict[str, torch.Tensor]) -> bool:
+def fits_model(model: LanguageModel, tensors: dict[str, torch.Tensor]) -> bool:
     """Whether `tensors` holds exactly the model's state_dict entries, each of the right shape."""
     expected = model.state_dict()
     return set(tensors) == set(expected) and all(tensors[k].shape == expected[k].shape for k in expected)
@@ -347,7 +346,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     model = build_model(cfg.model)
     if not fits_model(model, tensors):
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
-    if meta.get("model") != dataclasses.asdict(cfg.model) or meta.get("vocab") != list(vocab.itos):
+    written_for = meta.get("model")
+    if isinstance(written_for, dict):  # weights written before the model zoo name no kind: an MLP's
+        written_for = {"kind": "mlp", **written_for}
+    if written_for != model_config_to_dict(cfg.model) or meta.get("vocab") != list(vocab.itos):
         raise CharmlpError(
             f"{d / WEIGHTS} was written for another model configuration or vocabulary than config.json and "
             "vocab.json describe; the run directory is mixed up"

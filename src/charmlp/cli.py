@@ -11,24 +11,14 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import STATE
-from .config import (
-    DEVICES,
-    ENGINES,
-    OPTIMIZERS,
-    PRESETS,
-    SCHEDULES,
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    apply_preset,
-)
+from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import load_dataset
 from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
+from .engines.fast import set_threads
 from .errors import CharmlpError, TrainingInterrupted
 from .evaluate import evaluate_run
-from .fastpath import set_threads
 from .lrfind import LR_FIND, lr_find, save_lr_find
+from .models import MODELS, get_spec, preset
 from .report import diagnose
 from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
 from .train import TrainResult, resume, train
@@ -41,40 +31,78 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) -> None:
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
-    p.add_argument("--block-size", type=int, default=3, metavar="K", help="characters of context (default 3)")
+    p.add_argument("--block-size", type=int, default=block_default, metavar="K",
+                   help="characters of context (default " + (f"{block_default})" if block_default else "the model's: mlp 3, wavenet 8)"))
+
+
+# every model's configuration fields become flags; these are set from the data instead
+_DATA_FIELDS = ("vocab_size", "block_size")
+
+
+def _model_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Field name → (the field, the models that have it), over every registered model."""
+    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for name, spec in MODELS.items():
+        for f in dataclasses.fields(spec.config):
+            if f.name not in _DATA_FIELDS:
+                out.setdefault(f.name, (f, []))[1].append(name)
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, and one flag per model configuration field (unset: the model's own default)."""
+    p.add_argument("--model", choices=sorted(MODELS), default="mlp",
+                   help="; ".join(f"{n}: {s.about}" for n, s in MODELS.items()) + " (default mlp)")
+    for name, (f, kinds) in _model_fields().items():
+        defaults = ", ".join(f"{k} {getattr(MODELS[k].config(), name):g}" for k in kinds)
+        flag = "--" + name.replace("_", "-")
+        help_ = f"{f.metadata.get('help', name)} (default {defaults})"
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=kind, metavar=name.split("_")[-1][0].upper(), help=help_)
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The model fields set on the command line; a user error for one the chosen model lacks."""
+    given = {name: getattr(args, name) for name in _model_fields() if getattr(args, name, None) is not None}
+    fields = {f.name for f in dataclasses.fields(get_spec(args.model).config)}
+    foreign = [n for n in given if n not in fields]
+    if foreign:
+        flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
+        raise CharmlpError(f"{flags} does not apply to --model {args.model}; see `charmlp train --model {args.model} --help`")
+    return given
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """Model and optimisation options; unset ones come from the preset."""
-    _add_data_args(p)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="seed",
-                   help="seed: the lectures' setup (200k steps); quick: a short demo run; "
+    """Model and optimisation options; unset ones come from the model's preset."""
+    _add_data_args(p, block_default=None)
+    _add_model_args(p)
+    names = sorted({n for s in MODELS.values() for n in s.presets})
+    p.add_argument("--preset", choices=names, default="seed",
+                   help="each model's own: seed: the lectures' setup (200k steps); quick: a short demo run; "
                         "fast: the lectures' val loss in a fraction of their time (default seed)")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
     p.add_argument("--batch-size", type=int, metavar="B", help="examples per minibatch (default 32)")
-    p.add_argument("--n-embd", type=int, metavar="E", help="embedding size (default 10)")
-    p.add_argument("--n-hidden", type=int, metavar="H", help="hidden units per layer (default 200)")
-    p.add_argument("--n-layers", type=int, metavar="L", help="hidden Linear→BatchNorm→tanh blocks (default 1)")
-    p.add_argument("--no-batchnorm", action="store_true", help="hidden blocks without BatchNorm (Linear → tanh)")
-    p.add_argument("--tanh-gain", type=float, metavar="G",
-                   help="hidden weights ~ N(0,1)·G/√fan_in (default 5/3, Kaiming for tanh; √fan_in gives N(0,1))")
-    p.add_argument("--out-scale", type=float, metavar="S",
-                   help="output weights ~ N(0,1)·S/√fan_in (default 0.1: a near-uniform first guess)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate (default 0.1)")
     p.add_argument("--lr-final", type=float, metavar="LR", help="learning rate after decay (default 0.01)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default step: lr → lr-final at half way)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
     p.add_argument("--weight-decay", type=float, metavar="WD", help="default 0")
     p.add_argument("--engine", choices=ENGINES,
-                   help="auto (default): the fused fast step where it runs (CPU), else manual; fast: only the fused "
+                   help="auto (default): the fused fast step where it runs (CPU, mlp), else manual; fast: only the fused "
                         "step; autograd | manual: the readable eager engines (autograd or the hand-written backward)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads for torch and NumPy's BLAS (default 1: fastest for this small model)")
+                   help="CPU threads for torch and NumPy's BLAS (default 1: fastest for these small models)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
     p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
     p.add_argument("--no-calibrate", action="store_true", help="keep BatchNorm's running statistics instead of calibrating over the train split")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="evaluate the val split every N steps (eval mode), into metrics.jsonl and the progress bar "
+                        "(default: about 20 times per run; 0: never)")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="save a resumable checkpoint every N steps (default: only on Ctrl-C/SIGTERM)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,22 +112,28 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "steps": "steps", "batch_size": "batch_size", "lr": "lr", "lr_final": "lr_final",
     "schedule": "schedule", "optimizer": "optimizer", "weight_decay": "weight_decay",
     "engine": "engine", "seed": "seed", "device": "device", "checkpoint_every": "checkpoint_every",
+    "eval_every": "eval_every",
 }
-_MODEL_FLAGS = {"n_embd": "n_embd", "n_hidden": "n_hidden", "n_layers": "n_layers",
-                "tanh_gain": "tanh_gain", "out_scale": "out_scale"}
 # what `train --resume` may change: nothing that alters a number of the run
 _RESUME_FLAGS = ("device", "threads", "checkpoint_every", "no_progress")
 
 
+def model_config_from_args(args: argparse.Namespace, model_preset: dict | None = None) -> ModelConfig:
+    """The chosen model's defaults, then its preset's values, then the flags given; the block
+    size from --block-size when given."""
+    mc = dataclasses.replace(get_spec(args.model).config(**(model_preset or {})), **_model_overrides(args))
+    return mc if args.block_size is None else dataclasses.replace(mc, block_size=args.block_size)
+
+
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Preset first, then every flag the user set."""
-    tc = apply_preset(TrainConfig(), args.preset)
+    """The model's preset first, then every flag the user set."""
+    train_preset, model_preset = preset(args.model, args.preset)
+    tc = dataclasses.replace(TrainConfig(), **train_preset)
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a) is not None})
     if args.no_calibrate:
         tc = dataclasses.replace(tc, calibrate_bn=False)
-    mc = ModelConfig(batchnorm=not args.no_batchnorm)
-    mc = dataclasses.replace(mc, **{f: getattr(args, a) for a, f in _MODEL_FLAGS.items() if getattr(args, a) is not None})
-    return RunConfig(DataConfig(path=args.data, block_size=args.block_size), mc, tc)
+    mc = model_config_from_args(args, model_preset)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -268,9 +302,10 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     """Print the gradient check table (or JSON); exit 1 if any row is outside the tolerance."""
     from .gradcheck import gradcheck
 
+    mc = model_config_from_args(args)
     report = gradcheck(
-        dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, n_layers=args.n_layers,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=args.block_size)),
+        dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1
@@ -281,11 +316,11 @@ def _add_gradcheck_command(sub: argparse._SubParsersAction) -> None:
     from .gradcheck import DTYPES
 
     p = sub.add_parser("gradcheck", help="check every hand-written gradient against autograd (exit 1 on a mismatch)")
-    _add_data_args(p)
+    _add_data_args(p, block_default=None)
+    _add_model_args(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
     p.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
-    p.add_argument("--n-layers", type=int, default=1, metavar="L", help="hidden blocks of the model in part 3 (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
     p.set_defaults(func=cmd_gradcheck)
 

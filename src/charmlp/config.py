@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import CharmlpError
 
@@ -27,18 +27,33 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Shape and initialisation of the MLP language model."""
+    """What every model's configuration holds. Each model in `models/` extends it with its own
+    fields (each field becomes a `--flag` of the commands) and names itself with `kind`."""
 
+    kind: ClassVar[str] = ""
     vocab_size: int = 27
-    block_size: int = 3
-    n_embd: int = 10
-    n_hidden: int = 200
-    n_layers: int = 1  # hidden Linear → BatchNorm1d → tanh blocks
-    batchnorm: bool = True
-    tanh_gain: float = 5 / 3  # Kaiming gain for linears that feed tanh
-    out_scale: float = 0.1  # output weights shrunk so the untrained loss ≈ ln(vocab)
-    bn_momentum: float = 0.1
-    bn_eps: float = 1e-5
+    block_size: int = 3  # characters of context the model sees
+
+    def validate(self) -> None:
+        """Raise a user error for sizes that are zero, negative or absurd (each model adds its own)."""
+        check_range("--block-size", self.block_size, 1, 1024)
+        check_range("vocab_size", self.vocab_size, 2, 1_114_112)
+
+    def floats_per_example(self) -> int:
+        """float32 activations one example holds in a training step (forward and backward)."""
+        raise NotImplementedError
+
+
+def check_range(flag: str, value: int | float, lo: int | float, hi: int | float) -> None:
+    """A user error unless lo ≤ value ≤ hi (nan fails too)."""
+    if not lo <= value <= hi:
+        raise CharmlpError(f"{flag} must be between {lo} and {hi}, got {value}")
+
+
+def _default_model() -> ModelConfig:
+    from .models.mlp import MLPConfig  # the default model; imported when needed: models/ sits above config
+
+    return MLPConfig()
 
 
 @dataclass
@@ -60,6 +75,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     calibrate_bn: bool = True  # BatchNorm statistics over the whole train split after training
     log_every: int = 1  # steps between metrics.jsonl rows
+    eval_every: int = -1  # steps between val-loss evaluations (0: never; -1: about 20 per run)
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: only on Ctrl-C/SIGTERM)
 
 
@@ -68,7 +84,7 @@ class RunConfig:
     """Everything a run directory needs to rebuild its model and data."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=_default_model)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -77,33 +93,7 @@ OPTIMIZERS = ("sgd", "adamw")
 ENGINES = ("auto", "fast", "autograd", "manual")
 DEVICES = ("auto", "cpu", "cuda")
 
-# preset name → overrides of TrainConfig (and ModelConfig under the "model" key)
-PRESETS: dict[str, dict[str, Any]] = {
-    # the lectures' exact setup: batch 32, 200k steps, lr 0.1 → 0.01 at half way
-    "seed": {},
-    # the demo: a short run that already gives name-like samples
-    "quick": {"steps": 10000, "batch_size": 64, "lr": 0.1, "lr_final": 0.01},
-    # the lectures' val loss (≤ 2.11 on names) in a small fraction of their time, same model and
-    # split (measured with benchmarks/run.py; README "Performance"). AdamW makes far more progress
-    # per example than plain SGD: ~3.1M examples here vs the lectures' 6.4M. Batch 384 amortises
-    # the per-step overhead (256: more steps of it) and ran faster per example than 1024 here,
-    # whose (B, 200) buffers no longer fit the L2 cache. Cosine from 5e-3 to
-    # 5e-5 (1e-2 and up overshoot: val 2.11–2.16); BatchNorm calibrated over the train split.
-    # Measured on names, seed 2147483647: val 2.1073 at 7000 steps (8000: 2.1050, 28 % longer;
-    # 6500 steps at lr 6e-3: 2.1102; bs 512 × 6000: 2.1069; 256 × 10000: 2.1090).
-    "fast": {"steps": 7000, "batch_size": 384, "optimizer": "adamw", "lr": 0.005, "lr_final": 0.00005,
-             "schedule": "cosine"},
-}
-
-
-def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
-    """Return `cfg` with the preset's values applied."""
-    if name not in PRESETS:
-        raise CharmlpError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return dataclasses.replace(cfg, **PRESETS[name])
-
-
-def _from_dict(cls: type, d: Any, where: str) -> Any:
+def config_from_dict(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise CharmlpError(f"{where} in config.json is not an object; the run directory is damaged")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -138,15 +128,25 @@ def _same_kind(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """{"kind": …, field: value, …}: the model's name first, then its fields."""
+    return {"kind": cfg.kind, **dataclasses.asdict(cfg)}
+
+
 def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return {"data": dataclasses.asdict(cfg.data), "model": model_config_to_dict(cfg.model),
+            "train": dataclasses.asdict(cfg.train)}
 
 
 def run_config_from_dict(d: Any) -> RunConfig:
+    """The inverse of `run_config_to_dict`; a model without "kind" is an MLP (run directories
+    written before the model zoo)."""
+    from .models.registry import model_config_from_dict  # models/ sits above config
+
     if not isinstance(d, dict):
         raise CharmlpError("config.json is not a JSON object; the run directory is damaged")
     return RunConfig(
-        data=_from_dict(DataConfig, d.get("data", {}), "data"),
-        model=_from_dict(ModelConfig, d.get("model", {}), "model"),
-        train=_from_dict(TrainConfig, d.get("train", {}), "train"),
+        data=config_from_dict(DataConfig, d.get("data", {}), "data"),
+        model=model_config_from_dict(d.get("model", {})),
+        train=config_from_dict(TrainConfig, d.get("train", {}), "train"),
     )

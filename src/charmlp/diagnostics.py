@@ -25,9 +25,8 @@ import torch
 
 from .checkpoint import write_json
 from .engines import reference_engine
-from .layers import Tanh
-from .losses import cross_entropy, cross_entropy_backward
-from .model import CharMLP
+from .models import LanguageModel
+from .nn import Tanh, cross_entropy, cross_entropy_backward
 
 SATURATED = 0.97  # |h| above this counts as saturated (tanh' = 1 − h² < 0.06)
 MAP_THRESHOLD = 0.99  # the saturation map's cut, as in the lectures' imshow(|h| > 0.99)
@@ -39,12 +38,12 @@ DIAGNOSTICS = "diagnostics.json"
 # ----------------------------------------------------------------------------- names
 
 
-def layer_labels(model: CharMLP) -> list[str]:
+def layer_labels(model: LanguageModel) -> list[str]:
     """'2 Linear', '3 BatchNorm1d', '4 Tanh' …: index in `model.layers` and kind."""
     return [f"{i} {type(layer).__name__}" for i, layer in enumerate(model.layers)]
 
 
-def named_params(model: CharMLP) -> list[tuple[str, torch.Tensor]]:
+def named_params(model: LanguageModel) -> list[tuple[str, torch.Tensor]]:
     """('0 Embedding.weight', C), ('2 Linear.weight', W1) … in `model.parameters()` order."""
     return [
         (f"{i} {type(layer).__name__}.{attr}", p)
@@ -53,7 +52,7 @@ def named_params(model: CharMLP) -> list[tuple[str, torch.Tensor]]:
     ]
 
 
-def tanh_indices(model: CharMLP) -> list[int]:
+def tanh_indices(model: LanguageModel) -> list[int]:
     return [i for i, layer in enumerate(model.layers) if isinstance(layer, Tanh)]
 
 
@@ -82,8 +81,9 @@ class ActivationStats:
 
 
 def activation_stats(h: torch.Tensor, threshold: float = SATURATED) -> ActivationStats:
-    """Statistics of tanh outputs `h` of shape (batch, units)."""
-    h = h.detach().double()
+    """Statistics of tanh outputs `h` of shape (batch, units) or (batch, T, units): every row
+    of B·T is one example of the units."""
+    h = h.detach().double().reshape(-1, h.shape[-1])
     sat = h.abs() > threshold
     return ActivationStats(
         mean=float(h.mean()),
@@ -153,7 +153,7 @@ def init_check(loss: float, vocab_size: int, margin: float = CONFIDENTLY_WRONG) 
 
 def init_warning_hook(
     write: Callable[[str], None] | None = None,
-) -> Callable[[int, CharMLP, float, torch.Tensor], None]:
+) -> Callable[[int, LanguageModel, float, torch.Tensor], None]:
     """A `train` step hook that warns (on stderr) at step 0 if the init is confidently wrong."""
     if write is None:
         from tqdm.auto import tqdm
@@ -161,7 +161,7 @@ def init_warning_hook(
         def write(msg: str) -> None:  # tqdm.write keeps a running progress bar intact
             tqdm.write(msg, file=sys.stderr)
 
-    def hook(step: int, model: CharMLP, lr: float, loss: torch.Tensor) -> None:
+    def hook(step: int, model: LanguageModel, lr: float, loss: torch.Tensor) -> None:
         if step == 0:
             check = init_check(float(loss), model.cfg.vocab_size)
             if check.confidently_wrong:
@@ -195,7 +195,7 @@ class DiagnosticsRecorder:
             raise ValueError("every must be ≥ 1")
 
     @torch.no_grad()
-    def __call__(self, step: int, model: CharMLP, lr: float, loss: torch.Tensor) -> None:
+    def __call__(self, step: int, model: LanguageModel, lr: float, loss: torch.Tensor) -> None:
         if step % self.every:
             return
         self.steps.append(step)
@@ -263,7 +263,7 @@ class Snapshot:
         return [s for s in self.layers if s.label.endswith(" Tanh")]
 
 
-def take_snapshot(model: CharMLP, xb: torch.Tensor, yb: torch.Tensor, engine: str = "autograd") -> Snapshot:
+def take_snapshot(model: LanguageModel, xb: torch.Tensor, yb: torch.Tensor, engine: str = "autograd") -> Snapshot:
     """Forward and backward one batch in training mode (BatchNorm uses the batch's statistics,
     as it did in training) on a copy of `model`, so its running statistics stay untouched.
 

@@ -8,15 +8,15 @@ import torch
 
 from .checkpoint import load_run
 from .data import SPLITS, Dataset, load_dataset
-from .losses import cross_entropy
-from .model import CharMLP, eval_forward
+from .models import LanguageModel
+from .nn import cross_entropy
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
 MAX_CHUNK_LOGITS = 1 << 24  # logits per forward pass (64 MiB of float32)
 
 
 @torch.no_grad()
-def split_loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = EVAL_CHUNK) -> float:
+def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: int = EVAL_CHUNK) -> float:
     """Mean cross-entropy of the model (in eval mode) over all examples of (X, Y)."""
     if len(Y) == 0:
         return float("nan")
@@ -24,7 +24,7 @@ def split_loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = EV
     model.eval()
     device = next(model.parameters()).device
     chunk = max(1, min(chunk, MAX_CHUNK_LOGITS // model.cfg.vocab_size))  # large vocabularies: smaller chunks
-    forward = eval_forward(model)  # BatchNorm folded into the Linear before it: same function, fewer passes
+    forward = model.eval_forward()  # BatchNorm folded into the Linear before it: same function, fewer passes
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(Y), chunk):
         xb, yb = X[i : i + chunk].to(device), Y[i : i + chunk].to(device)
@@ -33,7 +33,7 @@ def split_loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = EV
     return float(total / len(Y))
 
 
-def evaluate(model: CharMLP, dataset: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
+def evaluate(model: LanguageModel, dataset: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
     """{"train": loss, "val": loss, "test": loss}."""
     return {s: split_loss(model, dataset.X[s], dataset.Y[s]) for s in splits}
 

@@ -29,9 +29,8 @@ from .config import LECTURE_SEED, DataConfig, ModelConfig
 from .data import Dataset, load_dataset
 from .engines import autograd_grads
 from .errors import CharmlpError
-from .layers import BatchNorm1d, Embedding, Linear
-from .losses import cross_entropy, cross_entropy_backward
-from .model import CharMLP, build_model
+from .models import LanguageModel, MLPConfig, build_model
+from .nn import BatchNorm1d, Embedding, Linear, cross_entropy, cross_entropy_backward
 
 SECTIONS = ("atomic", "fused", "layer")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -107,6 +106,7 @@ class GradcheckReport:
     tolerance: Tolerance
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    model: str = "mlp"  # the model of part 3, as `--model` names it
 
     @property
     def ok(self) -> bool:
@@ -126,6 +126,7 @@ class GradcheckReport:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "n_layers": self.n_layers,
+            "model": self.model,
             "tolerance": dataclasses.asdict(self.tolerance),
             "rows": [r.to_dict() for r in self.rows],
             "notes": list(self.notes),
@@ -135,14 +136,15 @@ class GradcheckReport:
         """Aligned table, one row per tensor, per section."""
         t = self.tolerance
         lines = [
-            f"gradcheck · {self.dtype} · batch {self.batch_size} · seed {self.seed} · model of part 3: {self.n_layers} hidden layer(s)",
+            f"gradcheck · {self.dtype} · batch {self.batch_size} · seed {self.seed} · model of part 3: {self.model}"
+            + (f", {self.n_layers} hidden layer(s)" if self.model == "mlp" else ""),
             f"rel_err = max|manual − autograd| / max|autograd|; approx = rel_err ≤ {t.rel:g} ({self.dtype});"
             " exact = bitwise equal",
         ]
         titles = {
             "atomic": "Part 1 — the exercise's atoms, each gradient derived by hand, vs autograd's .grad",
             "fused": "Part 2 — fused backward (cross-entropy, BatchNorm1d) vs autograd",
-            "layer": "Part 3 — the model, layer by layer: manual engine vs autograd engine",
+            "layer": f"Part 3 — the {self.model} model, layer by layer: manual engine vs autograd engine",
         }
         width = max(len(r.name) for r in self.rows) + 2
         header = f"{'name':<{width}}{'shape':<14}{'exact':<7}{'approx':<8}{'maxdiff':>10}{'rel_err':>10}"
@@ -329,7 +331,7 @@ def atomic_check(
 
 
 @torch.no_grad()
-def perturb_parameters(model: CharMLP, generator: torch.Generator) -> None:
+def perturb_parameters(model: LanguageModel, generator: torch.Generator) -> None:
     """Move biases and BatchNorm's γ, β off their initial 0s and 1s (a wrong formula that only
     multiplies by γ or adds β would otherwise pass)."""
     for m in model.layers:
@@ -340,7 +342,7 @@ def perturb_parameters(model: CharMLP, generator: torch.Generator) -> None:
             m.bias.add_(0.1 * torch.randn(m.bias.shape, generator=generator).to(m.bias))
 
 
-def layer_check(model: CharMLP, Xb: torch.Tensor, Yb: torch.Tensor, tol: Tolerance) -> list[Row]:
+def layer_check(model: LanguageModel, Xb: torch.Tensor, Yb: torch.Tensor, tol: Tolerance) -> list[Row]:
     """Part 3: per layer, the manual engine's parameter and input gradients vs autograd's.
 
     `model` is left untouched (each engine works on its own copy, since training-mode
@@ -408,9 +410,14 @@ def gradcheck(
     dataset: Dataset | None = None,
     n_embd: int = 10,
     n_hidden: int = 200,
+    model: ModelConfig | None = None,
 ) -> GradcheckReport:
     """Check every hand-written gradient against autograd on one seeded batch of `dataset`
-    (default: the embedded names). Returns the report; `report.ok` is False if any row fails."""
+    (default: the embedded names). Returns the report; `report.ok` is False if any row fails.
+
+    Parts 1 and 2 (the exercise's atoms, the fused backward) belong to the lectures' MLP and run
+    when `model` is None or an MLP; part 3 checks `model` (default: the MLP of `n_embd`,
+    `n_hidden`, `n_layers`) layer by layer, its block size and vocabulary set from `dataset`."""
     validate_gradcheck_args(dtype, seed, batch_size, n_layers)
     dataset = dataset or load_dataset(DataConfig())
     tdtype, tol = DTYPES[dtype], TOLERANCES[dtype]
@@ -422,11 +429,14 @@ def gradcheck(
     Xtr, Ytr = dataset.X["train"], dataset.Y["train"]
     ix = torch.randint(0, len(Ytr), (batch_size,), generator=g)
     Xb, Yb = Xtr[ix].long(), Ytr[ix].long()
-    model = build_model(ModelConfig(vocab_size=V, block_size=T, n_embd=n_embd, n_hidden=n_hidden,
-                                    n_layers=n_layers), generator=g)
-    perturb_parameters(model, g)
+    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
+    mcfg = dataclasses.replace(mcfg, vocab_size=V, block_size=T)
+    net = build_model(mcfg, generator=g)
+    perturb_parameters(net, g)
 
-    rows = atomic_check({k: v.to(tdtype) for k, v in params.items()}, Xb, Yb, tol)
-    rows += layer_check(model.to(tdtype), Xb, Yb, tol)
-    notes = [TANH_NOTE, B1_NOTE] + ([BATCH2_NOTE] if batch_size == 2 and dtype == "float32" else [])
-    return GradcheckReport(dtype, seed, batch_size, n_layers, tol, rows, notes)
+    exercise = mcfg.kind == "mlp"
+    rows = atomic_check({k: v.to(tdtype) for k, v in params.items()}, Xb, Yb, tol) if exercise else []
+    rows += layer_check(net.to(tdtype), Xb, Yb, tol)
+    notes = [TANH_NOTE, B1_NOTE] if exercise else []
+    notes += [BATCH2_NOTE] if batch_size == 2 and dtype == "float32" else []
+    return GradcheckReport(dtype, seed, batch_size, getattr(mcfg, "n_layers", n_layers), tol, rows, notes, mcfg.kind)

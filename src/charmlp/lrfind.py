@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from .checkpoint import write_json
 from .config import RunConfig
 from .data import Dataset, load_dataset
+from .engines.fast import make_train_step
 from .errors import CharmlpError
-from .fastpath import make_train_step
-from .model import build_model
+from .models import build_model
 from .train import make_optimizer, resolve_device, validate_train_config
 
 LR_FIND = "lr_find.json"
@@ -100,7 +100,7 @@ def lr_find(
     """Sweep the learning rate over one fresh model (initialised and batched as `train` does)."""
     cfg = cfg or RunConfig()
     tc = cfg.train
-    validate_train_config(tc, cfg.model.batchnorm)
+    validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
     lrs = lr_schedule(lr_min, lr_max, steps)
     dataset = dataset or load_dataset(cfg.data)
     mc = dataclasses.replace(cfg.model, vocab_size=dataset.vocab.size, block_size=dataset.block_size)

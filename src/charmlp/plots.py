@@ -50,9 +50,10 @@ def _no_data(ax, text: str) -> None:
 
 def loss_curve_png(
     steps: list[int], losses: list[float], split_losses: dict[str, float] | None = None,
-    ln_vocab: float | None = None, window: int | None = None,
+    ln_vocab: float | None = None, window: int | None = None, val: list[tuple[int, float]] | None = None,
 ) -> bytes:
-    """log10 of the minibatch loss per logged step, its mean over chunks, the final split losses."""
+    """log10 of the minibatch loss per logged step, its mean over chunks, the val loss evaluated
+    during training (`val`: (step, loss) pairs), the final split losses."""
     fig = _figure(10, 4.5)
     ax = fig.subplots()
     finite = [(s, v) for s, v in zip(steps, losses, strict=False) if v > 0 and math.isfinite(v)]
@@ -67,6 +68,11 @@ def loss_curve_png(
     else:
         _no_data(ax, "no per-step losses in metrics.jsonl")
         last = 0
+    if val:  # --eval-every: the whole val split, eval mode, as training went
+        vx = [st for st, v in val if v > 0 and math.isfinite(v)]
+        vy = [math.log10(v) for _, v in val if v > 0 and math.isfinite(v)]
+        ax.plot(vx, vy, "s-", color="tab:orange", ms=4, lw=1.5, label="val loss during training (eval mode)")
+        last = max(last, vx[-1] if vx else 0)
     # the final loss over each whole split, side by side just right of the last step
     style = {"train": ("tab:green", "o"), "val": ("tab:orange", "s"), "test": ("tab:red", "^")}
     offset = 0.015 * max(1, last)
@@ -214,13 +220,13 @@ def saturation_map_png(states: States, threshold: float = MAP_THRESHOLD) -> byte
             _no_data(ax, "no tanh layers")
             continue
         s = tanhs[0]
-        sat = (s.out.abs() > threshold)
+        sat = (s.out.reshape(-1, s.out.shape[-1]).abs() > threshold)  # (B, T, H): B·T rows
         ax.imshow(sat.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
         dead = int(sat.all(0).sum())
         ax.set_title(f"{title}: {100 * float(sat.float().mean()):.1f}% white, {dead} unit(s) white in every row",
                      fontsize=10)
         ax.set_xlabel(f"hidden unit of layer {s.label}")
-        ax.set_ylabel("example in batch")
+        ax.set_ylabel("example in batch" if s.out.dim() == 2 else "example × position in batch")
     fig.suptitle(f"Saturation map of the first tanh layer: white = |h| > {threshold}")
     return _png(fig)
 

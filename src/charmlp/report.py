@@ -30,7 +30,8 @@ from .diagnostics import (
     take_snapshot,
 )
 from .errors import CharmlpError
-from .model import build_model
+from .models import build_model
+from .nn import Embedding
 from .train import lr_at
 
 REPORT = "report.html"
@@ -153,7 +154,8 @@ def diagnose(run_dir: str | Path, batch_seed: int = BATCH_SEED) -> Report:
     split_losses = {s: summary.get(f"{s}_loss") for s in ("train", "val", "test")} if summary else {}
     if metrics:
         pictures["loss"] = plots.loss_curve_png([m["step"] for m in metrics], [m["loss"] for m in metrics],
-                                                split_losses, math.log(cfg.model.vocab_size))
+                                                split_losses, math.log(cfg.model.vocab_size),
+                                                val=[(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m])
     if states:
         pictures["activations"] = plots.activation_hist_png(states)
         pictures["gradients"] = plots.gradient_hist_png(states)
@@ -162,9 +164,9 @@ def diagnose(run_dir: str | Path, batch_seed: int = BATCH_SEED) -> Report:
     if diag is not None:
         pictures["update_ratio"] = plots.update_ratio_png(diag)
         pictures["saturation_over_training"] = plots.saturation_over_training_png(diag)
-    C = run.model.layers[0].weight
+    C = next(m.weight for m in run.model.modules() if isinstance(m, Embedding))  # the character table
     coords, share = embedding_2d(C)
-    pictures["embedding"] = plots.embedding_png(coords, list(run.vocab.itos), share, cfg.model.n_embd)
+    pictures["embedding"] = plots.embedding_png(coords, list(run.vocab.itos), share, C.shape[1])
 
     numbers = _numbers(d, summary, check, source, tables, diag, missing)
     html_text = _render(d, cfg, summary, check, source, tables, diag, pictures, missing)

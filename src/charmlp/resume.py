@@ -36,10 +36,10 @@ from .checkpoint import (
     remove_file,
     remove_stale_temporaries,
 )
-from .config import RunConfig
+from .config import RunConfig, model_config_to_dict
 from .data import SPLITS, Dataset, Vocab
 from .errors import CharmlpError, TrainingInterrupted
-from .model import CharMLP
+from .models import LanguageModel
 
 # training options that may differ between the interrupted and the resuming process:
 # they do not change a single number of the run
@@ -59,7 +59,7 @@ def data_fingerprint(dataset: Dataset) -> str:
 def _run_fingerprint(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in NON_NUMERIC_TRAIN_FIELDS}
     return {
-        "model": dataclasses.asdict(cfg.model),
+        "model": model_config_to_dict(cfg.model),
         "train": train,
         "block_size": cfg.data.block_size,
         "vocab": list(dataset.vocab.itos),
@@ -71,7 +71,8 @@ def _run_fingerprint(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
 
 
 def state_tensors(
-    model: CharMLP, optimizer: torch.optim.Optimizer, generator: torch.Generator, losses: torch.Tensor, step: int
+    model: LanguageModel, optimizer: torch.optim.Optimizer, generator: torch.Generator, losses: torch.Tensor, step: int,
+    val_losses: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Everything needed to continue after `step` completed steps, as tensors + JSON scalars."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -85,6 +86,8 @@ def state_tensors(
                 scalars.setdefault(str(pid), {})[key] = value
     tensors["rng"] = generator.get_state()
     tensors["losses"] = losses[:step].detach().to("cpu", torch.float32)
+    if val_losses is not None:  # --eval-every: nan where val was not evaluated
+        tensors["val_losses"] = val_losses[:step].detach().to("cpu", torch.float64)
     meta = {"param_groups": opt["param_groups"], "state_scalars": scalars}
     return tensors, meta
 
@@ -92,11 +95,12 @@ def state_tensors(
 def restore_state(
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
-    model: CharMLP,
+    model: LanguageModel,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     losses: torch.Tensor,
     path: Path,
+    val_losses: torch.Tensor | None = None,
 ) -> int:
     """Load a checkpoint's state into live objects; returns the step to continue from."""
     damaged = f"{path} does not match the run's model or optimizer; the checkpoint is damaged"
@@ -124,7 +128,8 @@ def restore_state(
                 raise ValueError("optimizer state shape")
         rng = tensors["rng"]
         saved_losses = tensors["losses"]
-        if saved_losses.shape != (step,) or rng.dtype != torch.uint8:
+        saved_val = tensors.get("val_losses")
+        if saved_losses.shape != (step,) or rng.dtype != torch.uint8 or (saved_val is not None and saved_val.shape != (step,)):
             raise ValueError("losses or generator")
         model.load_state_dict(model_sd)
         optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
@@ -132,6 +137,8 @@ def restore_state(
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError):
         raise CharmlpError(damaged) from None
     losses[:step] = saved_losses.to(losses.device, losses.dtype)
+    if val_losses is not None and saved_val is not None:
+        val_losses[:step] = saved_val.to(val_losses.dtype)
     return step
 
 
@@ -176,14 +183,16 @@ class Checkpointer:
         out_dir: str | Path | None,
         cfg: RunConfig,
         dataset: Dataset,
-        model: CharMLP,
+        model: LanguageModel,
         optimizer: torch.optim.Optimizer,
         generator: torch.Generator,
         losses: torch.Tensor,
+        val_losses: torch.Tensor | None = None,
     ) -> None:
         self.dir = None if out_dir is None else Path(out_dir)
         self.cfg, self.dataset = cfg, dataset
         self.model, self.optimizer, self.generator, self.losses = model, optimizer, generator, losses
+        self.val_losses = val_losses
         self.every = cfg.train.checkpoint_every
         self.total = cfg.train.steps
         self.pending: int | None = None  # signal number received during a step
@@ -220,7 +229,8 @@ class Checkpointer:
                 f"{ck.path} was written for another configuration, vocabulary or data file than this run has now "
                 "(the data file changed?); it cannot be resumed exactly"
             )
-        step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path)
+        step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path,
+                             self.val_losses)
         self.last_saved = step
         seconds = ck.meta.get("seconds", 0.0)
         self.seconds_before = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
@@ -263,7 +273,7 @@ class Checkpointer:
 
     def save(self, step: int, reason: str) -> None:
         assert self.dir is not None
-        tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step)
+        tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
         seconds = self.seconds_before + time.perf_counter() - self.started
         meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint,
                     seconds=seconds)

@@ -11,7 +11,7 @@ from .checkpoint import load_run
 from .config import LECTURE_SEED
 from .data import Vocab, read_items
 from .errors import CharmlpError
-from .model import CharMLP, eval_forward
+from .models import LanguageModel
 
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10
 DEFAULT_MAX_LEN = 64
@@ -36,12 +36,12 @@ TABLE_MAX_CONTEXTS = 1 << 20
 
 @torch.no_grad()
 def _sample_flat(
-    model: CharMLP, n: int, generator: torch.Generator, prefix_ids: list[int], temperature: float,
+    model: LanguageModel, n: int, generator: torch.Generator, prefix_ids: list[int], temperature: float,
     top_k: int | None, max_new: int,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Every sample's new ids concatenated, each sample's length, and how many hit `max_new`."""
     model.eval()
-    forward = eval_forward(model)
+    forward = model.eval_forward()
     V, block = model.cfg.vocab_size, model.cfg.block_size
     device = next(model.parameters()).device
     ctx = torch.zeros(n, block, dtype=torch.long)
@@ -88,7 +88,7 @@ def _sample_flat(
 
 
 def sample_ids(
-    model: CharMLP,
+    model: LanguageModel,
     n: int,
     generator: torch.Generator,
     prefix_ids: list[int] = (),
@@ -129,7 +129,7 @@ class Samples:
 
 
 def sample(
-    model: CharMLP,
+    model: LanguageModel,
     vocab: Vocab,
     n: int = 20,
     seed: int = DEFAULT_SAMPLE_SEED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +20,15 @@ from tqdm.auto import tqdm
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
+from .engines.fast import make_train_step
 from .errors import CharmlpError
-from .evaluate import EVAL_CHUNK, evaluate
-from .fastpath import make_train_step
-from .layers import BatchNorm1d
-from .model import CharMLP, build_model, validate_model_config
+from .evaluate import EVAL_CHUNK, evaluate, split_loss
+from .models import LanguageModel, build_model, validate_model_config
+from .nn import BatchNorm1d
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
-StepHook = Callable[[int, CharMLP, float, torch.Tensor], None]
+StepHook = Callable[[int, LanguageModel, float, torch.Tensor], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,12 +53,18 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
 
 
-def make_optimizer(cfg: TrainConfig, model: CharMLP) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: LanguageModel) -> torch.optim.Optimizer:
     """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
     params = list(model.parameters())
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def resolve_eval_every(cfg: TrainConfig) -> int:
+    """Steps between val evaluations: `eval_every` as given, 0 for never, -1 (default) for about
+    20 per run."""
+    return max(1, cfg.steps // 20) if cfg.eval_every < 0 else cfg.eval_every
 
 
 def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
@@ -74,6 +80,7 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
         (0 <= cfg.decay_at <= 1, f"--decay-at must be between 0 and 1, got {cfg.decay_at}"),
         (0 <= cfg.weight_decay <= 100, f"--weight-decay must be between 0 and 100, got {cfg.weight_decay}"),
         (cfg.log_every >= 1, f"--log-every must be ≥ 1, got {cfg.log_every}"),
+        (cfg.eval_every >= -1, f"--eval-every must be ≥ 0 (0: never), got {cfg.eval_every}"),
         (0 <= cfg.checkpoint_every <= 100_000_000, f"--checkpoint-every must be ≥ 0, got {cfg.checkpoint_every}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
@@ -93,10 +100,8 @@ MAX_BATCH_BYTES = 8 << 30
 
 def validate_batch_memory(cfg: RunConfig) -> None:
     """Refuse a batch whose activations (forward and backward, float32) would not fit in memory."""
-    m = cfg.model
-    validate_model_config(m)  # sizes first: their messages name the flag
-    floats_per_example = 2 * m.block_size * m.n_embd + 4 * m.n_layers * m.n_hidden + 4 * m.vocab_size
-    need = cfg.train.batch_size * floats_per_example * 4
+    validate_model_config(cfg.model)  # sizes first: their messages name the flag
+    need = cfg.train.batch_size * cfg.model.floats_per_example() * 4
     if need > MAX_BATCH_BYTES:
         raise CharmlpError(
             f"a batch of {cfg.train.batch_size} needs about {need / 2**30:.0f} GiB of activations for this model; "
@@ -105,9 +110,10 @@ def validate_batch_memory(cfg: RunConfig) -> None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: CharMLP, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
+def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
     """Set each BatchNorm's statistics to the mean and (n − 1) variance of its input over
-    all of X, layer by layer (each layer sees inputs normalised by the ones before it)."""
+    all of X, layer by layer (each layer sees inputs normalised by the ones before it); a
+    (B, T, C) input counts its B·T rows, as BatchNorm1d does."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -117,14 +123,15 @@ def calibrate_batchnorm(model: CharMLP, X: torch.Tensor, chunk: int = EVAL_CHUNK
             continue
         s = torch.zeros(bn.weight.shape, dtype=torch.float64, device=device)
         s2 = torch.zeros_like(s)
+        n = 0
         for j in range(0, len(X), chunk):
             h = X[j : j + chunk].to(device)
             for layer in layers[:i]:
                 h = layer(h)
-            h = h.double()
+            h = h.double().reshape(-1, h.shape[-1])
             s += h.sum(0)
             s2 += (h * h).sum(0)
-        n = len(X)
+            n += len(h)
         mean = s / n
         var = (s2 - n * mean * mean) / max(1, n - 1)
         bn.set_statistics(mean.float(), var.clamp_min(0).float())
@@ -135,7 +142,7 @@ def calibrate_batchnorm(model: CharMLP, X: torch.Tensor, chunk: int = EVAL_CHUNK
 class TrainResult:
     """What a training run returns to a notebook user."""
 
-    model: CharMLP
+    model: LanguageModel
     dataset: Dataset
     config: RunConfig
     losses: list[float]
@@ -158,7 +165,7 @@ def train(
     """
     cfg = cfg or RunConfig()
     tc = cfg.train
-    validate_train_config(tc, cfg.model.batchnorm)
+    validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
     dataset = dataset or load_dataset(cfg.data)
     cfg = dataclasses.replace(
         cfg,
@@ -180,24 +187,33 @@ def train(
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
 
     losses = torch.empty(tc.steps)
-    ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses)
+    eval_every = resolve_eval_every(tc)
+    val_losses = torch.full((tc.steps,), math.nan, dtype=torch.float64)  # nan: not evaluated at that step
+    Xval, Yval = dataset.X["val"], dataset.Y["val"]
+    ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses, val_losses)
     start = ckpt.begin(resume)
     # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
     # Built after the restore: the fast step holds views of the optimizer's state tensors.
     train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
                mininterval=0.5, dynamic_ncols=True)
+    postfix: dict[str, str] = {}
     for step in ckpt.steps(bar):  # checkpoints after each step; Ctrl-C/SIGTERM stop cleanly
         lr = lr_at(tc, step)
         loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
         ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
         losses[step] = loss
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps) and len(Yval):
+            # val loss of the weights after this step: eval mode, BatchNorm's running statistics
+            val_losses[step] = split_loss(model, Xval, Yval)
+            postfix["val"] = f"{val_losses[step].item():.4f}"
         if hooks:
             loss_t = losses[step]
             for hook in hooks:
                 hook(step, model, lr, loss_t)
         if progress and step % 200 == 0:
-            bar.set_postfix(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}", refresh=False)
+            postfix.update(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}")
+            bar.set_postfix(postfix, refresh=False)
     bar.close()
     train_seconds = time.perf_counter() - t0
 
@@ -226,14 +242,23 @@ def train(
     out = None
     if out_dir is not None:  # the weights last: model.safetensors marks a finished run
         out = Path(out_dir)
-        write_metrics(
-            out,
-            ({"step": s, "loss": loss_list[s], "lr": lr_at(tc, s)} for s in range(0, tc.steps, tc.log_every)),
-        )
+        write_metrics(out, metrics_rows(tc, loss_list, val_losses.tolist()))
         write_json(out / SUMMARY, summary)
         save_run(out, cfg, dataset.vocab, model, keep_config=resume)
         ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
+
+
+def metrics_rows(tc: TrainConfig, losses: list[float], val_losses: list[float]) -> Iterator[dict]:
+    """metrics.jsonl: every `log_every`-th step's minibatch loss and lr, and every step whose
+    val loss was evaluated (`--eval-every`) with it as "val_loss"."""
+    for s in range(tc.steps):
+        has_val = not math.isnan(val_losses[s])
+        if s % tc.log_every == 0 or has_val:
+            row = {"step": s, "loss": losses[s], "lr": lr_at(tc, s)}
+            if has_val:
+                row["val_loss"] = val_losses[s]
+            yield row
 
 
 def resume(

@@ -36,10 +36,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .engines import grad_fn
-from .errors import CharmlpError
-from .layers import BatchNorm1d, Embedding, Flatten, Linear, Tanh
-from .model import CharMLP
+from ..errors import CharmlpError
+from ..models import CharMLP
+from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Tanh
+from . import grad_fn
 
 # step(lr) -> loss of the minibatch it drew (before the update). Every step draws its batch as
 # the lectures' loop does, `torch.randint(0, N, (B,), generator=g)`, so the generator's state at

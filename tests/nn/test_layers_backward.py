@@ -10,10 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charmlp.config import ModelConfig
-from charmlp.layers import BatchNorm1d, Embedding, Flatten, Layer, Linear, Sequential, Tanh
-from charmlp.losses import cross_entropy, cross_entropy_backward
-from charmlp.model import build_model
+from charmlp.models import MLPConfig, build_model
+from charmlp.nn import BatchNorm1d, Embedding, Flatten, Layer, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
 
 
 class HandWritten(torch.autograd.Function):
@@ -126,7 +124,7 @@ def test_fused_cross_entropy_backward_is_softmax_minus_onehot_over_n():
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_whole_model_backward_matches_finite_differences(batchnorm):
     """Sequential.backward from the fused loss gradient, every parameter at once."""
-    model = build_model(ModelConfig(vocab_size=6, block_size=2, n_embd=3, n_hidden=5, n_layers=2, batchnorm=batchnorm), seed=3)
+    model = build_model(MLPConfig(vocab_size=6, block_size=2, n_embd=3, n_hidden=5, n_layers=2, batchnorm=batchnorm), seed=3)
     model = model.double().train()
     with torch.no_grad():  # γ, β, biases off their 0s and 1s
         for p in model.parameters():

@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from charmlp import CharmlpError, DataConfig, ModelConfig, RunConfig, TrainConfig, load_dataset, train
-from charmlp.config import PRESETS, apply_preset, run_config_from_dict, run_config_to_dict
-from charmlp.fastpath import make_train_step, set_threads, unsupported_reason
-from charmlp.model import build_model
+from charmlp import CharmlpError, DataConfig, MLPConfig, RunConfig, TrainConfig, load_dataset, train
+from charmlp.config import run_config_from_dict, run_config_to_dict
+from charmlp.engines.fast import make_train_step, set_threads, unsupported_reason
+from charmlp.models import MODELS, apply_preset, build_model
 from charmlp.train import make_optimizer, validate_train_config
 from conftest import assert_user_error, run_cli
 
 CASES = {
-    "depth1-bn-sgd": (ModelConfig(), TrainConfig(optimizer="sgd", lr=0.1)),
-    "depth3-bn-sgd-wd": (ModelConfig(n_layers=3, n_hidden=64), TrainConfig(optimizer="sgd", lr=0.1, weight_decay=1e-3)),
-    "depth2-nobn-sgd": (ModelConfig(n_layers=2, n_hidden=64, batchnorm=False), TrainConfig(optimizer="sgd", lr=0.1)),
-    "depth0-sgd": (ModelConfig(n_layers=0), TrainConfig(optimizer="sgd", lr=0.1)),
-    "depth1-bn-adamw": (ModelConfig(), TrainConfig(optimizer="adamw", lr=0.01, schedule="cosine", lr_final=1e-4)),
-    "depth2-bn-adamw-wd": (ModelConfig(n_layers=2, n_hidden=48, block_size=4),
+    "depth1-bn-sgd": (MLPConfig(), TrainConfig(optimizer="sgd", lr=0.1)),
+    "depth3-bn-sgd-wd": (MLPConfig(n_layers=3, n_hidden=64), TrainConfig(optimizer="sgd", lr=0.1, weight_decay=1e-3)),
+    "depth2-nobn-sgd": (MLPConfig(n_layers=2, n_hidden=64, batchnorm=False), TrainConfig(optimizer="sgd", lr=0.1)),
+    "depth0-sgd": (MLPConfig(n_layers=0), TrainConfig(optimizer="sgd", lr=0.1)),
+    "depth1-bn-adamw": (MLPConfig(), TrainConfig(optimizer="adamw", lr=0.01, schedule="cosine", lr_final=1e-4)),
+    "depth2-bn-adamw-wd": (MLPConfig(n_layers=2, n_hidden=48, block_size=4),
                            TrainConfig(optimizer="adamw", lr=0.005, weight_decay=0.1, batch_size=20)),
 }
 
@@ -35,7 +35,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory):
     return {k: load_dataset(DataConfig(path=str(p), block_size=k)) for k in (3, 4)}
 
 
-def _train(dataset, mc: ModelConfig, tc: TrainConfig, engine: str, steps: int):
+def _train(dataset, mc: MLPConfig, tc: TrainConfig, engine: str, steps: int):
     tc = dataclasses.replace(tc, engine=engine, steps=steps, calibrate_bn=False)
     return train(RunConfig(DataConfig(block_size=mc.block_size), mc, tc), dataset=dataset[mc.block_size],
                  progress=False)
@@ -64,7 +64,7 @@ def test_fast_step_gradients_equal_manual_engine(dataset) -> None:
     """One step from the same state: every .grad the fast step leaves equals the manual engine's."""
     ds = dataset[3]
     X, Y = ds.X["train"], ds.Y["train"]
-    for mc in (ModelConfig(n_layers=2, n_hidden=32), ModelConfig(n_layers=1, batchnorm=False)):
+    for mc in (MLPConfig(n_layers=2, n_hidden=32), MLPConfig(n_layers=1, batchnorm=False)):
         runs = []
         for engine in ("manual", "fast"):
             g = torch.Generator().manual_seed(7)
@@ -88,7 +88,7 @@ def test_generator_and_optimizer_state_match_eager(dataset) -> None:
     states = []
     for engine in ("manual", "fast"):
         g = torch.Generator().manual_seed(3)
-        model = build_model(ModelConfig(), generator=g)
+        model = build_model(MLPConfig(), generator=g)
         model.train()
         opt = make_optimizer(TrainConfig(optimizer="adamw", lr=0.01), model)
         step, _ = make_train_step(engine, model, opt, ds.X["train"], ds.Y["train"], 32, g)
@@ -107,7 +107,7 @@ def test_generator_and_optimizer_state_match_eager(dataset) -> None:
 def test_auto_falls_back_and_fast_refuses_unsupported(dataset) -> None:
     ds = dataset[3]
     g = torch.Generator().manual_seed(0)
-    model = build_model(ModelConfig(), generator=g)
+    model = build_model(MLPConfig(), generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     assert "momentum" in unsupported_reason(model, opt)
     _, used = make_train_step("auto", model, opt, ds.X["train"], ds.Y["train"], 32, g)
@@ -127,7 +127,7 @@ def test_fast_preset_is_valid() -> None:
     tc = apply_preset(TrainConfig(), "fast")
     validate_train_config(tc)
     assert tc.optimizer in ("sgd", "adamw") and tc.batch_size >= 2
-    assert set(PRESETS["fast"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(MODELS["mlp"].presets["fast"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = RunConfig(train=tc)
     assert run_config_from_dict(run_config_to_dict(cfg)) == cfg
 
@@ -152,7 +152,7 @@ def test_tanh_outputs_visible_to_hooks(dataset) -> None:
     seen = {}
     for engine in ("manual", "fast"):
         g = torch.Generator().manual_seed(5)
-        model = build_model(ModelConfig(n_layers=2, n_hidden=32), generator=g)
+        model = build_model(MLPConfig(n_layers=2, n_hidden=32), generator=g)
         model.train()
         step, _ = make_train_step(engine, model, make_optimizer(TrainConfig(), model), ds.X["train"],
                                   ds.Y["train"], 32, g)
@@ -167,7 +167,7 @@ def test_tanh_outputs_visible_to_hooks(dataset) -> None:
 def test_non_finite_loss_leaves_the_last_good_state(dataset, engine: str) -> None:
     ds = dataset[3]
     g = torch.Generator().manual_seed(2)
-    model = build_model(ModelConfig(), generator=g)
+    model = build_model(MLPConfig(), generator=g)
     model.train()
     opt = make_optimizer(TrainConfig(optimizer="adamw", lr=0.01), model)
     step, _ = make_train_step(engine, model, opt, ds.X["train"], ds.Y["train"], 32, g)

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from charmlp.layers import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh
+from charmlp.nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh
 
 
 def test_output_shapes():

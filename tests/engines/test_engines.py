@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.engines import autograd_grads, grad_fn, manual_grads
-from charmlp.layers import BatchNorm1d, Embedding, Flatten, Linear, Tanh
-from charmlp.model import CharMLP, build_model
+from charmlp.models import CharMLP, MLPConfig, build_model
+from charmlp.nn import BatchNorm1d, Embedding, Flatten, Linear, Tanh
 from charmlp.train import train
 from conftest import assert_user_error, run_cli
 
@@ -34,7 +34,7 @@ def rel_err(manual: torch.Tensor, reference: torch.Tensor) -> float:
 def random_case(seed: int, vocab: int, block: int, n_embd: int, n_hidden: int, n_layers: int, batchnorm: bool,
                 batch: int, dtype: torch.dtype) -> tuple[CharMLP, torch.Tensor, torch.Tensor]:
     """A model with every parameter drawn from `seed` and a random batch of contexts and targets."""
-    cfg = ModelConfig(vocab_size=vocab, block_size=block, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
+    cfg = MLPConfig(vocab_size=vocab, block_size=block, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
                       batchnorm=batchnorm)
     g = torch.Generator().manual_seed(seed)
     model = build_model(cfg, generator=g)
@@ -175,7 +175,7 @@ def test_same_seed_manual_and_autograd_training_losses_agree():
     """The default model on the embedded names, 1000 SGD steps: step losses within 1e-4."""
     losses = {}
     for engine in ("autograd", "manual"):
-        cfg = RunConfig(DataConfig(), ModelConfig(), TrainConfig(steps=1000, engine=engine, device="cpu", calibrate_bn=False))
+        cfg = RunConfig(DataConfig(), MLPConfig(), TrainConfig(steps=1000, engine=engine, device="cpu", calibrate_bn=False))
         losses[engine] = torch.tensor(train(cfg, progress=False).losses)
     diff = (losses["manual"] - losses["autograd"]).abs().max().item()
     assert diff <= 1e-4, diff

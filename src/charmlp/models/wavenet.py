@@ -1,0 +1,91 @@
+"""The hierarchical "WaveNet" model of the makemore lectures (after van den Oord et al. 2016).
+
+ids (B, block) → Embedding C (B, T, E) → per level: FlattenConsecutive(f) → Linear (no bias) →
+BatchNorm1d → Tanh, fusing f neighbours at a time: (B, T, C) → (B, T/f, H) → … → (B, H) →
+Linear → logits (B, V). With block 8 and f = 2 there are three levels (8 → 4 → 2 → 1 positions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import check_range
+from ..errors import CharmlpError
+from ..nn import BatchNorm1d, Embedding, FlattenConsecutive, Layer, Linear, Tanh
+from .base import LanguageModel, ModelSpec, TanhStackConfig
+
+
+@dataclass
+class WaveNetConfig(TanhStackConfig):
+    """Shape and initialisation of the hierarchical model (the lecture's: 76,579 parameters)."""
+
+    kind = "wavenet"
+    block_size: int = 8
+    n_embd: int = field(default=24, metadata={"help": "embedding size"})
+    n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
+    fuse: int = field(default=2, metadata={"help": "wavenet: neighbours fused per level"})
+    n_levels: int = field(default=0, metadata={
+        "help": "wavenet: fusing levels (0: log_fuse(block size); fewer: the last level fuses what is left)"})
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("--fuse", self.fuse, 2, 1024)
+        check_range("--n-levels", self.n_levels, 0, 64)
+        self.factors()
+
+    def factors(self) -> list[int]:
+        """Neighbours fused at each level; their product is the block size."""
+        T, f, out = self.block_size, self.fuse, []
+        while T > 1 and (self.n_levels == 0 or len(out) < self.n_levels - 1):
+            if T % f:
+                raise CharmlpError(
+                    f"--block-size {self.block_size} cannot be fused {f} at a time (it is not a power of --fuse {f}); "
+                    f"use a block size of {', '.join(str(f**k) for k in range(1, 5))}, … or set --n-levels"
+                )
+            out.append(f)
+            T //= f
+        if T > 1 or not out:
+            out.append(T)  # the last level fuses every position still left
+        return out
+
+    def floats_per_example(self) -> int:
+        T, n = self.block_size, 2 * self.block_size * self.n_embd + 4 * self.vocab_size
+        for f in self.factors():
+            T //= f
+            n += 4 * T * self.n_hidden
+        return n
+
+
+class WaveNet(LanguageModel):
+    """The hierarchical model: a `Sequential` of hand-differentiable layers."""
+
+    config_class = WaveNetConfig
+
+    @staticmethod
+    def layers_for(cfg: WaveNetConfig) -> list[Layer]:
+        layers: list[Layer] = [Embedding(cfg.vocab_size, cfg.n_embd)]
+        width = cfg.n_embd
+        for f in cfg.factors():
+            layers.append(FlattenConsecutive(f))
+            layers.append(Linear(f * width, cfg.n_hidden, bias=not cfg.batchnorm))  # BN subtracts the mean anyway
+            if cfg.batchnorm:
+                layers.append(BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
+            layers.append(Tanh())
+            width = cfg.n_hidden
+        layers.append(Linear(width, cfg.vocab_size, bias=True))
+        return layers
+
+
+SPEC = ModelSpec(
+    name="wavenet",
+    config=WaveNetConfig,
+    model=WaveNet,
+    about="the lectures' hierarchical model: characters fused two at a time over log2(block) levels",
+    presets={
+        # the lecture's setup: SGD, batch 32, 200k steps, lr 0.1 → 0.01 at half way
+        "seed": {},
+        "quick": {"steps": 10000, "batch_size": 64, "lr": 0.1, "lr_final": 0.01},
+        "fast": {"steps": 7000, "batch_size": 256, "optimizer": "adamw", "lr": 0.005, "lr_final": 0.00005,
+                 "schedule": "cosine"},
+    },
+)
