@@ -10,7 +10,8 @@ import pytest
 
 import charmlp
 from charmlp.cli import main
-from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, RunConfig, TrainConfig
+from charmlp.models import MLPConfig
 from charmlp.runs import collect_runs, column_names, flatten, format_table, smooth_points
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,7 +27,7 @@ def three_runs(tmp_path_factory) -> Path:
     data.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
     folder = root / "runs"
     for name, block, hidden in (("b3", 3, 16), ("b5", 5, 16), ("b5w", 5, 32)):
-        cfg = RunConfig(DataConfig(path=str(data), block_size=block), ModelConfig(n_hidden=hidden, n_embd=4),
+        cfg = RunConfig(DataConfig(path=str(data), block_size=block), MLPConfig(n_hidden=hidden, n_embd=4),
                         TrainConfig(steps=120, batch_size=16))
         charmlp.train(cfg, out_dir=folder / name, progress=False)
     return folder
@@ -88,25 +89,30 @@ def test_sort_json_and_params_of_older_runs(three_runs, capsys, tmp_path):
     assert collect_runs([old])[0].n_params == n == sum(p.numel() for p in charmlp.load_run(old).model.parameters())
 
 
-def test_plot_falls_back_to_training_loss_and_says_so(three_runs, capsys, tmp_path):
-    png = tmp_path / "curves.png"
+def test_plot_draws_the_val_rows_of_metrics(three_runs, capsys, tmp_path):
+    rows = [json.loads(x) for x in (three_runs / "b3" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("val_loss" in r for r in rows) >= 5  # --eval-every's default: about 20 evaluations per run
+    png = tmp_path / "val.png"
     code, _, err = run_main(capsys, "runs", three_runs, "--plot", png)
-    assert code == 0 and png.read_bytes().startswith(PNG)
-    assert "training loss (smoothed)" in err and "no val_loss rows" in err
+    assert code == 0 and png.read_bytes().startswith(PNG) and err.startswith("val loss:")
+    code, _, err = run_main(capsys, "runs", three_runs, "--plot", png, "--curve", "train")
+    assert code == 0 and err.startswith("training loss (smoothed):")
 
 
-def test_plot_draws_val_rows_when_metrics_have_them(three_runs, capsys, tmp_path):
+def test_plot_falls_back_to_training_loss_and_says_so(three_runs, capsys, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(three_runs, runs)
-    for d in runs.iterdir():  # the rows --eval-every writes: a val_loss at some steps
-        with (d / "metrics.jsonl").open("a") as f:
-            for step in (0, 60, 119):
-                f.write(json.dumps({"step": step, "val_loss": 3.0 - step / 100}) + "\n")
-    png = tmp_path / "val.png"
+    for d in runs.iterdir():  # runs trained with --eval-every 0 (or before it existed) have no val rows
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        (d / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "val_loss"}) + "\n" for r in rows))
+    png = tmp_path / "curves.png"
     code, _, err = run_main(capsys, "runs", runs, "--plot", png)
-    assert code == 0 and png.read_bytes().startswith(PNG) and err.startswith("val loss")
-    code, _, err = run_main(capsys, "runs", runs, "--plot", png, "--curve", "train")
-    assert code == 0 and err.startswith("training loss (smoothed):")
+    assert code == 0 and png.read_bytes().startswith(PNG)
+    assert "training loss (smoothed)" in err and "no val_loss rows" in err
+    # one run with val rows among runs without: both kinds, and the title says so
+    shutil.copy(three_runs / "b3" / "metrics.jsonl", runs / "b3" / "metrics.jsonl")
+    code, _, err = run_main(capsys, "runs", runs, "--plot", png)
+    assert code == 0 and err.startswith("val loss where metrics.jsonl has it, else training loss")
 
 
 def test_smooth_points():
@@ -122,7 +128,7 @@ def test_unfinished_run_is_listed_with_its_step(tmp_path, tiny_data, capsys):
         if step == 4:
             os.kill(os.getpid(), signal.SIGINT)
 
-    cfg = RunConfig(DataConfig(path=str(tiny_data)), ModelConfig(n_hidden=8, n_embd=2), TrainConfig(steps=20, batch_size=8))
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), MLPConfig(n_hidden=8, n_embd=2), TrainConfig(steps=20, batch_size=8))
     with pytest.raises(charmlp.errors.TrainingInterrupted):
         charmlp.train(cfg, out_dir=tmp_path / "u", progress=False, hooks=(interrupt,))
     table = format_table(collect_runs([tmp_path / "u"]))
