@@ -395,6 +395,41 @@ def _add_exercise_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_exercise_check_layer)
 
 
+# ── runs ──────────────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The table of run directories (or JSON), and with --plot one picture of their loss curves."""
+    from .runs import collect_runs, format_table, plot_runs
+
+    dirs = args.dirs or ["runs"]
+    if not args.dirs and not Path("runs").is_dir():
+        raise CharmlpError("no run directories given and there is no ./runs folder; pass run directories or a folder of them")
+    rows = collect_runs(dirs, sort=args.sort)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+    else:
+        print(format_table(rows))
+    sys.stdout.flush()  # the table before the note on stderr
+    if args.plot is not None:
+        what = plot_runs(rows, args.plot, curve=args.curve)
+        print(f"{what}: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _add_runs_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="compare run directories: options that differ, losses, wall time, loss curves")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="run directories, or folders of them (default ./runs)")
+    p.add_argument("--sort", metavar="COL",
+                   help="sort by val, train, test, params, steps, time, run or an option column (default: as given)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    p.add_argument("--plot", metavar="FILE.png", help="write the runs' loss curves on shared axes to this PNG")
+    p.add_argument("--curve", choices=("val", "train"), default="val",
+                   help="val (default): val_loss rows of metrics.jsonl, or the smoothed training loss where a run "
+                        "has none; train: always the smoothed training loss")
+    p.set_defaults(func=cmd_runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="charmlp",
@@ -439,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnostics_commands(sub)
     _add_gradcheck_command(sub)
     _add_exercise_commands(sub)
+
+
+    _add_runs_command(sub)
     return parser
 
 

@@ -246,10 +246,12 @@ def train(
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
         "steps": tc.steps,
-        "seconds": time.perf_counter() - t0,
-        "train_seconds": train_seconds,
+        # wall times include the processes before a resume (from the checkpoint)
+        "seconds": ckpt.seconds_before + time.perf_counter() - t0,
+        "train_seconds": ckpt.seconds_before + train_seconds,
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "engine": engine,
         "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
         "device": str(device),
@@ -260,7 +262,7 @@ def train(
         out = Path(out_dir)
         write_metrics(out, metrics_rows(tc, loss_list, val_losses.tolist()))
         write_json(out / SUMMARY, summary)
-        save_run(out, cfg, dataset.vocab, model)
+        save_run(out, cfg, dataset.vocab, model, keep_config=resume)
         ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 
