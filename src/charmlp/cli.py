@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import STATE
-from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import load_dataset
+from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig, check_range
+from .data import MAX_BLOCK_SIZE, load_dataset
 from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
 from .engines.fast import set_threads
 from .errors import CharmlpError, TrainingInterrupted
@@ -138,7 +138,10 @@ def model_config_from_args(args: argparse.Namespace, model_preset: dict | None =
     """The chosen model's defaults, then its preset's values, then the flags given; the block
     size from --block-size when given."""
     mc = dataclasses.replace(get_spec(args.model).config(**(model_preset or {})), **_model_overrides(args))
-    return mc if args.block_size is None else dataclasses.replace(mc, block_size=args.block_size)
+    if args.block_size is None:
+        return mc
+    check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)  # 0 would mean "the model's" to the data config
+    return dataclasses.replace(mc, block_size=args.block_size)
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -153,6 +156,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
     info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
