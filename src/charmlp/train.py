@@ -25,7 +25,7 @@ from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate, split_loss
 from .models import LanguageModel, build_model, validate_model_config
 from .nn import BatchNorm1d
-from .optim import build_optimizer
+from .optim import make_optimizer
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
@@ -52,15 +52,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     # cosine from lr to lr_final over the run
     t = step / max(1, cfg.steps - 1)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
-
-
-def make_optimizer(cfg: TrainConfig, model: LanguageModel) -> torch.optim.Optimizer:
-    """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
-    params = list(model.parameters())
-    # build_optimizer: the same torch.optim object, built without importing torch._dynamo (~1.8 s)
-    if cfg.optimizer == "sgd":
-        return build_optimizer(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return build_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def resolve_eval_every(cfg: TrainConfig) -> int:
