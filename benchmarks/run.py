@@ -7,9 +7,12 @@
 What is measured (every figure comes from a clock in this run; ratios are taken round by round,
 interleaved, so a busy machine slows both sides of a ratio alike):
 
+0. the compiled step's one-off cost: compiling it into an empty Numba cache, then loading it from
+   that cache, each in a fresh process.
 1. steps/s at batch 32 (n_embd 10, n_hidden 200, BatchNorm, tanh): the lectures' training loop
-   (benchmarks/baseline.py), charmlp's eager `autograd` and `manual` engines, and the fused
-   `fast` step — each round runs every variant for the same number of steps; also 1 vs 2 threads.
+   (benchmarks/baseline.py), charmlp's eager `autograd` and `manual` engines, the fused NumPy
+   step (`FastStep`) and the compiled fused step (`CompiledStep`, the default where Numba is
+   installed) — each round runs every variant for the same number of steps; also 1 vs 2 threads.
 2. time to val ≤ 2.11 on names: the baseline's 200 000-step seed run (train, calibrate BatchNorm,
    evaluate) vs `charmlp.train` with the `fast` preset (build, train, calibrate, evaluate), and
    the whole command `charmlp train --preset seed --steps 60000` (start-up included) vs the
@@ -48,13 +51,9 @@ import baseline as B  # noqa: E402
 import charmlp  # noqa: E402
 from charmlp.config import RunConfig, TrainConfig  # noqa: E402
 from charmlp.data import build_examples, load_dataset, split_items  # noqa: E402
-from charmlp.engines.fast import make_train_step, set_threads  # noqa: E402
-from charmlp.models import (  # noqa: E402
-    MODELS,
-    MLPConfig,
-    apply_preset,
-    build_model,  # noqa: E402
-)
+from charmlp.engines import compiled as compiled_step  # noqa: E402
+from charmlp.engines.fast import FastStep, make_train_step, set_threads, unsupported_reason  # noqa: E402
+from charmlp.models import MODELS, MLPConfig, apply_preset, build_model  # noqa: E402
 from charmlp.train import make_optimizer  # noqa: E402
 
 TARGET_VAL = 2.11
@@ -94,13 +93,20 @@ def _baseline_runner(ds: charmlp.Dataset):
 
 
 def _charmlp_runner(ds: charmlp.Dataset, engine: str, batch_size: int = 32):
-    tc = TrainConfig(engine=engine, batch_size=batch_size)
+    """engine: autograd | manual (eager engines), numpy (FastStep) or compiled (CompiledStep)."""
+    tc = TrainConfig(batch_size=batch_size)
     g = torch.Generator().manual_seed(tc.seed)
     model = build_model(MLPConfig(), generator=g)
     model.train()
     opt = make_optimizer(tc, model)
-    step, used = make_train_step(engine, model, opt, ds.X["train"], ds.Y["train"], batch_size, g)
-    assert used == engine
+    X, Y = ds.X["train"], ds.Y["train"]
+    if engine in ("numpy", "compiled"):
+        assert unsupported_reason(model, opt) is None
+        cls = FastStep if engine == "numpy" else compiled_step.CompiledStep
+        step = cls(model, opt, X, Y, batch_size, g)
+    else:
+        step, used = make_train_step(engine, model, opt, X, Y, batch_size, g)
+        assert used == engine
     losses = torch.empty(1_000_000)
 
     def run(steps: int) -> float:  # the train loop's body: lr, step, store the loss
@@ -118,8 +124,12 @@ def bench_steps(ds: charmlp.Dataset, rounds: int, steps: int) -> dict:
         "baseline": _baseline_runner(ds),
         "autograd": _charmlp_runner(ds, "autograd"),
         "manual": _charmlp_runner(ds, "manual"),
-        "fast": _charmlp_runner(ds, "fast"),
+        "fast": _charmlp_runner(ds, "numpy"),
     }
+    default = "fast"
+    if compiled_step.available():
+        runners["compiled"] = _charmlp_runner(ds, "compiled")
+        default = "compiled"
     for r in runners.values():  # warm-up: first-call costs, caches
         r(200)
     rates: dict[str, list[float]] = {k: [] for k in runners}
@@ -141,10 +151,34 @@ def bench_steps(ds: charmlp.Dataset, rounds: int, steps: int) -> dict:
     for i in range(2):
         for th in ((1, 2) if i == 0 else (2, 1)):
             set_threads(th)
-            for k in ("baseline", "fast"):
+            for k in ("baseline", default):
                 thr.setdefault(f"{k}_{th}", []).append(n2 / runners[k](n2))
     set_threads(1)
-    out["threads"] = {k: statistics.median(v) for k, v in thr.items()}
+    out["threads"] = {k.replace(default, "default"): statistics.median(v) for k, v in thr.items()}
+    out["default"] = default
+    return out
+
+
+# ----------------------------------------------------------------------------- 0. compile time
+
+
+def bench_compile() -> dict:
+    """Seconds to compile the compiled step into an empty cache, then to load it from there
+    (`compiled_step.warm_up()` in two fresh processes sharing one NUMBA_CACHE_DIR)."""
+    if not compiled_step.available():
+        return {"available": False, "reason": compiled_step.unavailable_reason()}
+    out: dict = {"available": True}
+    code = "import json; from charmlp import compiled_step as c; print(json.dumps(c.warm_up()))"
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"), NUMBA_CACHE_DIR=d)
+        for key in ("compile", "cache_load"):
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            out[f"{key}_seconds"] = r["seconds"]
+            out[f"{key}_cache_hits"] = r["cache_hits"]
+            log(f"  {key}: {r['seconds']:.1f} s (cache hits {r['cache_hits']}, misses {r['cache_misses']})")
     return out
 
 
@@ -179,6 +213,7 @@ def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: fl
     out["fast_val"] = res.summary["val_loss"]
     out["fast_preset"] = MODELS["mlp"].presets["fast"]
     out["fast_engine"] = res.summary["engine"]
+    out["fast_step_impl"] = res.summary["step_impl"]
     out["fast_reached_target"] = out["fast_val"] <= TARGET_VAL
     out["time_to_val_2_11_ratio"] = out["fast_seconds"] / out["baseline_seconds"]
     log(f"  fast preset: val {out['fast_val']:.4f} in {out['fast_seconds']:.1f} s")
@@ -192,7 +227,9 @@ def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: fl
         out["cli_seed_60k_seconds"] = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"charmlp train failed: {proc.stderr}")
-        out["cli_seed_60k_val"] = json.loads((Path(d) / "run" / "summary.json").read_text())["val_loss"]
+        cli_summary = json.loads((Path(d) / "run" / "summary.json").read_text())
+        out["cli_seed_60k_val"] = cli_summary["val_loss"]
+        out["cli_seed_60k_step_impl"] = cli_summary["step_impl"]
     out["cli_seed_60k_ratio"] = out["cli_seed_60k_seconds"] / out["baseline_seconds_60k"]
     log(f"  charmlp train --preset seed --steps 60000: {out['cli_seed_60k_seconds']:.1f} s "
         f"(baseline 60k steps {out['baseline_seconds_60k']:.1f} s)")
@@ -310,12 +347,15 @@ def table(r: dict) -> str:
         ("training steps/s, batch 32: lectures' loop (autograd)", f"{s['baseline_steps_per_s']:.0f}", "1×"),
         ("charmlp `--engine autograd`", f"{s['autograd_steps_per_s']:.0f}", f"{s['speedup_autograd']:.2f}×"),
         ("charmlp `--engine manual`", f"{s['manual_steps_per_s']:.0f}", f"{s['speedup_manual']:.2f}×"),
-        ("charmlp fused fast step (default)", f"{s['fast_steps_per_s']:.0f}", f"{s['speedup_fast']:.2f}×"),
+        ("charmlp fused NumPy step (`FastStep`; the default without Numba)", f"{s['fast_steps_per_s']:.0f}",
+         f"{s['speedup_fast']:.2f}×"),
+        *([("charmlp compiled fused step (`CompiledStep`, Numba; the default)", f"{s['compiled_steps_per_s']:.0f}",
+            f"{s['speedup_compiled']:.2f}×")] if "compiled_steps_per_s" in s else []),
         ("threads: lectures' loop 1 / 2", f"{s['threads']['baseline_1']:.0f} / {s['threads']['baseline_2']:.0f}", ""),
-        ("threads: fast step 1 / 2", f"{s['threads']['fast_1']:.0f} / {s['threads']['fast_2']:.0f}", ""),
+        ("threads: default step 1 / 2", f"{s['threads']['default_1']:.0f} / {s['threads']['default_2']:.0f}", ""),
         (f"time to val ≤ 2.11: lectures' 200k-step run ({t['baseline_source'].split(':')[0]})",
          f"{t['baseline_seconds']:.1f} s" + (f" (val {t['baseline_val']:.4f})" if t["baseline_val"] else ""), "1×"),
-        ("time to val ≤ 2.11: `fast` preset", f"{t['fast_seconds']:.1f} s (val {t['fast_val']:.4f})",
+        (f"time to val ≤ 2.11: `fast` preset ({t['fast_step_impl']} step)", f"{t['fast_seconds']:.1f} s (val {t['fast_val']:.4f})",
          f"1/{1 / t['time_to_val_2_11_ratio']:.1f}"),
         ("`charmlp train --preset seed --steps 60000` vs lectures' 60k steps",
          f"{t['cli_seed_60k_seconds']:.1f} s vs {t['baseline_seconds_60k']:.1f} s",
@@ -332,6 +372,10 @@ def table(r: dict) -> str:
          f"{d['loop']['pipeline_seconds']:.2f} s vs {d['charmlp']['pipeline_seconds']:.2f} s",
          f"{d['data_pipeline_speedup']:.1f}×"),
     ]
+    c = r["compile"]
+    if c.get("available"):
+        rows.insert(0, ("compiled step: compile once (empty cache) / load from the cache, fresh process",
+                        f"{c['compile_seconds']:.1f} s / {c['cache_load_seconds']:.2f} s", ""))
     lines = ["| measurement | value | vs the lectures |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     m = r["machine"]
@@ -348,10 +392,13 @@ def summary(r: dict) -> dict:
         "baseline_steps_per_s": s["baseline_steps_per_s"],
         "autograd_steps_per_s": s["autograd_steps_per_s"],
         "manual_steps_per_s": s["manual_steps_per_s"],
-        "fastest_steps_per_s": s["fast_steps_per_s"],
+        "fastest_steps_per_s": s[f"{s['default']}_steps_per_s"],
+        "numpy_step_steps_per_s": s["fast_steps_per_s"],
         "speedup_autograd": s["speedup_autograd"],
         "speedup_manual": s["speedup_manual"],
-        "speedup_fastest": s["speedup_fast"],
+        "speedup_fastest": s[f"speedup_{s['default']}"],
+        "speedup_numpy_step": s["speedup_fast"],
+        "compile": r["compile"],
         "time_to_val_2_11_ratio": t["time_to_val_2_11_ratio"],
         "fast_preset_val": t["fast_val"],
         "cli_seed_60k_ratio": t["cli_seed_60k_ratio"],
@@ -379,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     r: dict = {"quick": q, "machine": machine()}
     ds = load_dataset()
+    log("0/4 compiling the compiled step …")
+    r["compile"] = bench_compile()
     log("1/4 training steps/s at batch 32 …")
     r["steps"] = bench_steps(ds, rounds=3 if q else 7, steps=1500 if q else 5000)
     log("2/4 time to val ≤ 2.11 …")

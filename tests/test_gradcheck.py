@@ -11,12 +11,19 @@ import pytest
 import torch
 
 from charmlp import cli
+from charmlp.config import DataConfig
+from charmlp.data import load_dataset
 from charmlp.errors import CharmlpError
 from charmlp.gradcheck import ABOVE_TANH, ATOMIC_ROWS, TANH_NOTE, gradcheck
 from charmlp.nn import BatchNorm1d, Tanh
 from conftest import assert_user_error, run_cli
 
 gradcheck_module = sys.modules["charmlp.gradcheck"]  # `charmlp.gradcheck` the attribute is the function
+
+
+@pytest.fixture(scope="module")
+def names():
+    return load_dataset(DataConfig())
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +37,34 @@ def test_atomic_table_has_the_exercise_rows_in_order(report32):
     assert all(r.approx for r in rows)
 
 
-def test_every_row_above_the_tanh_is_bitwise_exact(report32):
-    """The hand-derived gradients from logprobs down to b2 reproduce autograd's to the bit."""
-    exact = {r.name for r in report32.section("atomic") if r.exact}
-    assert set(ABOVE_TANH) <= exact and len(ABOVE_TANH) == 11
-    hpreact = next(r for r in report32.section("atomic") if r.name == "hpreact")
-    assert not hpreact.exact and 0 < hpreact.maxdiff < 1e-8
+def test_every_atomic_row_is_bitwise_exact(report32):
+    """All 26 hand-derived gradients, logprobs down to C, reproduce autograd's to the bit."""
+    assert all(r.exact for r in report32.section("atomic")) and len(ABOVE_TANH) == 11
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch_size,seed", [(3, 0), (7, 1), (33, 5), (100, 2)])
+def test_atomic_rows_exact_at_other_batch_sizes_and_seeds(names, dtype, batch_size, seed):
+    report = gradcheck(dtype=dtype, seed=seed, batch_size=batch_size, n_layers=0, dataset=names)
+    assert [r.name for r in report.section("atomic") if not r.exact] == []
 
 
 def test_the_tanh_footnote_is_true():
-    """autograd's tanh backward and the hand formula (1 − h²)·dh agree to round-off, not bit for bit."""
+    """autograd's tanh backward is (1 − h²)·dh with 1 − h² as one fused multiply-add: addcmul gives
+    its bits, the plain formula (two roundings) only agrees to round-off; the manual Tanh uses addcmul."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 200, generator=g).requires_grad_(True)
     dh = torch.randn(64, 200, generator=g)
     h = torch.tanh(x)
     (auto,) = torch.autograd.grad(h, x, dh)
-    by_hand = (1.0 - h.detach() ** 2) * dh
-    assert not torch.equal(auto, by_hand)
-    assert torch.allclose(auto, by_hand, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
+    h = h.detach()
+    plain = (1.0 - h**2) * dh
+    assert not torch.equal(auto, plain)
+    assert torch.allclose(auto, plain, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
+    assert torch.equal(auto, torch.addcmul(torch.ones_like(h), h, h, value=-1.0) * dh)
+    layer = Tanh()
+    layer(x.detach())
+    assert torch.equal(layer.backward(dh), auto)
 
 
 def test_fused_and_layer_sections_pass(report32):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import STATE
-from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import load_dataset
+from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig, check_range
+from .data import MAX_BLOCK_SIZE, load_dataset
 from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
 from .engines.fast import set_threads
 from .errors import CharmlpError, TrainingInterrupted
@@ -62,20 +62,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default="mlp",
                    help="; ".join(f"{n}: {s.about}" for n, s in MODELS.items()) + " (default mlp)")
     for name, (f, kinds) in _model_fields().items():
-        defaults = ", ".join(f"{k} {_fmt(getattr(MODELS[k].config(), name))}" for k in kinds)
         flag = "--" + name.replace("_", "-")
-        help_ = f"{f.metadata.get('help', name)} (default {defaults})"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif "choices" in f.metadata:
-            p.add_argument(flag, choices=f.metadata["choices"], help=help_)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, metavar=name.split("_")[-1][0].upper(), help=help_)
+        p.add_argument(flag, **_field_flag(name, f, kinds))
 
 
-def _fmt(value: object) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+def _field_flag(name: str, f: dataclasses.Field, kinds: list[str]) -> dict:
+    """argparse keywords for a model field: its type, and a help naming each model's default."""
+    def show(v: object) -> str:
+        return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    defaults = {k: show(getattr(MODELS[k].config(), name)) for k in kinds}
+    shown = next(iter(defaults.values())) if len(set(defaults.values())) == 1 else ", ".join(
+        f"{k} {v}" for k, v in defaults.items())
+    only = f"{', '.join(kinds)} only; " if len(kinds) < len(MODELS) else ""
+    help_ = f"{f.metadata.get('help', name)} ({only}default {shown})"
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        return {"action": argparse.BooleanOptionalAction, "default": None, "help": help_}
+    if "choices" in f.metadata:
+        return {"choices": f.metadata["choices"], "help": help_}
+    return {"type": {"int": int, "float": float, "str": str}[kind], "metavar": name.split("_")[-1][0].upper(), "help": help_}
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -134,7 +140,10 @@ def model_config_from_args(args: argparse.Namespace, model_preset: dict | None =
     """The chosen model's defaults, then its preset's values, then the flags given; the block
     size from --block-size when given."""
     mc = dataclasses.replace(get_spec(args.model).config(**(model_preset or {})), **_model_overrides(args))
-    return mc if args.block_size is None else dataclasses.replace(mc, block_size=args.block_size)
+    if args.block_size is None:
+        return mc
+    check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)  # 0 would mean "the model's" to the data config
+    return dataclasses.replace(mc, block_size=args.block_size)
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -149,6 +158,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
     info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
@@ -337,6 +347,95 @@ def _add_gradcheck_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_gradcheck)
 
 
+# ── exercise (the learner's side) ──────────────────────────────────────────────────────────────
+
+
+def cmd_exercise_init(args: argparse.Namespace) -> int:
+    from .exercise.starter import write_starter
+
+    out = write_starter(args.out, args.part)
+    print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
+    return 0
+
+
+def cmd_exercise_check(args: argparse.Namespace) -> int:
+    from .exercise.runner import check_file
+
+    reports = check_file(args.file, parts=(args.part,) if args.part else None, seed=args.seed, timeout=args.timeout)
+    ok = all(r.ok for r in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "parts": [r.to_dict() for r in reports]}, ensure_ascii=False))
+    else:
+        print("\n\n".join(r.format_text() for r in reports))
+    return 0 if ok else 1
+
+
+def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
+    from .exercise.runner import check_layer_file
+
+    report = check_layer_file(args.target, args.kind, timeout=args.timeout)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_text())
+    return 0 if report.ok else 1
+
+
+def _add_exercise_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("exercise", help="the backprop exercise: a starter file, and checks of your own gradients and layers")
+    esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
+    parts = (1, 2, 3, 4)
+    q = esub.add_parser("init", help="write the exercise's starter file (never overwrites)")
+    q.add_argument("--out", default="backprop_exercise.py", metavar="FILE", help="default backprop_exercise.py")
+    q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.set_defaults(func=cmd_exercise_init)
+    q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--part", type=int, choices=parts, help="only this part (default: every part the file defines)")
+    q.add_argument("--seed", type=int, metavar="S", help="seed of the batch and parameters (default: the lectures')")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
+    q.add_argument("target", metavar="FILE:CLASS")
+    q.add_argument("--kind", required=True, choices=("batchnorm1d", "linear", "tanh", "embedding"))
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_check_layer)
+
+
+# ── runs ──────────────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The table of run directories (or JSON), and with --plot one picture of their loss curves."""
+    from .runs import collect_runs, format_table, plot_runs
+
+    dirs = args.dirs or ["runs"]
+    if not args.dirs and not Path("runs").is_dir():
+        raise CharmlpError("no run directories given and there is no ./runs folder; pass run directories or a folder of them")
+    rows = collect_runs(dirs, sort=args.sort)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+    else:
+        print(format_table(rows))
+    sys.stdout.flush()  # the table before the note on stderr
+    if args.plot is not None:
+        what = plot_runs(rows, args.plot, curve=args.curve)
+        print(f"{what}: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _add_runs_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="compare run directories: options that differ, losses, wall time, loss curves")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="run directories, or folders of them (default ./runs)")
+    p.add_argument("--sort", metavar="COL",
+                   help="sort by val, train, test, params, steps, time, run or an option column (default: as given)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    p.add_argument("--plot", metavar="FILE.png", help="write the runs' loss curves on shared axes to this PNG")
+    p.add_argument("--curve", choices=("val", "train"), default="val",
+                   help="val (default): val_loss rows of metrics.jsonl, or the smoothed training loss where a run "
+                        "has none; train: always the smoothed training loss")
+    p.set_defaults(func=cmd_runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="charmlp",
@@ -380,6 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_diagnostics_commands(sub)
     _add_gradcheck_command(sub)
+    _add_exercise_commands(sub)
+
+
+    _add_runs_command(sub)
     return parser
 
 

@@ -20,7 +20,9 @@ class DataConfig:
     """Where the items come from and how they become examples."""
 
     path: str | None = None  # None = the embedded names.txt
-    block_size: int = 3  # characters of context (whole-item models: positions; 0 = longest item + 1)
+    # characters of context; 0: the model's (train: its config's block size, or for whole-item models
+    # the longest item + 1; load_dataset on its own: 3, the lectures' context)
+    block_size: int = 0
     sequence: bool = False  # rows of whole items (X, Y: (items, block)) instead of context windows
     split_seed: int = 42  # random.seed(42); random.shuffle(words)
     split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points
@@ -70,7 +72,7 @@ class TrainConfig:
     decay_at: float = 0.5  # step schedule: fraction of steps after which lr → lr_final
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 0.0
-    # auto: the fused fast step (fastpath.py) where it runs (CPU, float32, sgd/adamw), else manual;
+    # auto: the fused fast step (engines/fast.py, engines/compiled.py) where it runs (CPU, float32, sgd/adamw), else manual;
     # fast: only the fused step; autograd | manual: the readable eager reference engines
     engine: str = "auto"
     seed: int = LECTURE_SEED  # one generator: init, then batches

@@ -27,6 +27,9 @@ MAX_EXAMPLE_BYTES = 8 << 30  # context windows of all examples, above which we r
 _BOUNDARY_CANDIDATES = ".·•¤§¶#~|^_@"
 
 
+DEFAULT_BLOCK_SIZE = 3  # the lectures' context, when neither the data config nor a model says
+
+
 def default_data_path() -> Path:
     """The embedded names.txt (32,033 names)."""
     return Path(str(resources.files("charmlp") / "datasets" / "names.txt"))
@@ -305,6 +308,8 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     if cfg.sequence and cfg.block_size == 0:  # whole items: as long as the longest, plus the start token
         items = read_items(cfg.path)
         cfg = dataclasses.replace(cfg, block_size=min(MAX_BLOCK_SIZE, longest_item(items) + 1))
+    elif cfg.block_size == 0:
+        cfg = dataclasses.replace(cfg, block_size=DEFAULT_BLOCK_SIZE)
     if not 1 <= cfg.block_size <= MAX_BLOCK_SIZE:
         raise CharmlpError(f"--block-size must be between 1 and {MAX_BLOCK_SIZE}, got {cfg.block_size}")
     a, b = cfg.split

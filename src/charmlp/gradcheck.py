@@ -58,11 +58,12 @@ ATOMIC_ROWS = (
     "logits", "h", "W2", "b2", "hpreact", "bngain", "bnbias", "bnraw", "bnvar_inv", "bnvar",
     "bndiff2", "bndiff", "bnmeani", "hprebn", "embcat", "W1", "b1", "emb", "C",
 )
-ABOVE_TANH = ATOMIC_ROWS[: ATOMIC_ROWS.index("b2") + 1]  # 11 rows autograd computes the same way
+ABOVE_TANH = ATOMIC_ROWS[: ATOMIC_ROWS.index("b2") + 1]  # the 11 rows that need no tanh backward
 
 TANH_NOTE = (
-    "rows below the tanh are approximate only: autograd's tanh kernel rounds (1 − h²)·dh differently "
-    "in the last bit from the hand formula, and every gradient further down inherits that difference"
+    "every atomic row is bitwise exact: 1 − h² below the tanh is computed as one fused multiply-add "
+    "(torch.addcmul), as autograd's tanh kernel does; the plain (1 − h**2)·dh rounds twice and is approximate only, "
+    "and every gradient further down inherits that last-bit difference"
 )
 B1_NOTE = (
     "b1: BatchNorm subtracts the batch mean, so its true gradient is 0 and both sides are round-off; "
@@ -155,7 +156,7 @@ class GradcheckReport:
             lines += ["", titles[sec], header]
             for r in rows:
                 if sec == "atomic" and r.name == ATOMIC_ROWS[len(ABOVE_TANH)]:
-                    lines.append("·· tanh ·· (below: approximate only, note 1)")
+                    lines.append("·· tanh ·· (below: 1 − h² as a fused multiply-add, note 1)")
                 shape = "×".join(map(str, r.shape)) or "scalar"
                 mark = f"  ({r.note})" if r.note else ""
                 lines.append(
@@ -281,8 +282,9 @@ def atomic_check(
         d["h"] = d["logits"] @ W2.T
         d["W2"] = h.T @ d["logits"]
         d["b2"] = d["logits"].sum(0)
-        # h = tanh(hpreact)  →  dhpreact = (1 − h²) · dh
-        d["hpreact"] = (1.0 - h**2) * d["h"]
+        # h = tanh(hpreact)  →  dhpreact = (1 − h²) · dh, with 1 − h² as one fused multiply-add
+        # (addcmul: 1 + (−1)·h·h rounded once), the way autograd's tanh kernel computes it
+        d["hpreact"] = torch.addcmul(torch.ones_like(h), h, h, value=-1.0) * d["h"]
         # hpreact = bngain·bnraw + bnbias  →  dbngain = Σ_batch bnraw·dhpreact, dbnbias = Σ_batch dhpreact
         d["bngain"] = (bnraw * d["hpreact"]).sum(0)
         d["bnbias"] = d["hpreact"].sum(0)
@@ -420,7 +422,8 @@ def gradcheck(
     when `model` is None or an MLP; part 3 checks `model` (default: the MLP of `n_embd`,
     `n_hidden`, `n_layers`) layer by layer, its block size and vocabulary set from `dataset`."""
     validate_gradcheck_args(dtype, seed, batch_size, n_layers)
-    dataset = dataset or load_dataset(DataConfig())
+    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
+    dataset = dataset or load_dataset(DataConfig(block_size=0 if mcfg.sequence else mcfg.block_size, sequence=mcfg.sequence))
     tdtype, tol = DTYPES[dtype], TOLERANCES[dtype]
     V, T = dataset.vocab.size, dataset.block_size
     g = torch.Generator().manual_seed(seed)
@@ -430,7 +433,6 @@ def gradcheck(
     Xtr, Ytr = dataset.X["train"], dataset.Y["train"]
     ix = torch.randint(0, len(Ytr), (batch_size,), generator=g)
     Xb, Yb = Xtr[ix].long(), Ytr[ix].long()
-    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
     mcfg = dataclasses.replace(mcfg, vocab_size=V, block_size=T)
     net = build_model(mcfg, generator=g)
     perturb_parameters(net, g)

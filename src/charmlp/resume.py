@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import math
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .config import RunConfig, model_config_to_dict
 from .data import SPLITS, Dataset, Vocab
 from .errors import CharmlpError, TrainingInterrupted
 from .models import LanguageModel
+from .optim import load_optimizer_state_dict, optimizer_state_dict
 
 # training options that may differ between the interrupted and the resuming process:
 # they do not change a single number of the run
@@ -75,7 +77,7 @@ def state_tensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Everything needed to continue after `step` completed steps, as tensors + JSON scalars."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
+    opt = optimizer_state_dict(optimizer)
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in opt["state"].items():
         for key, value in st.items():
@@ -131,7 +133,7 @@ def restore_state(
         if saved_losses.shape != (step,) or rng.dtype != torch.uint8 or (saved_val is not None and saved_val.shape != (step,)):
             raise ValueError("losses or generator")
         model.load_state_dict(model_sd)
-        optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+        load_optimizer_state_dict(optimizer, {"state": opt_state, "param_groups": param_groups})
         generator.set_state(rng)
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError):
         raise CharmlpError(damaged) from None
@@ -197,6 +199,8 @@ class Checkpointer:
         self.pending: int | None = None  # signal number received during a step
         self.last_saved = -1
         self.fingerprint = _run_fingerprint(cfg, dataset) if self.dir is not None else None
+        self.started = time.perf_counter()
+        self.seconds_before = 0.0  # wall time the interrupted processes spent (from the checkpoint)
 
     # -- start ----------------------------------------------------------------------------
     def begin(self, resume: bool) -> int:
@@ -229,6 +233,8 @@ class Checkpointer:
         step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path,
                              self.val_losses)
         self.last_saved = step
+        seconds = ck.meta.get("seconds", 0.0)
+        self.seconds_before = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
         return step
 
     # -- per step -------------------------------------------------------------------------
@@ -269,7 +275,9 @@ class Checkpointer:
     def save(self, step: int, reason: str) -> None:
         assert self.dir is not None
         tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
-        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint)
+        seconds = self.seconds_before + time.perf_counter() - self.started
+        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint,
+                    seconds=seconds)
         atomic_write_bytes(self.dir / STATE, encode_tensors(tensors, meta))
         self.last_saved = step
 

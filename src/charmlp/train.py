@@ -25,6 +25,7 @@ from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate, split_loss
 from .models import LanguageModel, build_model, spec_of, validate_model_config
 from .nn import BatchNorm1d
+from .optim import make_optimizer
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
@@ -51,14 +52,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     # cosine from lr to lr_final over the run
     t = step / max(1, cfg.steps - 1)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
-
-
-def make_optimizer(cfg: TrainConfig, model: LanguageModel) -> torch.optim.Optimizer:
-    """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
-    params = list(model.parameters())
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def resolve_eval_every(cfg: TrainConfig) -> int:
@@ -141,7 +134,9 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
 def prepare_data(cfg: RunConfig, dataset: Dataset | None = None) -> tuple[RunConfig, Dataset]:
     """The dataset in the layout the model reads (loaded unless given), and `cfg` completed from
     it: vocabulary size, block size as resolved, the data path as a run directory records it."""
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence))
+    # the model decides the layout, and the block size unless the data config sets one
+    block = cfg.data.block_size or (0 if cfg.model.sequence else cfg.model.block_size)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence, block_size=block))
     dataset = dataset or load_dataset(cfg.data)
     if dataset.sequence != cfg.model.sequence:
         layout = {True: "whole items", False: "context windows"}
@@ -246,11 +241,14 @@ def train(
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
         "steps": tc.steps,
-        "seconds": time.perf_counter() - t0,
-        "train_seconds": train_seconds,
+        # wall times include the processes before a resume (from the checkpoint)
+        "seconds": ckpt.seconds_before + time.perf_counter() - t0,
+        "train_seconds": ckpt.seconds_before + train_seconds,
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "engine": engine,
+        "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
         "device": str(device),
         "bn_calibrated": calibrate,
     }
@@ -259,7 +257,7 @@ def train(
         out = Path(out_dir)
         write_metrics(out, metrics_rows(tc, loss_list, val_losses.tolist()))
         write_json(out / SUMMARY, summary)
-        save_run(out, cfg, dataset.vocab, model)
+        save_run(out, cfg, dataset.vocab, model, keep_config=resume)
         ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 

@@ -131,20 +131,25 @@ def test_manual_equals_autograd_for_every_parameter(seed, vocab, block, n_embd, 
     assert_engines_agree(model, X, Y, REL_TOL[dtype])
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_batch_of_two_float32_manual_is_as_accurate_as_autograd(seed):
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_of_two_float32_both_engines_are_round_off_away_from_the_truth(seed):
     """At a batch of 2 BatchNorm maps any two rows to about ±1/√2, so the exact gradient below it is
-    ε-sized and float32 cannot resolve it: both engines are far from the float64 truth. The manual
-    engine must be no further from it than autograd (the same as the gradient check's note)."""
+    ε-sized and float32 cannot resolve it: judged against its own size, both engines are far from the
+    float64 truth (the gradient check's note). Judged against the size of the terms it is made of
+    (`roundoff_scales`), each engine's error is round-off: a wrong formula would be off by O(1).
+    (Which engine lands nearer the truth is a matter of rounding order and differs between CPUs.)"""
     model, X, Y = random_case(seed, 27, 3, 10, 64, 2, True, 2, torch.float32)
     truth, _ = engine_grads(copy.deepcopy(model).double(), X, Y)
+    scales = roundoff_scales(copy.deepcopy(model).double(), X, Y)
     auto, manual = engine_grads(model, X, Y)
-    worst_a = 0.0
+    worst_own = 0.0
     for name in truth:
-        err_a, err_m = rel_err(auto[name].double(), truth[name]), rel_err(manual[name].double(), truth[name])
-        assert err_m <= 4 * err_a + 1e-6, f"{name}: manual {err_m:.1e} vs autograd {err_a:.1e}"
-        worst_a = max(worst_a, err_a)
-    assert worst_a > 1e-5  # float32 really cannot resolve these gradients: the reason for this test
+        scale = max(truth[name].abs().max().item(), scales[name])
+        for engine, grads in (("autograd", auto), ("manual", manual)):
+            err = (grads[name].double() - truth[name]).abs().max().item() / scale
+            assert err <= REL_TOL[torch.float32], f"{engine} {name}: {err:.1e} of its terms' size"
+        worst_own = max(worst_own, rel_err(auto[name].double(), truth[name]))
+    assert worst_own > 1e-5  # float32 really cannot resolve these gradients against their own size
 
 
 def test_manual_engine_builds_no_autograd_graph():

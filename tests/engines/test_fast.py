@@ -1,8 +1,11 @@
-"""The fused fast step (fastpath.py) against the eager manual engine it replaces."""
+"""The fused fast steps — the compiled one (compiled_step.py, Numba) and the NumPy one
+(engines.fast.FastStep) — against the eager manual engine they replace."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,23 @@ import torch
 
 from charmlp import CharmlpError, DataConfig, MLPConfig, RunConfig, TrainConfig, load_dataset, train
 from charmlp.config import run_config_from_dict, run_config_to_dict
+from charmlp.engines import compiled as compiled_step
 from charmlp.engines.fast import make_train_step, set_threads, unsupported_reason
 from charmlp.models import MODELS, apply_preset, build_model
 from charmlp.train import make_optimizer, validate_train_config
-from conftest import assert_user_error, run_cli
+from conftest import SRC, assert_user_error, run_cli
+
+HAVE_COMPILED = compiled_step.available()
+IMPLS = [pytest.param("compiled", marks=pytest.mark.skipif(not HAVE_COMPILED, reason=str(compiled_step.unavailable_reason()))),
+         "numpy"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with each fused step: `numpy` hides the compiled one from engines.fast.fused_step."""
+    if request.param == "numpy":
+        monkeypatch.setattr(compiled_step, "_status", "hidden by the test")
+    return request.param
 
 CASES = {
     "depth1-bn-sgd": (MLPConfig(), TrainConfig(optimizer="sgd", lr=0.1)),
@@ -42,11 +58,12 @@ def _train(dataset, mc: MLPConfig, tc: TrainConfig, engine: str, steps: int):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_fast_losses_and_params_match_eager_manual(dataset, case: str) -> None:
+def test_fast_losses_and_params_match_eager_manual(dataset, case: str, impl: str) -> None:
     mc, tc = CASES[case]
     eager = _train(dataset, mc, tc, "manual", 300)
     fast = _train(dataset, mc, tc, "fast", 300)
     assert eager.summary["engine"] == "manual" and fast.summary["engine"] == "fast"
+    assert fast.summary["step_impl"] == impl
     le, lf = torch.tensor(eager.losses), torch.tensor(fast.losses)
     assert abs(le[0].item() - lf[0].item()) < 1e-6  # same init, same first batch
     assert (le - lf).abs().max().item() < 1e-4, f"losses drift by {(le - lf).abs().max().item():.2e}"
@@ -60,7 +77,7 @@ def test_fast_losses_and_params_match_eager_manual(dataset, case: str) -> None:
         assert diff < tol, f"{k}: max |Δ| {diff:.2e}"
 
 
-def test_fast_step_gradients_equal_manual_engine(dataset) -> None:
+def test_fast_step_gradients_equal_manual_engine(dataset, impl: str) -> None:
     """One step from the same state: every .grad the fast step leaves equals the manual engine's."""
     ds = dataset[3]
     X, Y = ds.X["train"], ds.Y["train"]
@@ -72,7 +89,7 @@ def test_fast_step_gradients_equal_manual_engine(dataset) -> None:
             model.train()
             opt = make_optimizer(TrainConfig(), model)
             step, used = make_train_step(engine, model, opt, X, Y, 32, g)
-            assert used == engine
+            assert used == engine and (engine == "manual" or step.impl == impl)
             loss = float(step(0.1))
             runs.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}, g.get_state()))
         (l1, g1, s1), (l2, g2, s2) = runs
@@ -82,7 +99,7 @@ def test_fast_step_gradients_equal_manual_engine(dataset) -> None:
         assert torch.equal(s1, s2)  # the batch was drawn exactly as the eager loop draws it
 
 
-def test_generator_and_optimizer_state_match_eager(dataset) -> None:
+def test_generator_and_optimizer_state_match_eager(dataset, impl: str) -> None:
     """What a checkpoint would save — generator state, AdamW state — is the eager path's."""
     ds = dataset[3]
     states = []
@@ -145,7 +162,7 @@ def test_cli_threads_zero_is_a_user_error(tmp_path: Path, tiny_data: Path) -> No
     assert_user_error(proc, "--threads")
 
 
-def test_tanh_outputs_visible_to_hooks(dataset) -> None:
+def test_tanh_outputs_visible_to_hooks(dataset, impl: str) -> None:
     """After each fast step every Tanh's `.out` holds that step's activations, as after the
     eager forward (diagnostics hooks read them)."""
     ds = dataset[3]
@@ -164,7 +181,7 @@ def test_tanh_outputs_visible_to_hooks(dataset) -> None:
 
 
 @pytest.mark.parametrize("engine", ["manual", "fast"])
-def test_non_finite_loss_leaves_the_last_good_state(dataset, engine: str) -> None:
+def test_non_finite_loss_leaves_the_last_good_state(dataset, engine: str, impl: str) -> None:
     ds = dataset[3]
     g = torch.Generator().manual_seed(2)
     model = build_model(MLPConfig(), generator=g)
@@ -181,3 +198,83 @@ def test_non_finite_loss_leaves_the_last_good_state(dataset, engine: str) -> Non
     for k, v in before.items():
         assert torch.equal(v, after[k]), k
     assert float(opt.state_dict()["state"][0]["step"]) == 1.0
+
+
+# ----------------------------------------------------------------------------- the compiled step
+
+
+@pytest.mark.skipif(not HAVE_COMPILED, reason=str(compiled_step.unavailable_reason()))
+def test_compiled_tanh_is_within_float32_rounding_of_torch() -> None:
+    from charmlp.engines._compiled_kernels import tanh_array
+
+    x = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-9, 1, 20_001), -torch.logspace(-9, 1, 20_001),
+                   torch.tensor([0.0, -0.0, 4e-4, -4e-4, float("inf"), float("-inf"), float("nan")])])
+    out = torch.empty_like(x)
+    tanh_array(x.numpy(), out.numpy())
+    ref = torch.tanh(x)
+    fin = ref.isfinite()
+    assert (out[fin] - ref[fin]).abs().max().item() <= 5e-7
+    assert out[-1] != out[-1]  # NaN stays NaN, so the loop's non-finite guard sees a diverged run
+    assert out[-2].item() < -0.999999 and out[-3].item() > 0.999999  # ±inf → ±1 (to 2.4e-7)
+    assert (out[:-1].abs() <= 1).all()
+
+
+@pytest.mark.skipif(not HAVE_COMPILED, reason=str(compiled_step.unavailable_reason()))
+def test_default_run_uses_the_compiled_step(dataset) -> None:
+    res = train(RunConfig(train=TrainConfig(steps=5, calibrate_bn=False)), dataset=dataset[3], progress=False)
+    assert (res.summary["engine"], res.summary["step_impl"]) == ("fast", "compiled")
+    info = compiled_step.cache_info()
+    assert info["available"] and info["cached"]
+
+
+def test_without_numba_the_numpy_step_runs(dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
+    monkeypatch.setattr(compiled_step, "_status", None)
+    assert not compiled_step.available()
+    assert "numba" in compiled_step.unavailable_reason()
+    res = train(RunConfig(train=TrainConfig(steps=5, calibrate_bn=False)), dataset=dataset[3], progress=False)
+    assert (res.summary["engine"], res.summary["step_impl"]) == ("fast", "numpy")
+
+
+@pytest.mark.skipif(not HAVE_COMPILED, reason=str(compiled_step.unavailable_reason()))
+def test_uncachable_location_compiles_without_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no cache directory is writable Numba refuses `cache=True`; the step then compiles
+    in each process instead of failing to import."""
+    from charmlp.engines import _compiled_kernels as k
+
+    calls = []
+
+    def fake_njit(cache: bool, **kw):
+        calls.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return lambda fn: fn
+
+    monkeypatch.setattr(k, "njit", fake_njit)
+    f = k._jit(fastmath=k._FM)(len)
+    assert f is len and calls == [True, False]
+
+
+def test_building_the_optimizer_does_not_import_dynamo() -> None:
+    """torch.optim's constructor, state_dict and load_state_dict import torch._dynamo (~1.8 s) on
+    first use; charmlp builds and checkpoints the same optimizer without it."""
+    code = """if True:
+        import sys, torch
+        from charmlp.config import TrainConfig
+        from charmlp.models import build_model
+        from charmlp.optim import load_optimizer_state_dict, optimizer_state_dict
+        from charmlp.train import make_optimizer
+        for name in ("sgd", "adamw"):
+            model = build_model(TrainConfig and __import__("charmlp").MLPConfig(n_hidden=8))
+            opt = make_optimizer(TrainConfig(optimizer=name, lr=0.02, weight_decay=0.1), model)
+            assert type(opt) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+            assert "add_param_group" not in vars(opt)
+            load_optimizer_state_dict(opt, optimizer_state_dict(opt))
+            assert opt.param_groups[0]["lr"] == 0.02 and opt.param_groups[0]["weight_decay"] == 0.1
+        assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+        ref = torch.optim.AdamW(list(model.parameters()), lr=0.02, weight_decay=0.1)
+        assert ref.state_dict() == optimizer_state_dict(opt) and vars(ref).keys() == vars(opt).keys()
+        """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr

@@ -21,7 +21,7 @@ bookkeeping); with ~75 calls and ~60 µs of small matrix products per batch-32 s
 
 The step consumes no randomness: the caller draws the batch indices from its generator exactly
 as the eager loop does, so the same seed gives the same batches and (within float32 rounding)
-the same losses as `--engine manual`; tests/test_fastpath.py proves it over hundreds of steps.
+the same losses as `--engine manual`; tests/engines/test_fast.py proves it over hundreds of steps.
 
 Supported (checked by `unsupported_reason`): CPU float32 `CharMLP` (any depth, with or without
 BatchNorm), plain `torch.optim.SGD` (no momentum/nesterov/dampening) or `torch.optim.AdamW`
@@ -121,6 +121,8 @@ class FastStep:
     `.grad`, BatchNorm running statistics and the optimizer's state in place, and returns the
     minibatch loss (before the update).
     """
+
+    impl = "numpy"
 
     def __init__(self, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                  batch_size: int, generator: torch.Generator) -> None:
@@ -353,6 +355,17 @@ class FastStep:
             p -= t
 
 
+def fused_step(model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
+               batch_size: int, generator: torch.Generator) -> StepFn:
+    """The compiled step (compiled.py: one Numba call) where Numba and NumPy's BLAS allow it,
+    else `FastStep` (NumPy calls); same contract, same batches, numbers equal to float32 rounding."""
+    from . import compiled  # imports Numba only here, when a run is about to train
+
+    if compiled.available():
+        return compiled.CompiledStep(model, optimizer, X, Y, batch_size, generator)
+    return FastStep(model, optimizer, X, Y, batch_size, generator)
+
+
 def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor,
                     Y: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[StepFn, str]:
     """The training loop's step for `engine`, and the engine that will actually run.
@@ -363,13 +376,14 @@ def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimize
     which the fast step holds views of.
 
     `fast`: the fused step (a user error naming the reason where it cannot run); `auto`: the fused
-    step where it can run, else the eager manual engine; `autograd` / `manual`: the readable
+    step where it can run, else the eager manual engine. The fused step is `fused_step`'s: the
+    compiled one where Numba is installed, else `FastStep`; `autograd` / `manual`: the readable
     eager reference — `engines.grad_fn` fills `.grad`, then `optimizer.step()`.
     """
     if engine in ("auto", "fast"):
         reason = unsupported_reason(model, optimizer)
         if reason is None:
-            return FastStep(model, optimizer, X, Y, batch_size, generator), "fast"
+            return fused_step(model, optimizer, X, Y, batch_size, generator), "fast"
         if engine == "fast":
             raise CharmlpError(f"--engine fast cannot run here: {reason}; use --engine auto or manual")
         engine = "manual"

@@ -34,10 +34,10 @@ class BigramConfig(ModelConfig):
     kind = "bigram"
     block_size: int = 1
     fit: str = field(default="gradient", metadata={
-        "help": "bigram: gradient (train the table by gradient steps) or counts (the closed-form maximum-likelihood "
+        "help": "gradient (train the table by gradient steps) or counts (the closed-form maximum-likelihood "
                 "table of the training split's pair counts, with --smoothing; no steps)",
         "choices": FITS})
-    smoothing: float = field(default=1.0, metadata={"help": "bigram: additive smoothing α of --fit counts (pseudo-count per pair)"})
+    smoothing: float = field(default=1.0, metadata={"help": "additive smoothing α of --fit counts (pseudo-count per pair)"})
 
     def validate(self) -> None:
         super().validate()

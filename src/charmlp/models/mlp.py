@@ -13,7 +13,7 @@ import torch
 
 from ..config import check_range
 from ..nn import BatchNorm1d, Embedding, Flatten, Layer, Linear, Tanh
-from .base import LanguageModel, ModelSpec, TanhStackConfig
+from .base import LanguageModel, ModelSpec, TanhStackConfig, tanh_block
 
 
 @dataclass
@@ -41,11 +41,7 @@ class CharMLP(LanguageModel):
         layers: list[Layer] = [Embedding(cfg.vocab_size, cfg.n_embd), Flatten()]
         fan_in = cfg.block_size * cfg.n_embd
         for _ in range(cfg.n_layers):
-            # a Linear right before BatchNorm needs no bias: BN subtracts the mean anyway
-            layers.append(Linear(fan_in, cfg.n_hidden, bias=not cfg.batchnorm))
-            if cfg.batchnorm:
-                layers.append(BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
-            layers.append(Tanh())
+            layers += tanh_block(fan_in, cfg)
             fan_in = cfg.n_hidden
         layers.append(Linear(fan_in, cfg.vocab_size, bias=True))
         return layers
@@ -126,13 +122,14 @@ SPEC = ModelSpec(
         "quick": {"steps": 10000, "batch_size": 64, "lr": 0.1, "lr_final": 0.01},
         # the lectures' val loss (≤ 2.11 on names) in a small fraction of their time, same model and
         # split (measured with benchmarks/run.py; README "Performance"). AdamW makes far more progress
-        # per example than plain SGD: ~3.1M examples here vs the lectures' 6.4M. Batch 384 amortises
-        # the per-step overhead (256: more steps of it) and ran faster per example than 1024 here,
-        # whose (B, 200) buffers no longer fit the L2 cache. Cosine from 5e-3 to
-        # 5e-5 (1e-2 and up overshoot: val 2.11–2.16); BatchNorm calibrated over the train split.
-        # Measured on names, seed 2147483647: val 2.1073 at 7000 steps (8000: 2.1050, 28 % longer;
-        # 6500 steps at lr 6e-3: 2.1102; bs 512 × 6000: 2.1069; 256 × 10000: 2.1090).
-        "fast": {"steps": 7000, "batch_size": 384, "optimizer": "adamw", "lr": 0.005, "lr_final": 0.00005,
+        # per example than plain SGD: ~2.6M examples here vs the lectures' 6.4M. On the compiled step
+        # a step costs the same per example at batch 192, 256 and 384 (1.35–1.38 µs each, measured
+        # interleaved), so the fewest examples win. Cosine from 5e-3 to 5e-5; BatchNorm calibrated
+        # over the train split. Measured on names, seed 2147483647 (batch × steps @ lr → val):
+        # 256 × 10000 @ 5e-3 → 2.1090; 384 × 7000 @ 5e-3 → 2.1073 (5 % more examples); 192 × 14000
+        # @ 4e-3 → 2.1080; 128 × 22000 @ 3e-3 → 2.1093 (10 % more); over the line: 256 × 9000 @ 6e-3
+        # 2.1163, 192 × 12000 @ 5e-3 2.1155, 128 × 16000–20000 @ 4e-3 2.1205–2.1163, 64 × 30000 2.1257.
+        "fast": {"steps": 10000, "batch_size": 256, "optimizer": "adamw", "lr": 0.005, "lr_final": 0.00005,
                  "schedule": "cosine"},
     },
 )

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ..config import check_range
 from ..errors import CharmlpError
-from ..nn import BatchNorm1d, Embedding, FlattenConsecutive, Layer, Linear, Tanh
-from .base import LanguageModel, ModelSpec, TanhStackConfig
+from ..nn import Embedding, FlattenConsecutive, Layer, Linear
+from .base import LanguageModel, ModelSpec, TanhStackConfig, tanh_block
 
 
 @dataclass
@@ -23,9 +23,9 @@ class WaveNetConfig(TanhStackConfig):
     block_size: int = 8
     n_embd: int = field(default=24, metadata={"help": "embedding size"})
     n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
-    fuse: int = field(default=2, metadata={"help": "wavenet: neighbours fused per level"})
+    fuse: int = field(default=2, metadata={"help": "neighbours fused per level"})
     n_levels: int = field(default=0, metadata={
-        "help": "wavenet: fusing levels (0: log_fuse(block size); fewer: the last level fuses what is left)"})
+        "help": "fusing levels (0: log_fuse(block size); fewer: the last level fuses what is left)"})
 
     def validate(self) -> None:
         super().validate()
@@ -66,11 +66,7 @@ class WaveNet(LanguageModel):
         layers: list[Layer] = [Embedding(cfg.vocab_size, cfg.n_embd)]
         width = cfg.n_embd
         for f in cfg.factors():
-            layers.append(FlattenConsecutive(f))
-            layers.append(Linear(f * width, cfg.n_hidden, bias=not cfg.batchnorm))  # BN subtracts the mean anyway
-            if cfg.batchnorm:
-                layers.append(BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
-            layers.append(Tanh())
+            layers += [FlattenConsecutive(f), *tanh_block(f * width, cfg)]
             width = cfg.n_hidden
         layers.append(Linear(width, cfg.vocab_size, bias=True))
         return layers

@@ -1,0 +1,161 @@
+"""Runs a learner's exercise file in its own process (started by `runner.run_learner_file`).
+
+    python _child.py LEARNER_FILE WORKDIR PARTS
+
+Reads WORKDIR/inputs.safetensors and WORKDIR/meta.json, calls the file's part<N> functions with the
+tensors they name, and writes the variables d<atom> each function leaves behind (read when it returns,
+or where it raised) to WORKDIR/out<N>.safetensors, and WORKDIR/result.json: per part the error (line,
+message) if any, non-tensor gradients, and part 4's losses. Imports only torch and safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import io
+import json
+import os
+import sys
+import traceback
+
+
+def _where(exc: BaseException, path: str) -> dict:
+    """The learner's line that raised `exc` (the deepest frame in their file) and the message."""
+    if isinstance(exc, SyntaxError) and exc.filename and os.path.abspath(exc.filename) == path:
+        return {"line": exc.lineno, "text": (exc.text or "").strip(), "message": f"{type(exc).__name__}: {exc.msg}"}
+    line, text = None, ""
+    for fs in traceback.extract_tb(exc.__traceback__):
+        if os.path.abspath(fs.filename) == path:
+            line, text = fs.lineno, (fs.line or "").strip()
+    msg = " ".join(str(exc).split()) or ""
+    return {"line": line, "text": text, "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__}
+
+
+def _call(fn, available: dict) -> tuple[dict, object, dict | None]:
+    """Call fn with the inputs it names; return (its locals at the end, its return value, error)."""
+    params = inspect.signature(fn).parameters
+    unknown = [k for k, p in params.items() if k not in available and p.default is inspect.Parameter.empty
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if unknown:
+        return {}, None, {"line": fn.__code__.co_firstlineno, "text": "",
+                          "message": f"{fn.__name__} asks for {', '.join(unknown)}, which the exercise does not give; "
+                                     f"it gives {', '.join(available)}"}
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        kwargs = dict(available)
+    else:
+        kwargs = {k: available[k] for k in params if k in available}
+    seen: dict = {}
+
+    def profile(frame, event, arg):  # keep the function's locals as it returns (normally or by an exception)
+        if event == "return" and frame.f_code is fn.__code__:
+            seen.clear()
+            seen.update(frame.f_locals)
+
+    result, err = None, None
+    sys.setprofile(profile)
+    try:
+        result = fn(**kwargs)
+    except BaseException as e:  # noqa: BLE001 — the learner's code: report any failure, including SystemExit
+        err = e
+    finally:
+        sys.setprofile(None)
+    return seen, result, err
+
+
+def main(path: str, workdir: str, parts: str) -> int:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(1)
+    path = os.path.abspath(path)
+    meta = json.load(open(os.path.join(workdir, "meta.json"), encoding="utf-8"))
+    inputs = load_file(os.path.join(workdir, "inputs.safetensors"))
+    result: dict = {"import_error": None, "parts": {}}
+    out = io.StringIO()  # the learner's prints stay out of the report
+    try:
+        spec = importlib.util.spec_from_file_location("learner_exercise", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["learner_exercise"] = module
+        with contextlib.redirect_stdout(out):
+            spec.loader.exec_module(module)
+    except BaseException as e:  # noqa: BLE001
+        result["import_error"] = _where(e, path)
+        json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
+        return 0
+    base = {k: v for k, v in inputs.items() if not k.startswith(("batch_", "ref_"))}
+    base["n"] = int(meta["n"])
+    for part in map(int, parts.split(",")):
+        fn = getattr(module, f"part{part}", None)
+        if not callable(fn):
+            result["parts"][str(part)] = {"defined": False}
+            continue
+        available = dict(base)
+        if part == 3:
+            available["dhpreact"] = inputs["ref_hpreact"].clone()
+        if part == 4:
+            steps = int(meta["steps"])
+            available = {"params": {k: inputs[k].clone() for k in meta["params"]}, "lr": float(meta["lr"]),
+                         "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]}
+        else:
+            available = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in available.items()}
+        with contextlib.redirect_stdout(out):
+            local, ret, err = _call(fn, available)
+        rec: dict = {"defined": True, "error": None if err is None else (err if isinstance(err, dict) else _where(err, path))}
+        if part == 4:
+            try:
+                rec["losses"] = None if ret is None else [float(x) for x in ret]
+            except (TypeError, ValueError) as e:
+                rec["losses"], rec["error"] = None, rec["error"] or {"line": None, "text": "", "message":
+                                                                     f"part4 must return its list of losses: {e}"}
+        else:
+            if isinstance(ret, dict):
+                local.update(ret)
+            grads, other = {}, {}
+            for k, v in local.items():
+                if not (k.startswith("d") and len(k) > 1) or v is None:
+                    continue
+                if isinstance(v, torch.Tensor):
+                    grads[k] = (v.detach() if v.is_floating_point() else v.detach().float()).contiguous().clone()
+                else:
+                    other[k] = type(v).__name__
+            save_file(grads, os.path.join(workdir, f"out{part}.safetensors"))
+            rec["other"] = other
+        result["parts"][str(part)] = rec
+    json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
+    return 0
+
+
+def layer_main(path: str, cls_name: str, kind: str, workdir: str) -> int:
+    """`check-layer`: import the learner's file, run charmlp's layer check on the class, write result.json."""
+    import torch
+
+    from charmlp.errors import CharmlpError
+    from charmlp.exercise.layers import check_layer
+
+    torch.set_num_threads(1)
+    path = os.path.abspath(path)
+    out: dict = {"error": None, "report": None}
+    try:
+        spec = importlib.util.spec_from_file_location("learner_layers", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["learner_layers"] = module
+        with contextlib.redirect_stdout(io.StringIO()):
+            spec.loader.exec_module(module)
+            cls = getattr(module, cls_name, None)
+            if cls is None:
+                out["error"] = {"line": None, "text": "", "message": f"no class {cls_name} in the file"}
+            else:
+                out["report"] = check_layer(cls, kind).to_dict()
+    except CharmlpError as e:
+        out["error"] = {"line": None, "text": "", "message": str(e)}
+    except BaseException as e:  # noqa: BLE001
+        out["error"] = _where(e, path)
+    json.dump(out, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--layer":
+        sys.exit(layer_main(*sys.argv[2:6]))
+    sys.exit(main(*sys.argv[1:4]))

@@ -1,0 +1,369 @@
+"""The backprop exercise, checked: a seeded batch and model, the forward broken into the exercise's
+atoms, autograd's gradient of every atom, and a diagnosis for each gradient a learner derives.
+
+    ex = Backprop(seed=42)
+    dlogprobs = torch.zeros_like(ex.logprobs); dlogprobs[range(ex.n), ex.Yb] = -1 / ex.n
+    ex.check(dlogprobs=dlogprobs)        # a Report: .ok, .rows, text or an HTML table in Jupyter
+
+Diagnosis of a wrong gradient `g` against the true one `r`, in this order: missing; shape (keepdim,
+a broadcast not summed over, transposed); NaN/inf; inherited (the atom's own chain-rule step, fed the
+learner's gradients of the atoms it feeds, gives `g`: the error is upstream); sign; transposed; one
+branch only (a variable used twice gets the sum of both contributions); known slips of that atom;
+a constant factor k = ⟨g, r⟩/⟨r, r⟩ (n, 1/n, n/(n − 1), 2, …).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..config import LECTURE_SEED, DataConfig
+from ..errors import CharmlpError
+from ..gradcheck import ATOMIC_ROWS, BN_EPS, exercise_parameters
+from .report import Report, Row
+
+ATOMS = ATOMIC_ROWS  # the exercise's order: logprobs … C
+PARAMS = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")
+FORWARD = (
+    "emb", "embcat", "hprebn", "bnmeani", "bndiff", "bndiff2", "bnvar", "bnvar_inv", "bnraw", "hpreact", "h",
+    "logits", "logit_maxes", "norm_logits", "counts", "counts_sum", "counts_sum_inv", "probs", "logprobs", "loss",
+)
+# which atoms each part checks (part 4 is a training loop, checked by its losses)
+PART_ATOMS = {1: ATOMS, 2: ("logits",), 3: ("hprebn",)}
+REL_TOL = 1e-5  # approximate: max|g − r| ≤ 1e-5·max|r|, as `charmlp gradcheck` in float32
+MATCH_TOL = 1e-4  # a candidate mistake matches when within 1e-4 of it (the learner's rounding differs)
+
+
+@functools.lru_cache(maxsize=1)
+def _names():
+    from ..data import load_dataset
+
+    return load_dataset(DataConfig())
+
+
+def forward(P: dict[str, torch.Tensor], Xb: torch.Tensor, Yb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The lecture model's forward, one atom at a time (BatchNorm with Bessel's n − 1)."""
+    n = Xb.shape[0]
+    T: dict[str, torch.Tensor] = {}
+    T["emb"] = P["C"][Xb]
+    T["embcat"] = T["emb"].view(n, -1)
+    T["hprebn"] = T["embcat"] @ P["W1"] + P["b1"]
+    T["bnmeani"] = T["hprebn"].sum(0, keepdim=True) / n
+    T["bndiff"] = T["hprebn"] - T["bnmeani"]
+    T["bndiff2"] = T["bndiff"] ** 2
+    T["bnvar"] = T["bndiff2"].sum(0, keepdim=True) / (n - 1)
+    T["bnvar_inv"] = (T["bnvar"] + BN_EPS) ** -0.5
+    T["bnraw"] = T["bndiff"] * T["bnvar_inv"]
+    T["hpreact"] = P["bngain"] * T["bnraw"] + P["bnbias"]
+    T["h"] = torch.tanh(T["hpreact"])
+    T["logits"] = T["h"] @ P["W2"] + P["b2"]
+    T["logit_maxes"] = T["logits"].max(1, keepdim=True).values
+    T["norm_logits"] = T["logits"] - T["logit_maxes"]
+    T["counts"] = T["norm_logits"].exp()
+    T["counts_sum"] = T["counts"].sum(1, keepdim=True)
+    T["counts_sum_inv"] = T["counts_sum"] ** -1
+    T["probs"] = T["counts"] * T["counts_sum_inv"]
+    T["logprobs"] = T["probs"].log()
+    T["loss"] = -T["logprobs"][torch.arange(n), Yb].mean()
+    return T
+
+
+# ── each atom's own chain-rule step, from the gradients of the atoms it feeds ─────────────────────
+# F: forward tensors and parameters (+ n, Yb); U: gradients of the consumers. Where an atom feeds two
+# others, BRANCHES holds each contribution; the atom's gradient is their sum.
+
+def _one_hot_max(F_):
+    return F.one_hot(F_["logits"].max(1).indices, F_["logits"].shape[1]).to(F_["logits"].dtype)
+
+
+BRANCHES: dict[str, dict[str, Callable]] = {
+    "counts": {"probs": lambda F_, U: F_["counts_sum_inv"] * U["probs"],
+               "counts_sum": lambda F_, U: torch.ones_like(F_["counts"]) * U["counts_sum"]},
+    "logits": {"norm_logits": lambda F_, U: U["norm_logits"].clone(),
+               "logit_maxes": lambda F_, U: _one_hot_max(F_) * U["logit_maxes"]},
+    "bndiff": {"bnraw": lambda F_, U: F_["bnvar_inv"] * U["bnraw"],
+               "bndiff2": lambda F_, U: 2.0 * F_["bndiff"] * U["bndiff2"]},
+    "hprebn": {"bndiff": lambda F_, U: U["bndiff"].clone(),
+               "bnmeani": lambda F_, U: torch.ones_like(F_["hprebn"]) * U["bnmeani"] / F_["n"]},
+}
+
+LOCAL: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "probs": (("logprobs",), lambda F_, U: U["logprobs"] / F_["probs"]),
+    "counts_sum_inv": (("probs",), lambda F_, U: (F_["counts"] * U["probs"]).sum(1, keepdim=True)),
+    "counts_sum": (("counts_sum_inv",), lambda F_, U: -F_["counts_sum"] ** -2 * U["counts_sum_inv"]),
+    "norm_logits": (("counts",), lambda F_, U: F_["counts"] * U["counts"]),
+    "logit_maxes": (("norm_logits",), lambda F_, U: -U["norm_logits"].sum(1, keepdim=True)),
+    "h": (("logits",), lambda F_, U: U["logits"] @ F_["W2"].T),
+    "W2": (("logits",), lambda F_, U: F_["h"].T @ U["logits"]),
+    "b2": (("logits",), lambda F_, U: U["logits"].sum(0)),
+    "hpreact": (("h",), lambda F_, U: torch.addcmul(torch.ones_like(F_["h"]), F_["h"], F_["h"], value=-1.0) * U["h"]),
+    "bngain": (("hpreact",), lambda F_, U: (F_["bnraw"] * U["hpreact"]).sum(0, keepdim=True)),
+    "bnbias": (("hpreact",), lambda F_, U: U["hpreact"].sum(0, keepdim=True)),
+    "bnraw": (("hpreact",), lambda F_, U: F_["bngain"] * U["hpreact"]),
+    "bnvar_inv": (("bnraw",), lambda F_, U: (F_["bndiff"] * U["bnraw"]).sum(0, keepdim=True)),
+    "bnvar": (("bnvar_inv",), lambda F_, U: -0.5 * (F_["bnvar"] + BN_EPS) ** -1.5 * U["bnvar_inv"]),
+    "bndiff2": (("bnvar",), lambda F_, U: torch.ones_like(F_["bndiff2"]) * U["bnvar"] / (F_["n"] - 1)),
+    "bnmeani": (("bndiff",), lambda F_, U: -U["bndiff"].sum(0, keepdim=True)),
+    "embcat": (("hprebn",), lambda F_, U: U["hprebn"] @ F_["W1"].T),
+    "W1": (("hprebn",), lambda F_, U: F_["embcat"].T @ U["hprebn"]),
+    "b1": (("hprebn",), lambda F_, U: U["hprebn"].sum(0)),
+    "emb": (("embcat",), lambda F_, U: U["embcat"].view(F_["emb"].shape)),
+    "C": (("emb",), lambda F_, U: torch.zeros_like(F_["C"]).index_add_(
+        0, F_["Xb"].reshape(-1), U["emb"].reshape(-1, F_["C"].shape[1]))),
+}
+for _atom, _br in BRANCHES.items():
+    LOCAL[_atom] = (tuple(_br), lambda F_, U, _br=_br: sum(f(F_, U) for f in _br.values()))
+
+
+def _known_slips(atom: str, F_: dict, R: dict) -> list[tuple[str, str, torch.Tensor]]:
+    """(kind, message, the gradient that slip produces) for mistakes typical of one atom."""
+    n, out = F_["n"], []
+    if atom == "logprobs":
+        out.append(("dense", "the loss picks logprobs[range(n), Yb] only: every other entry's gradient is 0",
+                    torch.full_like(F_["logprobs"], -1.0 / n)))
+    if atom == "logits":  # the fused cross-entropy
+        out.append(("onehot", "forgot to subtract 1 at the target: dlogits = (softmax(logits) − onehot(Yb)) / n",
+                    F.softmax(F_["logits"], 1) / n))
+    if atom == "hpreact":
+        h, dh = F_["h"], R["h"]
+        out.append(("tanh", "d tanh(x)/dx = 1 − tanh(x)², i.e. (1 − h**2) · dh; you have (1 − h) · dh", (1 - h) * dh))
+        out.append(("tanh", "1 − h² uses h = tanh(hpreact), the output, not hpreact itself", (1 - F_["hpreact"] ** 2) * dh))
+    if atom == "hprebn":  # the fused BatchNorm backward, given dhpreact
+        g, r, d = F_["bngain"], F_["bnraw"], R["hpreact"]
+        k = g * F_["bnvar_inv"]
+        out.append(("bessel", "Bessel's correction: the forward's variance divides by n − 1, so the last term is "
+                              "n/(n − 1)·bnraw·Σ(dhpreact·bnraw), not bnraw·Σ(dhpreact·bnraw)",
+                    k / n * (n * d - d.sum(0) - r * (d * r).sum(0))))
+        out.append(("branch", "only the direct path bngain·bnvar_inv·dhpreact: the batch mean and variance depend on "
+                              "hprebn too", k * d))
+    return out
+
+
+def _close(g: torch.Tensor, r: torch.Tensor, tol: float, scale: float | None = None) -> bool:
+    if g.shape != r.shape:
+        return False
+    s = r.abs().max().item() if scale is None else scale
+    return (g - r).abs().max().item() <= tol * max(s, 1e-30)
+
+
+def _ratio_name(k: float, n: int) -> str | None:
+    table = [(n, f"n = {n} times too large: did you forget the 1/n of the mean?"),
+             (1 / n, f"n = {n} times too small: one division by n too many (the mean's 1/n enters once, in dlogprobs)"),
+             (n / (n - 1), f"n/(n − 1) too large (Bessel's correction): the forward divides by n − 1 = {n - 1}; your 1/n "
+                           "should be 1/(n − 1)"),
+             ((n - 1) / n, f"(n − 1)/n too small (Bessel's correction): the forward divides by n − 1 = {n - 1}, not n"),
+             (n - 1, f"n − 1 = {n - 1} times too large: did you forget the 1/(n − 1) of the variance?"),
+             (2.0, "twice too large: is a factor 2 counted twice?"),
+             (0.5, "half of it: d(x²)/dx = 2x — a factor 2 missing?")]
+    for v, msg in table:
+        if abs(abs(k) - v) <= 1e-3 * v:
+            return msg if k > 0 else "sign flipped and " + msg
+    return None
+
+
+def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None) -> Row:
+    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom)."""
+    r = R[atom]
+    name, shape = "d" + atom, tuple(r.shape)
+    if g is None:
+        return Row(name, "missing", shape)
+    if not isinstance(g, torch.Tensor):
+        try:
+            g = torch.as_tensor(g, dtype=r.dtype)
+        except (TypeError, ValueError, RuntimeError):
+            return Row(name, "wrong", shape, diagnosis=f"not a tensor: got {getattr(g, 'typ', type(g).__name__)}", kind="type")
+    g = g.detach().to(r.dtype)
+    gs = tuple(g.shape)
+    if gs != shape:
+        bad_up = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and L[u].shape != R[u].shape]
+        if bad_up:
+            us = " and ".join("d" + u for u in bad_up)
+            return Row(name, "wrong shape", shape, gs, diagnosis=f"expected {_fmt(shape)}, got {_fmt(gs)}: follows from the "
+                       f"wrong shape of {us}; fix {us} first", kind="inherited")
+        msg, kind = _shape_diagnosis(atom, g, r)
+        return Row(name, "wrong shape", shape, gs, diagnosis=f"expected {_fmt(shape)}, got {_fmt(gs)}: {msg}", kind=kind)
+    maxdiff = (g - r).abs().max().item() if g.numel() else 0.0
+    if not torch.isfinite(g).all():
+        where = "NaN" if torch.isnan(g).any() else "inf"
+        bad_up = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.isfinite(L[u]).all()]
+        if bad_up:
+            us = " and ".join("d" + u for u in bad_up)
+            return Row(name, "wrong", shape, gs, math.inf, f"contains {where}, which comes from {us}: fix {us} first", "inherited")
+        return Row(name, "wrong", shape, gs, math.inf, f"contains {where}: a division by zero, or log/exp of an extreme "
+                   "value? (probs can be tiny: use counts_sum_inv as in the forward)", "nonfinite")
+    row = functools.partial(Row, name, shape=shape, got_shape=gs, maxdiff=maxdiff)
+    s = r.abs().max().item() if scale is None else scale
+    if torch.equal(g, r):
+        return row(status="exact")
+    if _close(g, r, REL_TOL, s):
+        return row(status="approximate", **_approx_note(atom, L, R))
+
+    # the learner's own upstream gradients, where they gave them with the right shape
+    ups, fn = LOCAL.get(atom, ((), None))
+    U = {u: (L[u].detach().to(r.dtype) if _usable(L.get(u), R[u]) else R[u]) for u in ups}
+    wrong_up = [u for u in ups if _usable(L.get(u), R[u]) and not _close(L[u].to(r.dtype), R[u], REL_TOL)]
+    if fn is not None and wrong_up and _close(g, fn(F_, U), MATCH_TOL):
+        us = " and ".join("d" + u for u in wrong_up)
+        return row(status="wrong", diagnosis=f"correct for your {us}, which {_is(wrong_up)} wrong: check {us} first",
+                   kind="inherited")
+    # an upstream gradient of the wrong shape that still broadcasts: is g what it gives?
+    odd = [u for u in ups if isinstance(L.get(u), torch.Tensor) and L[u].shape != R[u].shape]
+    if fn is not None and odd:
+        try:
+            mine = fn(F_, {**U, **{u: L[u].detach().to(r.dtype) for u in odd}})
+        except (RuntimeError, ValueError, IndexError):
+            mine = None
+        if mine is not None and _close(g, mine, MATCH_TOL):
+            us = " and ".join("d" + u for u in odd)
+            return row(status="wrong", diagnosis=f"correct for your {us}, whose shape is wrong: fix {us} first", kind="inherited")
+    found = _mistake(atom, g, r, F_, {**R, **U}, s, R)
+    if found is None and fn is not None and wrong_up:  # a mistake of its own on top of an inherited one
+        base = fn(F_, U)
+        found = _mistake(atom, g, base, F_, {**R, **U}, base.abs().max().item(), {**R, **U})
+        if found is not None:
+            us = " and ".join("d" + u for u in wrong_up)
+            found = (found[0], f"{found[1]} (relative to what your {us} gives; {us} {_is(wrong_up)} wrong too)")
+    if found is not None:
+        return row(status="wrong", kind=found[0], diagnosis=found[1])
+    if not g.any():
+        return row(status="wrong", diagnosis="all zeros", kind="zero")
+    return row(status="wrong", diagnosis="wrong, and not one of the common mistakes: derive it again from the forward line "
+               f"that makes {atom}", kind="unknown")
+
+
+def _is(names) -> str:
+    return "is" if len(names) == 1 else "are"
+
+
+def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: float, R: dict) -> tuple[str, str] | None:
+    """(kind, message) of the first common mistake that turns the right gradient `r` into `g`; U: upstream gradients."""
+    if _close(g, -r, MATCH_TOL, s):
+        return "sign", "the sign is flipped"
+    if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g.T, r, MATCH_TOL, s):
+        return "transposed", "transposed: you have the transpose of the gradient (W.T where W belongs)"
+    parts = {via: f(F_, U) for via, f in BRANCHES.get(atom, {}).items()}
+    for via, part in parts.items():
+        if _close(g, part, MATCH_TOL, s):
+            other = " and ".join(v for v in parts if v != via)
+            return "branch", (f"only the contribution through {via}: {atom} is used twice in the forward (also by {other}), "
+                              f"so d{atom} is the sum of both branches")
+    # both branches there, one of them off by a constant factor: g − (the others) = k·(this branch)
+    for via, part in parts.items():
+        rest = g - sum(p for v, p in parts.items() if v != via)
+        pp = (part * part).sum().item()
+        k = (rest * part).sum().item() / pp if pp > 0 else 0.0
+        if k not in (0.0, 1.0) and _close(rest, k * part, MATCH_TOL, abs(k) * part.abs().max().item()):
+            return "factor", f"the contribution through {via} is wrong: " + (_ratio_name(k, F_["n"]) or f"off by a factor {k:.6g}")
+    for kind, msg, cand in _known_slips(atom, F_, R):
+        if _close(g, cand, MATCH_TOL):
+            return kind, msg
+    rr = (r * r).sum().item()
+    if rr > 0:
+        k = (g * r).sum().item() / rr
+        if k != 0 and _close(g, k * r, MATCH_TOL, abs(k) * s):
+            return "factor", _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
+    return None
+
+
+def _usable(g, r: torch.Tensor) -> bool:
+    return isinstance(g, torch.Tensor) and tuple(g.shape) == tuple(r.shape) and bool(torch.isfinite(g).all())
+
+
+def _approx_note(atom: str, L: dict, R: dict) -> dict:
+    if atom == "hpreact":
+        return {"kind": "rounding", "diagnosis": "approximate only because (1 − h**2) rounds twice; autograd computes 1 − h² as "
+                "one fused multiply-add: torch.addcmul(torch.ones_like(h), h, h, value=-1) * dh gives its bits. Nothing to fix"}
+    ups = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.equal(L[u], R[u])]
+    if ups:
+        return {"kind": "rounding", "diagnosis": f"approximate: inherits the round-off of d{ups[0]}"}
+    return {"kind": "rounding", "diagnosis": "approximate: round-off (operations grouped differently from autograd's)"}
+
+
+def _fmt(s: tuple[int, ...]) -> str:
+    return "×".join(map(str, s)) or "scalar"
+
+
+def _shape_diagnosis(atom: str, g: torch.Tensor, r: torch.Tensor) -> tuple[str, str]:
+    gs, rs = tuple(g.shape), tuple(r.shape)
+    if g.dim() == 2 and gs == rs[::-1] and _close(g.T, r, MATCH_TOL):
+        return "transposed: swap the operands' order and transposes (e.g. dW = X.T @ dY, not dY.T @ X)", "transposed"
+    if g.numel() == r.numel():
+        right = _close(g.reshape(rs), r, MATCH_TOL)
+        if [d for d in gs if d != 1] == [d for d in rs if d != 1]:
+            return ("the values are right" if right else "and the values are wrong") + \
+                   f"; a size-1 dimension differs: use keepdim=True in the sum (or .view{rs})", "keepdim"
+        return ("the values are right; .view(" + ", ".join(map(str, rs)) + ") them"
+                if right else f"reshape to {atom}'s own shape"), "reshape"
+    # g is larger where r has a size-1 (or absent) dimension: a broadcast that should have been summed over
+    if g.dim() >= r.dim():
+        rpad = (1,) * (g.dim() - r.dim()) + rs
+        dims = [i for i, (a, b) in enumerate(zip(gs, rpad)) if a != b]
+        if dims and all(rpad[i] == 1 for i in dims):
+            summed = g.sum(dims, keepdim=True).reshape(rs)
+            hint = f".sum({dims[0] if len(dims) == 1 else tuple(dims)}" + (", keepdim=True)" if r.dim() == g.dim() else ")")
+            return (f"{atom} was broadcast along dim {', '.join(map(str, dims))} in the forward, so its gradient is summed over "
+                    f"it: {hint}" + (" (then the values are right)" if _close(summed, r, MATCH_TOL) else "")), "broadcast"
+    return f"d{atom} always has the shape of {atom}", "shape"
+
+
+class Backprop:
+    """The exercise's seeded batch, parameters and forward tensors, and checks of a learner's gradients.
+
+    Attributes: Xb, Yb, n; the parameters C, W1, b1, W2, b2, bngain, bnbias; every forward tensor by its
+    exercise name (emb … logprobs, loss). `check(dlogprobs=…, dprobs=…)` returns a Report.
+    """
+
+    def __init__(self, seed: int = LECTURE_SEED, batch_size: int = 32, n_embd: int = 10, n_hidden: int = 64) -> None:
+        if not 0 <= seed < 2**63:
+            raise CharmlpError(f"seed must be between 0 and {2**63 - 1}, got {seed}")
+        if not 3 <= batch_size <= 4096:
+            raise CharmlpError(f"batch_size must be between 3 and 4096, got {batch_size}")
+        ds = _names()
+        g = torch.Generator().manual_seed(seed)
+        P = exercise_parameters(ds.vocab.size, ds.block_size, n_embd, n_hidden, g)
+        P["bngain"], P["bnbias"] = P["bngain"].view(1, -1), P["bnbias"].view(1, -1)  # (1, n_hidden) as in the lecture
+        ix = torch.randint(0, len(ds.Y["train"]), (batch_size,), generator=g)
+        self.seed, self.n = seed, batch_size
+        self.Xb, self.Yb = ds.X["train"][ix].long(), ds.Y["train"][ix].long()
+        self.vocab_size, self.block_size, self.n_embd, self.n_hidden = ds.vocab.size, ds.block_size, n_embd, n_hidden
+        self.params = P
+        # autograd's gradient of every atom (retained) is the reference
+        Pg = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+        T = forward(Pg, self.Xb, self.Yb)
+        for k in FORWARD[:-1]:
+            T[k].retain_grad()
+        T["loss"].backward()
+        self.grads = {**{k: T[k].grad for k in FORWARD[:-1]}, **{k: p.grad for k, p in Pg.items()}}
+        self.forward_tensors = {k: v.detach() for k, v in T.items()}
+        for k, v in {**P, **self.forward_tensors}.items():
+            setattr(self, k, v)
+
+    def tensors(self) -> dict[str, torch.Tensor | int]:
+        """Everything a learner's function may ask for by name: batch, n, parameters, forward tensors."""
+        return {"Xb": self.Xb, "Yb": self.Yb, "n": self.n, **self.params, **self.forward_tensors}
+
+    def check(self, part: int | None = None, **grads) -> Report:
+        """Check the gradients given (named dX for atom X); `part` 2/3 checks the fused dlogits/dhprebn only."""
+        unknown = [k for k in grads if not (k.startswith("d") and k[1:] in ATOMS)]
+        if unknown:
+            raise CharmlpError(f"unknown gradient name(s) {', '.join(unknown)}; the exercise's are "
+                               + ", ".join("d" + a for a in ATOMS))
+        # part None: whatever is given, in the exercise's order
+        atoms = PART_ATOMS[part] if part else tuple(a for a in ATOMS if "d" + a in grads)
+        L = {k[1:]: v for k, v in grads.items() if v is not None}
+        F_ = self.tensors()
+        rows = []
+        for atom in atoms:
+            # part 2 and 3 are fused: judge them on their own, not by the atoms they skip
+            Lp = L if part in (None, 1) else {atom: L.get(atom)}
+            scale = None
+            if atom == "b1":  # the true db1 is 0 up to round-off: judge against the size of the terms that cancel
+                scale = self.grads["hprebn"].abs().sum(0).max().item()
+            rows.append(diagnose(atom, L.get(atom), F_, self.grads, Lp, scale))
+        title = {None: "backprop exercise", 1: "part 1: every atom's gradient", 2: "part 2: the fused cross-entropy backward",
+                 3: "part 3: the fused BatchNorm backward"}[part]
+        return Report(f"{title} (seed {self.seed}, batch {self.n})", rows)

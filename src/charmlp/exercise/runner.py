@@ -1,0 +1,221 @@
+"""`charmlp exercise check FILE`: run a learner's file in a child process and diagnose what it computed.
+
+The learner's code runs in its own Python process (`_child.py`) with a time limit, so an endless loop,
+a crash or an exception becomes one line of the report instead of a hang or a charmlp traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CharmlpError
+from .backprop import PARAMS, Backprop
+from .report import Report, Row
+
+PARTS = (1, 2, 3, 4)
+PART4_STEPS, PART4_LR = 200, 0.1
+PART4_TOL = 1e-4  # |your loss − charmlp's| at every step: float32 round-off grows slowly over 200 steps
+DEFAULT_TIMEOUT = 60.0
+TITLES = {1: "part 1: every atom's gradient", 2: "part 2: the fused cross-entropy backward",
+          3: "part 3: the fused BatchNorm backward", 4: "part 4: your training loop, with your gradients only"}
+
+
+def part4_batches(ex: Backprop, steps: int = PART4_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` training batches of ex.n examples from a generator seeded with ex.seed."""
+    from .backprop import _names
+
+    ds = _names()
+    g = torch.Generator().manual_seed(ex.seed)
+    ix = torch.randint(0, len(ds.Y["train"]), (steps, ex.n), generator=g)
+    return ds.X["train"][ix].long(), ds.Y["train"][ix].long()
+
+
+def reference_losses(params: dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, lr: float) -> list[float]:
+    """charmlp's manual engine (its layers' hand-written backward), plain SGD, on the same batches."""
+    from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
+
+    V, E = params["C"].shape
+    H = params["W1"].shape[1]
+    model = Sequential(Embedding(V, E), Flatten(), Linear(X.shape[2] * E, H), BatchNorm1d(H), Tanh(), Linear(H, V))
+    with torch.no_grad():
+        for layer_param, key in zip(model.parameters(), ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")):
+            layer_param.copy_(params[key].reshape(layer_param.shape))
+        losses = []
+        for Xb, Yb in zip(X, Y):
+            for p in model.parameters():
+                p.grad = None
+            logits = model(Xb)
+            losses.append(cross_entropy(logits, Yb).item())
+            model.backward(cross_entropy_backward(logits, Yb))
+            for p in model.parameters():
+                p -= lr * p.grad
+    return losses
+
+
+def diagnose_losses(mine: list[float] | None, ref: list[float]) -> Row:
+    """Part 4's one row: the learner's losses against charmlp's, step by step."""
+    name, shape = "losses", (len(ref),)
+    if not mine:
+        return Row(name, "missing", shape)
+    if len(mine) != len(ref):
+        return Row(name, "wrong shape", shape, (len(mine),), diagnosis=f"returned {len(mine)} losses for {len(ref)} batches: "
+                   "one loss per batch, in order", kind="shape")
+    t_mine, t_ref = torch.tensor(mine, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64)
+    diff = (t_mine - t_ref).abs()
+    md = diff.max().item() if torch.isfinite(diff).all() else float("inf")
+    if md == 0:
+        return Row(name, "exact", shape, shape, 0.0)
+    if md <= PART4_TOL:
+        return Row(name, "approximate", shape, shape, md, diagnosis=f"every step within {PART4_TOL:g} of charmlp's "
+                   "(float32 round-off grows a little each step)", kind="rounding")
+    if not torch.isfinite(t_mine).all():
+        i = int((~torch.isfinite(t_mine)).nonzero()[0])
+        return Row(name, "wrong", shape, shape, md, diagnosis=f"the loss is NaN/inf from step {i}: a gradient is far too "
+                   "large or has the wrong sign (check them with --part 1)", kind="nonfinite")
+    if diff[0] > PART4_TOL:
+        return Row(name, "wrong", shape, shape, md, diagnosis=f"the first loss (before any update) is {mine[0]:.4f}, charmlp's "
+                   f"{ref[0]:.4f}: the forward differs (BatchNorm's variance with n − 1? b1?)", kind="forward")
+    if (t_mine == t_mine[0]).all() or (t_mine[1:] - t_mine[:-1]).abs().max() < 1e-7:
+        return Row(name, "wrong", shape, shape, md, diagnosis="the parameters never change: update them in place "
+                   "(p -= lr * dp, or p.data -= …); rebinding a name leaves params untouched", kind="no-update")
+    i = int((diff > PART4_TOL).nonzero()[0])
+    if t_mine[-20:].mean() > t_mine[:5].mean():
+        return Row(name, "wrong", shape, shape, md, diagnosis="your loss goes up: step against the gradient, "
+                   "p -= lr * dp", kind="sign")
+    return Row(name, "wrong", shape, shape, md, diagnosis=f"the losses part from step {i} (yours {mine[i]:.5f}, charmlp's "
+               f"{ref[i]:.5f}): an update or a gradient is wrong — check the gradients with --part 1", kind="drift")
+
+
+def _error_line(err: dict, path: Path) -> str:
+    where = f"{path.name}, line {err['line']}" if err.get("line") else path.name
+    text = f": {err['text']}" if err.get("text") else ""
+    return f"{where}{text} — {err['message']}"
+
+
+def run_child(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess | None:
+    """Run `_child.py ARGS` with charmlp importable; None when it ran past `timeout` (it is killed)."""
+    src = str(Path(__file__).resolve().parents[2])  # so the learner's file can import charmlp
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(Path(__file__).with_name("_child.py")), *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(cwd))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -> Report:
+    """`FILE:ClassName`: check the learner's layer class in a time-limited child process."""
+    from .layers import KINDS
+
+    path_s, sep, cls_name = target.rpartition(":")
+    if not sep or not path_s or not cls_name.isidentifier():
+        raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
+    if kind not in KINDS:
+        raise CharmlpError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    path = Path(path_s)
+    if not path.is_file():
+        raise CharmlpError(f"{path}: no such file")
+    title = f"layer check: {cls_name} as {kind} · {path.name}"
+    with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
+        proc = run_child(["--layer", str(path.resolve()), cls_name, kind, wd], path.resolve().parent, timeout)
+        if proc is None:
+            return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
+        res = Path(wd, "result.json")
+        if not res.is_file():
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return Report(title, error=f"{path.name} stopped Python itself: {last}")
+        out = json.loads(res.read_text(encoding="utf-8"))
+    if out["error"]:
+        return Report(title, error=_error_line(out["error"], path))
+    r = out["report"]
+    rows = [Row(**{**d, "shape": None if d["shape"] is None else tuple(d["shape"]),
+                   "got_shape": None if d["got_shape"] is None else tuple(d["got_shape"]),
+                   "maxdiff": d["maxdiff"] if d["maxdiff"] is not None or d["status"] != "wrong" else float("inf")})
+            for d in r["rows"]]
+    return Report(title, rows, notes=r["notes"])
+
+
+def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int | None = None,
+               timeout: float = DEFAULT_TIMEOUT, batch_size: int = 32) -> list[Report]:
+    """Run the learner's file and check each part it defines (or `parts`); one Report per part.
+
+    Raises CharmlpError for a file that does not exist, or that defines none of part1…part4 when
+    no part is asked for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CharmlpError(f"{path}: no such file (write a starter with `charmlp exercise init --out {path}`)")
+    for p in parts or ():
+        if p not in PARTS:
+            raise CharmlpError(f"--part must be one of 1, 2, 3, 4, got {p}")
+    if not timeout > 0:
+        raise CharmlpError(f"--timeout must be positive, got {timeout}")
+    ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
+    asked = tuple(parts or PARTS)
+    with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
+        from safetensors.torch import save_file
+
+        X4, Y4 = part4_batches(ex) if 4 in asked else (torch.zeros(0, ex.n, 3, dtype=torch.long),) * 2
+        tensors = {k: v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
+        tensors.update(ref_hpreact=ex.grads["hpreact"].contiguous(), batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
+        save_file(tensors, os.path.join(wd, "inputs.safetensors"))
+        Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X4), "lr": PART4_LR, "params": list(PARAMS)}))
+        proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], path.resolve().parent, timeout)
+        def whole_file(error: str) -> list[Report]:  # the file as a whole failed: one report
+            titles = [TITLES[p] for p in parts] if parts else ["exercise check"]
+            return [Report(f"{t} · {path.name}", error=error) for t in titles]
+
+        if proc is None:
+            return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop, or a long training run "
+                              "at the top of the file?")
+        res_file = Path(wd, "result.json")
+        if not res_file.is_file():
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return whole_file(f"{path.name} stopped Python itself: {last}")
+        result = json.loads(res_file.read_text(encoding="utf-8"))
+        if result["import_error"]:
+            return whole_file(_error_line(result["import_error"], path))
+        if parts is None and not any(r["defined"] for r in result["parts"].values()):
+            raise CharmlpError(f"{path} defines none of part1 … part4: start from `charmlp exercise init`")
+        from safetensors.torch import load_file
+
+        reports = []
+        for p in asked:
+            rec = result["parts"][str(p)]
+            title = f"{TITLES[p]} · {path.name} (seed {ex.seed}, batch {ex.n})"
+            if not rec["defined"]:
+                if parts is not None:
+                    reports.append(Report(title, error=f"{path.name} has no function part{p}"))
+                continue
+            if p == 4:
+                ref = reference_losses(ex.params, X4, Y4, PART4_LR)
+                rep = Report(title, [diagnose_losses(rec.get("losses"), ref)])
+            else:
+                grads = load_file(os.path.join(wd, f"out{p}.safetensors")) if Path(wd, f"out{p}.safetensors").is_file() else {}
+                grads = {k: v for k, v in grads.items() if k[1:] in ex.grads}
+                for k, typ in rec.get("other", {}).items():
+                    if k[1:] in ex.grads:
+                        grads[k] = _NotATensor(typ)
+                rep = ex.check(part=p, **grads)
+                rep.title = title
+            if rec["error"]:
+                rep.error = _error_line(rec["error"], path)
+            reports.append(rep)
+        return reports
+
+
+class _NotATensor:
+    """Stands for a learner's gradient that is not a tensor (its type's name)."""
+
+    def __init__(self, typ: str) -> None:
+        self.typ = typ
+
+    def __repr__(self) -> str:
+        return self.typ
