@@ -195,7 +195,7 @@ def train(
         tc = dataclasses.replace(tc, steps=0)
         cfg = dataclasses.replace(cfg, train=tc)
     n = len(Ytr)
-    if tc.batch_size > n:
+    if tc.steps and tc.batch_size > n:  # (a closed-form fit draws no batch)
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
 
     losses = torch.empty(tc.steps)
