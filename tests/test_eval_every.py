@@ -40,9 +40,9 @@ def test_default_is_about_20_evaluations_within_5_percent_of_the_work_and_0_is_n
     p = run_cli("train", "--data", tiny_data, "--steps", "400", "--batch-size", "32", "--n-hidden", "8", "--no-progress",
                 "--out", tmp_path / "a")
     assert p.returncode == 0, p.stderr
-    n_val = sum(len(x) + 1 for x in charmlp.load_dataset(DataConfig(path=str(tiny_data))).items["val"])
-    expected = max(1, min(20, int(0.05 * 400 * 32 / n_val)))
-    assert len(val_rows(tmp_path / "a")) == expected
+    every = resolve_eval_every(TrainConfig(steps=400, batch_size=32),
+                               len(charmlp.load_dataset(DataConfig(path=str(tiny_data))).Y["val"]))
+    assert [r["step"] for r in val_rows(tmp_path / "a")] == [s for s in range(400) if (s + 1) % every == 0 or s == 399]
     p = run_cli("train", "--data", tiny_data, "--steps", "50", "--eval-every", "0", "--n-hidden", "8", "--no-progress",
                 "--out", tmp_path / "b")
     assert p.returncode == 0 and not val_rows(tmp_path / "b")
