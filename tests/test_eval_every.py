@@ -29,14 +29,20 @@ def test_the_last_evaluation_equals_charmlp_eval_on_the_same_weights(tmp_path, t
     assert len({r["val_loss"] for r in rows}) == 3  # the model moved between evaluations
 
 
-def test_default_is_about_20_evaluations_and_0_is_never(tmp_path, tiny_data):
-    assert resolve_eval_every(TrainConfig(steps=10_000)) == 500
-    assert resolve_eval_every(TrainConfig(steps=7)) == 1
-    assert resolve_eval_every(TrainConfig(steps=100, eval_every=0)) == 0
-    p = run_cli("train", "--data", tiny_data, "--steps", "200", "--batch-size", "16", "--n-hidden", "8", "--no-progress",
+def test_default_is_about_20_evaluations_within_5_percent_of_the_work_and_0_is_never(tmp_path, tiny_data):
+    n_val = 22655  # names at block 3
+    assert resolve_eval_every(TrainConfig(), n_val) == 14_285  # the lectures' 200k × 32: 14 evaluations (14.1)
+    assert resolve_eval_every(TrainConfig(steps=10_000, batch_size=256), n_val) == 2000  # 2.56M rows: 5 (5.6)
+    assert resolve_eval_every(TrainConfig(steps=100, batch_size=32), n_val) == 100  # little work: one, at the end
+    assert resolve_eval_every(TrainConfig(steps=7, batch_size=10**6), 10) == 1  # never more often than every step
+    assert resolve_eval_every(TrainConfig(steps=100, eval_every=0), n_val) == 0
+    assert resolve_eval_every(TrainConfig(steps=100, eval_every=7), n_val) == 7
+    p = run_cli("train", "--data", tiny_data, "--steps", "400", "--batch-size", "32", "--n-hidden", "8", "--no-progress",
                 "--out", tmp_path / "a")
     assert p.returncode == 0, p.stderr
-    assert len(val_rows(tmp_path / "a")) == 20
+    every = resolve_eval_every(TrainConfig(steps=400, batch_size=32),
+                               len(charmlp.load_dataset(DataConfig(path=str(tiny_data))).Y["val"]))
+    assert [r["step"] for r in val_rows(tmp_path / "a")] == [s for s in range(400) if (s + 1) % every == 0 or s == 399]
     p = run_cli("train", "--data", tiny_data, "--steps", "50", "--eval-every", "0", "--n-hidden", "8", "--no-progress",
                 "--out", tmp_path / "b")
     assert p.returncode == 0 and not val_rows(tmp_path / "b")
