@@ -28,7 +28,7 @@ def three_runs(tmp_path_factory) -> Path:
     folder = root / "runs"
     for name, block, hidden in (("b3", 3, 16), ("b5", 5, 16), ("b5w", 5, 32)):
         cfg = RunConfig(DataConfig(path=str(data), block_size=block), MLPConfig(n_hidden=hidden, n_embd=4),
-                        TrainConfig(steps=120, batch_size=16))
+                        TrainConfig(steps=120, batch_size=16, eval_every=10))
         charmlp.train(cfg, out_dir=folder / name, progress=False)
     return folder
 
@@ -91,7 +91,7 @@ def test_sort_json_and_params_of_older_runs(three_runs, capsys, tmp_path):
 
 def test_plot_draws_the_val_rows_of_metrics(three_runs, capsys, tmp_path):
     rows = [json.loads(x) for x in (three_runs / "b3" / "metrics.jsonl").read_text().splitlines()]
-    assert sum("val_loss" in r for r in rows) >= 5  # --eval-every's default: about 20 evaluations per run
+    assert sum("val_loss" in r for r in rows) == 12  # --eval-every 10 over 120 steps
     png = tmp_path / "val.png"
     code, _, err = run_main(capsys, "runs", three_runs, "--plot", png)
     assert code == 0 and png.read_bytes().startswith(PNG) and err.startswith("val loss:")
