@@ -13,6 +13,10 @@ from .errors import CharmlpError
 
 # the seed used throughout the makemore lectures
 LECTURE_SEED = 2147483647
+DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10  # charmlp sample's
+DEFAULT_MAX_LEN = 64  # charmlp sample's longest item
+MAX_BLOCK_SIZE = 1024  # the longest context a model may have
+DTYPE_NAMES = ("float32", "float64")  # gradcheck's
 
 
 @dataclass

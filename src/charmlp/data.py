@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import MAX_BLOCK_SIZE, DataConfig
 from .errors import CharmlpError
 
 SPLITS = ("train", "val", "test")
-MAX_BLOCK_SIZE = 1024  # the model's limit too
 MAX_EXAMPLE_BYTES = 8 << 30  # context windows of all examples, above which we refuse (memory)
 # candidates for the boundary token, first one absent from the data wins
 _BOUNDARY_CANDIDATES = ".·•¤§¶#~|^_@"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .config import LECTURE_SEED, DataConfig, ModelConfig
+from .config import DTYPE_NAMES, LECTURE_SEED, DataConfig, ModelConfig
 from .data import Dataset, load_dataset
 from .engines import autograd_grads
 from .errors import CharmlpError
@@ -33,7 +33,7 @@ from .models import LanguageModel, MLPConfig, build_model
 from .nn import BatchNorm1d, Embedding, Linear, cross_entropy, cross_entropy_backward
 
 SECTIONS = ("atomic", "fused", "layer")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 MAX_BATCH = 16_384  # enough for any check; keeps the ~30 retained activations in memory
 BN_EPS = 1e-5  # the exercise's ε, also BatchNorm1d's default
 
