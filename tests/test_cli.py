@@ -1,6 +1,11 @@
 import json
+import os
+import subprocess
+import sys
 
-from conftest import assert_user_error, run_cli
+import pytest
+
+from conftest import SRC, assert_user_error, run_cli
 
 
 def test_data_json_on_embedded_names():
@@ -46,3 +51,19 @@ def test_user_errors_are_one_line(tmp_path):
     assert_user_error(run_cli("data", "--data", tmp_path / "missing.txt"), "does not exist")
     assert_user_error(run_cli("eval", tmp_path), "config.json")
     assert_user_error(run_cli("train", "--out", tmp_path / "r", "--batch-size", "1", "--steps", "5"), "batch")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["eval", "--help"], ["sample", "--help"], ["data", "--help"],
+                                  ["diagnose", "--help"], ["runs", "--help"], ["exercise", "--help"], ["--version"]])
+def test_help_imports_no_torch_numpy_or_matplotlib(args):
+    """`charmlp --help` and the subcommands whose flags do not come from the models start light: a check
+    on sys.modules in a fresh interpreter, not a timing."""
+    code = (
+        "import sys\nfrom charmlp.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

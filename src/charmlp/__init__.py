@@ -5,41 +5,68 @@ backpropagation is written by hand and checked against PyTorch's autograd.
     ds = charmlp.load_dataset()                      # the embedded names.txt
     result = charmlp.train(charmlp.RunConfig(), out_dir="runs/seed")
     charmlp.sample(result.model, ds.vocab, n=10).samples
+
+The names below load on first use (PEP 562), so `import charmlp` — and `charmlp --help` — does not
+import torch until something needs it.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-from . import exercise  # noqa: E402, F401  (charmlp.exercise.Backprop, check_layer: the learner's side)
-from .checkpoint import load_run, save_run  # noqa: E402
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from .data import Dataset, Vocab, build_examples, load_dataset, read_items  # noqa: E402
-from .diagnostics import (  # noqa: E402
-    DiagnosticsRecorder,
-    activation_stats,
-    embedding_2d,
-    grad_data_ratio,
-    init_check,
-    init_warning_hook,
-    take_snapshot,
-    update_ratio,
-)
-from .engines import autograd_grads, manual_grads  # noqa: E402
-from .errors import CharmlpError  # noqa: E402
-from .evaluate import evaluate, evaluate_run  # noqa: E402
-from .gradcheck import GradcheckReport, gradcheck  # noqa: E402
-from .lrfind import lr_find, lr_schedule  # noqa: E402
-from .models import MODELS, CharMLP, LanguageModel, MLPConfig, WaveNet, WaveNetConfig, apply_preset, build_model  # noqa: E402
-from .report import diagnose  # noqa: E402
-from .sampling import sample, sample_run  # noqa: E402
-from .train import calibrate_batchnorm, resume, train  # noqa: E402
+# public name → the module (below charmlp) that defines it
+_EXPORTS = {
+    "checkpoint": ("load_run", "save_run"),
+    "config": ("DataConfig", "ModelConfig", "RunConfig", "TrainConfig"),
+    "data": ("Dataset", "Vocab", "build_examples", "load_dataset", "read_items"),
+    "diagnostics": ("DiagnosticsRecorder", "activation_stats", "embedding_2d", "grad_data_ratio", "init_check",
+                    "init_warning_hook", "take_snapshot", "update_ratio"),
+    "engines": ("autograd_grads", "manual_grads"),
+    "errors": ("CharmlpError",),
+    "evaluate": ("evaluate", "evaluate_run"),
+    "gradcheck": ("GradcheckReport", "gradcheck"),
+    "lrfind": ("lr_find", "lr_schedule"),
+    "models": ("MODELS", "CharMLP", "LanguageModel", "MLPConfig", "WaveNet", "WaveNetConfig", "apply_preset",
+               "build_model"),
+    "report": ("diagnose",),
+    "sampling": ("sample", "sample_run"),
+    "train": ("calibrate_batchnorm", "resume", "train"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBPACKAGES = ("exercise", "models", "nn", "engines")  # charmlp.exercise.Backprop etc. without an import
 
-__all__ = [
-    "MODELS", "CharMLP", "CharmlpError", "LanguageModel", "MLPConfig", "WaveNet", "WaveNetConfig",
-    "DataConfig", "Dataset", "GradcheckReport", "ModelConfig", "RunConfig", "TrainConfig", "Vocab",
-    "apply_preset", "autograd_grads", "build_examples", "build_model", "calibrate_batchnorm", "evaluate",
-    "evaluate_run", "gradcheck", "load_dataset", "load_run", "manual_grads", "read_items", "sample", "sample_run",
-    "resume", "save_run", "train",
-    # diagnostics
-    "DiagnosticsRecorder", "activation_stats", "diagnose", "embedding_2d", "grad_data_ratio", "init_check",
-    "init_warning_hook", "lr_find", "lr_schedule", "take_snapshot", "update_ratio",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE, *_SUBPACKAGES})
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds it on the package (`charmlp.train` = the module), which would hide
+    the function of the same name (train, evaluate, gradcheck, resume): keep the function's name
+    for the function, as an eager `from .train import train` did."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -129,7 +129,25 @@ def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> by
     """safetensors bytes; `meta` (JSON-able) and a checksum travel in the header."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = {"format": str(FORMAT_VERSION), "meta": json.dumps(meta), "sha256": tensors_sha256(cpu)}
-    return st_save(cpu, metadata=header)
+    return _canonical_header(st_save(cpu, metadata=header))
+
+
+def _canonical_header(raw: bytes) -> bytes:
+    """The same safetensors file with its header written in one fixed order.
+
+    safetensors keeps the metadata in a Rust HashMap, whose order changes from call to call,
+    so equal tensors and metadata would give files with different bytes. Rewritten here:
+    metadata keys sorted, tensor entries in the library's order (by dtype, then name),
+    compact JSON, padded with spaces to a multiple of 8 bytes as the library pads it.
+    Tensor offsets are relative to the end of the header, so the data follows unchanged.
+    """
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
 def decode_tensors(raw: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -224,15 +242,19 @@ def remove_stale_temporaries(d: Path) -> None:
             remove_file(tmp)
 
 
-def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: LanguageModel) -> Path:
+def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: LanguageModel, keep_config: bool = False) -> Path:
     """Write config, vocabulary and weights (parameters and BatchNorm buffers).
 
     The weights are written last and record the model configuration and vocabulary they
     belong to, so `load_run` can tell a mixed-up directory from a complete one.
+    `keep_config` (a resumed run) keeps the config.json and vocab.json written when the run
+    started, so options of the resuming process (--checkpoint-every, --device) do not change
+    the files of a run that went straight through.
     """
     d = make_run_dir(run_dir)
-    atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
-    atomic_write_text(d / CONFIG, _config_bytes(cfg))
+    if not (keep_config and (d / CONFIG).is_file() and (d / VOCAB).is_file()):
+        atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
+        atomic_write_text(d / CONFIG, _config_bytes(cfg))
     meta = {"kind": "weights", "model": model_config_to_dict(cfg.model), "vocab": list(vocab.itos)}
     atomic_write_bytes(d / WEIGHTS, encode_tensors(model.state_dict(), meta))
     return d

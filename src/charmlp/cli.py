@@ -7,21 +7,36 @@ import dataclasses
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .checkpoint import STATE
-from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import load_dataset
-from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
-from .engines.fast import set_threads
+from .config import (
+    DEFAULT_MAX_LEN,
+    DEFAULT_SAMPLE_SEED,
+    DEVICES,
+    DTYPE_NAMES,
+    ENGINES,
+    LECTURE_SEED,
+    MAX_BLOCK_SIZE,
+    OPTIMIZERS,
+    SCHEDULES,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    check_range,
+)
 from .errors import CharmlpError, TrainingInterrupted
-from .evaluate import evaluate_run
-from .lrfind import LR_FIND, lr_find, save_lr_find
-from .models import MODELS, get_spec, preset
-from .report import diagnose
-from .sampling import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED, sample_run
-from .train import TrainResult, resume, train
+
+if TYPE_CHECKING:
+    from .diagnostics import DiagnosticsRecorder
+    from .train import TrainResult
+
+# Only argparse and the configuration are imported here: `charmlp --help` and every subcommand's
+# `--help` but train's, lr-find's and gradcheck's (their flags come from the models) start without
+# torch, NumPy or matplotlib. Each command imports what it needs when it runs.
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +54,8 @@ def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) ->
 
 def _block_defaults() -> str:
     """'the model's: mlp 3, wavenet 8, …; whole-item models: the longest item + 1)'."""
+    from .models import MODELS
+
     windows = [f"{n} {s.config().block_size}" for n, s in MODELS.items() if not s.config.sequence]
     return f"the model's: {', '.join(windows)}; models that read whole items: the longest item + 1)"
 
@@ -49,6 +66,8 @@ _DATA_FIELDS = ("vocab_size", "block_size")
 
 def _model_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
     """Field name → (the field, the models that have it), over every registered model."""
+    from .models import MODELS
+
     out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
     for name, spec in MODELS.items():
         for f in dataclasses.fields(spec.config):
@@ -59,21 +78,39 @@ def _model_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, and one flag per model configuration field (unset: the model's own default)."""
+    from .models import MODELS
+
     p.add_argument("--model", choices=sorted(MODELS), default="mlp",
                    help="; ".join(f"{n}: {s.about}" for n, s in MODELS.items()) + " (default mlp)")
     for name, (f, kinds) in _model_fields().items():
-        defaults = ", ".join(f"{k} {getattr(MODELS[k].config(), name):g}" for k in kinds)
         flag = "--" + name.replace("_", "-")
-        help_ = f"{f.metadata.get('help', name)} (default {defaults})"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, metavar=name.split("_")[-1][0].upper(), help=help_)
+        p.add_argument(flag, **_field_flag(name, f, kinds))
+
+
+def _field_flag(name: str, f: dataclasses.Field, kinds: list[str]) -> dict:
+    """argparse keywords for a model field: its type, and a help naming each model's default."""
+    from .models import MODELS
+
+    def show(v: object) -> str:
+        return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    defaults = {k: show(getattr(MODELS[k].config(), name)) for k in kinds}
+    shown = next(iter(defaults.values())) if len(set(defaults.values())) == 1 else ", ".join(
+        f"{k} {v}" for k, v in defaults.items())
+    only = f"{', '.join(kinds)} only; " if len(kinds) < len(MODELS) else ""
+    help_ = f"{f.metadata.get('help', name)} ({only}default {shown})"
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        return {"action": argparse.BooleanOptionalAction, "default": None, "help": help_}
+    if "choices" in f.metadata:
+        return {"choices": f.metadata["choices"], "help": help_}
+    return {"type": {"int": int, "float": float, "str": str}[kind], "metavar": name.split("_")[-1][0].upper(), "help": help_}
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The model fields set on the command line; a user error for one the chosen model lacks."""
+    from .models import get_spec
+
     given = {name: getattr(args, name) for name in _model_fields() if getattr(args, name, None) is not None}
     fields = {f.name for f in dataclasses.fields(get_spec(args.model).config)}
     foreign = [n for n in given if n not in fields]
@@ -85,6 +122,8 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """Model and optimisation options; unset ones come from the model's preset."""
+    from .models import MODELS
+
     _add_data_args(p, block_default=None)
     _add_model_args(p)
     names = sorted({n for s in MODELS.values() for n in s.presets})
@@ -127,12 +166,19 @@ _RESUME_FLAGS = ("device", "threads", "checkpoint_every", "no_progress")
 def model_config_from_args(args: argparse.Namespace, model_preset: dict | None = None) -> ModelConfig:
     """The chosen model's defaults, then its preset's values, then the flags given; the block
     size from --block-size when given."""
+    from .models import get_spec
+
     mc = dataclasses.replace(get_spec(args.model).config(**(model_preset or {})), **_model_overrides(args))
-    return mc if args.block_size is None else dataclasses.replace(mc, block_size=args.block_size)
+    if args.block_size is None:
+        return mc
+    check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)  # 0 would mean "the model's" to the data config
+    return dataclasses.replace(mc, block_size=args.block_size)
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The model's preset first, then every flag the user set."""
+    from .models import preset
+
     train_preset, model_preset = preset(args.model, args.preset)
     tc = dataclasses.replace(TrainConfig(), **train_preset)
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a) is not None})
@@ -143,6 +189,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
     info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
@@ -157,6 +206,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, DiagnosticsRecorder | None]:
+    from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
+    from .engines.fast import set_threads
+    from .train import resume, train
+
     set_threads(args.threads)
     recorder = None
     if args.resume is not None:
@@ -190,6 +243,8 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import STATE
+
     run_dir = args.resume if args.resume is not None else args.out
     try:
         result, recorder = _train_or_resume(args)
@@ -211,6 +266,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
     losses = evaluate_run(args.run)
     if args.json:
         print(json.dumps(losses))
@@ -221,6 +278,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling import sample_run
+
     result = sample_run(
         args.run, n=args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
         prefix=args.prefix, max_len=args.max_len,
@@ -239,6 +298,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lrfind import LR_FIND, lr_find, save_lr_find
+
     fixed = [f for f, v in (("--steps", args.steps), ("--lr", args.lr), ("--lr-final", args.lr_final),
                             ("--schedule", args.schedule)) if v is not None]
     if fixed:
@@ -262,6 +323,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .report import diagnose
+
     rep = diagnose(args.run)
     n = rep.numbers
     if args.json:
@@ -284,8 +347,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lr-find", help="sweep the learning rate over one fresh model and suggest one")
+def _add_lr_find(p: argparse.ArgumentParser) -> None:
     _add_train_args(p)
     p.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
     p.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
@@ -295,7 +357,8 @@ def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
     p.set_defaults(func=cmd_lr_find)
 
-    p = sub.add_parser("diagnose", help="write DIR/report.html: losses, init check, statistics and pictures")
+
+def _add_diagnose(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("--json", action="store_true", help="print the key numbers as one JSON object")
     p.set_defaults(func=cmd_diagnose)
@@ -306,6 +369,7 @@ def _add_diagnostics_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     """Print the gradient check table (or JSON); exit 1 if any row is outside the tolerance."""
+    from .data import load_dataset
     from .gradcheck import gradcheck
 
     mc = model_config_from_args(args)
@@ -317,14 +381,10 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _add_gradcheck_command(sub: argparse._SubParsersAction) -> None:
-    from .config import LECTURE_SEED
-    from .gradcheck import DTYPES
-
-    p = sub.add_parser("gradcheck", help="check every hand-written gradient against autograd (exit 1 on a mismatch)")
+def _add_gradcheck(p: argparse.ArgumentParser) -> None:
     _add_data_args(p, block_default=None)
     _add_model_args(p)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
     p.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
@@ -362,8 +422,7 @@ def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _add_exercise_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("exercise", help="the backprop exercise: a starter file, and checks of your own gradients and layers")
+def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
     q = esub.add_parser("init", help="write the exercise's starter file (never overwrites)")
@@ -385,20 +444,47 @@ def _add_exercise_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_exercise_check_layer)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="charmlp",
-        description="Character-level MLP language models with hand-written backprop checked against autograd.",
-    )
-    parser.add_argument("--version", action="version", version=f"charmlp {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# ── runs ──────────────────────────────────────────────────────────────────────────────────────
 
-    p = sub.add_parser("data", help="vocabulary and examples per split of a data file")
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The table of run directories (or JSON), and with --plot one picture of their loss curves."""
+    from .runs import collect_runs, format_table, plot_runs
+
+    dirs = args.dirs or ["runs"]
+    if not args.dirs and not Path("runs").is_dir():
+        raise CharmlpError("no run directories given and there is no ./runs folder; pass run directories or a folder of them")
+    rows = collect_runs(dirs, sort=args.sort)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+    else:
+        print(format_table(rows))
+    sys.stdout.flush()  # the table before the note on stderr
+    if args.plot is not None:
+        what = plot_runs(rows, args.plot, curve=args.curve)
+        print(f"{what}: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _add_runs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="run directories, or folders of them (default ./runs)")
+    p.add_argument("--sort", metavar="COL",
+                   help="sort by val, train, test, params, steps, time, run or an option column (default: as given)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    p.add_argument("--plot", metavar="FILE.png", help="write the runs' loss curves on shared axes to this PNG")
+    p.add_argument("--curve", choices=("val", "train"), default="val",
+                   help="val (default): val_loss rows of metrics.jsonl, or the smoothed training loss where a run "
+                        "has none; train: always the smoothed training loss")
+    p.set_defaults(func=cmd_runs)
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train a model and write a run directory")
+
+def _add_train(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="DIR", help="run directory to write")
     where.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
@@ -410,12 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
     dests = {a.dest for a in p._actions} - {"help", "out", "resume"}
     p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
-    p = sub.add_parser("eval", help="loss per split of a saved run")
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("--json", action="store_true", help='print {"train": …, "val": …, "test": …}')
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sample", help="generate new items from a saved run")
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("-n", type=int, default=20, help="how many items (default 20)")
     p.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help="sampling seed (same seed, same items)")
@@ -426,15 +514,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object with samples and novel_fraction")
     p.set_defaults(func=cmd_sample)
 
-    _add_diagnostics_commands(sub)
-    _add_gradcheck_command(sub)
-    _add_exercise_commands(sub)
+
+# command → (one line for `charmlp --help`, the function that adds its arguments)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "data": ("vocabulary and examples per split of a data file", _add_data),
+    "train": ("train a model and write a run directory", _add_train),
+    "eval": ("loss per split of a saved run", _add_eval),
+    "sample": ("generate new items from a saved run", _add_sample),
+    "lr-find": ("sweep the learning rate over one fresh model and suggest one", _add_lr_find),
+    "diagnose": ("write DIR/report.html: losses, init check, statistics and pictures", _add_diagnose),
+    "gradcheck": ("check every hand-written gradient against autograd (exit 1 on a mismatch)", _add_gradcheck),
+    "exercise": ("the backprop exercise: a starter file, and checks of your own gradients and layers", _add_exercise),
+    "runs": ("compare run directories: options that differ, losses, wall time, loss curves", _add_runs),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that subcommand gets its arguments (the others are listed),
+    so a command's start-up pays only for the flags it has ("" builds none: `charmlp --help`)."""
+    parser = Parser(
+        prog="charmlp",
+        description="Character-level language models (MLP, WaveNet, RNN, GRU, transformer, bigram) with "
+                    "hand-written backprop checked against autograd.",
+    )
+    parser.add_argument("--version", action="version", version=f"charmlp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_, add) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if command is None or command == name:
+            add(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # the top level has only options
+    args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     try:
         return args.func(args)
     except CharmlpError as e:

@@ -13,6 +13,10 @@ from .errors import CharmlpError
 
 # the seed used throughout the makemore lectures
 LECTURE_SEED = 2147483647
+DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10  # charmlp sample's
+DEFAULT_MAX_LEN = 64  # charmlp sample's longest item
+MAX_BLOCK_SIZE = 1024  # the longest context a model may have
+DTYPE_NAMES = ("float32", "float64")  # gradcheck's
 
 
 @dataclass
@@ -20,7 +24,9 @@ class DataConfig:
     """Where the items come from and how they become examples."""
 
     path: str | None = None  # None = the embedded names.txt
-    block_size: int = 3  # characters of context (whole-item models: positions; 0 = longest item + 1)
+    # characters of context; 0: the model's (train: its config's block size, or for whole-item models
+    # the longest item + 1; load_dataset on its own: 3, the lectures' context)
+    block_size: int = 0
     sequence: bool = False  # rows of whole items (X, Y: (items, block)) instead of context windows
     split_seed: int = 42  # random.seed(42); random.shuffle(words)
     split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points

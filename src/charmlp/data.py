@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import MAX_BLOCK_SIZE, DataConfig
 from .errors import CharmlpError
 
 SPLITS = ("train", "val", "test")
-MAX_BLOCK_SIZE = 1024  # the model's limit too
 MAX_EXAMPLE_BYTES = 8 << 30  # context windows of all examples, above which we refuse (memory)
 # candidates for the boundary token, first one absent from the data wins
 _BOUNDARY_CANDIDATES = ".·•¤§¶#~|^_@"
+
+
+DEFAULT_BLOCK_SIZE = 3  # the lectures' context, when neither the data config nor a model says
 
 
 def default_data_path() -> Path:
@@ -305,6 +307,8 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     if cfg.sequence and cfg.block_size == 0:  # whole items: as long as the longest, plus the start token
         items = read_items(cfg.path)
         cfg = dataclasses.replace(cfg, block_size=min(MAX_BLOCK_SIZE, longest_item(items) + 1))
+    elif cfg.block_size == 0:
+        cfg = dataclasses.replace(cfg, block_size=DEFAULT_BLOCK_SIZE)
     if not 1 <= cfg.block_size <= MAX_BLOCK_SIZE:
         raise CharmlpError(f"--block-size must be between 1 and {MAX_BLOCK_SIZE}, got {cfg.block_size}")
     a, b = cfg.split

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .config import LECTURE_SEED, DataConfig, ModelConfig
+from .config import DTYPE_NAMES, LECTURE_SEED, DataConfig, ModelConfig
 from .data import Dataset, load_dataset
 from .engines import autograd_grads
 from .errors import CharmlpError
@@ -33,7 +33,7 @@ from .models import LanguageModel, MLPConfig, build_model
 from .nn import BatchNorm1d, Embedding, LayerNorm, Linear, cross_entropy, cross_entropy_backward
 
 SECTIONS = ("atomic", "fused", "layer")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 MAX_BATCH = 16_384  # enough for any check; keeps the ~30 retained activations in memory
 BN_EPS = 1e-5  # the exercise's ε, also BatchNorm1d's default
 
@@ -381,10 +381,17 @@ def layer_check(model: LanguageModel, Xb: torch.Tensor, Yb: torch.Tensor, tol: T
     rows = [compare("layer", "loss → logits", dlogits, auto_dlogits, tol)]
     for i in reversed(range(len(layers))):
         a, m = layers[i], manual_model.layers[i]
+<<<<<<< HEAD
         # a layer may name itself (`label`, e.g. a transformer's "block0"); nested parameters keep their path
         label = f"[{i}] {getattr(a, 'label', None) or type(a).__name__}"
         for pname, pa in a.named_parameters():
             rows.append(compare("layer", f"{label}.{pname}", m.get_parameter(pname).grad, pa.grad, tol))
+=======
+        label = f"[{i}] {type(a).__name__}"
+        manual_params = dict(m.named_parameters())
+        for pname, pa in a.named_parameters():  # a layer's sub-modules' too (a recurrent layer's cell)
+            rows.append(compare("layer", f"{label}.{pname}", manual_params[pname].grad, pa.grad, tol))
+>>>>>>> main
         if not isinstance(a, Embedding):  # an embedding's input is character ids
             rows.append(compare("layer", f"{label} input", manual_dx[i], auto_dx[i], tol))
     return rows
@@ -423,7 +430,8 @@ def gradcheck(
     when `model` is None or an MLP; part 3 checks `model` (default: the MLP of `n_embd`,
     `n_hidden`, `n_layers`) layer by layer, its block size and vocabulary set from `dataset`."""
     validate_gradcheck_args(dtype, seed, batch_size, n_layers)
-    dataset = dataset or load_dataset(DataConfig())
+    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
+    dataset = dataset or load_dataset(DataConfig(block_size=0 if mcfg.sequence else mcfg.block_size, sequence=mcfg.sequence))
     tdtype, tol = DTYPES[dtype], TOLERANCES[dtype]
     V, T = dataset.vocab.size, dataset.block_size
     g = torch.Generator().manual_seed(seed)
@@ -433,7 +441,6 @@ def gradcheck(
     Xtr, Ytr = dataset.X["train"], dataset.Y["train"]
     ix = torch.randint(0, len(Ytr), (batch_size,), generator=g)
     Xb, Yb = Xtr[ix].long(), Ytr[ix].long()
-    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
     mcfg = dataclasses.replace(mcfg, vocab_size=V, block_size=T)
     net = build_model(mcfg, generator=g)
     perturb_parameters(net, g)

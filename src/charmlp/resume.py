@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import math
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,8 @@ class Checkpointer:
         self.pending: int | None = None  # signal number received during a step
         self.last_saved = -1
         self.fingerprint = _run_fingerprint(cfg, dataset) if self.dir is not None else None
+        self.started = time.perf_counter()
+        self.seconds_before = 0.0  # wall time the interrupted processes spent (from the checkpoint)
 
     # -- start ----------------------------------------------------------------------------
     def begin(self, resume: bool) -> int:
@@ -230,6 +233,8 @@ class Checkpointer:
         step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path,
                              self.val_losses)
         self.last_saved = step
+        seconds = ck.meta.get("seconds", 0.0)
+        self.seconds_before = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
         return step
 
     # -- per step -------------------------------------------------------------------------
@@ -270,7 +275,9 @@ class Checkpointer:
     def save(self, step: int, reason: str) -> None:
         assert self.dir is not None
         tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
-        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint)
+        seconds = self.seconds_before + time.perf_counter() - self.started
+        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint,
+                    seconds=seconds)
         atomic_write_bytes(self.dir / STATE, encode_tensors(tensors, meta))
         self.last_saved = step
 

@@ -8,13 +8,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_run
-from .config import LECTURE_SEED
+from .config import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED
 from .data import Vocab, read_items
 from .errors import CharmlpError
 from .models import LanguageModel
 
-DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10
-DEFAULT_MAX_LEN = 64
 MAX_SAMPLES = 1_000_000
 MAX_LEN_LIMIT = 100_000
 MAX_SAMPLE_CELLS = 200_000_000  # n × max_len ids held at once

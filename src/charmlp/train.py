@@ -23,9 +23,9 @@ from .data import Dataset, default_data_path, load_dataset
 from .engines.fast import make_train_step
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, evaluate, split_loss
-from .models import LanguageModel, build_model, validate_model_config
+from .models import LanguageModel, build_model, spec_of, validate_model_config
 from .nn import BatchNorm1d
-from .optim import build_optimizer
+from .optim import make_optimizer
 from .resume import Checkpointer, resume_run_config
 
 # called after every optimizer step: hook(step, model, lr, loss)
@@ -54,19 +54,21 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
 
 
-def make_optimizer(cfg: TrainConfig, model: LanguageModel) -> torch.optim.Optimizer:
-    """Plain SGD (p ← p − lr·g, as the lectures) or AdamW."""
-    params = list(model.parameters())
-    # build_optimizer: the same torch.optim object, built without importing torch._dynamo (~1.8 s)
-    if cfg.optimizer == "sgd":
-        return build_optimizer(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return build_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+EVAL_BUDGET = 0.05  # the default --eval-every spends at most about this share of the training work on val
 
 
-def resolve_eval_every(cfg: TrainConfig) -> int:
-    """Steps between val evaluations: `eval_every` as given, 0 for never, -1 (default) for about
-    20 per run."""
-    return max(1, cfg.steps // 20) if cfg.eval_every < 0 else cfg.eval_every
+def resolve_eval_every(cfg: TrainConfig, n_val: int) -> int:
+    """Steps between val evaluations: `eval_every` as given, 0 for never; by default (−1) about 20
+    per run, fewer where evaluating the `n_val` val rows that often would cost more than ~5 % of the
+    training's work (a forward pass over a row costs about what a training step spends per row,
+    the backward and update included, for these small models). It depends only on the configuration
+    and the data, never on timing, so a run's files stay reproducible."""
+    if cfg.eval_every >= 0:
+        return cfg.eval_every
+    if n_val == 0:
+        return 0
+    n = max(1, min(20, int(EVAL_BUDGET * cfg.steps * cfg.batch_size / n_val)))
+    return max(1, cfg.steps // n)
 
 
 def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
@@ -143,7 +145,9 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
 def prepare_data(cfg: RunConfig, dataset: Dataset | None = None) -> tuple[RunConfig, Dataset]:
     """The dataset in the layout the model reads (loaded unless given), and `cfg` completed from
     it: vocabulary size, block size as resolved, the data path as a run directory records it."""
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence))
+    # the model decides the layout, and the block size unless the data config sets one
+    block = cfg.data.block_size or (0 if cfg.model.sequence else cfg.model.block_size)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=cfg.model.sequence, block_size=block))
     dataset = dataset or load_dataset(cfg.data)
     if dataset.sequence != cfg.model.sequence:
         layout = {True: "whole items", False: "context windows"}
@@ -197,12 +201,16 @@ def train(
     model.train()
     optimizer = make_optimizer(tc, model)
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
+    closed_form = spec_of(cfg.model).fit
+    if closed_form is not None and closed_form(model, Xtr, Ytr):  # fitted in closed form (bigram --fit counts): no steps
+        tc = dataclasses.replace(tc, steps=0)
+        cfg = dataclasses.replace(cfg, train=tc)
     n = len(Ytr)
-    if tc.batch_size > n:
+    if tc.steps and tc.batch_size > n:  # (a closed-form fit draws no batch)
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
 
     losses = torch.empty(tc.steps)
-    eval_every = resolve_eval_every(tc)
+    eval_every = resolve_eval_every(tc, len(dataset.Y["val"]))
     val_losses = torch.full((tc.steps,), math.nan, dtype=torch.float64)  # nan: not evaluated at that step
     Xval, Yval = dataset.X["val"], dataset.Y["val"]
     ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses, val_losses)
@@ -239,15 +247,17 @@ def train(
     split_losses = evaluate(model, dataset)
     loss_list = losses.tolist()
     summary = {
-        "init_loss": loss_list[0],
+        "init_loss": loss_list[0] if loss_list else math.nan,
         "train_loss": split_losses["train"],
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
         "steps": tc.steps,
-        "seconds": time.perf_counter() - t0,
-        "train_seconds": train_seconds,
+        # wall times include the processes before a resume (from the checkpoint)
+        "seconds": ckpt.seconds_before + time.perf_counter() - t0,
+        "train_seconds": ckpt.seconds_before + train_seconds,
         "steps_per_s": (tc.steps - start) / train_seconds,
         "ln_vocab": math.log(dataset.vocab.size),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "engine": engine,
         "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
         "device": str(device),
@@ -258,7 +268,7 @@ def train(
         out = Path(out_dir)
         write_metrics(out, metrics_rows(tc, loss_list, val_losses.tolist()))
         write_json(out / SUMMARY, summary)
-        save_run(out, cfg, dataset.vocab, model)
+        save_run(out, cfg, dataset.vocab, model, keep_config=resume)
         ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 

@@ -11,41 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from charmlp.models import MLPConfig, build_model
-from charmlp.nn import BatchNorm1d, Embedding, Flatten, Layer, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
-
-
-class HandWritten(torch.autograd.Function):
-    """y = layer(x; params) with the gradient given by `layer.backward`, so that
-    torch.autograd.gradcheck compares that backward with finite differences."""
-
-    @staticmethod
-    def forward(ctx, layer: Layer, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            for p, v in zip(layer.parameters(), params, strict=True):
-                p.copy_(v)
-            out = layer(x)
-        ctx.layer = copy.deepcopy(layer)  # what this call's forward kept (gradcheck calls forward many times)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
-        layer = ctx.layer
-        for p in layer.parameters():
-            p.grad = None
-        with torch.no_grad():
-            dx = layer.backward(dout)
-        return (None, dx, *(p.grad for p in layer.parameters()))
-
-
-def check_layer(layer: Layer, x: torch.Tensor) -> None:
-    layer = layer.double()
-    params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
-    assert torch.autograd.gradcheck(lambda x, *ps: HandWritten.apply(layer, x, *ps), (x, *params), eps=1e-6, atol=1e-7)
-
-
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64)
+from charmlp.nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
+from conftest import check_layer, rand
 
 
 @pytest.mark.parametrize("bias", [True, False])

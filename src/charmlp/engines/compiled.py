@@ -228,12 +228,12 @@ def warm_up() -> dict[str, Any]:
     """Compile (or load from the cache) the step on a tiny model; seconds taken and cache use."""
     from ..config import TrainConfig
     from ..models import MLPConfig, build_model
-    from ..optim import build_optimizer
+    from ..optim import make_optimizer
 
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(0)
     model = build_model(MLPConfig(n_hidden=8, n_embd=2), generator=g)
     X = torch.zeros((4, 3), dtype=torch.uint8)
     Y = torch.zeros(4, dtype=torch.uint8)
-    CompiledStep(model, build_optimizer(TrainConfig(), model), X, Y, 2, g)(0.1)
+    CompiledStep(model, make_optimizer(TrainConfig(), model), X, Y, 2, g)(0.1)
     return {"seconds": time.perf_counter() - t0, **cache_info()}

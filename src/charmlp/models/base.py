@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import ModelConfig, check_range
 from ..errors import CharmlpError
-from ..nn import BatchNorm1d, Embedding, Layer, Linear, Sequential
+from ..nn import BatchNorm1d, Embedding, Layer, Linear, Sequential, Tanh
 
 MAX_PARAMS = 1 << 28  # 1 GiB of float32 weights; gradients and optimizer state come on top
 
@@ -46,6 +46,15 @@ class TanhStackConfig(ModelConfig):
             raise CharmlpError(f"--bn-momentum must be between 0 and 1, got {self.bn_momentum}")
         if not (math.isfinite(self.bn_eps) and 0 < self.bn_eps <= 1):
             raise CharmlpError(f"--bn-eps must be a number in (0, 1], got {self.bn_eps}")
+
+
+def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[Layer]:
+    """Linear → BatchNorm1d → Tanh (Linear → Tanh without BatchNorm). A Linear right before
+    BatchNorm needs no bias: BatchNorm subtracts the mean anyway."""
+    layers: list[Layer] = [Linear(fan_in, cfg.n_hidden, bias=not cfg.batchnorm)]
+    if cfg.batchnorm:
+        layers.append(BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
+    return [*layers, Tanh()]
 
 
 class LanguageModel(nn.Module):
@@ -122,6 +131,10 @@ class ModelSpec:
     `presets` maps a preset name to overrides of `TrainConfig` fields, plus the model's own
     fields under the key "model". Every model has `seed` (the lectures' setup where there is
     one), `quick` (a demo of a few seconds) and `fast`.
+
+    `fit`, when set, is a closed-form fit that training offers the freshly built model and its
+    training split before any step: `fit(model, X, Y)` returns True when it has fitted the
+    model (training then takes no gradient steps), False to train as usual.
     """
 
     name: str
@@ -129,3 +142,4 @@ class ModelSpec:
     model: type[LanguageModel]
     presets: dict[str, dict]
     about: str  # one line for --help
+    fit: Callable[[LanguageModel, torch.Tensor, torch.Tensor], bool] | None = None

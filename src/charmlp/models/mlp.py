@@ -13,7 +13,7 @@ import torch
 
 from ..config import check_range
 from ..nn import BatchNorm1d, Embedding, Flatten, Layer, Linear, Tanh
-from .base import LanguageModel, ModelSpec, TanhStackConfig
+from .base import LanguageModel, ModelSpec, TanhStackConfig, tanh_block
 
 
 @dataclass
@@ -41,11 +41,7 @@ class CharMLP(LanguageModel):
         layers: list[Layer] = [Embedding(cfg.vocab_size, cfg.n_embd), Flatten()]
         fan_in = cfg.block_size * cfg.n_embd
         for _ in range(cfg.n_layers):
-            # a Linear right before BatchNorm needs no bias: BN subtracts the mean anyway
-            layers.append(Linear(fan_in, cfg.n_hidden, bias=not cfg.batchnorm))
-            if cfg.batchnorm:
-                layers.append(BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
-            layers.append(Tanh())
+            layers += tanh_block(fan_in, cfg)
             fan_in = cfg.n_hidden
         layers.append(Linear(fan_in, cfg.vocab_size, bias=True))
         return layers

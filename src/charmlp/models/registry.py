@@ -13,10 +13,12 @@ import torch
 
 from ..config import ModelConfig, TrainConfig, config_from_dict
 from ..errors import CharmlpError
-from . import mlp, transformer, wavenet
+from . import bigram, mlp, rnn, transformer, wavenet
 from .base import MAX_PARAMS, LanguageModel, ModelSpec, count_params
 
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (mlp.SPEC, wavenet.SPEC, transformer.SPEC)}
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec for spec in (mlp.SPEC, wavenet.SPEC, bigram.SPEC, rnn.RNN_SPEC, rnn.GRU_SPEC, transformer.SPEC)
+}
 DEFAULT_MODEL = "mlp"
 
 

@@ -10,10 +10,12 @@ from .layernorm import LayerNorm
 from .linear import Linear
 from .losses import cross_entropy, cross_entropy_backward
 from .module import Layer, accumulate_grad, share_scratch
+from .recurrent import CELLS, Cell, GRUCell, Recurrent, RNNCell
 from .reshape import Flatten, FlattenConsecutive
+from .table import BigramTable
 
 __all__ = [
-    "GELU", "MLP", "BatchNorm1d", "Block", "CausalSelfAttention", "Embedding", "Flatten", "FlattenConsecutive",
-    "Layer", "LayerNorm", "Linear", "PositionEmbedding", "Sequential", "Tanh",
-    "accumulate_grad", "cross_entropy", "cross_entropy_backward", "share_scratch",
+    "CELLS", "GELU", "MLP", "BatchNorm1d", "BigramTable", "Block", "CausalSelfAttention", "Cell", "Embedding",
+    "Flatten", "FlattenConsecutive", "GRUCell", "Layer", "LayerNorm", "Linear", "PositionEmbedding", "RNNCell",
+    "Recurrent", "Sequential", "Tanh", "accumulate_grad", "cross_entropy", "cross_entropy_backward", "share_scratch",
 ]

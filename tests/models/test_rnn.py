@@ -1,0 +1,141 @@
+"""The recurrent models (rnn, gru): shape, causality, initialisation, and the whole model's
+hand-written backward against float64 finite differences and autograd on padded items."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from charmlp.errors import CharmlpError
+from charmlp.models import GRUConfig, RNNConfig, build_model, num_params
+from charmlp.nn import GRUCell, Recurrent, RNNCell
+
+CONFIGS = {"rnn": RNNConfig, "gru": GRUConfig}
+
+
+def items_batch(B: int, T: int, V: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded items in the sequence layout: X = [0, c1 … cn, 0 …], Y = [c1 … cn, 0, −1 …]."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.zeros(B, T, dtype=torch.long)
+    Y = torch.full((B, T), -1, dtype=torch.long)
+    for i in range(B):
+        n = int(torch.randint(0, T, (), generator=g))  # 0 … T−1 characters: the end token fits
+        c = torch.randint(1, V, (n,), generator=g)
+        X[i, 1 : n + 1], Y[i, :n], Y[i, n] = c, c, 0
+    return X, Y
+
+
+def seq_ce(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over the non-ignored targets (the protocol's per-character measure)."""
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
+
+
+def seq_ce_backward(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    # L = −(1/n) Σ_{kept} log softmax(z)[y]  →  dz = (softmax(z) − onehot(y))/n on kept rows, 0 on ignored ones
+    V = logits.shape[-1]
+    z, y = logits.reshape(-1, V), Y.reshape(-1)
+    keep = y >= 0
+    d = torch.softmax(z, dim=1)
+    d[keep.nonzero().squeeze(1), y[keep]] -= 1.0
+    d[~keep] = 0.0
+    return (d / keep.sum()).reshape(logits.shape)
+
+
+def model_for(kind: str, V: int, T: int, E: int, H: int, seed: int) -> torch.nn.Module:
+    model = build_model(CONFIGS[kind](vocab_size=V, block_size=T, n_embd=E, n_hidden=H), seed=seed).double()
+    with torch.no_grad():  # biases and h0 off their initial 0s
+        g = torch.Generator().manual_seed(seed + 1)
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_layers_shape_and_parameter_count(kind):
+    model = build_model(CONFIGS[kind](vocab_size=27, block_size=16), seed=0)
+    assert [type(m).__name__ for m in model.layers] == ["Embedding", "Recurrent", "Linear"]
+    assert isinstance(model.layers[1].cell, RNNCell if kind == "rnn" else GRUCell)
+    assert model.cfg.sequence
+    E, H, V, G = 64, 128, 27, 1 if kind == "rnn" else 3
+    cell = E * G * H + G * H + H * H * (1 if kind == "rnn" else 3)
+    assert num_params(model) == V * E + cell + H + H * V + V  # C, cell, h0, head
+    X, _ = items_batch(5, 16, 27, 0)
+    with torch.no_grad():
+        assert model(X).shape == (5, 16, 27)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_untrained_loss_is_near_ln_vocab_and_outputs_are_causal(kind):
+    model = build_model(CONFIGS[kind](vocab_size=27, block_size=12), seed=1)
+    X, Y = items_batch(64, 12, 27, 1)
+    with torch.no_grad():
+        assert abs(seq_ce(model(X), Y).item() - math.log(27)) < 0.05
+        X2 = X.clone()
+        X2[:, 7] = (X2[:, 7] + 1) % 27
+        a, b = model(X), model(X2)
+    assert torch.equal(a[:, :7], b[:, :7]) and not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_whole_model_backward_matches_finite_differences(kind, seed):
+    """Model.backward from the masked loss's gradient, every parameter at once, random sizes."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, E, H, V = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((2, 5), (2, 6), (1, 4), (1, 5), (3, 7)))
+    model = model_for(kind, V, T, E, H, seed)
+    X, Y = items_batch(B, T, V, seed)
+    params = list(model.parameters())
+
+    class Loss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *values):
+            with torch.no_grad():
+                for p, v in zip(params, values, strict=True):
+                    p.copy_(v)
+                logits = model(X)
+            ctx.model, ctx.logits = copy.deepcopy(model), logits
+            return seq_ce(logits, Y)
+
+        @staticmethod
+        def backward(ctx, dloss):
+            m = ctx.model
+            for p in m.parameters():
+                p.grad = None
+            with torch.no_grad():
+                m.backward(dloss * seq_ce_backward(ctx.logits, Y))
+            return tuple(p.grad for p in m.parameters())
+
+    values = [p.detach().clone().requires_grad_(True) for p in params]
+    assert torch.autograd.gradcheck(Loss.apply, tuple(values), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_whole_model_backward_matches_autograd(kind):
+    model = model_for(kind, 11, 14, 8, 16, 3)
+    manual = copy.deepcopy(model)
+    X, Y = items_batch(20, 14, 11, 3)
+    seq_ce(model(X), Y).backward()
+    with torch.no_grad():
+        logits = manual(X)
+        manual.backward(seq_ce_backward(logits, Y))
+    for (name, pa), pm in zip(model.named_parameters(), manual.parameters(), strict=True):
+        assert torch.allclose(pm.grad, pa.grad, rtol=0, atol=1e-13), name
+    assert isinstance(manual.layers[1], Recurrent) and manual.layers[1].h0.grad.abs().sum() > 0
+
+
+def test_init_scales():
+    model = build_model(GRUConfig(vocab_size=27, block_size=8, n_embd=200, n_hidden=300), seed=0)
+    cell = model.layers[1].cell
+    assert abs(cell.Wx.std().item() - 1 / math.sqrt(500)) < 2e-3 and abs(cell.Wh.std().item() - 1 / math.sqrt(500)) < 2e-3
+    assert not cell.b.any() and not model.layers[1].h0.any() and not model.layers[2].bias.any()
+
+
+def test_bad_sizes_are_user_errors():
+    with pytest.raises(CharmlpError, match="--n-hidden"):
+        build_model(RNNConfig(block_size=8, n_hidden=0))
+    with pytest.raises(CharmlpError, match="--n-embd"):
+        build_model(GRUConfig(block_size=8, n_embd=-3))

@@ -1,0 +1,155 @@
+"""`charmlp runs`: one table of run directories, the options that differ, and one picture."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import charmlp
+from charmlp.cli import main
+from charmlp.config import DataConfig, RunConfig, TrainConfig
+from charmlp.models import MLPConfig
+from charmlp.runs import collect_runs, column_names, flatten, format_table, smooth_points
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory) -> Path:
+    """runs/{b3,b5,b5w}: block size 3 / 5, width 16 / 16 / 32 on a tiny data file."""
+    from conftest import make_items
+
+    root = tmp_path_factory.mktemp("runs")
+    data = root / "tiny.txt"
+    data.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
+    folder = root / "runs"
+    for name, block, hidden in (("b3", 3, 16), ("b5", 5, 16), ("b5w", 5, 32)):
+        cfg = RunConfig(DataConfig(path=str(data), block_size=block), MLPConfig(n_hidden=hidden, n_embd=4),
+                        TrainConfig(steps=120, batch_size=16, eval_every=10))
+        charmlp.train(cfg, out_dir=folder / name, progress=False)
+    return folder
+
+
+def run_main(capsys, *args: object) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(capsys, *args: object) -> str:
+    code, _, err = run_main(capsys, *args)
+    err = err.strip()
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, (code, err)
+    return err
+
+
+def test_flatten_and_column_names():
+    assert flatten({"a": 1, "m": {"x": [1, 2], "k": {"y": None}}}) == {"a": 1, "m.x": [1, 2], "m.k.y": None}
+    assert column_names(["model.n_hidden", "data.block_size", "train.seed", "model.seed"]) == {
+        "model.n_hidden": "n_hidden", "data.block_size": "block_size", "train.seed": "train.seed", "model.seed": "model.seed"}
+
+
+def test_table_shows_the_two_differing_options_and_the_losses(three_runs, capsys):
+    code, out, err = run_main(capsys, "runs", three_runs)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = lines[0].split()
+    # block_size (once, though data.block_size and model.block_size both hold it) and n_hidden; nothing else differs
+    assert header == ["run", "kind", "block_size", "n_hidden", "params", "steps", "train", "val", "test", "time"]
+    assert len(lines) == 4
+    summaries = {p.name: json.loads((p / "summary.json").read_text()) for p in three_runs.iterdir()}
+    for line, name, block, hidden in zip(lines[1:], ("b3", "b5", "b5w"), (3, 5, 5), (16, 16, 32)):
+        cells = line.split()
+        s = summaries[name]
+        assert cells[0].endswith(name) and cells[1] == "mlp" and cells[2:4] == [str(block), str(hidden)]
+        assert cells[4] == f"{s['n_params']:,}" and cells[5] == "120"
+        assert cells[6:9] == [f"{s['train_loss']:.4f}", f"{s['val_loss']:.4f}", f"{s['test_loss']:.4f}"]
+
+
+def test_sort_json_and_params_of_older_runs(three_runs, capsys, tmp_path):
+    code, out, _ = run_main(capsys, "runs", *(three_runs / n for n in ("b3", "b5", "b5w")), "--json", "--sort", "val")
+    rows = json.loads(out)
+    assert [r["val_loss"] for r in rows] == sorted(r["val_loss"] for r in rows)
+    assert all(set(r["options"]) == {"data.block_size", "model.n_hidden"} for r in rows)
+    assert all(r["config"]["model.n_embd"] == 4 and r["status"] == "finished" for r in rows)
+    rows = collect_runs([three_runs], sort="n_hidden")
+    assert [r.options["model.n_hidden"] for r in rows] == [16, 16, 32]
+    # a run written before summary.json had n_params: counted from model.safetensors' header
+    old = tmp_path / "old"
+    shutil.copytree(three_runs / "b5w", old)
+    s = json.loads((old / "summary.json").read_text())
+    n = s.pop("n_params")
+    (old / "summary.json").write_text(json.dumps(s))
+    assert collect_runs([old])[0].n_params == n == sum(p.numel() for p in charmlp.load_run(old).model.parameters())
+
+
+def test_plot_draws_the_val_rows_of_metrics(three_runs, capsys, tmp_path):
+    rows = [json.loads(x) for x in (three_runs / "b3" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("val_loss" in r for r in rows) == 12  # --eval-every 10 over 120 steps
+    png = tmp_path / "val.png"
+    code, _, err = run_main(capsys, "runs", three_runs, "--plot", png)
+    assert code == 0 and png.read_bytes().startswith(PNG) and err.startswith("val loss:")
+    code, _, err = run_main(capsys, "runs", three_runs, "--plot", png, "--curve", "train")
+    assert code == 0 and err.startswith("training loss (smoothed):")
+
+
+def test_plot_falls_back_to_training_loss_and_says_so(three_runs, capsys, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(three_runs, runs)
+    for d in runs.iterdir():  # runs trained with --eval-every 0 (or before it existed) have no val rows
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        (d / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "val_loss"}) + "\n" for r in rows))
+    png = tmp_path / "curves.png"
+    code, _, err = run_main(capsys, "runs", runs, "--plot", png)
+    assert code == 0 and png.read_bytes().startswith(PNG)
+    assert "training loss (smoothed)" in err and "no val_loss rows" in err
+    # one run with val rows among runs without: both kinds, and the title says so
+    shutil.copy(three_runs / "b3" / "metrics.jsonl", runs / "b3" / "metrics.jsonl")
+    code, _, err = run_main(capsys, "runs", runs, "--plot", png)
+    assert code == 0 and err.startswith("val loss where metrics.jsonl has it, else training loss")
+
+
+def test_smooth_points():
+    xs, ys, k = smooth_points([(i, float(i % 2)) for i in range(100)], chunks=10)
+    assert k == 10 and len(xs) == 10 and ys == [0.5] * 10 and xs[0] == 4.5
+
+
+def test_unfinished_run_is_listed_with_its_step(tmp_path, tiny_data, capsys):
+    import os
+    import signal
+
+    def interrupt(step, model, lr, loss):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), MLPConfig(n_hidden=8, n_embd=2), TrainConfig(steps=20, batch_size=8))
+    with pytest.raises(charmlp.errors.TrainingInterrupted):
+        charmlp.train(cfg, out_dir=tmp_path / "u", progress=False, hooks=(interrupt,))
+    table = format_table(collect_runs([tmp_path / "u"]))
+    assert "unfinished (step 5 of 20)" in table and "–" in table.splitlines()[1]
+
+
+def test_bad_input_gets_one_line_errors(tmp_path, three_runs, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "is not a charmlp run directory" in one_line_error(capsys, "runs", empty)
+    assert "does not exist" in one_line_error(capsys, "runs", tmp_path / "nowhere")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"name": "not ours"}')
+    assert "not written by charmlp" in one_line_error(capsys, "runs", foreign)
+    broken = tmp_path / "broken"
+    shutil.copytree(three_runs / "b3", broken)
+    (broken / "summary.json").write_text("{not json")
+    assert "not valid JSON" in one_line_error(capsys, "runs", broken)
+    assert "unknown --sort column 'nope'" in one_line_error(capsys, "runs", three_runs, "--sort", "nope")
+    assert ".png" in one_line_error(capsys, "runs", three_runs, "--plot", tmp_path / "x.jpg")
+    assert "does not exist" in one_line_error(capsys, "runs", three_runs, "--plot", tmp_path / "no" / "x.png")
+    monkeypatch.chdir(tmp_path)  # no DIR and no ./runs
+    assert "no run directories given" in one_line_error(capsys, "runs")
