@@ -381,17 +381,11 @@ def layer_check(model: LanguageModel, Xb: torch.Tensor, Yb: torch.Tensor, tol: T
     rows = [compare("layer", "loss → logits", dlogits, auto_dlogits, tol)]
     for i in reversed(range(len(layers))):
         a, m = layers[i], manual_model.layers[i]
-<<<<<<< HEAD
         # a layer may name itself (`label`, e.g. a transformer's "block0"); nested parameters keep their path
         label = f"[{i}] {getattr(a, 'label', None) or type(a).__name__}"
-        for pname, pa in a.named_parameters():
-            rows.append(compare("layer", f"{label}.{pname}", m.get_parameter(pname).grad, pa.grad, tol))
-=======
-        label = f"[{i}] {type(a).__name__}"
         manual_params = dict(m.named_parameters())
-        for pname, pa in a.named_parameters():  # a layer's sub-modules' too (a recurrent layer's cell)
+        for pname, pa in a.named_parameters():  # a layer's sub-modules' too (a recurrent layer's cell, a block's)
             rows.append(compare("layer", f"{label}.{pname}", manual_params[pname].grad, pa.grad, tol))
->>>>>>> main
         if not isinstance(a, Embedding):  # an embedding's input is character ids
             rows.append(compare("layer", f"{label} input", manual_dx[i], auto_dx[i], tol))
     return rows
