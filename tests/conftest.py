@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import subprocess
@@ -11,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from charmlp.nn import Layer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -51,43 +48,3 @@ def assert_user_error(proc: subprocess.CompletedProcess, contains: str = "") -> 
     assert "Traceback" not in proc.stderr
     assert err.startswith("error:") and len(err.splitlines()) == 1, err
     assert contains.lower() in err.lower(), err
-
-
-# ----------------------------------------------------------------------------- hand-written backward vs finite differences
-
-
-class HandWritten(torch.autograd.Function):
-    """y = layer(x; params) with the gradient given by `layer.backward`, so that
-    torch.autograd.gradcheck compares that backward with finite differences."""
-
-    @staticmethod
-    def forward(ctx, layer: Layer, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            for p, v in zip(layer.parameters(), params, strict=True):
-                p.copy_(v)
-            out = layer(x)
-        ctx.layer = copy.deepcopy(layer)  # what this call's forward kept (gradcheck calls forward many times)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
-        layer = ctx.layer
-        for p in layer.parameters():
-            p.grad = None
-        with torch.no_grad():
-            dx = layer.backward(dout)
-        return (None, dx, *(p.grad for p in layer.parameters()))
-
-
-def check_layer(layer: Layer, x: torch.Tensor) -> None:
-    """torch.autograd.gradcheck (float64 finite differences) of `layer.backward` for input x and every parameter."""
-    layer = layer.double()
-    params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
-    assert torch.autograd.gradcheck(lambda x, *ps: HandWritten.apply(layer, x, *ps), (x, *params), eps=1e-6, atol=1e-7)
-
-
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64)
-
-

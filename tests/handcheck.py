@@ -65,3 +65,45 @@ def check_against_autograd(layer: Layer, x: torch.Tensor, generator: torch.Gener
     for m, a in pairs:
         assert m.shape == a.shape
         assert (m - a).abs().max() <= rel * a.abs().max().clamp_min(1e-300), ((m - a).abs().max(), a.abs().max())
+
+
+def check_layer(layer: Layer, x: torch.Tensor) -> None:
+    """`check_finite_differences` on a float64 copy of `layer`, its parameters as they are."""
+    check_finite_differences(layer.double(), x)
+
+
+def rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    """float64 N(0, 1) values from their own seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def check_model_finite_differences(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor) -> None:
+    """The model's hand-written backward from the fused loss gradient (`cross_entropy_backward`,
+    windows or whole items with −1 targets), every parameter at once, against float64 finite
+    differences of `cross_entropy(model(X), Y)`."""
+    from charmlp.nn import cross_entropy, cross_entropy_backward
+
+    params = list(model.parameters())
+
+    class Loss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *values: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                for p, v in zip(params, values, strict=True):
+                    p.copy_(v)
+                logits = model(X)
+            ctx.model, ctx.logits = copy.deepcopy(model), logits
+            return cross_entropy(logits, Y)
+
+        @staticmethod
+        def backward(ctx, dloss: torch.Tensor):
+            m = ctx.model
+            for p in m.parameters():
+                p.grad = None
+            with torch.no_grad():
+                m.backward(dloss * cross_entropy_backward(ctx.logits, Y))
+            return tuple(p.grad for p in m.parameters())
+
+    values = [p.detach().clone().requires_grad_(True) for p in params]
+    assert torch.autograd.gradcheck(Loss.apply, tuple(values), eps=1e-6, atol=1e-7)

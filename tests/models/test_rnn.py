@@ -11,7 +11,8 @@ import torch
 
 from charmlp.errors import CharmlpError
 from charmlp.models import GRUConfig, RNNConfig, build_model, num_params
-from charmlp.nn import GRUCell, Recurrent, RNNCell
+from charmlp.nn import GRUCell, Recurrent, RNNCell, cross_entropy, cross_entropy_backward
+from handcheck import check_model_finite_differences
 
 CONFIGS = {"rnn": RNNConfig, "gru": GRUConfig}
 
@@ -28,20 +29,6 @@ def items_batch(B: int, T: int, V: int, seed: int) -> tuple[torch.Tensor, torch.
     return X, Y
 
 
-def seq_ce(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over the non-ignored targets (the protocol's per-character measure)."""
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
-
-
-def seq_ce_backward(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    # L = −(1/n) Σ_{kept} log softmax(z)[y]  →  dz = (softmax(z) − onehot(y))/n on kept rows, 0 on ignored ones
-    V = logits.shape[-1]
-    z, y = logits.reshape(-1, V), Y.reshape(-1)
-    keep = y >= 0
-    d = torch.softmax(z, dim=1)
-    d[keep.nonzero().squeeze(1), y[keep]] -= 1.0
-    d[~keep] = 0.0
-    return (d / keep.sum()).reshape(logits.shape)
 
 
 def model_for(kind: str, V: int, T: int, E: int, H: int, seed: int) -> torch.nn.Module:
@@ -73,7 +60,7 @@ def test_untrained_loss_is_near_ln_vocab_and_outputs_are_causal(kind):
     model = build_model(CONFIGS[kind](vocab_size=27, block_size=12), seed=1)
     X, Y = items_batch(64, 12, 27, 1)
     with torch.no_grad():
-        assert abs(seq_ce(model(X), Y).item() - math.log(27)) < 0.05
+        assert abs(cross_entropy(model(X), Y).item() - math.log(27)) < 0.05
         X2 = X.clone()
         X2[:, 7] = (X2[:, 7] + 1) % 27
         a, b = model(X), model(X2)
@@ -88,29 +75,7 @@ def test_whole_model_backward_matches_finite_differences(kind, seed):
     B, T, E, H, V = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((2, 5), (2, 6), (1, 4), (1, 5), (3, 7)))
     model = model_for(kind, V, T, E, H, seed)
     X, Y = items_batch(B, T, V, seed)
-    params = list(model.parameters())
-
-    class Loss(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *values):
-            with torch.no_grad():
-                for p, v in zip(params, values, strict=True):
-                    p.copy_(v)
-                logits = model(X)
-            ctx.model, ctx.logits = copy.deepcopy(model), logits
-            return seq_ce(logits, Y)
-
-        @staticmethod
-        def backward(ctx, dloss):
-            m = ctx.model
-            for p in m.parameters():
-                p.grad = None
-            with torch.no_grad():
-                m.backward(dloss * seq_ce_backward(ctx.logits, Y))
-            return tuple(p.grad for p in m.parameters())
-
-    values = [p.detach().clone().requires_grad_(True) for p in params]
-    assert torch.autograd.gradcheck(Loss.apply, tuple(values), eps=1e-6, atol=1e-7)
+    check_model_finite_differences(model, X, Y)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru"])
@@ -118,10 +83,10 @@ def test_whole_model_backward_matches_autograd(kind):
     model = model_for(kind, 11, 14, 8, 16, 3)
     manual = copy.deepcopy(model)
     X, Y = items_batch(20, 14, 11, 3)
-    seq_ce(model(X), Y).backward()
+    cross_entropy(model(X), Y).backward()
     with torch.no_grad():
         logits = manual(X)
-        manual.backward(seq_ce_backward(logits, Y))
+        manual.backward(cross_entropy_backward(logits, Y))
     for (name, pa), pm in zip(model.named_parameters(), manual.parameters(), strict=True):
         assert torch.allclose(pm.grad, pa.grad, rtol=0, atol=1e-13), name
     assert isinstance(manual.layers[1], Recurrent) and manual.layers[1].h0.grad.abs().sum() > 0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from charmlp.models import MLPConfig, build_model
 from charmlp.nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
-from conftest import check_layer, rand
+from handcheck import check_layer, check_model_finite_differences, rand
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -99,29 +99,7 @@ def test_whole_model_backward_matches_finite_differences(batchnorm):
                 p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
     X = torch.tensor([[0, 1], [2, 5], [5, 5], [3, 0], [1, 1]])
     Y = torch.tensor([1, 5, 0, 2, 1])
-    params = list(model.parameters())
-
-    class Loss(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *values):
-            with torch.no_grad():
-                for p, v in zip(params, values, strict=True):
-                    p.copy_(v)
-                logits = model(X)
-            ctx.model, ctx.logits = copy.deepcopy(model), logits
-            return cross_entropy(logits, Y)
-
-        @staticmethod
-        def backward(ctx, dloss):
-            m = ctx.model
-            for p in m.parameters():
-                p.grad = None
-            with torch.no_grad():
-                m.backward(dloss * cross_entropy_backward(ctx.logits, Y))
-            return tuple(p.grad for p in m.parameters())
-
-    values = [p.detach().clone().requires_grad_(True) for p in params]
-    assert torch.autograd.gradcheck(Loss.apply, tuple(values), eps=1e-6, atol=1e-7)
+    check_model_finite_differences(model, X, Y)
 
 
 def test_backward_accumulates_like_autograd():

@@ -11,6 +11,7 @@ import torch
 
 from charmlp.nn import GRUCell, Recurrent, RNNCell
 from charmlp.nn.recurrent import Cell
+from handcheck import check_finite_differences, rand
 
 SEEDS = [0, 1, 2]
 
@@ -30,10 +31,6 @@ def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
         for p in module.parameters():
             p.copy_(0.7 * torch.randn(p.shape, generator=g, dtype=torch.float64))
     return module
-
-
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 class CellFn(torch.autograd.Function):
@@ -58,28 +55,6 @@ class CellFn(torch.autograd.Function):
         return (None, dx, dh, *(p.grad for p in cell.parameters()))
 
 
-class LayerFn(torch.autograd.Function):
-    """y = layer(x; params) with the gradient given by `layer.backward`."""
-
-    @staticmethod
-    def forward(ctx, layer: Recurrent, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            for p, v in zip(layer.parameters(), params, strict=True):
-                p.copy_(v)
-            out = layer(x)
-        ctx.layer = copy.deepcopy(layer)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
-        layer = ctx.layer
-        for p in layer.parameters():
-            p.grad = None
-        with torch.no_grad():
-            dx = layer.backward(dout)
-        return (None, dx, *(p.grad for p in layer.parameters()))
-
-
 @pytest.mark.parametrize("cell_class", [RNNCell, GRUCell])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cell_backward_matches_finite_differences(cell_class, seed):
@@ -95,9 +70,7 @@ def test_cell_backward_matches_finite_differences(cell_class, seed):
 def test_unrolled_backward_matches_finite_differences(cell_class, seed):
     B, T, E, H = sizes(seed)
     layer = randomise(Recurrent(cell_class(E, H)), seed)
-    params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
-    x = rand(B, T, E, seed=seed).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, *ps: LayerFn.apply(layer, x, *ps), (x, *params), eps=1e-6, atol=1e-7)
+    check_finite_differences(layer, rand(B, T, E, seed=seed))
 
 
 @pytest.mark.parametrize("cell_class", [RNNCell, GRUCell])

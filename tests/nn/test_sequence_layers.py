@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from charmlp.nn import BatchNorm1d, Embedding, FlattenConsecutive, Linear
-from conftest import check_layer, rand
+from handcheck import check_layer, rand
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5)])
