@@ -92,7 +92,7 @@ def _setup() -> str:
         import llvmlite.binding as llvm
         import numba  # noqa: F401
     except ImportError:
-        return "numba is not installed (pip install 'charmlp[compiled]')"
+        return "numba is not installed (pip install numba)"
     addr = _find_sgemm()
     if addr is None:
         return "NumPy's BLAS exports no ILP64 cblas_sgemm"
