@@ -168,7 +168,7 @@ def bench_compile() -> dict:
     if not compiled_step.available():
         return {"available": False, "reason": compiled_step.unavailable_reason()}
     out: dict = {"available": True}
-    code = "import json; from charmlp import compiled_step as c; print(json.dumps(c.warm_up()))"
+    code = "import json; from charmlp.engines import compiled as c; print(json.dumps(c.warm_up()))"
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"), NUMBA_CACHE_DIR=d)
         for key in ("compile", "cache_load"):
