@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI runs the same examples every time (a red run must be reproducible); a local run explores anew
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

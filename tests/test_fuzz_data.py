@@ -62,7 +62,7 @@ def test_random_unicode_text(ls, nl, bom, block_size):
 
 
 @FUZZ
-@given(ls=st.lists(st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=8), min_size=1, max_size=30))
+@given(ls=st.lists(st.text(st.characters(exclude_characters="\x00", codec="utf-8"), min_size=1, max_size=8), min_size=1, max_size=30))
 def test_item_count_decides_between_dataset_and_error(ls):
     """Enough non-blank lines for 80/10/10 give a dataset with all of them; fewer, an error saying so."""
     text = "\n".join(ls)
