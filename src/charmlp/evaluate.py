@@ -14,6 +14,17 @@ from .nn.losses import IGNORE
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
 MAX_CHUNK_LOGITS = 1 << 24  # logits per forward pass (64 MiB of float32)
+MAX_CHUNK_BYTES = 256 << 20  # activations one forward pass may hold (the layers keep theirs for a backward)
+
+
+def eval_chunk(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> int:
+    """Rows of X per forward pass: at most `chunk`, at most MAX_CHUNK_LOGITS logits (large
+    vocabularies) and about MAX_CHUNK_BYTES of activations (wide or long models: a transformer's
+    whole train split at once would hold gigabytes)."""
+    cfg = model.cfg
+    per_row = cfg.vocab_size * (X.shape[1] if cfg.sequence else 1)  # logits one row of X gives
+    by_memory = MAX_CHUNK_BYTES // (4 * max(1, cfg.floats_per_example()))
+    return max(1, min(chunk, MAX_CHUNK_LOGITS // per_row, by_memory))
 
 
 @torch.no_grad()
@@ -24,8 +35,7 @@ def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    per_row = model.cfg.vocab_size * (X.shape[1] if model.cfg.sequence else 1)  # logits one row of X gives
-    chunk = max(1, min(chunk, MAX_CHUNK_LOGITS // per_row))  # large vocabularies: smaller chunks
+    chunk = eval_chunk(model, X, chunk)
     forward = model.eval_forward()  # BatchNorm folded into the Linear before it: same function, fewer passes
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0  # real targets (whole items: those ≠ −1)

@@ -22,7 +22,7 @@ from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainCon
 from .data import Dataset, default_data_path, load_dataset
 from .engines.fast import make_train_step
 from .errors import CharmlpError
-from .evaluate import EVAL_CHUNK, evaluate, split_loss
+from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
 from .models import LanguageModel, build_model, spec_of, validate_model_config
 from .nn import BatchNorm1d
 from .optim import make_optimizer
@@ -121,6 +121,7 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    chunk = eval_chunk(model, X, chunk)
     layers = list(model.layers)
     for i, bn in enumerate(layers):
         if not isinstance(bn, BatchNorm1d):
