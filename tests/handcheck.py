@@ -12,14 +12,16 @@ from charmlp.nn import Layer
 
 
 class HandWritten(torch.autograd.Function):
-    """y = layer(x; params) with the gradient given by `layer.backward`."""
+    """y = layer(*inputs; params) with the gradient given by `layer.backward` (dx, or a tuple of
+    one gradient per input, e.g. a recurrent cell's (dx, dh))."""
 
     @staticmethod
-    def forward(ctx, layer: Layer, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, layer: Layer, n_inputs: int, *tensors: torch.Tensor) -> torch.Tensor:
+        inputs, params = tensors[:n_inputs], tensors[n_inputs:]
         with torch.no_grad():
             for p, v in zip(layer.parameters(), params, strict=True):
                 p.copy_(v)
-            out = layer(x)
+            out = layer(*inputs)
         ctx.layer = copy.deepcopy(layer)  # what this call's forward kept (gradcheck calls forward many times)
         return out.clone()
 
@@ -29,8 +31,8 @@ class HandWritten(torch.autograd.Function):
         for p in layer.parameters():
             p.grad = None
         with torch.no_grad():
-            dx = layer.backward(dout)
-        return (None, dx, *(p.grad for p in layer.parameters()))
+            d = layer.backward(dout)
+        return (None, None, *(d if isinstance(d, tuple) else (d,)), *(p.grad for p in layer.parameters()))
 
 
 def randomise(layer: Layer, generator: torch.Generator, scale: float = 0.5) -> Layer:
@@ -42,11 +44,12 @@ def randomise(layer: Layer, generator: torch.Generator, scale: float = 0.5) -> L
     return layer
 
 
-def check_finite_differences(layer: Layer, x: torch.Tensor) -> None:
-    """The hand-written backward (input and every parameter) against float64 finite differences."""
+def check_finite_differences(layer: Layer, *inputs: torch.Tensor) -> None:
+    """The hand-written backward (every input and every parameter) against float64 finite differences."""
     params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
-    x = x.detach().clone().requires_grad_(x.is_floating_point())
-    assert torch.autograd.gradcheck(lambda x, *ps: HandWritten.apply(layer, x, *ps), (x, *params), eps=1e-6, atol=1e-7)
+    xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    fn = lambda *ts: HandWritten.apply(layer, len(xs), *ts)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (*xs, *params), eps=1e-6, atol=1e-7)
 
 
 def check_against_autograd(layer: Layer, x: torch.Tensor, generator: torch.Generator, rel: float = 1e-10) -> None:
