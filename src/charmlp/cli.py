@@ -257,7 +257,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ) from None
     s = result.summary
     print(
-        f"step-0 loss {s['init_loss']:.4f} (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
+        ("fitted in closed form, no steps" if s["init_loss"] is None else f"step-0 loss {s['init_loss']:.4f}")
+        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
         f"| val {s['val_loss']:.4f} | test {s['test_loss']:.4f} | {s['steps']} steps in {s['seconds']:.1f} s"
     )
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"

@@ -141,7 +141,7 @@ def diagnose(run_dir: str | Path, batch_seed: int = BATCH_SEED) -> Report:
             tables[key] = {"loss": snap.loss, **snapshot_tables(snap, lr)}
 
     # init check: the real step-0 minibatch loss when the run recorded it, else the snapshot batch's
-    if "init_loss" in summary:
+    if summary.get("init_loss") is not None:
         check, source = init_check(summary["init_loss"], cfg.model.vocab_size), "step-0 minibatch loss of the run"
     elif "init" in tables:
         check = init_check(tables["init"]["loss"], cfg.model.vocab_size)

@@ -211,9 +211,9 @@ def train(
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
 
     losses = torch.empty(tc.steps)
-    eval_every = resolve_eval_every(tc, len(dataset.Y["val"]))
-    val_losses = torch.full((tc.steps,), math.nan, dtype=torch.float64)  # nan: not evaluated at that step
     Xval, Yval = dataset.X["val"], dataset.Y["val"]
+    eval_every = resolve_eval_every(tc, len(Yval))  # 0 for an empty val split
+    val_losses = torch.full((tc.steps,), math.nan, dtype=torch.float64)  # nan: not evaluated at that step
     ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses, val_losses)
     start = ckpt.begin(resume)
     # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
@@ -227,7 +227,7 @@ def train(
         loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
         ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
         losses[step] = loss
-        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps) and len(Yval):
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps):
             # val loss of the weights after this step: eval mode, BatchNorm's running statistics
             val_losses[step] = split_loss(model, Xval, Yval)
             postfix["val"] = f"{val_losses[step].item():.4f}"
@@ -248,7 +248,7 @@ def train(
     split_losses = evaluate(model, dataset)
     loss_list = losses.tolist()
     summary = {
-        "init_loss": loss_list[0] if loss_list else math.nan,
+        "init_loss": loss_list[0] if loss_list else None,  # None (null): fitted in closed form, no step
         "train_loss": split_losses["train"],
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
