@@ -306,3 +306,66 @@ def test_a_diverged_run_can_be_retrained_in_place(tmp_path, tiny_data):
     assert read_checkpoint(tmp_path / "run").reason == "non-finite"
     charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)  # e.g. with a lower --lr
     assert load_run(tmp_path / "run").config.train.steps == 10 and not (tmp_path / "run" / STATE).exists()
+
+
+# ----------------------------------------------------------------------------- windows without host syncs
+
+
+def test_sync_every_gives_the_same_run_files_and_all(tmp_path, tiny_data):
+    """--sync-every K (what a GPU run does by default) reads losses back once per window: the same
+    losses, val losses, weights and files as reading each step's."""
+    common = dict(engine="manual", optimizer="adamw", lr=0.01, eval_every=5, checkpoint_every=9, log_every=1)
+    from charmlp.diagnostics import init_warning_hook
+
+    warn = init_warning_hook(write=lambda msg: None)
+    ref = charmlp.train(tiny_cfg(tiny_data, steps=40, **common), out_dir=tmp_path / "one", progress=False,
+                        hooks=(warn,))
+    win = charmlp.train(tiny_cfg(tiny_data, steps=40, sync_every=7, **common), out_dir=tmp_path / "win",
+                        progress=False, hooks=(warn,))
+    assert win.losses == ref.losses
+    assert_same_run(tmp_path / "one", tmp_path / "win")
+    assert (tmp_path / "one" / "metrics.jsonl").read_text() == (tmp_path / "win" / "metrics.jsonl").read_text()
+
+
+def test_sync_every_non_finite_stops_where_one_step_does(tmp_path, tiny_data):
+    def explode(step, model, lr, loss):
+        with torch.no_grad():
+            model.layers[0].weight.fill_(3e38)
+
+    explode.wants = lambda step: step == 12  # the window after step 12 meets the non-finite loss at 13
+    msgs, states = [], []
+    for k in (1, 6):
+        run = tmp_path / f"run{k}"
+        with pytest.raises(CharmlpError) as exc:
+            charmlp.train(tiny_cfg(tiny_data, steps=50, engine="manual", sync_every=k), out_dir=run,
+                          progress=False, hooks=(explode,))
+        msgs.append(str(exc.value).replace(str(run), "RUN"))
+        states.append(read_checkpoint(run))
+    assert "step 13 of 50" in msgs[0] and msgs[0] == msgs[1]
+    assert states[0].step == states[1].step == 13
+    for key, t in states[0].tensors.items():  # (BatchNorm's running statistics took the blow-up too: nan)
+        torch.testing.assert_close(t, states[1].tensors[key], rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+def test_sync_every_signal_inside_a_window_then_resume_is_exact(tmp_path, tiny_data, monkeypatch):
+    from charmlp.engines.eager import EagerStep
+
+    cfg = tiny_cfg(tiny_data, steps=60, engine="autograd", sync_every=10, log_every=1)
+    ref = charmlp.train(cfg, out_dir=tmp_path / "ref", progress=False)
+    taken, real_step = [], EagerStep._step
+
+    def step_then_signal(self, lr, ix):
+        taken.append(1)
+        if len(taken) == 24:  # during the third window's fourth step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, lr, ix)
+
+    monkeypatch.setattr(EagerStep, "_step", step_then_signal)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="step 24 of 60"):
+        charmlp.train(cfg, out_dir=run, progress=False)
+    assert read_checkpoint(run).step == 24
+    monkeypatch.setattr(EagerStep, "_step", real_step)
+    res = charmlp.resume(run, progress=False)
+    assert res.losses == ref.losses
+    assert_same_run(run, tmp_path / "ref")

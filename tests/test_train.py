@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from charmlp.config import DataConfig, RunConfig, TrainConfig
+from charmlp.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from charmlp.data import load_dataset
 from charmlp.errors import CharmlpError
 from charmlp.evaluate import split_loss
@@ -81,3 +81,52 @@ def test_calibration_matches_full_batch_statistics():
             h = layer(h)
     # calibrated statistics fit the train split at least as well as the running ones
     assert split_loss(model, ds.X["train"], ds.Y["train"]) <= result.summary["train_loss"] + 1e-6
+
+
+# ----------------------------------------------------------------------------- GPU (skipped without one)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _model_cfg(kind: str) -> ModelConfig:
+    from charmlp.models import model_config
+
+    fields = {"mlp": dict(n_embd=4, n_hidden=32), "transformer": dict(n_embd=16, n_head=2, n_layer=2)}[kind]
+    return model_config(kind, **fields)
+
+
+@needs_cuda
+@pytest.mark.parametrize("engine", ["auto", "manual", "autograd"])
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
+def test_cuda_trains_with_every_engine_as_the_cpu_does(tiny_data, kind, engine):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        cfg = RunConfig(DataConfig(path=str(tiny_data)), _model_cfg(kind),
+                        TrainConfig(steps=60, batch_size=16, optimizer="adamw", lr=3e-3, engine=engine, device=device))
+        runs[device] = train(cfg, progress=False)
+    assert runs["cuda"].summary["device"].startswith("cuda")
+    assert runs["cuda"].losses == pytest.approx(runs["cpu"].losses, abs=2e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
+def test_cuda_manual_window_makes_no_host_sync(tiny_data, kind):
+    """Inside a window the manual step never waits for the GPU (torch raises on any synchronising call)."""
+    from charmlp.engines.eager import EagerStep
+    from charmlp.models import build_model
+    from charmlp.optim import make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    ds = load_dataset(DataConfig(path=str(tiny_data), block_size=0 if kind == "transformer" else 3))
+    cfg = dataclasses.replace(_model_cfg(kind), vocab_size=ds.vocab.size, block_size=ds.X["train"].shape[1])
+    model = build_model(cfg, generator=g).cuda()
+    opt = make_optimizer(TrainConfig(optimizer="adamw", lr=1e-3), model)
+    step = EagerStep("manual", model, opt, ds.X["train"].cuda(), ds.Y["train"].cuda(), 16, g)
+    step.window([1e-3] * 3)  # first calls: allocator and kernels warm up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = step.window([1e-3] * 20)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(losses.cpu()).all()

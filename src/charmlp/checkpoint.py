@@ -100,9 +100,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_metrics(run_dir: str | Path, rows: Iterable[dict]) -> None:
-    """metrics.jsonl: one JSON object per logged step."""
-    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+def write_metrics(run_dir: str | Path, lines: Iterable[str]) -> None:
+    """metrics.jsonl: one JSON object (one line of text) per logged step."""
+    atomic_write_text(Path(run_dir) / METRICS, "".join(line + "\n" for line in lines))
 
 
 def remove_file(path: str | Path) -> None:

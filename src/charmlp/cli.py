@@ -150,6 +150,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(default: about 20 times per run; 0: never)")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="save a resumable checkpoint every N steps (default: only on Ctrl-C/SIGTERM)")
+    p.add_argument("--sync-every", type=int, metavar="K",
+                   help="eager engines: read the loss back to the host every K steps, not after each one, and "
+                        "check it then (default: 50 on a GPU, 1 on the CPU; the same losses either way)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -157,10 +160,10 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "steps": "steps", "batch_size": "batch_size", "lr": "lr", "lr_final": "lr_final",
     "schedule": "schedule", "optimizer": "optimizer", "weight_decay": "weight_decay",
     "engine": "engine", "seed": "seed", "device": "device", "checkpoint_every": "checkpoint_every",
-    "eval_every": "eval_every",
+    "eval_every": "eval_every", "sync_every": "sync_every",
 }
 # what `train --resume` may change: nothing that alters a number of the run
-_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "no_progress")
+_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress")
 
 
 def model_config_from_args(args: argparse.Namespace, model_preset: dict | None = None) -> ModelConfig:
@@ -223,10 +226,10 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         if changed:
             raise CharmlpError(
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
-                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every and --no-progress may be given)"
+                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every and --no-progress may be given)"
             )
         result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
-                        device=args.device, checkpoint_every=args.checkpoint_every)
+                        device=args.device, checkpoint_every=args.checkpoint_every, sync_every=args.sync_every)
     else:
         cfg = run_config_from_args(args)
         hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong

@@ -85,6 +85,7 @@ class TrainConfig:
     log_every: int = 1  # steps between metrics.jsonl rows
     eval_every: int = -1  # steps between val-loss evaluations (0: never; -1: about 20 per run)
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: only on Ctrl-C/SIGTERM)
+    sync_every: int = 0  # eager engines: steps between loss read-backs (0: 50 on a GPU, 1 on the CPU)
 
 
 @dataclass

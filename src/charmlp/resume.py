@@ -44,7 +44,7 @@ from .optim import load_optimizer_state_dict, optimizer_state_dict
 
 # training options that may differ between the interrupted and the resuming process:
 # they do not change a single number of the run
-NON_NUMERIC_TRAIN_FIELDS = ("device", "checkpoint_every")
+NON_NUMERIC_TRAIN_FIELDS = ("device", "checkpoint_every", "sync_every")
 
 
 def data_fingerprint(dataset: Dataset) -> str:

@@ -8,6 +8,7 @@ minibatch, so the same seed gives the same losses bit for bit on the same machin
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
+from .engines.eager import EagerStep
 from .engines.fast import make_train_step
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
@@ -28,8 +30,14 @@ from .nn import BatchNorm1d
 from .optim import make_optimizer
 from .resume import Checkpointer, resume_run_config
 
-# called after every optimizer step: hook(step, model, lr, loss)
+# called after the optimizer step: hook(step, model, lr, loss); at every step, or where its
+# optional `wants(step)` says (a GPU loop then need not read every loss back)
 StepHook = Callable[[int, LanguageModel, float, torch.Tensor], None]
+
+
+def wants(hook: StepHook, step: int) -> bool:
+    w = getattr(hook, "wants", None)
+    return w is None or w(step)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,6 +94,7 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
         (cfg.log_every >= 1, f"--log-every must be ≥ 1, got {cfg.log_every}"),
         (cfg.eval_every >= -1, f"--eval-every must be ≥ 0 (0: never), got {cfg.eval_every}"),
         (0 <= cfg.checkpoint_every <= 100_000_000, f"--checkpoint-every must be ≥ 0, got {cfg.checkpoint_every}"),
+        (0 <= cfg.sync_every <= 1_000_000, f"--sync-every must be between 0 and 1000000, got {cfg.sync_every}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (cfg.engine in ENGINES, f"unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}"),
@@ -113,6 +122,9 @@ def validate_batch_memory(cfg: RunConfig) -> None:
         )
 
 
+STATS_ROWS = 8192  # rows converted to float64 at a time by calibrate_batchnorm
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
     """Set each BatchNorm's statistics to the mean and (n − 1) variance of its input over
@@ -128,14 +140,18 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
             continue
         s = torch.zeros(bn.weight.shape, dtype=torch.float64, device=device)
         s2 = torch.zeros_like(s)
+        buf = torch.empty(STATS_ROWS, len(s), dtype=torch.float64, device=device)  # reused: no fresh pages
         n = 0
         for j in range(0, len(X), chunk):
             h = X[j : j + chunk].to(device)
             for layer in layers[:i]:
                 h = layer(h)
-            h = h.double().reshape(-1, h.shape[-1])
-            s += h.sum(0)
-            s2 += (h * h).sum(0)
+            h = h.reshape(-1, h.shape[-1])
+            for k in range(0, len(h), STATS_ROWS):  # Σx and Σx² in float64 (x² of a float32 is exact there)
+                b = buf[: min(STATS_ROWS, len(h) - k)]
+                b.copy_(h[k : k + STATS_ROWS])
+                s += b.sum(0)
+                s2 += b.square_().sum(0)
             n += len(h)
         mean = s / n
         var = (s2 - n * mean * mean) / max(1, n - 1)
@@ -221,24 +237,13 @@ def train(
     train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
                mininterval=0.5, dynamic_ncols=True)
-    postfix: dict[str, str] = {}
-    for step in ckpt.steps(bar):  # checkpoints after each step; Ctrl-C/SIGTERM stop cleanly
-        lr = lr_at(tc, step)
-        loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
-        ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
-        losses[step] = loss
-        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps):
-            # val loss of the weights after this step: eval mode, BatchNorm's running statistics
-            val_losses[step] = split_loss(model, Xval, Yval)
-            postfix["val"] = f"{val_losses[step].item():.4f}"
-        if hooks:
-            loss_t = losses[step]
-            for hook in hooks:
-                hook(step, model, lr, loss_t)
-        if progress and step % 200 == 0:
-            postfix.update(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}")
-            bar.set_postfix(postfix, refresh=False)
-    bar.close()
+    sync_every = resolve_sync_every(tc, device)
+    if sync_every > 1 and isinstance(train_step, EagerStep):
+        loop = WindowLoop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, sync_every)
+        loop.run(start, lambda: split_loss(model, Xval, Yval))
+    else:
+        _one_step_loop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, progress,
+                       lambda: split_loss(model, Xval, Yval))
     train_seconds = time.perf_counter() - t0
 
     calibrate = bool(model.batchnorms()) and tc.calibrate_bn
@@ -267,23 +272,120 @@ def train(
     out = None
     if out_dir is not None:  # the weights last: model.safetensors marks a finished run
         out = Path(out_dir)
-        write_metrics(out, metrics_rows(tc, loss_list, val_losses.tolist()))
+        write_metrics(out, metrics_lines(tc, loss_list, val_losses.tolist()))
         write_json(out / SUMMARY, summary)
         save_run(out, cfg, dataset.vocab, model, keep_config=resume)
         ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 
 
-def metrics_rows(tc: TrainConfig, losses: list[float], val_losses: list[float]) -> Iterator[dict]:
-    """metrics.jsonl: every `log_every`-th step's minibatch loss and lr, and every step whose
-    val loss was evaluated (`--eval-every`) with it as "val_loss"."""
+def _one_step_loop(tc: TrainConfig, train_step: Callable[[float], float | torch.Tensor], ckpt: Checkpointer,
+                   bar: tqdm, losses: torch.Tensor, val_losses: torch.Tensor, eval_every: int,
+                   hooks: tuple[StepHook, ...], progress: bool, val_loss: Callable[[], float]) -> None:
+    """Each step's loss read back at once: the non-finite guard stops on the step that gave it."""
+    model = ckpt.model
+    postfix: dict[str, str] = {}
+    for step in ckpt.steps(bar):  # checkpoints after each step; Ctrl-C/SIGTERM stop cleanly
+        lr = lr_at(tc, step)
+        loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
+        ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
+        losses[step] = loss
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps):
+            # val loss of the weights after this step: eval mode, BatchNorm's running statistics
+            val_losses[step] = val_loss()
+            postfix["val"] = f"{val_losses[step].item():.4f}"
+        for hook in hooks:
+            if wants(hook, step):
+                hook(step, model, lr, losses[step])
+        if progress and step % 200 == 0:
+            postfix.update(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}")
+            bar.set_postfix(postfix, refresh=False)
+
+
+SYNC_EVERY_GPU = 50  # steps between loss read-backs on a GPU (--sync-every 0)
+
+
+def resolve_sync_every(cfg: TrainConfig, device: torch.device) -> int:
+    """Steps per host sync of the eager engines: `sync_every` as given, else SYNC_EVERY_GPU on a
+    GPU and 1 on the CPU, where reading a loss back costs nothing."""
+    if cfg.sync_every:
+        return cfg.sync_every
+    return SYNC_EVERY_GPU if device.type == "cuda" else 1
+
+
+class WindowLoop:
+    """The training loop in windows of steps with no host sync inside (`EagerStep.window`).
+
+    A window ends every `sync_every` steps and wherever the one-step loop does something the
+    host must see: a checkpoint, a val evaluation, a step a hook wants (a hook's `wants(step)`;
+    one without it wants every step), Ctrl-C/SIGTERM. At its end the losses come back in one copy;
+    a non-finite one sends the state back to the window's start and the window is replayed one
+    checked step at a time, so the run stops where, and with the state that, the one-step loop's
+    guard gives. Same seed, same losses, bit for bit.
+    """
+
+    def __init__(self, tc: TrainConfig, step: EagerStep, ckpt: Checkpointer, bar: tqdm, losses: torch.Tensor,
+                 val_losses: torch.Tensor, eval_every: int, hooks: tuple[StepHook, ...], sync_every: int) -> None:
+        self.tc, self.step, self.ckpt, self.bar = tc, step, ckpt, bar
+        self.losses, self.val_losses, self.eval_every = losses, val_losses, eval_every
+        self.hooks, self.sync_every = hooks, sync_every
+
+    def _hooked(self, s: int) -> bool:
+        return any(wants(h, s) for h in self.hooks)
+
+    def _end(self, start: int) -> int:
+        """The window from `start`: up to the next read-back, checkpoint, evaluation or hooked step."""
+        end = min(self.tc.steps, (start // self.sync_every + 1) * self.sync_every)
+        for every in (self.tc.checkpoint_every, self.eval_every):
+            if every:
+                end = min(end, (start // every + 1) * every)
+        if self.hooks:
+            if self._hooked(start):
+                return start + 1
+            end = next((s for s in range(start + 1, end) if self._hooked(s)), end)
+        return end
+
+    def run(self, start: int, val_loss: Callable[[], float]) -> None:
+        tc, ckpt, model = self.tc, self.ckpt, self.ckpt.model
+        postfix: dict[str, str] = {}
+        step = start
+        with ckpt.catch_signals():
+            try:
+                while step < tc.steps:
+                    lrs = [lr_at(tc, s) for s in range(step, self._end(step))]
+                    snap = self.step.snapshot()
+                    chunk = self.step.window(lrs, stop=lambda: ckpt.pending is not None).cpu()  # the one host sync
+                    if not bool(torch.isfinite(chunk).all()):
+                        self.step.restore(snap)
+                        for i in range(len(chunk)):  # replay: the one-step guard stops on the first non-finite loss
+                            chunk[i] = self.step(lrs[i])
+                            ckpt.check_loss(step + i, chunk[i], lrs[i])
+                    last = step + len(chunk) - 1
+                    self.losses[step : last + 1] = chunk
+                    if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == tc.steps):
+                        self.val_losses[last] = val_loss()
+                        postfix["val"] = f"{self.val_losses[last].item():.4f}"
+                    for hook in self.hooks:  # windows end at the steps hooks want
+                        if wants(hook, last):
+                            hook(last, model, lrs[len(chunk) - 1], self.losses[last])
+                    postfix.update(loss=f"{chunk[-1].item():.4f}", lr=f"{lrs[len(chunk) - 1]:g}")
+                    self.bar.set_postfix(postfix, refresh=False)
+                    self.bar.update(len(chunk))
+                    ckpt.after_step(last)  # periodic checkpoint; a pending Ctrl-C/SIGTERM saves and stops
+                    step = last + 1
+            finally:
+                self.bar.close()
+
+
+def metrics_lines(tc: TrainConfig, losses: list[float], val_losses: list[float]) -> Iterator[str]:
+    """metrics.jsonl's lines: every `log_every`-th step's minibatch loss and lr, and every step
+    whose val loss was evaluated (`--eval-every`) with it as "val_loss"."""
     for s in range(tc.steps):
-        has_val = not math.isnan(val_losses[s])
-        if s % tc.log_every == 0 or has_val:
-            row = {"step": s, "loss": losses[s], "lr": lr_at(tc, s)}
-            if has_val:
-                row["val_loss"] = val_losses[s]
-            yield row
+        loss, val = losses[s], val_losses[s]
+        if not math.isnan(val):
+            yield json.dumps({"step": s, "loss": loss, "lr": lr_at(tc, s), "val_loss": val})
+        elif s % tc.log_every == 0:  # json.dumps's text, 3× faster: both write repr() of the finite numbers
+            yield f'{{"step": {s}, "loss": {loss!r}, "lr": {lr_at(tc, s)!r}}}'
 
 
 def resume(
@@ -292,15 +394,17 @@ def resume(
     hooks: tuple[StepHook, ...] = (),
     device: str | None = None,
     checkpoint_every: int | None = None,
+    sync_every: int | None = None,
 ) -> TrainResult:
     """Continue the interrupted run in `run_dir` from its last checkpoint (or from step 0 if it
     stopped before the first one). The result is bit for bit what the uninterrupted run gives.
 
-    `device` and `checkpoint_every` may differ from the original run (the others may not);
+    `device`, `checkpoint_every` and `sync_every` may differ from the original run (the others may not);
     another device can change the numbers in the last bits.
     """
     cfg, vocab = resume_run_config(run_dir)
-    overrides = {k: v for k, v in (("device", device), ("checkpoint_every", checkpoint_every)) if v is not None}
+    overrides = {k: v for k, v in (("device", device), ("checkpoint_every", checkpoint_every),
+                                   ("sync_every", sync_every)) if v is not None}
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
     dataset = load_dataset(cfg.data, vocab=vocab)
     return train(cfg, out_dir=run_dir, dataset=dataset, progress=progress, hooks=hooks, resume=True)

@@ -39,7 +39,7 @@ import torch
 from ..errors import CharmlpError
 from ..models import CharMLP
 from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Tanh
-from . import grad_fn
+from .eager import EagerStep
 
 # step(lr) -> loss of the minibatch it drew (before the update). Every step draws its batch as
 # the lectures' loop does, `torch.randint(0, N, (B,), generator=g)`, so the generator's state at
@@ -387,20 +387,7 @@ def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimize
         if engine == "fast":
             raise CharmlpError(f"--engine fast cannot run here: {reason}; use --engine auto or manual")
         engine = "manual"
-    compute_grads = grad_fn(engine)
-    device = X.device
-    n = len(Y)
-
-    def eager_step(lr: float) -> torch.Tensor:
-        ix = torch.randint(0, n, (batch_size,), generator=generator).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = compute_grads(model, X[ix], Y[ix])
-        if math.isfinite(loss.item()):  # as the fast step: no update from a non-finite loss
-            optimizer.step()
-        return loss.detach()
-
-    return eager_step, engine
+    return EagerStep(engine, model, optimizer, X, Y, batch_size, generator), engine
 
 
 def _openblas_setters() -> list[Callable[[int], None]]:

@@ -30,8 +30,7 @@ def cross_entropy_backward(logits: torch.Tensor, targets: torch.Tensor) -> torch
         dlogits[torch.arange(n, device=logits.device), targets.long()] -= 1.0
         return dlogits / n
     flat, t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
-    rows = torch.nonzero(t != IGNORE).squeeze(1)
-    dlogits = torch.zeros_like(flat)
-    dlogits[rows] = torch.softmax(flat[rows], dim=1)
-    dlogits[rows, t[rows]] -= 1.0
-    return (dlogits / len(rows)).reshape(logits.shape)
+    real = t != IGNORE  # a mask, not the rows' indices: finding those would make a GPU wait for the count
+    dlogits = torch.softmax(flat, dim=1)
+    dlogits[torch.arange(len(t), device=t.device), t.clamp_min(0)] -= 1.0
+    return (dlogits.masked_fill_(~real[:, None], 0.0) / real.sum()).reshape(logits.shape)

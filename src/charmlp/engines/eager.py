@@ -1,0 +1,94 @@
+"""The eager training step of the reference engines (autograd, manual), one step at a time or a
+window of steps without reading anything back from the device.
+
+One step: draw the minibatch from the CPU generator (as the lectures' loop does), fill `.grad`
+with the engine, and let the optimizer step unless the loss is not finite — reading the loss
+back to the host is what tells. On a GPU that read is a host sync: the CPU waits for the step's
+kernels before it may queue the next step's.
+
+A window of k steps reads nothing back: its k minibatches are drawn in one call (the same
+numbers: `randint(0, N, (k·B,))` is k draws of B from the same generator) and sent to the
+device in one copy, every step's loss stays on the device, and the window's losses come back
+in one copy at its end. The optimizer steps whatever the loss, so the training loop keeps a
+copy of the state at the window's start (`snapshot`) and, on a non-finite loss, goes back to
+it and replays the window step by step, stopping exactly where the one-step loop would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..models import LanguageModel
+from ..optim import load_optimizer_state_dict, optimizer_state_dict
+from . import grad_fn
+
+
+@dataclass
+class Snapshot:
+    """Training state at a step boundary: the model's tensors, the optimizer's, the generator's."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    generator: torch.Tensor
+
+
+class EagerStep:
+    """`step(lr)`: one checked step; `window(lrs, stop)`: len(lrs) steps without a host sync."""
+
+    impl = "eager"
+
+    def __init__(self, engine: str, model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+                 Y: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.compute_grads = grad_fn(engine)
+        self.model, self.optimizer, self.X, self.Y = model, optimizer, X, Y
+        self.batch_size, self.generator = batch_size, generator
+        self.device = X.device
+
+    def _step(self, lr: float, ix: torch.Tensor) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return self.compute_grads(self.model, self.X[ix], self.Y[ix]).detach()
+
+    def __call__(self, lr: float) -> torch.Tensor:
+        ix = torch.randint(0, len(self.Y), (self.batch_size,), generator=self.generator).to(self.device)
+        loss = self._step(lr, ix)
+        if math.isfinite(loss.item()):  # as the fast step: no update from a non-finite loss
+            self.optimizer.step()
+        return loss
+
+    def window(self, lrs: list[float], stop: Callable[[], bool] = lambda: False) -> torch.Tensor:
+        """Steps at learning rates `lrs`, every one updating, no host sync; `stop()` (checked after
+        each step) ends the window early. Returns the losses of the steps taken, on the device.
+        The generator ends exactly as after that many one-step draws."""
+        g, n, B = self.generator, len(self.Y), self.batch_size
+        before = g.get_state()
+        ix = torch.randint(0, n, (len(lrs), B), generator=g)
+        if self.device.type == "cuda":  # pinned: the copy is queued, the CPU goes on
+            ix = ix.pin_memory()
+        ix = ix.to(self.device, non_blocking=True)
+        losses = torch.empty(len(lrs), device=self.device)
+        done = 0
+        for lr in lrs:
+            losses[done] = self._step(lr, ix[done])
+            self.optimizer.step()
+            done += 1
+            if done < len(lrs) and stop():
+                g.set_state(before)  # draw only what the steps taken used, so a checkpoint resumes exactly
+                torch.randint(0, n, (done, B), generator=g)
+                break
+        return losses[:done]
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot({k: v.clone() for k, v in self.model.state_dict().items()},
+                        copy.deepcopy(optimizer_state_dict(self.optimizer)), self.generator.get_state())
+
+    def restore(self, snap: Snapshot) -> None:
+        self.model.load_state_dict(snap.model)
+        load_optimizer_state_dict(self.optimizer, copy.deepcopy(snap.optimizer))
+        self.generator.set_state(snap.generator)
