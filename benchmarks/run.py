@@ -185,7 +185,7 @@ def bench_compile() -> dict:
 # ----------------------------------------------------------------------------- 2. time to val ≤ 2.11
 
 
-def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: float) -> tuple[dict, charmlp.CharMLP]:
+def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: float) -> tuple[dict, charmlp.LanguageModel]:
     set_threads(1)
     out: dict = {}
     if quick:  # the 200k-step baseline takes minutes: extrapolate from its measured rate
@@ -239,7 +239,7 @@ def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: fl
 # ----------------------------------------------------------------------------- 3. sampling
 
 
-def bench_sampling(model: charmlp.CharMLP, vocab: charmlp.Vocab, n_loop: int, n_batched: int) -> dict:
+def bench_sampling(model: charmlp.LanguageModel, vocab: charmlp.Vocab, n_loop: int, n_batched: int) -> dict:
     set_threads(1)
     model.eval()
     g = torch.Generator().manual_seed(B.SEED + 10)

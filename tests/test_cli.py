@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from charmlp.cli import COMMANDS
 from conftest import SRC, assert_user_error, run_cli
 
 
@@ -53,17 +54,39 @@ def test_user_errors_are_one_line(tmp_path):
     assert_user_error(run_cli("train", "--out", tmp_path / "r", "--batch-size", "1", "--steps", "5"), "batch")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["eval", "--help"], ["sample", "--help"], ["data", "--help"],
-                                  ["diagnose", "--help"], ["runs", "--help"], ["exercise", "--help"], ["--version"]])
-def test_help_imports_no_torch_numpy_or_matplotlib(args):
-    """`charmlp --help` and the subcommands whose flags do not come from the models start light: a check
-    on sys.modules in a fresh interpreter, not a timing."""
+HEAVY = ("torch", "numpy", "numba", "matplotlib")
+
+
+def heavy_imports(args: list[str]) -> tuple[list[str], str]:
+    """The heavy modules `charmlp ARGS` imported (a check on sys.modules in a fresh interpreter,
+    not a timing), and what it wrote to stderr."""
     code = (
         "import sys\nfrom charmlp.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )
     env = dict(os.environ, PYTHONPATH=str(SRC))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"')), out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], *([c, "--help"] for c in COMMANDS),
+                                  *(["exercise", c, "--help"] for c in ("init", "check", "check-layer"))])
+def test_help_imports_no_torch_numpy_numba_or_matplotlib(args):
+    """`charmlp --help` and every subcommand's start light, train's, lr-find's and gradcheck's too
+    (their flags come from the models' configurations, which import no torch)."""
+    assert heavy_imports(args) == ([], "")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--out", "r", "--fuse", "3"], "--fuse does not apply to --model mlp"),
+    (["train", "--out", "r", "--model", "rnn", "--batchnorm"], "--batchnorm does not apply to --model rnn"),
+    (["lr-find", "--model", "transformer", "--n-hidden", "8"], "--n-hidden does not apply to --model transformer"),
+    (["gradcheck", "--model", "bigram", "--block-size", "0"], "--block-size"),
+    (["train", "--resume", "r", "--steps", "5"], "--steps cannot change when resuming"),
+])
+def test_flag_errors_import_no_torch(args, message):
+    """Errors that need only the configurations are reported before torch loads."""
+    loaded, err = heavy_imports(args)
+    assert loaded == [] and message in err, (loaded, err)

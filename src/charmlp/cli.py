@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from .diagnostics import DiagnosticsRecorder
     from .train import TrainResult
 
-# Only argparse and the configuration are imported here: `charmlp --help` and every subcommand's
-# `--help` but train's, lr-find's and gradcheck's (their flags come from the models) start without
-# torch, NumPy or matplotlib. Each command imports what it needs when it runs.
+# Only argparse and the configuration are imported here (the models' flags come from their
+# configurations, which import no torch): `charmlp --help`, every subcommand's `--help` and a flag
+# error start without torch, NumPy, Numba or matplotlib. Each command imports what it needs when it runs.
 
 
 class Parser(argparse.ArgumentParser):
@@ -209,13 +209,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, DiagnosticsRecorder | None]:
-    from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
-    from .engines.fast import set_threads
-    from .train import resume, train
-
-    set_threads(args.threads)
-    recorder = None
-    if args.resume is not None:
+    if args.resume is not None:  # the flags first: a wrong one is reported before torch loads
         if args.diagnostics or args.diagnostics_every is not None:
             raise CharmlpError("--diagnostics cannot be combined with --resume: the statistics of the interrupted "
                                "part were not kept; train afresh with --diagnostics")
@@ -228,30 +222,39 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
                 f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every and --no-progress may be given)"
             )
-        result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
-                        device=args.device, checkpoint_every=args.checkpoint_every, sync_every=args.sync_every)
     else:
         cfg = run_config_from_args(args)
-        hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong
-        if args.diagnostics or args.diagnostics_every is not None:
-            every = args.diagnostics_every if args.diagnostics_every is not None else default_every(cfg.train.steps)
-            if every < 1:
-                raise CharmlpError(f"--diagnostics-every must be at least 1, got {every}")
-            recorder = DiagnosticsRecorder(every)
-            hooks.append(recorder)
-        result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
-        if recorder is not None:
-            recorder.save(result.out_dir)
+
+    from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
+    from .engines.fast import set_threads
+    from .train import resume, train
+
+    set_threads(args.threads)
+    if args.resume is not None:
+        result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
+                        device=args.device, checkpoint_every=args.checkpoint_every, sync_every=args.sync_every)
+        return result, None
+    recorder = None
+    hooks = [init_warning_hook()]  # warns on stderr at step 0 if the init is confidently wrong
+    if args.diagnostics or args.diagnostics_every is not None:
+        every = args.diagnostics_every if args.diagnostics_every is not None else default_every(cfg.train.steps)
+        if every < 1:
+            raise CharmlpError(f"--diagnostics-every must be at least 1, got {every}")
+        recorder = DiagnosticsRecorder(every)
+        hooks.append(recorder)
+    result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
+    if recorder is not None:
+        recorder.save(result.out_dir)
     return result, recorder
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import STATE
-
     run_dir = args.resume if args.resume is not None else args.out
     try:
         result, recorder = _train_or_resume(args)
     except KeyboardInterrupt:  # a second Ctrl-C, or one after the loop: the last checkpoint is on disk
+        from .checkpoint import STATE
+
         if not (Path(run_dir) / STATE).is_file():
             raise
         raise TrainingInterrupted(
@@ -302,14 +305,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from .lrfind import LR_FIND, lr_find, save_lr_find
-
     fixed = [f for f, v in (("--steps", args.steps), ("--lr", args.lr), ("--lr-final", args.lr_final),
                             ("--schedule", args.schedule)) if v is not None]
     if fixed:
         raise CharmlpError(f"lr-find sets the learning rate itself; drop {', '.join(fixed)} "
                            "and use --lr-min, --lr-max, --lr-steps")
-    cfg = run_config_from_args(args)
+    cfg = run_config_from_args(args)  # flag errors before torch loads
+
+    from .lrfind import LR_FIND, lr_find, save_lr_find
+
     result = lr_find(cfg, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.lr_steps, progress=not args.no_progress)
     if args.out is not None:
         save_lr_find(result, args.out)
@@ -373,10 +377,11 @@ def _add_diagnose(p: argparse.ArgumentParser) -> None:
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     """Print the gradient check table (or JSON); exit 1 if any row is outside the tolerance."""
+    mc = model_config_from_args(args)  # flag errors before torch loads
+
     from .data import load_dataset
     from .gradcheck import gradcheck
 
-    mc = model_config_from_args(args)
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
         dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),

@@ -196,8 +196,12 @@ class DiagnosticsRecorder:
             raise ValueError("every must be ≥ 1")
 
     @torch.no_grad()
+    def wants(self, step: int) -> bool:
+        """The steps it records (the training loop calls it on those only)."""
+        return step % self.every == 0
+
     def __call__(self, step: int, model: LanguageModel, lr: float, loss: torch.Tensor) -> None:
-        if step % self.every:
+        if not self.wants(step):
             return
         self.steps.append(step)
         self.lr.append(lr)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.engines import autograd_grads, grad_fn, manual_grads
-from charmlp.models import CharMLP, MLPConfig, build_model
+from charmlp.models import LanguageModel, MLPConfig, build_model
 from charmlp.nn import BatchNorm1d, Embedding, Flatten, Linear, Tanh
 from charmlp.train import train
 from conftest import assert_user_error, run_cli
@@ -32,7 +32,7 @@ def rel_err(manual: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def random_case(seed: int, vocab: int, block: int, n_embd: int, n_hidden: int, n_layers: int, batchnorm: bool,
-                batch: int, dtype: torch.dtype) -> tuple[CharMLP, torch.Tensor, torch.Tensor]:
+                batch: int, dtype: torch.dtype) -> tuple[LanguageModel, torch.Tensor, torch.Tensor]:
     """A model with every parameter drawn from `seed` and a random batch of contexts and targets."""
     cfg = MLPConfig(vocab_size=vocab, block_size=block, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
                       batchnorm=batchnorm)
@@ -49,7 +49,7 @@ def random_case(seed: int, vocab: int, block: int, n_embd: int, n_hidden: int, n
     return model.to(dtype).train(), X, Y
 
 
-def engine_grads(model: CharMLP, X: torch.Tensor, Y: torch.Tensor) -> tuple[dict, dict]:
+def engine_grads(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> tuple[dict, dict]:
     """Every parameter's gradient from the autograd engine and from the manual engine."""
     auto, manual = copy.deepcopy(model), copy.deepcopy(model)
     loss_a = autograd_grads(auto, X, Y)
@@ -72,7 +72,7 @@ shapes = dict(
 )
 
 
-def roundoff_scales(model: CharMLP, X: torch.Tensor, Y: torch.Tensor) -> dict[str, float]:
+def roundoff_scales(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> dict[str, float]:
     """Per parameter, the size of the terms its gradient is made of: the backward pass run again on
     absolute values (|dlogits| = (p + onehot)/n, dx = |dy|·|W|ᵀ, dW = |x|ᵀ·|dy|, …), so nothing cancels.
 
@@ -111,7 +111,7 @@ def roundoff_scales(model: CharMLP, X: torch.Tensor, Y: torch.Tensor) -> dict[st
     return scales
 
 
-def assert_engines_agree(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, tol: float) -> None:
+def assert_engines_agree(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, tol: float) -> None:
     """max|manual − autograd| ≤ tol · max(max|autograd|, size of its terms) for every parameter."""
     auto, manual = engine_grads(model, X, Y)
     scales = roundoff_scales(model, X, Y)

@@ -4,6 +4,9 @@ name travels through config.json."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +14,7 @@ from charmlp.config import TrainConfig, model_config_to_dict
 from charmlp.errors import CharmlpError
 from charmlp.models import MODELS, get_spec, preset
 from charmlp.models.registry import model_config_from_dict
+from conftest import SRC
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -43,3 +47,30 @@ def test_unknown_names_are_user_errors():
     with pytest.raises(CharmlpError, match="does not know"):
         model_config_from_dict({"kind": "nope"})
     assert model_config_from_dict({"n_hidden": 7}).kind == "mlp"  # written before the zoo: an MLP
+
+
+def test_configs_specs_and_presets_import_no_torch():
+    """The registry and every model file are torch-free at import: configurations, presets and
+    their errors (the CLI's flags come from them); `LanguageModel` loads torch on first use."""
+    code = """
+import sys
+import charmlp.models as m
+from charmlp.errors import CharmlpError
+for name, spec in m.MODELS.items():
+    for p in spec.presets:
+        m.preset(name, p)
+    cfg = m.model_config(name, block_size=8, vocab_size=27)
+    cfg.validate()
+for bad in (lambda: m.model_config("mlp", n_hidden=0), lambda: m.get_spec("nope"), lambda: m.preset("mlp", "nope")):
+    try:
+        m.validate_model_config(bad())
+    except CharmlpError:
+        pass
+before = sorted(k for k in ("torch", "numpy", "numba", "matplotlib") if k in sys.modules)
+m.LanguageModel
+print(before, "torch" in sys.modules)
+"""
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "True"]

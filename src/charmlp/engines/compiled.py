@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import CharMLP
+from ..models import LanguageModel
 from ..nn import BatchNorm1d, Linear
 
 # the ILP64 CBLAS sgemm of NumPy's OpenBLAS (numpy ≥ 2 wheels: scipy-openblas), by symbol name
@@ -124,7 +124,7 @@ class CompiledStep:
 
     impl = "compiled"
 
-    def __init__(self, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
+    def __init__(self, model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                  batch_size: int, generator: torch.Generator) -> None:
         from .fast import unsupported_reason
 

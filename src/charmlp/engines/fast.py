@@ -23,7 +23,7 @@ The step consumes no randomness: the caller draws the batch indices from its gen
 as the eager loop does, so the same seed gives the same batches and (within float32 rounding)
 the same losses as `--engine manual`; tests/engines/test_fast.py proves it over hundreds of steps.
 
-Supported (checked by `unsupported_reason`): CPU float32 `CharMLP` (any depth, with or without
+Supported (checked by `unsupported_reason`): CPU float32 MLP (any depth, with or without
 BatchNorm), plain `torch.optim.SGD` (no momentum/nesterov/dampening) or `torch.optim.AdamW`
 (no amsgrad/maximize). Anything else runs the eager engines.
 """
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import CharmlpError
-from ..models import CharMLP
+from ..models import LanguageModel
 from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Tanh
 from .eager import EagerStep
 
@@ -47,7 +47,7 @@ from .eager import EagerStep
 StepFn = Callable[[float], "float | torch.Tensor"]
 
 
-def unsupported_reason(model: CharMLP, optimizer: torch.optim.Optimizer) -> str | None:
+def unsupported_reason(model: LanguageModel, optimizer: torch.optim.Optimizer) -> str | None:
     """Why the fast step cannot run this model/optimizer (None when it can)."""
     params = list(model.parameters())
     if any(p.device.type != "cpu" for p in params):
@@ -124,7 +124,7 @@ class FastStep:
 
     impl = "numpy"
 
-    def __init__(self, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
+    def __init__(self, model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                  batch_size: int, generator: torch.Generator) -> None:
         reason = unsupported_reason(model, optimizer)
         if reason is not None:
@@ -355,7 +355,7 @@ class FastStep:
             p -= t
 
 
-def fused_step(model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
+def fused_step(model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                batch_size: int, generator: torch.Generator) -> StepFn:
     """The compiled step (compiled.py: one Numba call) where Numba and NumPy's BLAS allow it,
     else `FastStep` (NumPy calls); same contract, same batches, numbers equal to float32 rounding."""
@@ -366,7 +366,7 @@ def fused_step(model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor
     return FastStep(model, optimizer, X, Y, batch_size, generator)
 
 
-def make_train_step(engine: str, model: CharMLP, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+def make_train_step(engine: str, model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor,
                     Y: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[StepFn, str]:
     """The training loop's step for `engine`, and the engine that will actually run.
 

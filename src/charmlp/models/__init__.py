@@ -1,15 +1,32 @@
-"""The model zoo: one file per family, each built only from `charmlp.nn` layers."""
+"""The model zoo: one file per family, each built only from `charmlp.nn` layers.
 
-from .base import LanguageModel, ModelSpec, count_params, num_params
-from .bigram import Bigram, BigramConfig
-from .mlp import CharMLP, MLPConfig
+`LanguageModel` (the one torch module every family builds) loads on first use (PEP 562): the
+configurations, specs and presets import no torch, so the CLI can build its flags from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ModelSpec, TanhStackConfig, count_params, num_params
+from .bigram import BigramConfig
+from .mlp import MLPConfig
 from .registry import MODELS, apply_preset, build_model, get_spec, model_config, preset, spec_of, validate_model_config
-from .rnn import GRUConfig, RecurrentLM, RNNConfig
-from .transformer import Transformer, TransformerConfig
-from .wavenet import WaveNet, WaveNetConfig
+from .rnn import GRUConfig, RNNConfig
+from .transformer import TransformerConfig
+from .wavenet import WaveNetConfig
 
 __all__ = [
-    "MODELS", "Bigram", "BigramConfig", "CharMLP", "GRUConfig", "LanguageModel", "MLPConfig", "ModelSpec", "RNNConfig",
-    "RecurrentLM", "Transformer", "TransformerConfig", "WaveNet", "WaveNetConfig", "apply_preset", "build_model",
-    "count_params", "get_spec", "model_config", "num_params", "preset", "spec_of", "validate_model_config",
+    "MODELS", "BigramConfig", "GRUConfig", "LanguageModel", "MLPConfig", "ModelSpec", "RNNConfig", "TanhStackConfig",
+    "TransformerConfig", "WaveNetConfig", "apply_preset", "build_model", "count_params", "get_spec", "model_config",
+    "num_params", "preset", "spec_of", "validate_model_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name != "LanguageModel":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .network import LanguageModel
+
+    globals()[name] = LanguageModel  # the next lookup is a plain attribute
+    return LanguageModel

@@ -1,8 +1,8 @@
-"""What the models have in common: a `Sequential` of hand-differentiable layers, the lectures'
-initialisation, and the configuration fields of tanh stacks.
+"""What a model file gives the registry (`ModelSpec`), and what tanh stacks (MLP, WaveNet) have in
+common: their configuration fields and their hidden block.
 
-A model maps ids (B, block_size) to logits (B, vocab_size). `forward` serves both engines;
-`backward(dlogits)` is the hand-written backward that fills every parameter's `.grad`.
+Nothing here imports torch: the CLI builds its flags from the configurations, so `charmlp train
+--help` starts without it. The model itself is `network.LanguageModel`, built from a spec.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from .. import nn
 from ..config import ModelConfig, check_range
 from ..errors import CharmlpError
-from ..nn import BatchNorm1d, Embedding, Layer, Linear, Sequential, Tanh
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import LanguageModel
 
 MAX_PARAMS = 1 << 28  # 1 GiB of float32 weights; gradients and optimizer state come on top
 
@@ -48,85 +51,41 @@ class TanhStackConfig(ModelConfig):
             raise CharmlpError(f"--bn-eps must be a number in (0, 1], got {self.bn_eps}")
 
 
-def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[Layer]:
+def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[nn.Layer]:
     """Linear → BatchNorm1d → Tanh (Linear → Tanh without BatchNorm). A Linear right before
     BatchNorm needs no bias: BatchNorm subtracts the mean anyway."""
-    layers: list[Layer] = [Linear(fan_in, cfg.n_hidden, bias=not cfg.batchnorm)]
+    layers: list[nn.Layer] = [nn.Linear(fan_in, cfg.n_hidden, bias=not cfg.batchnorm)]
     if cfg.batchnorm:
-        layers.append(BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
-    return [*layers, Tanh()]
+        layers.append(nn.BatchNorm1d(cfg.n_hidden, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
+    return [*layers, nn.Tanh()]
 
 
-class LanguageModel(nn.Module):
-    """A language model as a `Sequential` of layers with hand-written backward.
-
-    Subclasses set `config_class` and build their layer list in `layers_for(cfg)`.
-    """
-
-    config_class: type[ModelConfig] = ModelConfig
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.layers = Sequential(*self.layers_for(cfg))
-
-    @staticmethod
-    def layers_for(cfg: ModelConfig) -> list[Layer]:
-        raise NotImplementedError
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.layers(idx)
-
-    def backward(self, dlogits: torch.Tensor) -> None:
-        """Hand-written backward from dL/dlogits; fills every parameter's `.grad`."""
-        self.layers.backward(dlogits)
-
-    def batchnorms(self) -> list[BatchNorm1d]:
-        return [m for m in self.layers if isinstance(m, BatchNorm1d)]
-
-    def eval_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The eval-mode forward used by evaluation and sampling (a model may fuse it)."""
-        return self
-
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """Initialise from `generator` (on the CPU, so results do not depend on the device).
-
-        C ~ N(0, 1); hidden W ~ N(0, 1)·gain/√fan_in (Kaiming, gain 5/3 for tanh); output W
-        scaled by `out_scale` and biases 0, so the untrained model predicts nearly uniformly and
-        its loss is ≈ ln(vocab); BatchNorm γ = 1, β = 0.
-        """
-        cfg = self.cfg
-        linears = [m for m in self.layers if isinstance(m, Linear)]
-        for m in self.layers:
-            if isinstance(m, Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=generator))
-            elif isinstance(m, Linear):
-                fan_in = m.weight.shape[0]
-                gain = cfg.out_scale if m is linears[-1] else cfg.tanh_gain
-                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * gain / math.sqrt(fan_in))
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, BatchNorm1d):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-
-
-def count_params(model_class: type[LanguageModel], cfg: ModelConfig) -> int:
+def count_params(cfg: ModelConfig) -> int:
     """Parameters of the model `cfg` describes, without allocating it (built on the meta device)."""
+    import torch
+
+    from .network import LanguageModel
+
     with torch.device("meta"):
-        return sum(p.numel() for p in model_class(cfg).parameters())
+        return num_params(LanguageModel(cfg))
 
 
-def num_params(model: nn.Module) -> int:
+def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model family as the commands see it: its name, configuration, class and presets.
+    """A model family as the commands see it: its name, configuration, layers and presets.
+
+    `layers(cfg)` returns the model's layer list; `LanguageModel(cfg)` runs them in a `Sequential`
+    (state-dict keys `layers.layers.0.weight`, …). The optional hooks replace `LanguageModel`'s
+    defaults, each called with the built model:
+
+    - `init_weights(model, generator)`: initialise from `generator`, under `torch.no_grad()`
+      (default: `network.init_tanh_stack`, the lectures' init);
+    - `eval_forward(model)`: the eval-mode forward of evaluation and sampling (default: the model);
+    - `after_build(model)`: once the layers exist (the transformer shares backward scratch).
 
     `presets` maps a preset name to overrides of `TrainConfig` fields, plus the model's own
     fields under the key "model". Every model has `seed` (the lectures' setup where there is
@@ -135,11 +94,16 @@ class ModelSpec:
     `fit`, when set, is a closed-form fit that training offers the freshly built model and its
     training split before any step: `fit(model, X, Y)` returns True when it has fitted the
     model (training then takes no gradient steps), False to train as usual.
+
+    The functions import torch when called, so the registry of specs stays torch-free.
     """
 
     name: str
     config: type[ModelConfig]
-    model: type[LanguageModel]
+    layers: Callable[[Any], list[nn.Layer]]  # (its config) → the layer list
     presets: dict[str, dict]
     about: str  # one line for --help
     fit: Callable[[LanguageModel, torch.Tensor, torch.Tensor], bool] | None = None
+    init_weights: Callable[[LanguageModel, torch.Generator], None] | None = None
+    eval_forward: Callable[[LanguageModel], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    after_build: Callable[[LanguageModel], None] | None = None

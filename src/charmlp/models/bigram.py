@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
+from .. import nn
 from ..config import ModelConfig
 from ..errors import CharmlpError
-from ..nn import BigramTable, Layer
-from .base import LanguageModel, ModelSpec
+from .base import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import LanguageModel
 
 FITS = ("gradient", "counts")
 
@@ -50,45 +54,45 @@ class BigramConfig(ModelConfig):
         return self.block_size + 4 * self.vocab_size
 
 
-class Bigram(LanguageModel):
+def bigram_layers(cfg: BigramConfig) -> list[nn.Layer]:
     """A single `BigramTable` layer."""
+    return [nn.BigramTable(cfg.vocab_size)]
 
-    config_class = BigramConfig
 
-    @staticmethod
-    def layers_for(cfg: BigramConfig) -> list[Layer]:
-        return [BigramTable(cfg.vocab_size)]
-
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """W = 0: every row uniform, the untrained loss exactly ln V (the generator is unused)."""
-        self.layers[0].weight.zero_()
+def init_zero(model: LanguageModel, generator: torch.Generator) -> None:
+    """W = 0: every row uniform, the untrained loss exactly ln V (the generator is unused)."""
+    model.layers[0].weight.zero_()
 
 
 def count_table(X: torch.Tensor, Y: torch.Tensor, vocab_size: int, smoothing: float) -> torch.Tensor:
     """log((N + α) / rowsum(N + α)) in float64, N[i, j] = #examples whose last context id is i and target j."""
+    import torch
+
     N = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
     N.index_put_((X[:, -1].long().cpu(), Y.long().cpu()), torch.ones(len(Y), dtype=torch.float64), accumulate=True)
     P = N + smoothing
     return (P / P.sum(1, keepdim=True)).log()
 
 
-@torch.no_grad()
 def fit_counts(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> bool:
     """`--fit counts`: set the table to the smoothed maximum-likelihood table of (X, Y) and
     report True (no gradient steps to take); `--fit gradient`: leave it, report False."""
+    import torch
+
     cfg = model.cfg
     if cfg.fit != "counts":
         return False
     W = model.layers[0].weight
-    W.copy_(count_table(X, Y, cfg.vocab_size, cfg.smoothing).to(W))
+    with torch.no_grad():
+        W.copy_(count_table(X, Y, cfg.vocab_size, cfg.smoothing).to(W))
     return True
 
 
 SPEC = ModelSpec(
     name="bigram",
     config=BigramConfig,
-    model=Bigram,
+    layers=bigram_layers,
+    init_weights=init_zero,
     about="a (V, V) table of next-character logits, trained by gradient steps or fitted from pair counts (--fit counts)",
     fit=fit_counts,
     # measured on names (README "Model zoo: bigram, rnn, gru"); none depends on the data's size or alphabet

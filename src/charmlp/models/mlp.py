@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
+from .. import nn
 from ..config import check_range
-from ..nn import BatchNorm1d, Embedding, Flatten, Layer, Linear, Tanh
-from .base import LanguageModel, ModelSpec, TanhStackConfig, tanh_block
+from .base import ModelSpec, TanhStackConfig, tanh_block
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import LanguageModel
 
 
 @dataclass
@@ -31,49 +34,44 @@ class MLPConfig(TanhStackConfig):
         return 2 * self.block_size * self.n_embd + 4 * self.n_layers * self.n_hidden + 4 * self.vocab_size
 
 
-class CharMLP(LanguageModel):
-    """The lectures' MLP: a `Sequential` of hand-differentiable layers."""
-
-    config_class = MLPConfig
-
-    @staticmethod
-    def layers_for(cfg: MLPConfig) -> list[Layer]:
-        layers: list[Layer] = [Embedding(cfg.vocab_size, cfg.n_embd), Flatten()]
-        fan_in = cfg.block_size * cfg.n_embd
-        for _ in range(cfg.n_layers):
-            layers += tanh_block(fan_in, cfg)
-            fan_in = cfg.n_hidden
-        layers.append(Linear(fan_in, cfg.vocab_size, bias=True))
-        return layers
-
-    def eval_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return folded_eval_forward(self)
+def mlp_layers(cfg: MLPConfig) -> list[nn.Layer]:
+    """The lectures' MLP as a list of hand-differentiable layers."""
+    layers: list[nn.Layer] = [nn.Embedding(cfg.vocab_size, cfg.n_embd), nn.Flatten()]
+    fan_in = cfg.block_size * cfg.n_embd
+    for _ in range(cfg.n_layers):
+        layers += tanh_block(fan_in, cfg)
+        fan_in = cfg.n_hidden
+    layers.append(nn.Linear(fan_in, cfg.vocab_size, bias=True))
+    return layers
 
 
-def folded_eval_forward(model: CharMLP) -> Callable[[torch.Tensor], torch.Tensor]:
+def folded_eval_forward(model: LanguageModel) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's eval-mode forward with every BatchNorm folded into the Linear before it.
 
     In eval mode BatchNorm is affine: γ·(x@W + b − μ)·rstd + β = x@(W·a) + ((b − μ)·a + β) with
     a = γ·rstd, rstd = 1/√(σ² + ε). Each hidden block becomes one `addmm` and a tanh, which
     saves the BatchNorm passes over every sampled row. Unknown layer stacks use `model` itself.
     """
+    import numpy as np
+    import torch
+
     layers = list(model.layers)
-    if not (isinstance(layers[0], Embedding) and isinstance(layers[1], Flatten)):
+    if not (isinstance(layers[0], nn.Embedding) and isinstance(layers[1], nn.Flatten)):
         return model
     C, mats, i = layers[0].weight, [], 2
     while i < len(layers):
         lin = layers[i]
-        if not isinstance(lin, Linear):
+        if not isinstance(lin, nn.Linear):
             return model
         W = lin.weight
         b = lin.bias if lin.bias is not None else torch.zeros(W.shape[1], device=W.device, dtype=W.dtype)
         i += 1
-        if i < len(layers) and isinstance(layers[i], BatchNorm1d):
+        if i < len(layers) and isinstance(layers[i], nn.BatchNorm1d):
             bn = layers[i]
             a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
             W, b = W * a, (b - bn.running_mean) * a + bn.bias
             i += 1
-        act = i < len(layers) and isinstance(layers[i], Tanh)
+        act = i < len(layers) and isinstance(layers[i], nn.Tanh)
         if i < len(layers) and not act:
             return model
         i += act
@@ -113,7 +111,8 @@ def folded_eval_forward(model: CharMLP) -> Callable[[torch.Tensor], torch.Tensor
 SPEC = ModelSpec(
     name="mlp",
     config=MLPConfig,
-    model=CharMLP,
+    layers=mlp_layers,
+    eval_forward=folded_eval_forward,
     about="the lectures' MLP: context → embeddings → [Linear → BatchNorm → tanh] × n_layers → Linear",
     presets={
         # the lectures' exact setup: batch 32, 200k steps, lr 0.1 → 0.01 at half way

@@ -1,20 +1,25 @@
-"""Model name → its configuration, class and presets; building a model from a configuration.
+"""Model name → its configuration, layers and presets; building a model from a configuration.
 
 A new model is one file in this folder that defines a config dataclass (extending
-`config.ModelConfig`), a `LanguageModel` subclass and a `SPEC`, plus its line below.
+`config.ModelConfig`), a function from that config to its layer list and a `SPEC` naming both
+(and any hooks, see `ModelSpec`), plus its line below. Nothing here imports torch until a model
+is built or counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig, TrainConfig, config_from_dict
 from ..errors import CharmlpError
 from . import bigram, mlp, rnn, transformer, wavenet
-from .base import MAX_PARAMS, LanguageModel, ModelSpec, count_params
+from .base import MAX_PARAMS, ModelSpec, count_params
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import LanguageModel
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec for spec in (mlp.SPEC, wavenet.SPEC, bigram.SPEC, rnn.RNN_SPEC, rnn.GRU_SPEC, transformer.SPEC)
@@ -67,10 +72,11 @@ def apply_preset(cfg: TrainConfig, name: str, model: str = DEFAULT_MODEL) -> Tra
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
-    """Raise a user error for sizes that are zero, negative or absurd, or a model too large."""
-    spec = spec_of(cfg)
+    """Raise a user error for sizes that are zero, negative or absurd, or a model too large
+    (counting the parameters imports torch; the checks before it do not)."""
+    spec_of(cfg)
     cfg.validate()
-    n = count_params(spec.model, cfg)
+    n = count_params(cfg)
     if n > MAX_PARAMS:
         raise CharmlpError(
             f"this model would have {n:,} parameters ({4 * n / 2**30:.1f} GiB), more than the {MAX_PARAMS:,} "
@@ -82,10 +88,14 @@ def build_model(cfg: ModelConfig | None = None, generator: torch.Generator | Non
                 seed: int | None = None) -> LanguageModel:
     """Build and initialise the model `cfg` describes (default: the MLP); pass a `generator`
     (or a `seed`) for reproducibility."""
+    import torch
+
+    from .network import LanguageModel
+
     cfg = cfg if cfg is not None else model_config()
     validate_model_config(cfg)
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    model = spec_of(cfg).model(cfg)
+    model = LanguageModel(cfg)
     model.init_weights(generator)
     return model

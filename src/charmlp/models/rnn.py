@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
+from .. import nn
 from ..config import ModelConfig, check_range
-from ..nn import CELLS, Embedding, Layer, Linear, Recurrent
-from .base import LanguageModel, ModelSpec
+from .base import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import LanguageModel
 
 
 @dataclass
@@ -38,7 +42,7 @@ class RNNConfig(ModelConfig):
     def floats_per_example(self) -> int:
         # per position: embedding and its gradient, the input projections and their gradients,
         # the cached step tensors (≤ 5 H-wide for the GRU), the hidden states, logits and their gradients
-        gates = CELLS[self.kind].gates
+        gates = nn.CELLS[self.kind].gates
         return self.block_size * (2 * self.n_embd + (4 * gates + 7) * self.n_hidden + 4 * self.vocab_size)
 
 
@@ -47,37 +51,34 @@ class GRUConfig(RNNConfig):
     kind = "gru"
 
 
-class RecurrentLM(LanguageModel):
+def recurrent_layers(cfg: RNNConfig) -> list[nn.Layer]:
     """Embedding → Recurrent(RNNCell or GRUCell) → Linear, over every position at once."""
+    cell = nn.CELLS[cfg.kind](cfg.n_embd, cfg.n_hidden)
+    return [nn.Embedding(cfg.vocab_size, cfg.n_embd), nn.Recurrent(cell), nn.Linear(cfg.n_hidden, cfg.vocab_size)]
 
-    config_class = RNNConfig
 
-    @staticmethod
-    def layers_for(cfg: RNNConfig) -> list[Layer]:
-        cell = CELLS[cfg.kind](cfg.n_embd, cfg.n_hidden)
-        return [Embedding(cfg.vocab_size, cfg.n_embd), Recurrent(cell), Linear(cfg.n_hidden, cfg.vocab_size)]
+def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
+    """C ~ N(0, 1); every cell weight ~ N(0, 1)/√(E + H), the fan-in of the concatenated
+    [x, h] a cell reads (pre-activations then start with unit variance, tanh and σ in their
+    slopes); biases and h0 = 0; head W ~ N(0, 1)·0.1/√H, b = 0, so the untrained model
+    predicts nearly uniformly (loss ≈ ln V)."""
+    import torch
 
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """C ~ N(0, 1); every cell weight ~ N(0, 1)/√(E + H), the fan-in of the concatenated
-        [x, h] a cell reads (pre-activations then start with unit variance, tanh and σ in their
-        slopes); biases and h0 = 0; head W ~ N(0, 1)·0.1/√H, b = 0, so the untrained model
-        predicts nearly uniformly (loss ≈ ln V)."""
-        emb, rec, head = self.layers
-        E, H = self.cfg.n_embd, self.cfg.n_hidden
+    emb, rec, head = model.layers
+    E, H = model.cfg.n_embd, model.cfg.n_hidden
 
-        def randn(p: torch.Tensor, scale: float) -> None:
-            p.copy_(torch.randn(p.shape, generator=generator) * scale)
+    def randn(p: torch.Tensor, scale: float) -> None:
+        p.copy_(torch.randn(p.shape, generator=generator) * scale)
 
-        randn(emb.weight, 1.0)
-        for name, p in rec.cell.named_parameters():
-            if name == "b":
-                p.zero_()
-            else:
-                randn(p, 1 / math.sqrt(E + H))
-        rec.h0.zero_()
-        randn(head.weight, 0.1 / math.sqrt(H))
-        head.bias.zero_()
+    randn(emb.weight, 1.0)
+    for name, p in rec.cell.named_parameters():
+        if name == "b":
+            p.zero_()
+        else:
+            randn(p, 1 / math.sqrt(E + H))
+    rec.h0.zero_()
+    randn(head.weight, 0.1 / math.sqrt(H))
+    head.bias.zero_()
 
 
 # Presets, measured on names (README "Model zoo: bigram, rnn, gru"). None holds a name-specific
@@ -105,7 +106,8 @@ RNN_PRESETS["best"] = {**_ADAMW, "model": {"n_hidden": 256}, "steps": 18000, "we
 RNN_SPEC = ModelSpec(
     name="rnn",
     config=RNNConfig,
-    model=RecurrentLM,
+    layers=recurrent_layers,
+    init_weights=init_recurrent,
     about="recurrent: Embedding → tanh RNN cell unrolled over the item (BPTT by hand) → Linear at every position",
     presets=RNN_PRESETS,
 )
@@ -113,7 +115,8 @@ RNN_SPEC = ModelSpec(
 GRU_SPEC = ModelSpec(
     name="gru",
     config=GRUConfig,
-    model=RecurrentLM,
+    layers=recurrent_layers,
+    init_weights=init_recurrent,
     about="recurrent: Embedding → GRU cell (update/reset gates) unrolled over the item (BPTT by hand) → Linear at every position",
     presets=GRU_PRESETS,
 )

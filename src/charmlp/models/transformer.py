@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
+from .. import nn
 from ..config import ModelConfig, check_range
 from ..errors import CharmlpError
-from ..nn import Block, Embedding, Layer, LayerNorm, Linear, PositionEmbedding, share_scratch
-from .base import LanguageModel, ModelSpec
+from .base import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import LanguageModel
 
 
 @dataclass
@@ -49,56 +53,57 @@ class TransformerConfig(ModelConfig):
         return T * (4 * C + self.n_layer * (24 * C + 3 * H * T) + 3 * self.vocab_size)
 
 
-class Transformer(LanguageModel):
-    """The GPT as a `Sequential` of hand-differentiable layers (each Block is one layer)."""
+def transformer_layers(cfg: TransformerConfig) -> list[nn.Layer]:
+    """The GPT as a list of hand-differentiable layers (each Block is one layer)."""
+    C = cfg.n_embd
+    layers = [
+        nn.Embedding(cfg.vocab_size, C),
+        nn.PositionEmbedding(cfg.block_size, C),
+        *(nn.Block(C, cfg.n_head) for _ in range(cfg.n_layer)),
+        nn.LayerNorm(C),
+        nn.Linear(C, cfg.vocab_size),
+    ]
+    # GPT-2's (and llm.c's) names, shown by gradcheck's table: wte, wpe, block0 … , ln_f, lm_head
+    labels = ["wte", "wpe", *(f"block{i}" for i in range(cfg.n_layer)), "ln_f", "lm_head"]
+    for layer, label in zip(layers, labels, strict=True):
+        layer.label = label
+    return layers
 
-    config_class = TransformerConfig
 
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__(cfg)
-        share_scratch(self)  # one set of backward buffers for all blocks: it stays in cache
+def share_backward_buffers(model: LanguageModel) -> None:
+    """One set of backward buffers for all blocks: it stays in cache."""
+    nn.share_scratch(model)
 
-    @staticmethod
-    def layers_for(cfg: TransformerConfig) -> list[Layer]:
-        C = cfg.n_embd
-        layers = [
-            Embedding(cfg.vocab_size, C),
-            PositionEmbedding(cfg.block_size, C),
-            *(Block(C, cfg.n_head) for _ in range(cfg.n_layer)),
-            LayerNorm(C),
-            Linear(C, cfg.vocab_size),
-        ]
-        # GPT-2's (and llm.c's) names, shown by gradcheck's table: wte, wpe, block0 … , ln_f, lm_head
-        labels = ["wte", "wpe", *(f"block{i}" for i in range(cfg.n_layer)), "ln_f", "lm_head"]
-        for layer, label in zip(layers, labels, strict=True):
-            layer.label = label
-        return layers
 
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """GPT-2's initialisation scheme: every weight matrix and embedding ~ N(0, init_std²), the
-        projections that write into the residual stream (attn.proj, mlp.proj) scaled down by
-        1/√(2·n_layer) so the stream's variance does not grow with depth; biases 0; LayerNorm
-        γ = 1, β = 0. GPT-2's std is 0.02; at this size 0.1 learns much faster (names, 3000 AdamW
-        steps at lr 2e-3: test 2.033 with 0.1, 2.098 with 0.02, 2.052 with 0.2 — whose first
-        logits are already too confident)."""
-        std = self.cfg.init_std
-        resid = {id(m.attn.proj) for m in self.layers if isinstance(m, Block)}
-        resid |= {id(m.mlp.proj) for m in self.layers if isinstance(m, Block)}
-        for m in self.modules():
-            if isinstance(m, LayerNorm):
-                m.weight.fill_(1.0)
+def init_gpt2(model: LanguageModel, generator: torch.Generator) -> None:
+    """GPT-2's initialisation scheme: every weight matrix and embedding ~ N(0, init_std²), the
+    projections that write into the residual stream (attn.proj, mlp.proj) scaled down by
+    1/√(2·n_layer) so the stream's variance does not grow with depth; biases 0; LayerNorm
+    γ = 1, β = 0. GPT-2's std is 0.02; at this size 0.1 learns much faster (names, 3000 AdamW
+    steps at lr 2e-3: test 2.033 with 0.1, 2.098 with 0.02, 2.052 with 0.2 — whose first
+    logits are already too confident)."""
+    import torch
+
+    std = model.cfg.init_std
+    resid = {id(m.attn.proj) for m in model.layers if isinstance(m, nn.Block)}
+    resid |= {id(m.mlp.proj) for m in model.layers if isinstance(m, nn.Block)}
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+        elif isinstance(m, (nn.Linear, nn.Embedding, nn.PositionEmbedding)):
+            s = std / math.sqrt(2 * model.cfg.n_layer) if id(m) in resid else std
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * s)
+            if getattr(m, "bias", None) is not None:
                 m.bias.zero_()
-            elif isinstance(m, (Linear, Embedding, PositionEmbedding)):
-                s = std / math.sqrt(2 * self.cfg.n_layer) if id(m) in resid else std
-                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * s)
-                if getattr(m, "bias", None) is not None:
-                    m.bias.zero_()
+
 
 SPEC = ModelSpec(
     name="transformer",
     config=TransformerConfig,
-    model=Transformer,
+    layers=transformer_layers,
+    init_weights=init_gpt2,
+    after_build=share_backward_buffers,
     about="a small GPT: causal self-attention blocks (pre-LayerNorm, GELU MLP) over the whole item",
     presets={
         # makemore.py's transformer run: AdamW lr 5e-4 (constant), batch 32, weight decay 0.01

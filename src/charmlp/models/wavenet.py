@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import nn
 from ..config import check_range
 from ..errors import CharmlpError
-from ..nn import Embedding, FlattenConsecutive, Layer, Linear
-from .base import LanguageModel, ModelSpec, TanhStackConfig, tanh_block
+from .base import ModelSpec, TanhStackConfig, tanh_block
 
 
 @dataclass
@@ -56,26 +56,21 @@ class WaveNetConfig(TanhStackConfig):
         return n
 
 
-class WaveNet(LanguageModel):
-    """The hierarchical model: a `Sequential` of hand-differentiable layers."""
-
-    config_class = WaveNetConfig
-
-    @staticmethod
-    def layers_for(cfg: WaveNetConfig) -> list[Layer]:
-        layers: list[Layer] = [Embedding(cfg.vocab_size, cfg.n_embd)]
-        width = cfg.n_embd
-        for f in cfg.factors():
-            layers += [FlattenConsecutive(f), *tanh_block(f * width, cfg)]
-            width = cfg.n_hidden
-        layers.append(Linear(width, cfg.vocab_size, bias=True))
-        return layers
+def wavenet_layers(cfg: WaveNetConfig) -> list[nn.Layer]:
+    """The hierarchical model as a list of hand-differentiable layers."""
+    layers: list[nn.Layer] = [nn.Embedding(cfg.vocab_size, cfg.n_embd)]
+    width = cfg.n_embd
+    for f in cfg.factors():
+        layers += [nn.FlattenConsecutive(f), *tanh_block(f * width, cfg)]
+        width = cfg.n_hidden
+    layers.append(nn.Linear(width, cfg.vocab_size, bias=True))
+    return layers
 
 
 SPEC = ModelSpec(
     name="wavenet",
     config=WaveNetConfig,
-    model=WaveNet,
+    layers=wavenet_layers,
     about="the lectures' hierarchical model: characters fused two at a time over log2(block) levels",
     presets={
         # the lecture's setup: SGD, batch 32, 200k steps, lr 0.1 → 0.01 at half way

@@ -1,21 +1,43 @@
-"""Layers, each a `torch.nn.Module` with `forward` and a hand-written `backward` beside it."""
+"""Layers, each a `torch.nn.Module` with `forward` and a hand-written `backward` beside it.
 
-from .activations import GELU, Tanh
-from .attention import CausalSelfAttention
-from .batchnorm import BatchNorm1d
-from .block import MLP, Block
-from .containers import Sequential
-from .embedding import Embedding, PositionEmbedding
-from .layernorm import LayerNorm
-from .linear import Linear
-from .losses import cross_entropy, cross_entropy_backward
-from .module import Layer, accumulate_grad, share_scratch
-from .recurrent import CELLS, Cell, GRUCell, Recurrent, RNNCell
-from .reshape import Flatten, FlattenConsecutive
-from .table import BigramTable
+The names load on first use (PEP 562): `from charmlp import nn` costs nothing, and the model
+files name `nn.Linear` etc. only inside the functions that build layers, so the model registry
+(and with it `charmlp train --help`) does not import torch.
+"""
 
-__all__ = [
-    "CELLS", "GELU", "MLP", "BatchNorm1d", "BigramTable", "Block", "CausalSelfAttention", "Cell", "Embedding",
-    "Flatten", "FlattenConsecutive", "GRUCell", "Layer", "LayerNorm", "Linear", "PositionEmbedding", "RNNCell",
-    "Recurrent", "Sequential", "Tanh", "accumulate_grad", "cross_entropy", "cross_entropy_backward", "share_scratch",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name → the submodule that defines it
+_EXPORTS = {
+    "activations": ("GELU", "Tanh"),
+    "attention": ("CausalSelfAttention",),
+    "batchnorm": ("BatchNorm1d",),
+    "block": ("MLP", "Block"),
+    "containers": ("Sequential",),
+    "embedding": ("Embedding", "PositionEmbedding"),
+    "layernorm": ("LayerNorm",),
+    "linear": ("Linear",),
+    "losses": ("cross_entropy", "cross_entropy_backward"),
+    "module": ("Layer", "accumulate_grad", "share_scratch"),
+    "recurrent": ("CELLS", "Cell", "GRUCell", "Recurrent", "RNNCell"),
+    "reshape": ("Flatten", "FlattenConsecutive"),
+    "table": ("BigramTable",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

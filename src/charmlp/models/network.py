@@ -1,0 +1,78 @@
+"""The model of every family: a `Sequential` of hand-differentiable layers, built from the spec
+its configuration names.
+
+A model maps ids (B, block_size) to logits (B, vocab_size) (sequence models: (B, T, vocab_size)).
+`forward` serves both engines; `backward(dlogits)` is the hand-written backward that fills every
+parameter's `.grad`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..config import ModelConfig
+from ..nn import BatchNorm1d, Embedding, Linear, Sequential
+from .base import ModelSpec
+from .registry import spec_of
+
+
+class LanguageModel(torch.nn.Module):
+    """The layers `spec.layers(cfg)` returns, run in order; the spec's hooks, where set, replace
+    the default initialisation and eval-mode forward."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = Sequential(*self.spec.layers(cfg))
+        if self.spec.after_build is not None:
+            self.spec.after_build(self)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return spec_of(self.cfg)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.layers(idx)
+
+    def backward(self, dlogits: torch.Tensor) -> None:
+        """Hand-written backward from dL/dlogits; fills every parameter's `.grad`."""
+        self.layers.backward(dlogits)
+
+    def batchnorms(self) -> list[BatchNorm1d]:
+        return [m for m in self.layers if isinstance(m, BatchNorm1d)]
+
+    def eval_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The eval-mode forward used by evaluation and sampling (the MLP's folds its BatchNorms)."""
+        hook = self.spec.eval_forward
+        return self if hook is None else hook(self)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Initialise from `generator` (on the CPU, so results do not depend on the device): the
+        spec's `init_weights`, else `init_tanh_stack`."""
+        (self.spec.init_weights or init_tanh_stack)(self, generator)
+
+
+def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:
+    """The lectures' initialisation: C ~ N(0, 1); hidden W ~ N(0, 1)·gain/√fan_in (Kaiming, gain
+    5/3 for tanh); output W scaled by `out_scale` and biases 0, so the untrained model predicts
+    nearly uniformly and its loss is ≈ ln(vocab); BatchNorm γ = 1, β = 0."""
+    cfg = model.cfg
+    linears = [m for m in model.layers if isinstance(m, Linear)]
+    for m in model.layers:
+        if isinstance(m, Embedding):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator))
+        elif isinstance(m, Linear):
+            fan_in = m.weight.shape[0]
+            gain = cfg.out_scale if m is linears[-1] else cfg.tanh_gain
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * gain / math.sqrt(fan_in))
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, BatchNorm1d):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
