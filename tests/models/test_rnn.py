@@ -104,3 +104,19 @@ def test_bad_sizes_are_user_errors():
         build_model(RNNConfig(block_size=8, n_hidden=0))
     with pytest.raises(CharmlpError, match="--n-embd"):
         build_model(GRUConfig(block_size=8, n_embd=-3))
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_dropout_model_backward_matches_finite_differences(kind):
+    """With dropout on the embeddings and the hidden states: every forward of the check draws the
+    same masks (the count reset), and the backward passes the gradient through them."""
+    from charmlp.nn import Dropout
+
+    cfg = (GRUConfig if kind == "gru" else RNNConfig)(vocab_size=5, block_size=4, n_embd=3, n_hidden=4, dropout=0.3)
+    model = build_model(cfg, seed=2).double()
+    drops = [m for m in model.modules() if isinstance(m, Dropout)]
+    assert len(drops) == 2 and len({d.seed for d in drops}) == 2
+    model.register_forward_pre_hook(lambda m, i: [setattr(d, "calls", 0) for d in drops] and None)
+    X, Y = items_batch(3, 4, 5, 1)
+    check_model_finite_differences(model, X, Y)
+    assert any((d.mask == 0).any() for d in drops)  # some units were dropped

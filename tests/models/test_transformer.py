@@ -129,3 +129,25 @@ def test_block_is_one_layer_whose_sublayers_are_named():
     names = dict(Block(8, 2).named_parameters())
     assert {"ln1.weight", "attn.qkv.weight", "attn.proj.weight", "ln2.weight", "mlp.fc.weight",
             "mlp.proj.weight"} <= set(names)
+
+
+def test_dropout_gradcheck_engines_agree_and_resume_is_bit_exact(tmp_path, seq_data):
+    model = dataclasses.replace(TINY, dropout=0.2)
+    data = load_dataset(DataConfig(path=str(seq_data), sequence=True, block_size=0))
+    report = gradcheck(dtype="float64", seed=0, batch_size=5, model=model, dataset=data)
+    assert report.ok and all(r.rel_err <= 1e-10 for r in report.rows), report.format_table()
+    assert "[2] drop input" in {r.name for r in report.rows}
+
+    def cfg(engine: str) -> RunConfig:
+        return dataclasses.replace(cfg_for(seq_data, 40, engine, log_every=1), model=model)
+
+    losses = {e: torch.tensor(charmlp.train(cfg(e), progress=False).losses) for e in ("manual", "autograd")}
+    assert (losses["manual"] - losses["autograd"]).abs().max().item() <= 1e-4  # the same masks on both
+    no_drop = torch.tensor(charmlp.train(cfg_for(seq_data, 40, log_every=1), progress=False).losses)
+    assert not torch.equal(losses["manual"], no_drop)
+    ref = charmlp.train(cfg("manual"), out_dir=tmp_path / "ref", progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        charmlp.train(cfg("manual"), out_dir=run, progress=False, hooks=(interrupt_at(17),))
+    res = charmlp.resume(run, progress=False)  # the checkpoint kept each dropout's (seed, count)
+    assert res.losses == ref.losses

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ..config import ModelConfig
-from ..nn import BatchNorm1d, Embedding, Linear, Sequential
+from ..nn import BatchNorm1d, Dropout, Embedding, Linear, Sequential
 from .base import ModelSpec
 from .registry import spec_of
 
@@ -54,6 +54,9 @@ class LanguageModel(torch.nn.Module):
         """Initialise from `generator` (on the CPU, so results do not depend on the device): the
         spec's `init_weights`, else `init_tanh_stack`."""
         (self.spec.init_weights or init_tanh_stack)(self, generator)
+        for m in self.modules():  # each dropout's own stream (drawn only by models that have one)
+            if isinstance(m, Dropout):
+                m.seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
 
 
 def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:

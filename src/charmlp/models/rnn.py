@@ -33,11 +33,13 @@ class RNNConfig(ModelConfig):
     block_size: int = 0  # positions: 0 = the data's longest item + 1
     n_embd: int = field(default=64, metadata={"help": "embedding size"})
     n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability in training (0: none)"})
 
     def validate(self) -> None:
         super().validate()
         check_range("--n-embd", self.n_embd, 1, 4096)
         check_range("--n-hidden", self.n_hidden, 1, 16384)
+        check_range("--dropout", self.dropout, 0, 0.9)
 
     def floats_per_example(self) -> int:
         # per position: embedding and its gradient, the input projections and their gradients,
@@ -52,9 +54,14 @@ class GRUConfig(RNNConfig):
 
 
 def recurrent_layers(cfg: RNNConfig) -> list[nn.Layer]:
-    """Embedding → Recurrent(RNNCell or GRUCell) → Linear, over every position at once."""
+    """Embedding → Recurrent(RNNCell or GRUCell) → Linear, over every position at once; with
+    dropout, on the embeddings and on the hidden states the head reads."""
     cell = nn.CELLS[cfg.kind](cfg.n_embd, cfg.n_hidden)
-    return [nn.Embedding(cfg.vocab_size, cfg.n_embd), nn.Recurrent(cell), nn.Linear(cfg.n_hidden, cfg.vocab_size)]
+    def drop() -> list[nn.Layer]:
+        return [nn.Dropout(cfg.dropout)] if cfg.dropout else []
+
+    return [nn.Embedding(cfg.vocab_size, cfg.n_embd), *drop(), nn.Recurrent(cell), *drop(),
+            nn.Linear(cfg.n_hidden, cfg.vocab_size)]
 
 
 def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
@@ -64,7 +71,7 @@ def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
     predicts nearly uniformly (loss ≈ ln V)."""
     import torch
 
-    emb, rec, head = model.layers
+    emb, rec, head = (m for m in model.layers if not isinstance(m, nn.Dropout))
     E, H = model.cfg.n_embd, model.cfg.n_hidden
 
     def randn(p: torch.Tensor, scale: float) -> None:

@@ -33,6 +33,8 @@ class TransformerConfig(ModelConfig):
     n_layer: int = field(default=4, metadata={"help": "transformer: blocks"})
     n_head: int = field(default=4, metadata={"help": "transformer: attention heads per block"})
     n_embd: int = field(default=64, metadata={"help": "embedding size (transformer: must be a multiple of --n-head)"})
+    # after the embeddings and on each residual branch, as GPT-2 (rnn/gru: embeddings, hidden states)
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability in training (0: none)"})
     init_std: float = field(default=0.1, metadata={
         "help": "transformer: weights and embeddings ~ N(0, std²); residual projections scaled by 1/√(2·n_layer)"})
 
@@ -43,6 +45,7 @@ class TransformerConfig(ModelConfig):
         check_range("--n-embd", self.n_embd, 1, 8192)
         if self.n_embd % self.n_head:
             raise CharmlpError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
+        check_range("--dropout", self.dropout, 0, 0.9)
         if not (math.isfinite(self.init_std) and 0 <= self.init_std <= 10):
             raise CharmlpError(f"--init-std must be a number between 0 and 10, got {self.init_std}")
 
@@ -56,15 +59,17 @@ class TransformerConfig(ModelConfig):
 def transformer_layers(cfg: TransformerConfig) -> list[nn.Layer]:
     """The GPT as a list of hand-differentiable layers (each Block is one layer)."""
     C = cfg.n_embd
+    drop = [nn.Dropout(cfg.dropout)] if cfg.dropout else []  # GPT-2's embd_pdrop
     layers = [
         nn.Embedding(cfg.vocab_size, C),
         nn.PositionEmbedding(cfg.block_size, C),
-        *(nn.Block(C, cfg.n_head) for _ in range(cfg.n_layer)),
+        *drop,
+        *(nn.Block(C, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer)),
         nn.LayerNorm(C),
         nn.Linear(C, cfg.vocab_size),
     ]
     # GPT-2's (and llm.c's) names, shown by gradcheck's table: wte, wpe, block0 … , ln_f, lm_head
-    labels = ["wte", "wpe", *(f"block{i}" for i in range(cfg.n_layer)), "ln_f", "lm_head"]
+    labels = ["wte", "wpe", *(["drop"] if drop else []), *(f"block{i}" for i in range(cfg.n_layer)), "ln_f", "lm_head"]
     for layer, label in zip(layers, labels, strict=True):
         layer.label = label
     return layers

@@ -17,6 +17,7 @@ _EXPORTS = {
     "batchnorm": ("BatchNorm1d",),
     "block": ("MLP", "Block"),
     "containers": ("Sequential",),
+    "dropout": ("Dropout",),
     "embedding": ("Embedding", "PositionEmbedding"),
     "layernorm": ("LayerNorm",),
     "linear": ("Linear",),

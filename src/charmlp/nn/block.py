@@ -6,6 +6,7 @@ import torch
 
 from .activations import GELU
 from .attention import CausalSelfAttention
+from .dropout import Dropout
 from .layernorm import LayerNorm
 from .linear import Linear
 from .module import Layer
@@ -31,19 +32,27 @@ class MLP(Layer):
 class Block(Layer):
     """x → x + attn(ln1(x)) → x + mlp(ln2(x)): pre-LayerNorm residual block (GPT-2)."""
 
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.ln1 = LayerNorm(n_embd)
         self.attn = CausalSelfAttention(n_embd, n_head)
         self.ln2 = LayerNorm(n_embd)
         self.mlp = MLP(n_embd)
+        # dropout on each branch before its residual add (GPT-2's resid_pdrop); none at p = 0
+        self.drop1 = Dropout(dropout) if dropout else None
+        self.drop2 = Dropout(dropout) if dropout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        a = self.attn(self.ln1(x))
+        x = x + (a if self.drop1 is None else self.drop1(a))
+        m = self.mlp(self.ln2(x))
+        return x + (m if self.drop2 is None else self.drop2(m))
 
     # out = h + mlp(ln2(h)), h = x + attn(ln1(x))  →  dh = dout + ln2ᵀ(mlpᵀ(dout)), dx = dh + ln1ᵀ(attnᵀ(dh))
-    # (each residual add passes its gradient to both branches unchanged; the branch results add up)
+    # (each residual add passes its gradient to both branches unchanged; the branch results add up;
+    # a branch's dropout passes it through its mask first: d(drop(b)) = m·dout)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
-        dh = self.ln2.backward(self.mlp.backward(dout), residual=dout)
-        return self.ln1.backward(self.attn.backward(dh), residual=dh)
+        dm = dout if self.drop2 is None else self.drop2.backward(dout)
+        dh = self.ln2.backward(self.mlp.backward(dm), residual=dout)
+        da = dh if self.drop1 is None else self.drop1.backward(dh)
+        return self.ln1.backward(self.attn.backward(da), residual=dh)
