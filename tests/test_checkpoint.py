@@ -130,12 +130,27 @@ def test_runs_written_before_descriptions_read_as_none(tmp_path):
     assert load_run(tmp_path / "old").model is not None
 
 
+def saved_vocab(d: Path) -> list[str]:
+    return json.loads((d / VOCAB).read_text())["itos"]
+
+
 def test_the_numpy_reader_makes_the_checks_load_run_makes(run_dir, tmp_path):
     d, _ = run_dir
+    vocab = (d / VOCAB).read_text()
     with pytest.raises(CharmlpError, match="does not exist"):
         read_saved_net(tmp_path / "missing")
     cfg = json.loads((d / CONFIG).read_text())
     (d / CONFIG).write_text(json.dumps({**cfg, "model": {**cfg["model"], "n_hidden": 33}}))
+    with pytest.raises(CharmlpError, match="does not match the model in config.json"):
+        read_saved_net(d)
+    (d / CONFIG).write_text(json.dumps({**cfg, "model": {**cfg["model"], "n_hidden": 33.0}}))
+    with pytest.raises(CharmlpError, match="wrong type"):
+        read_saved_net(d)
+    (d / CONFIG).write_text(json.dumps({**cfg, "model": {**cfg["model"], "n_heads": 4}}))
+    with pytest.raises(CharmlpError, match="another charmlp version"):
+        read_saved_net(d)
+    (d / VOCAB).write_text(json.dumps({"itos": [".", *"zyxwvutsrqponmlkjihgfedcba"][: len(saved_vocab(d))]}))
+    (d / CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(CharmlpError, match="mixed up"):
         read_saved_net(d)
     (d / CONFIG).write_text(json.dumps({**cfg, "model": {**cfg["model"], "vocab_size": 99}}))
@@ -144,7 +159,9 @@ def test_the_numpy_reader_makes_the_checks_load_run_makes(run_dir, tmp_path):
     (d / CONFIG).write_text(json.dumps({**cfg, "format": 99}))
     with pytest.raises(CharmlpError, match="format"):
         read_saved_net(d)
+    (d / VOCAB).write_text(vocab)
     (d / CONFIG).write_text(json.dumps(cfg))
+    assert read_saved_net(d) is not None
     raw = bytearray((d / WEIGHTS).read_bytes())
     raw[-3] ^= 0x40
     (d / WEIGHTS).write_bytes(bytes(raw))

@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from .config import (
     DataConfig,
     RunConfig,
+    _same_kind,
     config_from_dict,
     model_config_to_dict,
     run_config_from_dict,
@@ -422,11 +423,26 @@ class SavedNet:
     net: Net
 
 
+def _check_model_fields(d: Path, model: dict[str, Any], recorded: Any) -> None:
+    """config.json's model fields checked as `config_from_dict` checks them — unknown keys, wrong
+    types — against the fields the weights recorded (the model configuration class would need
+    torch), then compared with them."""
+    if isinstance(recorded, dict):
+        if unknown := set(model) - set(recorded):
+            raise CharmlpError(f"model in config.json has unknown keys {sorted(unknown)}; "
+                               "it was written by another charmlp version")
+        for k, v in model.items():
+            if not _same_kind(recorded[k], v):
+                raise CharmlpError(f"model.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
+    if model != recorded:
+        raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
+
+
 def read_saved_net(run_dir: str | Path) -> SavedNet | None:
     """The run's model as a NumPy `Net`, from the description its weights file carries, with the
     checks `load_run` makes; None for weights written before runs carried one (load those with
-    `load_run`). The model configuration is compared as written (building it would need torch):
-    config.json's, the weights' record of it and the description's sizes must agree."""
+    `load_run`). config.json's model is checked against the weights' record of it, and the
+    description's sizes against both."""
     d = Path(run_dir)
     raw = _read_config_json(d)
     data = config_from_dict(DataConfig, raw.get("data", {}), "data")
@@ -438,6 +454,7 @@ def read_saved_net(run_dir: str | Path) -> SavedNet | None:
     tensors, meta = _read_weights(d, numpy=True)
     if "net" not in meta:
         return None
+    _check_model_fields(d, model, meta.get("model"))
     net = Net(meta["net"], tensors, where=str(d / WEIGHTS))
     if (net.vocab_size, net.block_size) != (vocab.size, model.get("block_size")):
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
