@@ -160,8 +160,12 @@ def _linear(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
 
 
 def _batchnorm(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
-    t = op.t  # eval: y = γ·(x − μ)/√(σ² + ε) + β with the running μ, σ²
-    return t["weight"] * ((x - t["running_mean"]) * (1 / np.sqrt(t["running_var"] + op.attrs["eps"]))) + t["bias"]
+    t = op.t  # eval: y = γ·(x − μ)/√(σ² + ε) + β with the running μ, σ² (in place on one fresh array)
+    y = x - t["running_mean"]
+    y *= 1 / np.sqrt(t["running_var"] + op.attrs["eps"])
+    y *= t["weight"]
+    y += t["bias"]
+    return y
 
 
 def _layernorm(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
@@ -356,6 +360,7 @@ class Net:
             self._fail(f"has an embedding table whose rows are not its {self.vocab_size} characters")
         self.dtype = np.result_type(*arrays.values()) if arrays else np.dtype(np.float32)
         self._check_forward()
+        _fold_batchnorms(self.root)
 
     @classmethod
     def from_model(cls, model: Any) -> Net:
@@ -405,6 +410,27 @@ class Net:
 
     def __call__(self, ids: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         return _run(self.root, np.asarray(ids, np.int64), cache)
+
+
+def _fold_batchnorms(op: Op) -> None:
+    """Fold each BatchNorm1d into the Linear before it (in eval mode BatchNorm is affine):
+    γ·(x·W + b − μ)·r + β = x·(W·a) + ((b − μ)·a + β), a = γ·r, r = 1/√(σ² + ε). The same function
+    in one matmul; new arrays, the model's are not touched."""
+    for kid in op.kids.values():
+        _fold_batchnorms(kid)
+    if op.type != "Sequential":
+        return
+    kids, folded = list(op.kids.items()), {}
+    for i, (name, kid) in enumerate(kids):
+        prev = kids[i - 1][1] if i else None
+        if kid.type == "BatchNorm1d" and prev is not None and prev.type == "Linear":
+            t, W = kid.t, prev.t["weight"]
+            a = t["weight"] * (1 / np.sqrt(t["running_var"] + kid.attrs["eps"]))
+            b = prev.t.get("bias", np.zeros(W.shape[1], W.dtype))
+            prev.t = {"weight": W * a, "bias": (b - t["running_mean"]) * a + t["bias"]}
+        else:
+            folded[name] = kid
+    op.kids = folded
 
 
 def _walk(op: Op) -> list[Op]:

@@ -46,13 +46,15 @@ def _cdf(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarra
     """Cumulative next-id distribution per row (float32): softmax(logits / T), top-k filtered."""
     # shift the max to 0 before dividing: a tiny temperature then gives -inf, never inf − inf = nan
     logits = logits.astype(np.float32)
-    logits = (logits - logits.max(1, keepdims=True)) / np.float32(temperature)
+    logits -= logits.max(1, keepdims=True)  # the max is now 0, and stays 0 below: softmax needs no other shift
+    if temperature != 1:
+        logits /= np.float32(temperature)
     V = logits.shape[1]
     if top_k is not None and top_k < V:
         kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # the k-th largest
         logits[logits < kth] = -np.inf
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = np.exp(logits, out=logits)
+    p /= p.sum(1, keepdims=True)  # softmax = eˡ / Σ eˡ
     return np.cumsum(p, 1, dtype=np.float64).astype(np.float32)  # torch's cumsum adds in double
 
 
@@ -96,7 +98,7 @@ def _sample_flat(
     steps = 0
     for t in range(max_new):
         steps = t + 1
-        cdf = table[code] if table is not None else next_cdf()
+        cdf = table.take(code, axis=0) if table is not None else next_cdf()
         u = draw(len(alive))[:, None] * cdf[:, -1:]
         ix = (cdf < u).sum(1)  # id = #{v : cdf_v < u·cdf_V}
         out[alive, t] = ix
