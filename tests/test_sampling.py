@@ -1,11 +1,23 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
-from charmlp.config import DataConfig, RunConfig, TrainConfig
+from charmlp.checkpoint import WEIGHTS, decode_tensors, encode_tensors, read_saved_net, save_run
+from charmlp.config import DEFAULT_SAMPLE_SEED, DataConfig, RunConfig, TrainConfig
+from charmlp.data import Vocab, read_items
 from charmlp.errors import CharmlpError
 from charmlp.models import MLPConfig
-from charmlp.sampling import sample, sample_ids, sample_run
+from charmlp.sampling import sample, sample_ids, sample_run, uniforms
 from charmlp.train import train
+from conftest import SRC, assert_user_error, run_cli
+from test_numpy_model import CONFIGS, random_model
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +74,7 @@ def test_batched_sampling_matches_logits_distribution(trained):
     model = result.model.eval()
     with torch.no_grad():
         p = torch.softmax(model(torch.zeros(1, model.cfg.block_size, dtype=torch.long)), 1)[0]
-    rows, _ = sample_ids(model, 20000, torch.Generator().manual_seed(0), max_new=1)
+    rows, _ = sample_ids(model, 20000, 0, max_new=1)
     first = torch.tensor([r[0] if r else 0 for r in rows])
     freq = torch.bincount(first, minlength=len(p)).float() / len(first)
     assert (freq - p).abs().max() < 0.02
@@ -74,3 +86,135 @@ def test_novelty_against_training_file(trained):
     assert out.novel_fraction is not None and 0.0 <= out.novel_fraction <= 1.0
     d = out.to_dict()
     assert d["in_train_fraction"] == pytest.approx(1 - d["novel_fraction"])
+
+
+# ----------------------------------------------------------------------------- NumPy sampling
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, DEFAULT_SAMPLE_SEED, 2**32 - 1, 2**32 + 7, 2**63 + 5, 2**64 - 1, -1, -(2**63)])
+def test_uniforms_are_torch_rands(seed):
+    g = torch.Generator().manual_seed(seed)
+    draw = uniforms(seed)
+    for k in (1, 7, 1000, 3000, 2):
+        want = torch.rand(k, 1, generator=g)[:, 0].numpy()
+        got = draw(k)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+
+
+def test_seeds_outside_torchs_range_are_user_errors(trained):
+    result, _ = trained
+    for seed in (2**64, -(2**63) - 1):
+        with pytest.raises(CharmlpError, match="--seed must be between"):
+            sample(result.model, result.dataset.vocab, n=2, seed=seed)
+
+
+def torch_reference(model, n: int, seed: int, prefix_ids=(), temperature=1.0, top_k=None, max_new=20) -> list[list[int]]:
+    """The sampler as it ran in torch: the whole context through the torch model at every step."""
+    g = torch.Generator().manual_seed(seed)
+    block, seq = model.cfg.block_size, model.cfg.sequence
+    start = [0, *prefix_ids] if seq else ([0] * block + list(prefix_ids))[len(prefix_ids):]
+    ctx, out, alive = torch.tensor([start]).repeat(n, 1), [[] for _ in range(n)], list(range(n))
+    for _ in range(max_new):
+        with torch.no_grad():
+            logits = model(ctx[:, -block:])
+        logits = (logits[:, -1] if seq else logits).float()
+        logits = (logits - logits.max(1, keepdim=True).values) / temperature
+        if top_k is not None:
+            logits = logits.masked_fill(logits < torch.topk(logits, top_k, 1).values[:, -1:], float("-inf"))
+        cdf = torch.softmax(logits, 1).cumsum(1)
+        ix = (cdf < torch.rand(len(alive), 1, generator=g) * cdf[:, -1:]).sum(1)
+        for row, i in zip(alive, ix.tolist(), strict=True):
+            out[row] += [i] if i else []
+        keep = ix != 0
+        alive = [a for a, k in zip(alive, keep.tolist(), strict=True) if k]
+        ctx = torch.cat([ctx[:, int(not seq):], ix[:, None]], 1)[keep]
+        if not alive:
+            break
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_numpy_sampling_draws_what_the_torch_sampler_drew(name):
+    """Same seed, same ids as the torch loop (incremental decoding, sliding past the block included)."""
+    model = random_model(name)
+    for kw in ({"seed": 3}, {"seed": 4, "prefix_ids": [2, 5], "temperature": 0.6, "top_k": 4}):
+        rows, truncated = sample_ids(model, 40, max_new=20, **kw)
+        want = torch_reference(model, 40, max_new=20, **kw)
+        assert rows == want
+        assert truncated == sum(len(r) == 20 for r in want)
+
+
+VOCAB = Vocab(tuple(".abcdefghij"))  # V = 11 symbols, as random_model's
+
+
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
+    """A run directory per model kind, random weights, a data file of their alphabet."""
+    d = tmp_path_factory.mktemp("saved")
+    data = d / "items.txt"
+    data.write_text("\n".join(["abc", "bad", "cafe", "jig", "hide"] * 20) + "\n", encoding="utf-8")
+    out = {}
+    for name in CONFIGS:
+        model = random_model(name)
+        save_run(d / name, RunConfig(DataConfig(path=str(data)), model.cfg, TrainConfig()), VOCAB, model)
+        out[name] = d / name, model
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_saved_run_samples_what_the_model_in_memory_samples(name, saved_runs):
+    d, model = saved_runs[name]
+    kw = {"n": 30, "seed": 9, "prefix": "b", "temperature": 0.8, "top_k": 6, "max_len": 12}
+    assert sample_run(d, **kw) == sample(model, VOCAB, training_items=read_items(d.parent / "items.txt"), **kw)
+
+
+def test_charmlp_sample_prints_the_same_samples_without_importing_torch(saved_runs):
+    d, model = saved_runs["transformer"]
+    script = (
+        "import json, sys\nfrom charmlp.cli import main\n"
+        f"code = main(['sample', {str(d)!r}, '-n', '15', '--seed', '3', '--max-len', '10', '--json'])\n"
+        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'numba')]), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stderr.strip().splitlines()[-1]) == []
+    assert json.loads(p.stdout)["samples"] == sample(model, VOCAB, n=15, seed=3, max_len=10).samples
+
+
+def rewrite_weights(d: Path, change) -> None:
+    """Rewrite model.safetensors after `change(tensors, meta)`, with a valid checksum."""
+    tensors, meta = decode_tensors((d / WEIGHTS).read_bytes(), d / WEIGHTS)
+    change(tensors, meta)
+    (d / WEIGHTS).write_bytes(encode_tensors(tensors, meta))
+
+
+def test_a_run_without_description_samples_the_same_through_torch(saved_runs, tmp_path):
+    for name in ("mlp", "gru"):
+        src, _ = saved_runs[name]
+        d = shutil.copytree(src, tmp_path / name)
+        rewrite_weights(d, lambda t, meta: meta.pop("net"))
+        assert read_saved_net(d) is None
+        assert sample_run(d, n=25, seed=2) == sample_run(src, n=25, seed=2)
+    p = run_cli("sample", tmp_path / "gru", "-n", "25", "--seed", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["samples"] == sample_run(saved_runs["gru"][0], n=25, seed=2).samples
+
+
+def test_a_run_of_the_previous_release_samples_from_the_command_line(tmp_path):
+    run = shutil.copytree(Path(__file__).parent / "fixtures" / "mlp_run_v0", tmp_path / "old")
+    p = run_cli("sample", run, "-n", "8", "--seed", "5")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == (Path(__file__).parent / "fixtures" / "mlp_run_v0_samples.txt").read_text().split()
+
+
+def test_unknown_layer_or_missing_tensor_in_a_run_is_a_user_error(saved_runs, tmp_path):
+    src, _ = saved_runs["wavenet"]
+    d = shutil.copytree(src, tmp_path / "unknown")
+    rewrite_weights(d, lambda t, meta: meta["net"]["layers"]["children"]["layers.1"].update(type="Conv1d"))
+    assert_user_error(run_cli("sample", d), "unknown type 'Conv1d'")
+    d = shutil.copytree(src, tmp_path / "missing")
+    rewrite_weights(d, lambda t, meta: t.pop("layers.layers.2.weight"))
+    assert_user_error(run_cli("sample", d), "has no tensor 'layers.layers.2.weight'")

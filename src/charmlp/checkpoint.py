@@ -6,7 +6,11 @@ into place, so a reader sees either the previous complete file or the new one. T
 writes keeps the directory consistent as a whole (see `prepare_run_dir` and `save_run`):
 model.safetensors is written last and is the mark of a finished run. Tensor files are
 safetensors carrying a SHA-256 of their tensors: loading never executes code, and a tampered
-or truncated file is refused.
+or truncated file is refused. model.safetensors also carries a description of the model's layers
+(`numpy_model.describe`), from which `read_saved_net` rebuilds its eval forward in NumPy.
+
+torch is imported only by the functions that build or save a torch model: `charmlp sample`
+reads a run through `read_saved_net` without it.
 """
 
 from __future__ import annotations
@@ -18,17 +22,30 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from .config import RunConfig, model_config_to_dict, run_config_from_dict, run_config_to_dict
+from .config import (
+    DataConfig,
+    RunConfig,
+    _same_kind,
+    config_from_dict,
+    model_config_to_dict,
+    run_config_from_dict,
+    run_config_to_dict,
+)
 from .data import Vocab
 from .errors import CharmlpError
-from .models import LanguageModel, build_model
+from .numpy_model import Net, describe_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import LanguageModel
+
+Tensors = dict[str, "torch.Tensor"] | dict[str, np.ndarray]
 
 FORMAT_VERSION = 1
 CONFIG, VOCAB, WEIGHTS, METRICS, SUMMARY = (
@@ -115,18 +132,28 @@ def remove_file(path: str | Path) -> None:
 # ----------------------------------------------------------------------------- tensor files
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of `tensors` (in name order)."""
+def tensors_sha256(tensors: Tensors) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of `tensors` (in name order); torch tensors
+    and NumPy arrays of the same values give the same digest (dtypes named as torch names them)."""
     h = hashlib.sha256()
     for k in sorted(tensors):
-        t = tensors[k].detach().to("cpu").contiguous()
-        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        t = tensors[k]
+        if isinstance(t, np.ndarray):
+            dtype, data = f"torch.{t.dtype.name}", np.ascontiguousarray(t).tobytes()
+        else:
+            import torch
+
+            t = t.detach().to("cpu").contiguous()
+            dtype, data = str(t.dtype), t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        h.update(f"{k}|{dtype}|{list(t.shape)}|".encode())
+        h.update(data)
     return h.hexdigest()
 
 
 def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
     """safetensors bytes; `meta` (JSON-able) and a checksum travel in the header."""
+    from safetensors.torch import save as st_save
+
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = {"format": str(FORMAT_VERSION), "meta": json.dumps(meta), "sha256": tensors_sha256(cpu)}
     return _canonical_header(st_save(cpu, metadata=header))
@@ -150,12 +177,17 @@ def _canonical_header(raw: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
-def decode_tensors(raw: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Inverse of `encode_tensors`; any damage → `CharmlpError` naming `path`."""
+def decode_tensors(raw: bytes, path: Path, numpy: bool = False) -> tuple[Tensors, dict[str, Any]]:
+    """Inverse of `encode_tensors` (`numpy`: as NumPy arrays, without torch); any damage →
+    `CharmlpError` naming `path`."""
+    if numpy:
+        from safetensors.numpy import load as st_load
+    else:
+        from safetensors.torch import load as st_load
     try:
         tensors = st_load(raw)
         header = _safetensors_metadata(raw)
-    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
+    except (SafetensorError, ValueError, TypeError, OSError, RuntimeError) as e:
         msg = " ".join(str(e).split())
         raise CharmlpError(f"{path} is not a readable safetensors file ({msg}); the file is damaged") from None
     if header.get("format") != str(FORMAT_VERSION):
@@ -167,7 +199,7 @@ def decode_tensors(raw: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dic
         raise CharmlpError(f"{path} fails its checksum: its contents were changed or damaged")
     try:
         meta = json.loads(header.get("meta", "{}"))
-    except ValueError:
+    except (ValueError, RecursionError):
         meta = None
     if not isinstance(meta, dict):
         raise CharmlpError(f"{path} has an unreadable header; the file is damaged")
@@ -246,7 +278,8 @@ def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: LanguageM
     """Write config, vocabulary and weights (parameters and BatchNorm buffers).
 
     The weights are written last and record the model configuration and vocabulary they
-    belong to, so `load_run` can tell a mixed-up directory from a complete one.
+    belong to, so `load_run` can tell a mixed-up directory from a complete one, and a
+    description of the model's layers, so `read_saved_net` can run it without torch.
     `keep_config` (a resumed run) keeps the config.json and vocab.json written when the run
     started, so options of the resuming process (--checkpoint-every, --device) do not change
     the files of a run that went straight through.
@@ -255,7 +288,8 @@ def save_run(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, model: LanguageM
     if not (keep_config and (d / CONFIG).is_file() and (d / VOCAB).is_file()):
         atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
         atomic_write_text(d / CONFIG, _config_bytes(cfg))
-    meta = {"kind": "weights", "model": model_config_to_dict(cfg.model), "vocab": list(vocab.itos)}
+    meta = {"kind": "weights", "model": model_config_to_dict(cfg.model), "vocab": list(vocab.itos),
+            "net": describe_model(model)}
     atomic_write_bytes(d / WEIGHTS, encode_tensors(model.state_dict(), meta))
     return d
 
@@ -272,14 +306,13 @@ def _read(d: Path, name: str) -> bytes:
         raise CharmlpError(f"cannot read {p}: {e.strerror}") from None
 
 
-def read_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:
-    """config.json and vocab.json of a run directory, checked against each other."""
-    d = Path(run_dir)
+def _read_config_json(d: Path) -> dict[str, Any]:
+    """config.json as a dict, its format checked (the fields are not)."""
     if not d.is_dir():
         raise CharmlpError(f"run directory {d} does not exist; pass the --out directory of `charmlp train`")
     try:
         raw = json.loads(_read(d, CONFIG))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CharmlpError(f"{d / CONFIG} is not valid JSON; the run directory is damaged") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
         got = raw.get("format") if isinstance(raw, dict) else None
@@ -287,17 +320,28 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:
             f"{d / CONFIG} has format {got!r}, this charmlp reads format {FORMAT_VERSION}; "
             "it was written by another charmlp version: retrain the run"
         )
-    cfg = run_config_from_dict({k: v for k, v in raw.items() if k != "format"})
+    return {k: v for k, v in raw.items() if k != "format"}
+
+
+def _read_vocab(d: Path, vocab_size: Any) -> Vocab:
+    """vocab.json, checked against config.json's vocabulary size."""
     try:
         vocab = Vocab.from_json(_read(d, VOCAB).decode("utf-8"))
     except UnicodeDecodeError:
         raise CharmlpError(f"{d / VOCAB} is not UTF-8; the run directory is damaged") from None
-    if vocab.size != cfg.model.vocab_size:
+    if vocab.size != vocab_size:
         raise CharmlpError(
-            f"vocab.json has {vocab.size} characters but config.json says {cfg.model.vocab_size}; "
+            f"vocab.json has {vocab.size} characters but config.json says {vocab_size}; "
             "the run directory is damaged"
         )
-    return cfg, vocab
+    return vocab
+
+
+def read_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:
+    """config.json and vocab.json of a run directory, checked against each other."""
+    d = Path(run_dir)
+    cfg = run_config_from_dict(_read_config_json(d))
+    return cfg, _read_vocab(d, cfg.model.vocab_size)
 
 
 @dataclass
@@ -334,25 +378,85 @@ def fits_model(model: LanguageModel, tensors: dict[str, torch.Tensor]) -> bool:
     return set(tensors) == set(expected) and all(tensors[k].shape == expected[k].shape for k in expected)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the model of a run directory; raises `CharmlpError` if anything is off."""
-    d = Path(run_dir)
-    cfg, vocab = read_run_config(d)
+def _read_weights(d: Path, numpy: bool = False) -> tuple[Tensors, dict[str, Any]]:
     if not (d / WEIGHTS).is_file() and (d / STATE).is_file():
         raise CharmlpError(
             f"{d} holds an unfinished training run (no {WEIGHTS} yet); finish it with `charmlp train --resume {d}`"
         )
-    tensors, meta = decode_tensors(_read(d, WEIGHTS), d / WEIGHTS)
-    model = build_model(cfg.model)
-    if not fits_model(model, tensors):
-        raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
+    return decode_tensors(_read(d, WEIGHTS), d / WEIGHTS, numpy=numpy)
+
+
+def _check_written_for(d: Path, meta: dict[str, Any], model: Any, vocab: Vocab) -> None:
+    """The weights record the model configuration (a dict) and vocabulary of config.json and vocab.json."""
     written_for = meta.get("model")
     if isinstance(written_for, dict):  # weights written before the model zoo name no kind: an MLP's
         written_for = {"kind": "mlp", **written_for}
-    if written_for != model_config_to_dict(cfg.model) or meta.get("vocab") != list(vocab.itos):
+    if written_for != model or meta.get("vocab") != list(vocab.itos):
         raise CharmlpError(
             f"{d / WEIGHTS} was written for another model configuration or vocabulary than config.json and "
             "vocab.json describe; the run directory is mixed up"
         )
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of a run directory; raises `CharmlpError` if anything is off."""
+    from .models import build_model
+
+    d = Path(run_dir)
+    cfg, vocab = read_run_config(d)
+    tensors, meta = _read_weights(d)
+    model = build_model(cfg.model)
+    if not fits_model(model, tensors):
+        raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
+    _check_written_for(d, meta, model_config_to_dict(cfg.model), vocab)
     model.load_state_dict(tensors)
     return Run(d, cfg, vocab, model.to(device).eval())
+
+
+@dataclass
+class SavedNet:
+    """A run directory read without torch: what sampling needs."""
+
+    path: Path
+    data: DataConfig
+    vocab: Vocab
+    net: Net
+
+
+def _check_model_fields(d: Path, model: dict[str, Any], recorded: Any) -> None:
+    """config.json's model fields checked as `config_from_dict` checks them — unknown keys, wrong
+    types — against the fields the weights recorded (the model configuration class would need
+    torch), then compared with them."""
+    if isinstance(recorded, dict):
+        if unknown := set(model) - set(recorded):
+            raise CharmlpError(f"model in config.json has unknown keys {sorted(unknown)}; "
+                               "it was written by another charmlp version")
+        for k, v in model.items():
+            if not _same_kind(recorded[k], v):
+                raise CharmlpError(f"model.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
+    if model != recorded:
+        raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
+
+
+def read_saved_net(run_dir: str | Path) -> SavedNet | None:
+    """The run's model as a NumPy `Net`, from the description its weights file carries, with the
+    checks `load_run` makes; None for weights written before runs carried one (load those with
+    `load_run`). config.json's model is checked against the weights' record of it, and the
+    description's sizes against both."""
+    d = Path(run_dir)
+    raw = _read_config_json(d)
+    data = config_from_dict(DataConfig, raw.get("data", {}), "data")
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise CharmlpError("model in config.json is not an object; the run directory is damaged")
+    model = {"kind": "mlp", **model}  # no kind: written before the model zoo, an MLP
+    vocab = _read_vocab(d, model.get("vocab_size"))
+    tensors, meta = _read_weights(d, numpy=True)
+    if "net" not in meta:
+        return None
+    _check_model_fields(d, model, meta.get("model"))
+    net = Net(meta["net"], tensors, where=str(d / WEIGHTS))
+    if (net.vocab_size, net.block_size) != (vocab.size, model.get("block_size")):
+        raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
+    _check_written_for(d, meta, model, vocab)
+    return SavedNet(d, data, vocab, net)

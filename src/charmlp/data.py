@@ -13,12 +13,18 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .config import MAX_BLOCK_SIZE, DataConfig
 from .errors import CharmlpError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that make tensors: reading items and the vocabulary
+# (`charmlp sample`) does without it.
 
 SPLITS = ("train", "val", "test")
 MAX_EXAMPLE_BYTES = 8 << 30  # context windows of all examples, above which we refuse (memory)
@@ -118,6 +124,8 @@ class Vocab:
     @property
     def index_dtype(self) -> torch.dtype:
         """The smallest integer dtype that holds every id."""
+        import torch
+
         if self.size <= 256:
             return torch.uint8
         if self.size <= 2**15:
@@ -196,6 +204,8 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     context is F[p − k : p]. All of it is a few whole-array operations: no per-item or
     per-character Python work.
     """
+    import torch
+
     if block_size < 1:
         raise CharmlpError(f"block size must be at least 1, got {block_size}")
     ids, lengths = encode_items(items, vocab)
@@ -232,6 +242,8 @@ def build_sequences(items: list[str], vocab: Vocab, block_size: int) -> tuple[to
     window examples `build_examples` gives (the same context, seen whole), so the mean loss over
     targets ≠ −1 is the same per-character measure.
     """
+    import torch
+
     ids, lengths = encode_items(items, vocab)
     n = len(items)
     if n and int(lengths.max()) + 1 > block_size:

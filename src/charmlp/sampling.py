@@ -1,81 +1,109 @@
-"""Generate new items: all samples advance together as one batch, one character per step."""
+"""Generate new items: all samples advance together as one batch, one character per step.
+
+Sampling runs in NumPy on the model's NumPy forward (`numpy_model.Net`), for a saved run and
+for an in-memory model alike, so `charmlp sample` needs no torch. The uniforms are torch's:
+`torch.Generator().manual_seed(seed)` followed by `torch.rand`, drawn from NumPy's MT19937, so
+a seed gives the samples it gave when sampling ran in torch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from .checkpoint import load_run
+from .checkpoint import load_run, read_saved_net
 from .config import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED
 from .data import Vocab, read_items
 from .errors import CharmlpError
-from .models import LanguageModel
+from .numpy_model import Cache, Net, filter_cache
+
+if TYPE_CHECKING:
+    from .models import LanguageModel
 
 MAX_SAMPLES = 1_000_000
 MAX_LEN_LIMIT = 100_000
 MAX_SAMPLE_CELLS = 200_000_000  # n × max_len ids held at once
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
-def _cdf(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
-    """Cumulative next-id distribution per row: softmax(logits / T), top-k filtered."""
-    logits = logits.float().cpu()
+def uniforms(seed: int) -> Callable[[int], np.ndarray]:
+    """k ↦ the next k uniforms in [0, 1) (float32) of `torch.rand(k, generator=g)` after
+    `g = torch.Generator().manual_seed(seed)`.
+
+    torch's CPU generator is MT19937 seeded with init_genrand(seed mod 2³²) — as NumPy's legacy
+    `RandomState(seed)` seeds it — and a float32 uniform is (next 32-bit output & 0xFFFFFF)·2⁻²⁴.
+    `randint` over the full 32-bit range returns the raw outputs, one per draw.
+    """
+    rs = np.random.RandomState(seed % 2**32)
+    return lambda k: (rs.randint(0, 2**32, size=k, dtype=np.uint64) & 0xFFFFFF).astype(np.float32) * np.float32(2**-24)
+
+
+def _cdf(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
+    """Cumulative next-id distribution per row (float32): softmax(logits / T), top-k filtered."""
     # shift the max to 0 before dividing: a tiny temperature then gives -inf, never inf − inf = nan
-    logits = (logits - logits.max(dim=1, keepdim=True).values) / temperature
-    if top_k is not None and top_k < logits.shape[1]:
-        kth = torch.topk(logits, top_k, dim=1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.softmax(logits, dim=1).cumsum_(1)
+    logits = logits.astype(np.float32)
+    logits -= logits.max(1, keepdims=True)  # the max is now 0, and stays 0 below: softmax needs no other shift
+    if temperature != 1:
+        logits /= np.float32(temperature)
+    V = logits.shape[1]
+    if top_k is not None and top_k < V:
+        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # the k-th largest
+        logits[logits < kth] = -np.inf
+    p = np.exp(logits, out=logits)
+    p /= p.sum(1, keepdims=True)  # softmax = eˡ / Σ eˡ
+    return np.cumsum(p, 1, dtype=np.float64).astype(np.float32)  # torch's cumsum adds in double
 
 
 TABLE_MAX_CONTEXTS = 1 << 20
 
 
-@torch.no_grad()
 def _sample_flat(
-    model: LanguageModel, n: int, generator: torch.Generator, prefix_ids: list[int], temperature: float,
+    net: Net, n: int, draw: Callable[[int], np.ndarray], prefix_ids: list[int], temperature: float,
     top_k: int | None, max_new: int,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Every sample's new ids concatenated, each sample's length, and how many hit `max_new`."""
-    model.eval()
-    forward = model.eval_forward()
-    V, block = model.cfg.vocab_size, model.cfg.block_size
-    device = next(model.parameters()).device
-    seq = model.cfg.sequence  # reads whole items: the growing sequence [boundary, prefix…, new…]
-    if seq:
-        ctx = torch.tensor([[0, *prefix_ids]], dtype=torch.long).repeat(n, 1)
-    else:
-        ctx = torch.zeros(n, block, dtype=torch.long)
-        for i in prefix_ids:  # slide the prefix into the boundary-padded context
-            ctx = torch.cat([ctx[:, 1:], torch.full((n, 1), i, dtype=torch.long)], dim=1)
+    V, block, seq = net.vocab_size, net.block_size, net.sequence
+    if seq:  # reads whole items: the growing sequence [boundary, prefix…, new…]
+        ctx = np.tile(np.array([0, *prefix_ids], np.int64), (n, 1))
+    else:  # the prefix slid into the boundary-padded context
+        ctx = np.tile(np.array(([0] * block + list(prefix_ids))[len(prefix_ids):], np.int64), (n, 1))
     # When there are fewer possible contexts (V^block) than rows to feed (~8 per sample), the
     # model is a lookup table: the cdf of every context once, then each step is a gather.
     n_ctx = V**block
     table = None
     if not seq and n_ctx <= min(4 * n, TABLE_MAX_CONTEXTS):
-        powers = V ** torch.arange(block - 1, -1, -1)
-        every = (torch.arange(n_ctx)[:, None] // powers) % V  # context of each code, base V
-        table = torch.cat([_cdf(forward(every[i : i + 65536].to(device)), temperature, top_k)
-                           for i in range(0, n_ctx, 65536)])
+        powers = V ** np.arange(block - 1, -1, -1)
+        every = (np.arange(n_ctx)[:, None] // powers) % V  # context of each code, base V
+        table = np.concatenate([_cdf(net(every[i : i + 65536]), temperature, top_k) for i in range(0, n_ctx, 65536)])
         code = ctx @ powers  # the context as one base-V number
+    # Whole items are decoded incrementally: the cache keeps what earlier positions left
+    # (attention keys and values, the recurrent state), so each step feeds only the new id. A
+    # sequence longer than the model's positions slides instead: the last `block` ids, afresh.
+    cache: Cache = {}
+    fresh = ctx  # ids the cache has not seen
 
-    def next_cdf(ctx: torch.Tensor) -> torch.Tensor:
-        logits = forward(ctx[:, -block:].to(device))
-        return _cdf(logits[:, -1] if seq else logits, temperature, top_k)  # whole items: the last position's
+    def next_cdf() -> np.ndarray:
+        if not seq:
+            return _cdf(net(ctx), temperature, top_k)
+        logits = net(fresh, cache) if ctx.shape[1] <= block else net(ctx[:, -block:])
+        return _cdf(logits[:, -1], temperature, top_k)  # the last position's
 
-    out = torch.zeros(n, max_new, dtype=torch.long)
-    length = torch.full((n,), max_new, dtype=torch.long)
-    alive = torch.arange(n)  # rows that have not emitted the boundary yet
+    out = np.zeros((n, max_new), np.int64)
+    length = np.full(n, max_new, np.int64)
+    alive = np.arange(n)  # rows that have not emitted the boundary yet
     steps = 0
     for t in range(max_new):
         steps = t + 1
-        cdf = table[code] if table is not None else next_cdf(ctx)
-        u = torch.rand(len(alive), 1, generator=generator) * cdf[:, -1:]
-        ix = (cdf < u).sum(1)
+        cdf = table.take(code, axis=0) if table is not None else next_cdf()
+        u = draw(len(alive))[:, None] * cdf[:, -1:]
+        ix = (cdf < u).sum(1)  # id = #{v : cdf_v < u·cdf_V}
         out[alive, t] = ix
         ended = ix == 0
-        if bool(ended.any()):
+        if ended.any():
             length[alive[ended]] = t
             keep = ~ended
             alive, ix = alive[keep], ix[keep]
@@ -83,21 +111,32 @@ def _sample_flat(
                 code = code[keep]
             else:
                 ctx = ctx[keep]
+                filter_cache(cache, keep)
             if len(alive) == 0:
                 break
         if table is not None:  # drop the oldest id, append the new one
             code = code % (n_ctx // V) * V + ix
         else:
-            ctx = torch.cat([ctx[:, int(not seq):], ix[:, None]], dim=1)  # windows slide; whole items grow
-    lengths = length.clamp_max(steps)
-    flat = out[:, :steps][torch.arange(steps) < lengths[:, None]]
+            fresh = ix[:, None]
+            ctx = np.concatenate([ctx[:, int(not seq):], fresh], 1)  # windows slide; whole items grow
+    lengths = np.minimum(length, steps)
+    flat = out[:, :steps][np.arange(steps) < lengths[:, None]]
     return flat, lengths, len(alive)
 
 
+def _as_net(model: LanguageModel | Net) -> Net:
+    return model if isinstance(model, Net) else Net.from_model(model)
+
+
+def _check_seed(seed: int) -> None:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CharmlpError(f"--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
+
+
 def sample_ids(
-    model: LanguageModel,
+    model: LanguageModel | Net,
     n: int,
-    generator: torch.Generator,
+    seed: int,
     prefix_ids: list[int] = (),
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -107,15 +146,17 @@ def sample_ids(
 
     Every step feeds only the rows still going (most names end within ~8 characters, the
     longest of 10 000 after ~30), and draws each row's next id by inverting its cumulative
-    distribution: id = #{v : cdf_v < u·cdf_V}, u ~ U[0, 1) — exact, and far cheaper than
-    `torch.multinomial` over many rows. With few possible contexts (names: 27³ = 19 683) and
-    many samples, the model's cdf is tabulated once for every context.
+    distribution: id = #{v : cdf_v < u·cdf_V}, u ~ U[0, 1) — exact, and far cheaper than a
+    multinomial draw per row. With few possible contexts (names: 27³ = 19 683) and many
+    samples, the model's cdf is tabulated once for every context.
 
     Returns each sample's new ids (without the closing boundary) and how many hit `max_new`
     before emitting the boundary.
     """
-    flat, lengths, truncated = _sample_flat(model, n, generator, list(prefix_ids), temperature, top_k, max_new)
-    ids, ends = flat.tolist(), torch.cumsum(lengths, 0).tolist()
+    _check_seed(seed)
+    flat, lengths, truncated = _sample_flat(_as_net(model), n, uniforms(seed), list(prefix_ids), temperature, top_k,
+                                            max_new)
+    ids, ends = flat.tolist(), np.cumsum(lengths).tolist()
     return [ids[e - k : e] for e, k in zip(ends, lengths.tolist(), strict=True)], truncated
 
 
@@ -136,7 +177,7 @@ class Samples:
 
 
 def sample(
-    model: LanguageModel,
+    model: LanguageModel | Net,
     vocab: Vocab,
     n: int = 20,
     seed: int = DEFAULT_SAMPLE_SEED,
@@ -146,7 +187,9 @@ def sample(
     max_len: int = DEFAULT_MAX_LEN,
     training_items: list[str] | None = None,
 ) -> Samples:
-    """Sample `n` items, each starting with `prefix`, at most `max_len` characters long."""
+    """Sample `n` items, each starting with `prefix`, at most `max_len` characters long.
+
+    `model`: a `LanguageModel` (its weights are copied to NumPy) or its `Net`."""
     if not 1 <= n <= MAX_SAMPLES:
         raise CharmlpError(f"-n must be between 1 and {MAX_SAMPLES}, got {n}")
     if not 0 < temperature <= 1e6:  # also refuses nan
@@ -162,12 +205,13 @@ def sample(
         raise CharmlpError(
             f"-n {n} × --max-len {max_len} is too much to generate at once; ask for fewer or shorter samples"
         )
-    g = torch.Generator().manual_seed(seed)
-    flat, lengths, truncated = _sample_flat(model, n, g, prefix_ids, temperature, top_k, max_len - len(prefix))
+    _check_seed(seed)
+    net = _as_net(model)
+    flat, lengths, truncated = _sample_flat(net, n, uniforms(seed), prefix_ids, temperature, top_k, max_len - len(prefix))
     # ids → characters for all samples at once (a code point table), then one slice per sample
-    codes = torch.tensor([ord(c) for c in vocab.itos], dtype=torch.int32)[flat]
-    text = codes.numpy().tobytes().decode("utf-32-le")
-    ends, ks = torch.cumsum(lengths, 0).tolist(), lengths.tolist()
+    codes = np.array([ord(c) for c in vocab.itos], np.uint32)[flat]
+    text = codes.astype("<u4").tobytes().decode("utf-32-le")
+    ends, ks = np.cumsum(lengths).tolist(), lengths.tolist()
     items = [prefix + text[e - k : e] for e, k in zip(ends, ks, strict=True)]
     novel = None
     if training_items is not None:
@@ -177,10 +221,18 @@ def sample(
 
 
 def sample_run(run_dir: str | Path, n: int = 20, **kwargs) -> Samples:
-    """Sample from a saved run; novelty is measured against its training file when it is readable."""
-    run = load_run(run_dir)
+    """Sample from a saved run; novelty is measured against its training file when it is readable.
+
+    Runs saved with a description of their layers are read and sampled without torch; older
+    ones are loaded with torch and described in memory (the same samples, a slower start)."""
+    saved = read_saved_net(run_dir)
+    if saved is not None:
+        net, vocab, data_path = saved.net, saved.vocab, saved.data.path
+    else:
+        run = load_run(run_dir)
+        net, vocab, data_path = Net.from_model(run.model), run.vocab, run.config.data.path
     try:
-        items = read_items(run.config.data.path)
+        items = read_items(data_path)
     except CharmlpError:
         items = None
-    return sample(run.model, run.vocab, n, training_items=items, **kwargs)
+    return sample(net, vocab, n, training_items=items, **kwargs)

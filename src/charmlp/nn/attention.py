@@ -18,6 +18,8 @@ class CausalSelfAttention(Layer):
     Sublayers `qkv` and `proj` are `Linear`s with their own backward.
     """
 
+    eval_attrs = ("n_head",)
+
     def __init__(self, n_embd: int, n_head: int) -> None:
         super().__init__()
         if n_embd % n_head:

@@ -18,6 +18,8 @@ class BatchNorm1d(Layer):
     calibration may set from the whole training set after training.
     """
 
+    eval_attrs = ("eps",)
+
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.eps, self.momentum = eps, momentum

@@ -16,6 +16,8 @@ class LayerNorm(Layer):
     for both engines; the backward below uses the per-row rstd it returned.
     """
 
+    eval_attrs = ("eps",)
+
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

@@ -10,6 +10,8 @@ Weights follow the lectures' layout: `Linear.weight` is (fan_in, fan_out) and y 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -27,7 +29,14 @@ def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
 
 
 class Layer(nn.Module):
-    """A module with a hand-written backward."""
+    """A module with a hand-written backward.
+
+    `eval_attrs` names the attributes besides parameters, buffers and sublayers that its eval
+    forward needs (ε, a head count, …): they go into the description of the model that
+    `numpy_model.describe` writes beside the weights.
+    """
+
+    eval_attrs: ClassVar[tuple[str, ...]] = ()
 
     def backward(self, dout: torch.Tensor) -> torch.Tensor | None:  # noqa: D102
         raise NotImplementedError(f"{type(self).__name__} has no hand-written backward")

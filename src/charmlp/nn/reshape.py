@@ -23,6 +23,8 @@ class FlattenConsecutive(Layer):
     """(B, T, C) → (B, T/n, n·C): fuse each n neighbouring positions; a length-1 time
     dimension is dropped, (B, 1, n·C) → (B, n·C). T must be a multiple of n."""
 
+    eval_attrs = ("n",)
+
     def __init__(self, n: int) -> None:
         super().__init__()
         if n < 1:
