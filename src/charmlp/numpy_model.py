@@ -175,6 +175,10 @@ def _layernorm(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
     return xc * (1 / np.sqrt(var + op.attrs["eps"])) * op.t["weight"] + op.t["bias"]
 
 
+def _identity(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
+    return x
+
+
 def _tanh(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
     return np.tanh(x)
 
@@ -279,6 +283,7 @@ class Kind:
     optional: tuple[str, ...] = ()
     attrs: tuple[str, ...] = ()
     kids: tuple[str, ...] | None = ()
+    optional_kids: tuple[str, ...] = ()
 
 
 _NORM = {"weight": 1, "bias": 1}
@@ -296,7 +301,8 @@ LAYERS: dict[str, Kind] = {
     "FlattenConsecutive": Kind(_flatten_consecutive, attrs=("n",)),
     "CausalSelfAttention": Kind(_attention, attrs=("n_head",), kids=("qkv", "proj")),
     "MLP": Kind(_mlp, kids=("fc", "act", "proj")),
-    "Block": Kind(_block, kids=("ln1", "attn", "ln2", "mlp")),
+    "Block": Kind(_block, kids=("ln1", "attn", "ln2", "mlp"), optional_kids=("drop1", "drop2")),
+    "Dropout": Kind(_identity),  # training only
     "Recurrent": Kind(_recurrent, {"h0": 1}, kids=("cell",)),
     "RNNCell": Kind(_cell, {"Wx": 2, "b": 1, "Wh": 2}),
     "GRUCell": Kind(_cell, {"Wx": 2, "b": 1, "Wh": 2, "Wc": 2}),
@@ -348,6 +354,8 @@ class Net:
             self._fail("has a damaged description of its layers")
         self.vocab_size, self.block_size = sizes
         self.sequence: bool = d["sequence"]
+        # a layer's extra state (dropout's seed and count) is training state: not the forward's
+        arrays = {k: v for k, v in arrays.items() if not k.endswith("._extra_state")}
         bad = sorted({str(v.dtype) for v in arrays.values()} - {"float32", "float64"})
         if bad:
             self._fail(f"holds tensors of dtype {', '.join(bad)}; a model's are float32 or float64")
@@ -380,7 +388,7 @@ class Net:
         tensors, attrs, kids = (node.get(k, {}) for k in ("tensors", "attrs", "children"))
         if not all(isinstance(v, dict) for v in (tensors, attrs, kids)) or set(tensors) - set(kind.tensors) \
                 or set(kind.tensors) - set(tensors) - set(kind.optional) or set(attrs) != set(kind.attrs) \
-                or (kind.kids is not None and set(kids) != set(kind.kids)):
+                or (kind.kids is not None and not set(kind.kids) <= set(kids) <= {*kind.kids, *kind.optional_kids}):
             self._fail(f"has a damaged description of its {node['type']} layer at {path}")
         op = Op(node["type"], path, attrs=dict(attrs))
         for name, key in tensors.items():
