@@ -230,6 +230,15 @@ def bench_time_to_val(ds: charmlp.Dataset, quick: bool, baseline_steps_per_s: fl
         cli_summary = json.loads((Path(d) / "run" / "summary.json").read_text())
         out["cli_seed_60k_val"] = cli_summary["val_loss"]
         out["cli_seed_60k_step_impl"] = cli_summary["step_impl"]
+        # start-up: whole processes, median of 5 (the target: --help ≤ 0.2 s, sample ≤ 0.5 s)
+        for key, args in (("cli_help", ["--help"]), ("cli_sample", ["sample", str(Path(d) / "run"), "-n", "20"])):
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "charmlp", *args], capture_output=True, env=env, check=True)
+                times.append(time.perf_counter() - t0)
+            out[f"{key}_seconds"] = statistics.median(times)
+            log(f"  charmlp {' '.join(args[:1])}: {out[f'{key}_seconds']:.2f} s (median of 5)")
     out["cli_seed_60k_ratio"] = out["cli_seed_60k_seconds"] / out["baseline_seconds_60k"]
     log(f"  charmlp train --preset seed --steps 60000: {out['cli_seed_60k_seconds']:.1f} s "
         f"(baseline 60k steps {out['baseline_seconds_60k']:.1f} s)")
@@ -360,6 +369,8 @@ def table(r: dict) -> str:
         ("`charmlp train --preset seed --steps 60000` vs lectures' 60k steps",
          f"{t['cli_seed_60k_seconds']:.1f} s vs {t['baseline_seconds_60k']:.1f} s",
          f"1/{1 / t['cli_seed_60k_ratio']:.1f}"),
+        ("`charmlp --help`, whole process, median of 5", f"{t['cli_help_seconds']:.2f} s", ""),
+        ("`charmlp sample RUN -n 20`, whole process, median of 5", f"{t['cli_sample_seconds']:.2f} s", ""),
         ("sampling: one name at a time (names/s)", f"{sa['loop_names_per_s']:.0f}", "1×"),
         (f"sampling: batched, {sa['batched_names']} names (names/s)", f"{sa['batched_names_per_s']:.0f}",
          f"{sa['sampling_speedup']:.0f}×"),
@@ -402,6 +413,8 @@ def summary(r: dict) -> dict:
         "time_to_val_2_11_ratio": t["time_to_val_2_11_ratio"],
         "fast_preset_val": t["fast_val"],
         "cli_seed_60k_ratio": t["cli_seed_60k_ratio"],
+        "cli_help_seconds": t["cli_help_seconds"],
+        "cli_sample_seconds": t["cli_sample_seconds"],
         "sampling_speedup": r["sampling"]["sampling_speedup"],
         "data_build_speedup": r["data"]["data_build_speedup"],
         "data_memory_ratio": r["data"]["data_memory_ratio"],
