@@ -9,7 +9,7 @@ from charmlp.data import load_dataset
 from charmlp.errors import CharmlpError
 from charmlp.evaluate import split_loss
 from charmlp.models import MLPConfig, apply_preset
-from charmlp.train import calibrate_batchnorm, lr_at, train
+from charmlp.train import calibrate_batchnorm, lr_at, prepare_data, train
 
 
 def _cfg(path, **train) -> RunConfig:
@@ -130,3 +130,31 @@ def test_cuda_manual_window_makes_no_host_sync(tiny_data, kind):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(losses.cpu()).all()
+
+
+def test_a_budget_of_positions_sets_the_steps_from_the_data(tmp_path):
+    """Presets of whole-item models give positions, not steps: longer items, fewer steps, about the same work."""
+    from charmlp.models import model_config
+
+    short, long = tmp_path / "short.txt", tmp_path / "long.txt"
+    short.write_text("\n".join(["abc", "abcd", "ab"] * 30) + "\n")  # rows of 5 positions
+    long.write_text("\n".join(["abcdefghi", "abcd", "ab"] * 30) + "\n")  # rows of 10
+    tc = TrainConfig(positions=10_000, batch_size=8, steps=7)
+    for path, per_row in ((short, 5), (long, 10)):
+        cfg, _ = prepare_data(RunConfig(DataConfig(path=str(path)), model_config("gru"), tc))
+        assert cfg.train.steps == 10_000 // (8 * per_row)
+    cfg, _ = prepare_data(RunConfig(DataConfig(path=str(short)), MLPConfig(), tc))  # windows: a row is one position
+    assert cfg.train.steps == 10_000 // 8
+    res = train(RunConfig(DataConfig(path=str(long)), model_config("rnn", n_hidden=8, n_embd=4),
+                          TrainConfig(positions=800, batch_size=8, eval_every=0)), progress=False)
+    assert len(res.losses) == res.summary["steps"] == 10
+
+
+def test_steps_flag_outranks_a_presets_positions(tmp_path):
+    from charmlp.cli import build_parser, run_config_from_args
+
+    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best", "--steps", "5"])
+    tc = run_config_from_args(args).train
+    assert tc.steps == 5 and tc.positions == 0
+    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best"])
+    assert run_config_from_args(args).train.positions == 12000 * 64 * 16

@@ -185,6 +185,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     train_preset, model_preset = preset(args.model, args.preset)
     tc = dataclasses.replace(TrainConfig(), **train_preset)
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a) is not None})
+    if args.steps is not None:  # a step count given outranks a preset's budget of positions
+        tc = dataclasses.replace(tc, positions=0)
     if args.no_calibrate:
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)

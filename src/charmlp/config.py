@@ -69,6 +69,9 @@ class TrainConfig:
     """How the parameters are fitted."""
 
     steps: int = 200_000
+    # > 0: steps = positions ÷ (batch_size × positions a row feeds: the item length for whole-item
+    # models, 1 for windows), from the data — a preset costs about the same on longer items
+    positions: int = 0
     batch_size: int = 32
     lr: float = 0.1
     lr_final: float = 0.01  # used by the step and cosine schedules

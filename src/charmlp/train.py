@@ -83,6 +83,7 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
     """Raise a user error for options that are zero, negative, absurd or unknown."""
     checks = [
         (1 <= cfg.steps <= 100_000_000, f"--steps must be between 1 and 100000000, got {cfg.steps}"),
+        (0 <= cfg.positions <= 10**12, f"positions must be between 0 and 10^12, got {cfg.positions}"),
         (1 <= cfg.batch_size <= 1_000_000, f"--batch-size must be between 1 and 1000000, got {cfg.batch_size}"),
         (math.isfinite(cfg.lr) and 0 < cfg.lr <= 100, f"--lr must be a positive number up to 100, got {cfg.lr}"),
         (
@@ -177,6 +178,11 @@ def prepare_data(cfg: RunConfig, dataset: Dataset | None = None) -> tuple[RunCon
         data=dataclasses.replace(cfg.data, block_size=dataset.block_size,
                                  path=None if dataset.path == default_data_path() else str(dataset.path.resolve())),
     )
+    tc = cfg.train
+    if tc.positions:  # a budget of positions: fewer steps where each row feeds more positions
+        per_row = dataset.block_size if dataset.sequence else 1
+        steps = min(100_000_000, max(1, tc.positions // (tc.batch_size * per_row)))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, steps=steps))
     return cfg, dataset
 
 
@@ -209,6 +215,7 @@ def train(
     tc = cfg.train
     validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
     cfg, dataset = prepare_data(cfg, dataset)
+    tc = cfg.train  # its steps resolved from a budget of positions
     validate_batch_memory(cfg)
     device = resolve_device(tc.device)
     t0 = time.perf_counter()
