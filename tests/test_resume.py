@@ -369,3 +369,25 @@ def test_sync_every_signal_inside_a_window_then_resume_is_exact(tmp_path, tiny_d
     res = charmlp.resume(run, progress=False)
     assert res.losses == ref.losses
     assert_same_run(run, tmp_path / "ref")
+
+
+def test_a_checkpoint_from_before_a_new_option_still_resumes(tiny_data):
+    """A field added since the checkpoint was written (absent from its fingerprint) counts as its
+    default; any other difference is another run."""
+    from charmlp.models import model_config
+    from charmlp.resume import _run_fingerprint, _same_run
+    from charmlp.train import prepare_data
+
+    cfg, ds = prepare_data(RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=8),
+                                     TrainConfig(steps=10)))
+    now = _run_fingerprint(cfg, ds)
+    old = json.loads(json.dumps(now))
+    del old["train"]["positions"], old["model"]["dropout"]  # what an earlier release wrote
+    assert _same_run(old, now, cfg)
+    old["train"]["steps"] = 11
+    assert not _same_run(old, now, cfg)
+    cfg2 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.1))
+    old = json.loads(json.dumps(now))
+    del old["model"]["dropout"]
+    assert not _same_run(old, _run_fingerprint(cfg2, ds), cfg2)  # not the default: not the same run
+    assert not _same_run(None, now, cfg) and not _same_run({"train": 1}, now, cfg)

@@ -36,7 +36,7 @@ from .checkpoint import (
     remove_file,
     remove_stale_temporaries,
 )
-from .config import RunConfig, model_config_to_dict
+from .config import RunConfig, TrainConfig, model_config_to_dict
 from .data import SPLITS, Dataset, Vocab
 from .errors import CharmlpError, TrainingInterrupted
 from .models import LanguageModel
@@ -66,6 +66,16 @@ def _run_fingerprint(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
         "vocab": list(dataset.vocab.itos),
         "data_sha256": data_fingerprint(dataset),
     }
+
+
+def _same_run(saved: Any, now: dict[str, Any], cfg: RunConfig) -> bool:
+    """A checkpoint's fingerprint against this run's. A field added to the configuration after the
+    checkpoint was written (absent from it) counts as its default: with it, the run is the same."""
+    if not (isinstance(saved, dict) and isinstance(saved.get("train"), dict) and isinstance(saved.get("model"), dict)):
+        return False
+    defaults = {"train": dataclasses.asdict(TrainConfig()), "model": model_config_to_dict(type(cfg.model)())}
+    filled = {**saved, **{k: {**{f: defaults[k][f] for f in now[k]}, **saved[k]} for k in ("train", "model")}}
+    return filled == now
 
 
 # ----------------------------------------------------------------------------- state ↔ tensors
@@ -225,7 +235,7 @@ class Checkpointer:
         ck = read_checkpoint(self.dir)
         if ck is None:  # stopped before its first checkpoint: start over, which is exact
             return 0
-        if ck.meta.get("fingerprint") != self.fingerprint:
+        if not _same_run(ck.meta.get("fingerprint"), self.fingerprint, self.cfg):
             raise CharmlpError(
                 f"{ck.path} was written for another configuration, vocabulary or data file than this run has now "
                 "(the data file changed?); it cannot be resumed exactly"
