@@ -297,16 +297,22 @@ def _one_step_loop(tc: TrainConfig, train_step: Callable[[float], float | torch.
         loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
         ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
         losses[step] = loss
-        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps):
-            # val loss of the weights after this step: eval mode, BatchNorm's running statistics
-            val_losses[step] = val_loss()
-            postfix["val"] = f"{val_losses[step].item():.4f}"
+        _record_val(tc, eval_every, step, val_losses, val_loss, postfix)
         for hook in hooks:
             if wants(hook, step):
                 hook(step, model, lr, losses[step])
         if progress and step % 200 == 0:
             postfix.update(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}")
             bar.set_postfix(postfix, refresh=False)
+
+
+def _record_val(tc: TrainConfig, eval_every: int, step: int, val_losses: torch.Tensor,
+                val_loss: Callable[[], float], postfix: dict[str, str]) -> None:
+    """After `step`, when an evaluation is due (every `eval_every` steps, and the last step): the
+    val loss of the weights then — eval mode, BatchNorm's running statistics."""
+    if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps):
+        val_losses[step] = val_loss()
+        postfix["val"] = f"{val_losses[step].item():.4f}"
 
 
 SYNC_EVERY_GPU = 50  # steps between loss read-backs on a GPU (--sync-every 0)
@@ -367,15 +373,13 @@ class WindowLoop:
                         for i in range(len(chunk)):  # replay: the one-step guard stops on the first non-finite loss
                             chunk[i] = self.step(lrs[i])
                             ckpt.check_loss(step + i, chunk[i], lrs[i])
-                    last = step + len(chunk) - 1
+                    last, lr = step + len(chunk) - 1, lrs[len(chunk) - 1]
                     self.losses[step : last + 1] = chunk
-                    if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == tc.steps):
-                        self.val_losses[last] = val_loss()
-                        postfix["val"] = f"{self.val_losses[last].item():.4f}"
+                    _record_val(tc, self.eval_every, last, self.val_losses, val_loss, postfix)
                     for hook in self.hooks:  # windows end at the steps hooks want
                         if wants(hook, last):
-                            hook(last, model, lrs[len(chunk) - 1], self.losses[last])
-                    postfix.update(loss=f"{chunk[-1].item():.4f}", lr=f"{lrs[len(chunk) - 1]:g}")
+                            hook(last, model, lr, self.losses[last])
+                    postfix.update(loss=f"{chunk[-1].item():.4f}", lr=f"{lr:g}")
                     self.bar.set_postfix(postfix, refresh=False)
                     self.bar.update(len(chunk))
                     ckpt.after_step(last)  # periodic checkpoint; a pending Ctrl-C/SIGTERM saves and stops
