@@ -110,3 +110,15 @@ def check_model_finite_differences(model: torch.nn.Module, X: torch.Tensor, Y: t
 
     values = [p.detach().clone().requires_grad_(True) for p in params]
     assert torch.autograd.gradcheck(Loss.apply, tuple(values), eps=1e-6, atol=1e-7)
+
+
+def items_batch(B: int, T: int, V: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded items in the sequence layout: X = [0, c1 … cn, 0 …], Y = [c1 … cn, 0, −1 …]."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.zeros(B, T, dtype=torch.long)
+    Y = torch.full((B, T), -1, dtype=torch.long)
+    for i in range(B):
+        n = int(torch.randint(0, T, (), generator=g))  # 0 … T−1 characters: the end token fits
+        c = torch.randint(1, V, (n,), generator=g)
+        X[i, 1 : n + 1], Y[i, :n], Y[i, n] = c, c, 0
+    return X, Y

@@ -140,8 +140,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES,
                    help="auto (default): the fused fast step where it runs (CPU, mlp), else manual; fast: only the fused "
                         "step; autograd | manual: the readable eager engines (autograd or the hand-written backward)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads for torch and NumPy's BLAS (default 1: fastest for these small models)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for torch and NumPy's BLAS (default 0: 2 for the whole-item models rnn, gru, "
+                        "transformer, whose matrices are worth splitting; 1 for the others, fastest for their small ones)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
     p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
     p.add_argument("--no-calibrate", action="store_true", help="keep BatchNorm's running statistics instead of calibrating over the train split")
@@ -228,10 +229,19 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         cfg = run_config_from_args(args)
 
     from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
-    from .engines.fast import set_threads
+    from .engines.fast import auto_threads, set_threads
     from .train import resume, train
 
-    set_threads(args.threads)
+    if args.resume is not None:
+        from .checkpoint import read_run_config
+
+        try:
+            sequence = read_run_config(args.resume)[0].model.sequence
+        except CharmlpError:  # resume says what is wrong with the run directory
+            sequence = False
+    else:
+        sequence = cfg.model.sequence
+    set_threads(args.threads or auto_threads(sequence))
     if args.resume is not None:
         result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
                         device=args.device, checkpoint_every=args.checkpoint_every, sync_every=args.sync_every)

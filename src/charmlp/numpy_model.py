@@ -266,6 +266,21 @@ def _recurrent(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
     return np.stack(hs, 1)
 
 
+def _language_model(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
+    return _run(op.kids["layers"], x, cache)  # an ensemble's member: a whole model
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)  # log softmax(x) = x − m − log Σ eˣ⁻ᵐ
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _ensemble(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
+    logp = np.stack([_log_softmax(_run(kid, x, cache)) for kid in op.kids.values()])  # (K, …, V)
+    m = logp.max(0)  # log((1/K) Σ_k softmax(z_k)) = m + log Σ_k e^(ls_k − m) − log K
+    return m + np.log(np.exp(logp - m).sum(0)) - math.log(len(logp))
+
+
 def _cell(op: Op, x: np.ndarray, cache: Cache | None) -> np.ndarray:
     raise ValueError(f"a {op.type} runs only as the cell of a Recurrent")
 
@@ -303,6 +318,8 @@ LAYERS: dict[str, Kind] = {
     "MLP": Kind(_mlp, kids=("fc", "act", "proj")),
     "Block": Kind(_block, kids=("ln1", "attn", "ln2", "mlp"), optional_kids=("drop1", "drop2")),
     "Dropout": Kind(_identity),  # training only
+    "Ensemble": Kind(_ensemble, kids=None),
+    "LanguageModel": Kind(_language_model, kids=("layers",)),
     "Recurrent": Kind(_recurrent, {"h0": 1}, kids=("cell",)),
     "RNNCell": Kind(_cell, {"Wx": 2, "b": 1, "Wh": 2}),
     "GRUCell": Kind(_cell, {"Wx": 2, "b": 1, "Wh": 2, "Wc": 2}),

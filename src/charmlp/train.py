@@ -232,6 +232,9 @@ def train(
     n = len(Ytr)
     if tc.steps and tc.batch_size > n:  # (a closed-form fit draws no batch)
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
+    if tc.batch_size < model.members:
+        raise CharmlpError(f"--batch-size {tc.batch_size} cannot be shared among --members {model.members}; "
+                           f"use a batch of at least {model.members}")
 
     losses = torch.empty(tc.steps)
     Xval, Yval = dataset.X["val"], dataset.Y["val"]

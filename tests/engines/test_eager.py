@@ -8,6 +8,7 @@ import torch
 from charmlp.config import TrainConfig
 from charmlp.engines.eager import EagerStep
 from charmlp.models import build_model, model_config
+from charmlp.nn import cross_entropy
 from charmlp.optim import make_optimizer
 
 
@@ -64,3 +65,34 @@ def test_restore_goes_back_to_the_snapshot():
     first = s(0.05)
     s.restore(snap)
     assert torch.equal(first, s(0.05))  # the same batch, the same weights, the same optimizer state
+
+
+@pytest.mark.parametrize("kind", ["gru", "transformer"])
+def test_whole_items_train_on_the_positions_up_to_the_batchs_longest_item(kind):
+    """The step leaves out the positions after the batch's longest item (padding, −1 targets): a
+    causal model's loss and gradients do not depend on them."""
+    from handcheck import items_batch
+
+    fields = {"gru": dict(n_embd=4, n_hidden=8), "transformer": dict(n_embd=8, n_head=2, n_layer=1)}[kind]
+    cfg = model_config(kind, vocab_size=7, block_size=12, **fields)
+    X, Y = items_batch(300, 12, 7, 0)
+    Y[Y.ne(-1).sum(1) > 8] = -1  # no item longer than 7 characters: a batch needs at most 8 positions
+    Y[:, 0] = 0
+    step = EagerStep("manual", build_model(cfg, seed=1), torch.optim.SGD([torch.zeros(1)]), X, Y, 16,
+                     torch.Generator().manual_seed(5))
+    seen = []
+    step.compute_grads = lambda m, xb, yb: seen.append((xb, yb)) or torch.zeros(())
+    step(0.1)
+    (xb, yb), = seen
+    assert xb.shape[1] == yb.shape[1] == int(yb.ne(-1).sum(1).max()) <= 8
+    full = build_model(cfg, seed=1)
+    trimmed = build_model(cfg, seed=1)
+    ix = torch.arange(16)
+    T = step.positions(ix)
+    a = cross_entropy(full(X[ix]), Y[ix])
+    a.backward()
+    b = cross_entropy(trimmed(X[ix, :T]), Y[ix, :T])
+    b.backward()
+    torch.testing.assert_close(b, a, rtol=1e-6, atol=0)
+    for pa, pb in zip(full.parameters(), trimmed.parameters(), strict=True):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-5, atol=1e-7)

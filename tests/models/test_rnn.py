@@ -12,23 +12,9 @@ import torch
 from charmlp.errors import CharmlpError
 from charmlp.models import GRUConfig, RNNConfig, build_model, num_params
 from charmlp.nn import GRUCell, Recurrent, RNNCell, cross_entropy, cross_entropy_backward
-from handcheck import check_model_finite_differences
+from handcheck import check_model_finite_differences, items_batch
 
 CONFIGS = {"rnn": RNNConfig, "gru": GRUConfig}
-
-
-def items_batch(B: int, T: int, V: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded items in the sequence layout: X = [0, c1 … cn, 0 …], Y = [c1 … cn, 0, −1 …]."""
-    g = torch.Generator().manual_seed(seed)
-    X = torch.zeros(B, T, dtype=torch.long)
-    Y = torch.full((B, T), -1, dtype=torch.long)
-    for i in range(B):
-        n = int(torch.randint(0, T, (), generator=g))  # 0 … T−1 characters: the end token fits
-        c = torch.randint(1, V, (n,), generator=g)
-        X[i, 1 : n + 1], Y[i, :n], Y[i, n] = c, c, 0
-    return X, Y
-
-
 
 
 def model_for(kind: str, V: int, T: int, E: int, H: int, seed: int) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""bigram, rnn and gru through the commands: gradcheck at random batch sizes and context
+"""bigram, rnn and gru (alone and as an ensemble) through the commands: gradcheck at random batch sizes and context
 lengths, manual vs autograd training losses, seeded samples, checkpoint round trip, resume."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ SMALL = {  # small enough for a 2-core test run, big enough to learn something
     "bigram": BigramConfig(),
     "rnn": RNNConfig(n_embd=8, n_hidden=16),
     "gru": GRUConfig(n_embd=8, n_hidden=16),
+    "gru-ensemble": GRUConfig(n_embd=8, n_hidden=16, members=2),  # each member trains on half of every batch
 }
 SMALL_FLAGS = {"bigram": [], "rnn": ["--n-embd", "8", "--n-hidden", "16"], "gru": ["--n-embd", "8", "--n-hidden", "16"]}
 
@@ -48,7 +49,7 @@ def test_gradcheck_float64_passes_at_random_batch_and_context(kind, tiny_data, c
     assert report["ok"] and max(r["rel_err"] for r in report["rows"]) <= 1e-10
 
 
-@pytest.mark.parametrize("kind", ["bigram", "rnn", "gru"])
+@pytest.mark.parametrize("kind", ["bigram", "rnn", "gru", "gru-ensemble"])
 def test_manual_and_autograd_training_losses_agree_over_200_steps(kind, tiny_data):
     losses = {}
     for engine in ("autograd", "manual"):
@@ -76,7 +77,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kind", ["bigram", "rnn", "gru"])
+@pytest.mark.parametrize("kind", ["bigram", "rnn", "gru", "gru-ensemble"])
 def test_checkpoint_round_trip(kind, runs):
     result = runs[kind]
     run = load_run(result.out_dir)
@@ -88,7 +89,7 @@ def test_checkpoint_round_trip(kind, runs):
         assert losses[s] == pytest.approx(result.summary[f"{s}_loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["bigram", "rnn", "gru"])
+@pytest.mark.parametrize("kind", ["bigram", "rnn", "gru", "gru-ensemble"])
 def test_samples_are_seeded_and_deterministic(kind, runs):
     d = runs[kind].out_dir
     a = sample_run(d, n=12, seed=5, prefix="ma", temperature=0.9, top_k=6).samples
@@ -97,7 +98,7 @@ def test_samples_are_seeded_and_deterministic(kind, runs):
     assert a == b and a != c and all(s.startswith("ma") for s in a)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "gru"])
+@pytest.mark.parametrize("kind", ["rnn", "gru", "gru-ensemble"])
 def test_interrupted_run_resumes_bit_exact(kind, tiny_data, tmp_path):
     tc = TrainConfig(steps=40, batch_size=8, optimizer="adamw", lr=0.01, engine="manual", eval_every=0, checkpoint_every=15)
     cfg = RunConfig(DataConfig(path=str(tiny_data), block_size=SMALL[kind].block_size), SMALL[kind], tc)

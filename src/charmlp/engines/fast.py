@@ -31,6 +31,7 @@ BatchNorm), plain `torch.optim.SGD` (no momentum/nesterov/dampening) or `torch.o
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -413,6 +414,13 @@ def _openblas_setters() -> list[Callable[[int], None]]:
                 setters.append(fn)
                 break
     return setters
+
+
+def auto_threads(sequence: bool) -> int:
+    """The default thread count: 2 (where there are 2 cores) for whole-item models, whose matrices
+    (a batch's every position at once) are large enough to split — the gru's training step is about
+    1.3× faster and the transformer's 1.4× on the 2-core machine —, else 1."""
+    return min(2, os.cpu_count() or 1) if sequence else 1
 
 
 def set_threads(n: int) -> None:

@@ -51,6 +51,16 @@ class TanhStackConfig(ModelConfig):
             raise CharmlpError(f"--bn-eps must be a number in (0, 1], got {self.bn_eps}")
 
 
+MAX_MEMBERS = 16
+
+
+def members_field() -> Any:
+    """The `members` field of the models that can train as an ensemble (`--members K`)."""
+    return field(default=1, metadata={
+        "help": "train K copies side by side, each on its own share of every batch, and predict with "
+                "the mean of their probabilities (an ensemble; batch size is the K shares together)"})
+
+
 def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[nn.Layer]:
     """Linear → BatchNorm1d → Tanh (Linear → Tanh without BatchNorm). A Linear right before
     BatchNorm needs no bias: BatchNorm subtracts the mean anyway."""

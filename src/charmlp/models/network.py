@@ -8,27 +8,40 @@ parameter's `.grad`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import torch
 
 from ..config import ModelConfig
-from ..nn import BatchNorm1d, Dropout, Embedding, Linear, Sequential
+from ..nn import BatchNorm1d, Dropout, Embedding, Ensemble, Linear, Sequential
 from .base import ModelSpec
 from .registry import spec_of
 
 
 class LanguageModel(torch.nn.Module):
     """The layers `spec.layers(cfg)` returns, run in order; the spec's hooks, where set, replace
-    the default initialisation and eval-mode forward."""
+    the default initialisation and eval-mode forward.
+
+    With `cfg.members` K > 1 (the models that offer `--members`), the one layer is an `Ensemble`
+    of K such models, each built, initialised and evaluated by its own spec hooks."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        if self.members > 1:
+            one = dataclasses.replace(cfg, members=1)
+            self.layers = Sequential(Ensemble([LanguageModel(one) for _ in range(self.members)]))
+            return
         self.layers = Sequential(*self.spec.layers(cfg))
         if self.spec.after_build is not None:
             self.spec.after_build(self)
+
+    @property
+    def members(self) -> int:
+        """Models in the ensemble (1: not an ensemble)."""
+        return getattr(self.cfg, "members", 1)
 
     @property
     def spec(self) -> ModelSpec:
@@ -47,12 +60,16 @@ class LanguageModel(torch.nn.Module):
     def eval_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The eval-mode forward used by evaluation and sampling (the MLP's folds its BatchNorms)."""
         hook = self.spec.eval_forward
-        return self if hook is None else hook(self)
+        return self if hook is None or self.members > 1 else hook(self)
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
         """Initialise from `generator` (on the CPU, so results do not depend on the device): the
-        spec's `init_weights`, else `init_tanh_stack`."""
+        spec's `init_weights`, else `init_tanh_stack`; an ensemble's members one after another."""
+        if self.members > 1:
+            for member in self.layers[0].members:
+                member.init_weights(generator)
+            return
         (self.spec.init_weights or init_tanh_stack)(self, generator)
         for m in self.modules():  # each dropout's own stream (drawn only by models that have one)
             if isinstance(m, Dropout):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import nn
 from ..config import ModelConfig, check_range
-from .base import ModelSpec
+from .base import MAX_MEMBERS, ModelSpec, members_field
 
 if TYPE_CHECKING:
     import torch
@@ -34,18 +34,21 @@ class RNNConfig(ModelConfig):
     n_embd: int = field(default=64, metadata={"help": "embedding size"})
     n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
     dropout: float = field(default=0.0, metadata={"help": "dropout probability in training (0: none)"})
+    members: int = members_field()
 
     def validate(self) -> None:
         super().validate()
         check_range("--n-embd", self.n_embd, 1, 4096)
         check_range("--n-hidden", self.n_hidden, 1, 16384)
         check_range("--dropout", self.dropout, 0, 0.9)
+        check_range("--members", self.members, 1, MAX_MEMBERS)
 
     def floats_per_example(self) -> int:
         # per position: embedding and its gradient, the input projections and their gradients,
         # the cached step tensors (≤ 5 H-wide for the GRU), the hidden states, logits and their gradients
         gates = nn.CELLS[self.kind].gates
-        return self.block_size * (2 * self.n_embd + (4 * gates + 7) * self.n_hidden + 4 * self.vocab_size)
+        # (an ensemble's eval: every member reads every row)
+        return self.members * self.block_size * (2 * self.n_embd + (4 * gates + 7) * self.n_hidden + 4 * self.vocab_size)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .. import nn
 from ..config import ModelConfig, check_range
 from ..errors import CharmlpError
-from .base import ModelSpec
+from .base import MAX_MEMBERS, ModelSpec, members_field
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +37,7 @@ class TransformerConfig(ModelConfig):
     dropout: float = field(default=0.0, metadata={"help": "dropout probability in training (0: none)"})
     init_std: float = field(default=0.1, metadata={
         "help": "transformer: weights and embeddings ~ N(0, std²); residual projections scaled by 1/√(2·n_layer)"})
+    members: int = members_field()
 
     def validate(self) -> None:
         super().validate()
@@ -46,6 +47,7 @@ class TransformerConfig(ModelConfig):
         if self.n_embd % self.n_head:
             raise CharmlpError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
         check_range("--dropout", self.dropout, 0, 0.9)
+        check_range("--members", self.members, 1, MAX_MEMBERS)
         if not (math.isfinite(self.init_std) and 0 <= self.init_std <= 10):
             raise CharmlpError(f"--init-std must be a number between 0 and 10, got {self.init_std}")
 
@@ -53,7 +55,8 @@ class TransformerConfig(ModelConfig):
         # per position, per block: ~16 C-wide activations (ln, qkv, attention output, MLP's 4C twice…)
         # plus the (H, T, T) attention weights and their gradient; the logits and their gradient on top
         T, C, H = self.block_size, self.n_embd, self.n_head
-        return T * (4 * C + self.n_layer * (24 * C + 3 * H * T) + 3 * self.vocab_size)
+        # (an ensemble's eval: every member reads every row)
+        return self.members * T * (4 * C + self.n_layer * (24 * C + 3 * H * T) + 3 * self.vocab_size)
 
 
 def transformer_layers(cfg: TransformerConfig) -> list[nn.Layer]:

@@ -19,6 +19,7 @@ _EXPORTS = {
     "containers": ("Sequential",),
     "dropout": ("Dropout",),
     "embedding": ("Embedding", "PositionEmbedding"),
+    "ensemble": ("Ensemble",),
     "layernorm": ("LayerNorm",),
     "linear": ("Linear",),
     "losses": ("cross_entropy", "cross_entropy_backward"),
