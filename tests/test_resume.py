@@ -354,11 +354,11 @@ def test_sync_every_signal_inside_a_window_then_resume_is_exact(tmp_path, tiny_d
     ref = charmlp.train(cfg, out_dir=tmp_path / "ref", progress=False)
     taken, real_step = [], EagerStep._step
 
-    def step_then_signal(self, lr, ix):
+    def step_then_signal(self, lr, ix, T):
         taken.append(1)
         if len(taken) == 24:  # during the third window's fourth step
             os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, lr, ix)
+        return real_step(self, lr, ix, T)
 
     monkeypatch.setattr(EagerStep, "_step", step_then_signal)
     run = tmp_path / "run"

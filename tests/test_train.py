@@ -157,4 +157,4 @@ def test_steps_flag_outranks_a_presets_positions(tmp_path):
     tc = run_config_from_args(args).train
     assert tc.steps == 5 and tc.positions == 0
     args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best"])
-    assert run_config_from_args(args).train.positions == 12000 * 64 * 16
+    assert run_config_from_args(args).train.positions == 12000 * 256 * 16

@@ -140,8 +140,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES,
                    help="auto (default): the fused fast step where it runs (CPU, mlp), else manual; fast: only the fused "
                         "step; autograd | manual: the readable eager engines (autograd or the hand-written backward)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch and NumPy's BLAS (default 0: 2 for the whole-item models rnn, gru, "
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch and NumPy's BLAS (default: 2 for the whole-item models rnn, gru, "
                         "transformer, whose matrices are worth splitting; 1 for the others, fastest for their small ones)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
     p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
@@ -241,7 +241,7 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
             sequence = False
     else:
         sequence = cfg.model.sequence
-    set_threads(args.threads or auto_threads(sequence))
+    set_threads(auto_threads(sequence) if args.threads is None else args.threads)
     if args.resume is not None:
         result = resume(args.resume, progress=not args.no_progress, hooks=(init_warning_hook(),),
                         device=args.device, checkpoint_every=args.checkpoint_every, sync_every=args.sync_every)

@@ -25,8 +25,8 @@ class Cell(Layer):
     """One step of a recurrent cell: h_t = f(x_t·Wx + b, h_{t−1}).
 
     Subclasses define `gates` (how many H-wide pre-activation blocks the input projection
-    feeds), `step` and `step_backward`. As a layer on its own, a cell maps (x, h) → h' for
-    one step, with `backward(dh') -> (dx, dh)`.
+    feeds), `step`, `step_backward` and `weights_backward`. As a layer on its own, a cell maps
+    (x, h) → h' for one step, with `backward(dh') -> (dx, dh)`.
     """
 
     gates = 1
@@ -42,9 +42,22 @@ class Cell(Layer):
         cache `step_backward` needs."""
         raise NotImplementedError
 
-    def step_backward(self, dh_new: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dxp, dh) from dL/dh'; accumulates the recurrent weights' gradients."""
+    def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
+        """From dL/dh', writes dL/dxp into `dxp` (B, gates·H) and returns dL/dh. The recurrent
+        weights' gradients wait for `weights_backward`."""
         raise NotImplementedError
+
+    def weights_backward(self, caches: list[Cache], dxp: torch.Tensor) -> None:
+        """The recurrent weights' gradients, every step's share at once: a weight W read as
+        a_t = u_t·W at each step t gets dW = Σ_t u_tᵀ·da_t = Uᵀ·dA, with U and dA the steps'
+        rows stacked — one matrix product instead of one per step. `dxp` is (B, T, gates·H)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _stacked(caches: list[Cache], i: int) -> torch.Tensor:
+        """Entry i of every step's cache, stacked to (B·T, ·) in dxp's row order (b, t)."""
+        u = torch.stack([c[i] for c in caches], 1)
+        return u.reshape(-1, u.shape[-1])
 
     # a = x @ Wx + b  →  dWx = xᵀ·da, db = Σ_rows da, dx = da·Wxᵀ  (rows: every dim but the last)
     def project_backward(self, x: torch.Tensor, dxp: torch.Tensor) -> torch.Tensor:
@@ -56,11 +69,13 @@ class Cell(Layer):
     # one step as a layer: (x, h) → h'
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         self.x = x
-        h_new, self.cache = self.step(x @ self.Wx + self.b, h)
+        h_new, self.cache = self.step(torch.addmm(self.b, x, self.Wx), h)
         return h_new
 
     def backward(self, dh_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        dxp, dh = self.step_backward(dh_new, self.cache)
+        dxp = torch.empty(len(dh_new), self.gates * self.hidden_size, dtype=dh_new.dtype, device=dh_new.device)
+        dh = self.step_backward(dh_new, self.cache, dxp)
+        self.weights_backward([self.cache], dxp[:, None])
         return self.project_backward(self.x, dxp), dh
 
 
@@ -74,15 +89,18 @@ class RNNCell(Cell):
         self.Wh = nn.Parameter(torch.empty(hidden_size, hidden_size))
 
     def step(self, xp: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, Cache]:
-        h_new = torch.tanh(xp + h @ self.Wh)
+        h_new = torch.tanh(torch.addmm(xp, h, self.Wh))  # the add rides in the matmul
         return h_new, (h, h_new)
 
-    # h' = tanh(a), a = xp + h·Wh  →  da = (1 − h'²)·dh', dxp = da, dWh = hᵀ·da, dh = da·Whᵀ
-    def step_backward(self, dh_new: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
-        h, h_new = cache
-        da = (1.0 - h_new * h_new) * dh_new
-        accumulate_grad(self.Wh, h.T @ da)
-        return da, da @ self.Wh.T
+    # h' = tanh(a), a = xp + h·Wh  →  da = (1 − h'²)·dh', dxp = da, dh = da·Whᵀ
+    def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
+        _, h_new = cache
+        da = torch.mul(h_new, h_new, out=dxp).neg_().add_(1.0).mul_(dh_new)
+        return da @ self.Wh.T
+
+    # dWh = Σ_t h_{t−1}ᵀ·da_t
+    def weights_backward(self, caches: list[Cache], dxp: torch.Tensor) -> None:
+        accumulate_grad(self.Wh, self._stacked(caches, 0).T @ dxp.reshape(-1, self.hidden_size))
 
 
 class GRUCell(Cell):
@@ -105,31 +123,35 @@ class GRUCell(Cell):
 
     def step(self, xp: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, Cache]:
         H = self.hidden_size
-        zr = torch.sigmoid(xp[:, : 2 * H] + h @ self.Wh)
+        zr = torch.sigmoid(torch.addmm(xp[:, : 2 * H], h, self.Wh))  # the adds ride in the matmuls
         z, r = zr[:, :H], zr[:, H:]
         rh = r * h
-        c = torch.tanh(xp[:, 2 * H :] + rh @ self.Wc)
-        h_new = h + z * (c - h)
+        c = torch.tanh(torch.addmm(xp[:, 2 * H :], rh, self.Wc))
+        h_new = torch.addcmul(h, z, c - h)
         return h_new, (h, z, r, rh, c)
 
-    def step_backward(self, dh_new: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         h, z, r, rh, c = cache
-        # h' = h + z⊙(c − h)  →  dz = dh'⊙(c − h), dc = dh'⊙z, dh = dh'⊙(1 − z) (+ the paths below)
-        dz = dh_new * (c - h)
-        dc = dh_new * z
-        dh = dh_new * (1.0 - z)
-        # c = tanh(a_c), a_c = xp_c + (r⊙h)·Wc  →  da_c = (1 − c²)·dc, dWc = (r⊙h)ᵀ·da_c, d(r⊙h) = da_c·Wcᵀ
-        da_c = (1.0 - c * c) * dc
-        accumulate_grad(self.Wc, rh.T @ da_c)
+        H = self.hidden_size
+        da_z, da_r, da_c = dxp[:, :H], dxp[:, H : 2 * H], dxp[:, 2 * H :]
+        # h' = h + z⊙(c − h)  →  dc = dh'⊙z, dz = dh'⊙(c − h), dh = dh'⊙(1 − z) (+ the paths below)
+        # c = tanh(a_c), a_c = xp_c + (r⊙h)·Wc  →  da_c = (1 − c²)⊙dc, d(r⊙h) = da_c·Wcᵀ
+        torch.mul(c, c, out=da_c).neg_().add_(1.0).mul_(dh_new).mul_(z)
         drh = da_c @ self.Wc.T
-        # r⊙h  →  dr = d(r⊙h)⊙h, dh += d(r⊙h)⊙r
-        dr = drh * h
-        dh = dh + drh * r
-        # z, r = σ(a), a = xp_zr + h·Wh  →  da = σ(1 − σ)·d(z, r), dWh = hᵀ·da, dh += da·Whᵀ
-        da_zr = torch.cat([dz * z * (1.0 - z), dr * r * (1.0 - r)], dim=1)
-        accumulate_grad(self.Wh, h.T @ da_zr)
-        dh = dh + da_zr @ self.Wh.T
-        return torch.cat([da_zr, da_c], dim=1), dh
+        # z = σ(a_z)  →  da_z = z(1 − z)⊙dz
+        torch.sub(c, h, out=da_z).mul_(dh_new).mul_(z).mul_(1.0 - z)
+        # r⊙h  →  dr = d(r⊙h)⊙h, dh += d(r⊙h)⊙r;  r = σ(a_r)  →  da_r = r(1 − r)⊙dr
+        torch.mul(drh, h, out=da_r).mul_(r).mul_(1.0 - r)
+        dh = torch.addcmul(dh_new, dh_new, z, value=-1.0).addcmul_(drh, r)
+        # a_zr = xp_zr + h·Wh  →  dh += da_zr·Whᵀ
+        return torch.addmm(dh, dxp[:, : 2 * H], self.Wh.T)
+
+    # dWh = Σ_t h_{t−1}ᵀ·da_zr_t, dWc = Σ_t (r⊙h)_tᵀ·da_c_t
+    def weights_backward(self, caches: list[Cache], dxp: torch.Tensor) -> None:
+        H = self.hidden_size
+        d2 = dxp.reshape(-1, 3 * H)
+        accumulate_grad(self.Wh, self._stacked(caches, 0).T @ d2[:, : 2 * H])
+        accumulate_grad(self.Wc, self._stacked(caches, 3).T @ d2[:, 2 * H :])
 
 
 class Recurrent(Layer):
@@ -163,7 +185,8 @@ class Recurrent(Layer):
         dxp = torch.empty(*dout.shape[:2], cell.gates * cell.hidden_size, dtype=dout.dtype, device=dout.device)
         dh = torch.zeros_like(dout[:, 0])
         for t in reversed(range(len(caches))):
-            dxp[:, t], dh = cell.step_backward(dout[:, t] + dh, caches[t])
+            dh = cell.step_backward(dout[:, t] + dh, caches[t], dxp[:, t])
+        cell.weights_backward(caches, dxp)
         # h_{−1} = h0 broadcast over the batch  →  dh0 = Σ_b dh_{−1}
         accumulate_grad(self.h0, dh.sum(0))
         return cell.project_backward(self.x, dxp)
