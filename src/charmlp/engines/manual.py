@@ -5,17 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..models import LanguageModel
-from ..nn import cross_entropy, cross_entropy_backward, release_saved
+from ..nn import cross_entropy, cross_entropy_backward
 
 
 def manual_grads(model: LanguageModel, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """Forward without a graph, then the layers' own backward, then what the forward kept for
-    it is let go (as autograd frees its graph). Returns the loss."""
+    """Forward without a graph, then the layers' own backward. Returns the loss."""
     for p in model.parameters():
         p.grad = None
     with torch.no_grad():
         logits = model(xb)
         loss = cross_entropy(logits, yb)
         model.backward(cross_entropy_backward(logits, yb))
-    release_saved(model)
     return loss

@@ -23,7 +23,7 @@ _EXPORTS = {
     "layernorm": ("LayerNorm",),
     "linear": ("Linear",),
     "losses": ("cross_entropy", "cross_entropy_backward"),
-    "module": ("Layer", "accumulate_grad", "release_saved", "share_scratch"),
+    "module": ("Layer", "accumulate_grad", "share_scratch"),
     "recurrent": ("CELLS", "Cell", "GRUCell", "Recurrent", "RNNCell"),
     "reshape": ("Flatten", "FlattenConsecutive"),
     "table": ("BigramTable",),

@@ -24,8 +24,6 @@ class GELU(Layer):
     Φ(x) = ½(1 + erf(x/√2)). (GPT-2 and makemore.py use its tanh approximation; on the CPU the
     exact form is the faster kernel.)"""
 
-    saved = ("x", "out")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x
         self.out = torch.nn.functional.gelu(x)

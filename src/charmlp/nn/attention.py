@@ -19,7 +19,6 @@ class CausalSelfAttention(Layer):
     """
 
     eval_attrs = ("n_head",)
-    saved = ("q", "k", "v", "att")
 
     def __init__(self, n_embd: int, n_head: int) -> None:
         super().__init__()

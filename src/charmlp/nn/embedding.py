@@ -11,8 +11,6 @@ from .module import Layer, accumulate_grad
 class Embedding(Layer):
     """Lookup table C: ids (B,) or (B, T) → vectors (…, n_embd)."""
 
-    saved = ("idx",)
-
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))

@@ -17,7 +17,6 @@ class LayerNorm(Layer):
     """
 
     eval_attrs = ("eps",)
-    saved = ("x", "mean", "rstd")
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()

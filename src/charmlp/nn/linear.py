@@ -14,8 +14,6 @@ class Linear(Layer):
     x is (B, fan_in) or (B, T, fan_in); a 3-D input is the 2-D case on its B·T rows.
     """
 
-    saved = ("x",)
-
     def __init__(self, fan_in: int, fan_out: int, bias: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(fan_in, fan_out))

@@ -37,9 +37,6 @@ class Layer(nn.Module):
     """
 
     eval_attrs: ClassVar[tuple[str, ...]] = ()
-    # the attributes `forward` keeps for `backward` (tensors, or lists of them), which the manual
-    # engine drops once a training step's backward has run (`release_saved`)
-    saved: ClassVar[tuple[str, ...]] = ()
 
     def backward(self, dout: torch.Tensor) -> torch.Tensor | None:  # noqa: D102
         raise NotImplementedError(f"{type(self).__name__} has no hand-written backward")
@@ -57,19 +54,6 @@ class Layer(nn.Module):
         if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
             t = bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return t
-
-
-def release_saved(root: nn.Module) -> None:
-    """Drop what the layers under `root` kept for their backward (their `saved` attributes), as
-    autograd frees a graph after its backward. Otherwise each step's forward allocates its
-    activations while the previous step's are still held: twice the memory, and fresh memory
-    that is not in the cache — on the transformer about 3–5 % of a step."""
-    layers = root.__dict__.get("_saving")
-    if layers is None:
-        layers = root.__dict__["_saving"] = [m for m in root.modules() if getattr(m, "saved", ())]
-    for m in layers:
-        for name in m.saved:
-            m.__dict__[name] = None
 
 
 def share_scratch(root: nn.Module) -> None:

@@ -30,7 +30,6 @@ class Cell(Layer):
     """
 
     gates = 1
-    saved = ("x", "cache")
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -161,8 +160,6 @@ class Recurrent(Layer):
     h_{−1} = h0 (a learned vector, the same for every row); h_t = cell(x_t, h_{t−1}). The
     output at t depends on x_0 … x_t only (causal).
     """
-
-    saved = ("x", "caches")
 
     def __init__(self, cell: Cell) -> None:
         super().__init__()
