@@ -10,11 +10,16 @@ with the same weights. Rounds are interleaved (manual, autograd, manual, …; th
 pair alternates), each side runs the same number of steps per round, and the ratio is taken round
 by round, so a busy machine slows both sides of a ratio alike; the medians are reported. Wall
 time and this thread's CPU time are both measured (on a shared machine, CPU time is steadier).
+
+Then, per layer kind of a block, the backward alone: the hand-written `backward` against autograd
+differentiating the same forward, on the activations of a batch of 64 (median of 200 calls each,
+interleaved): where the manual engine gains and where it loses.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -85,6 +90,47 @@ def measure(cfg: TransformerConfig, batch: int, rounds: int, steps: int, seed: i
     }
 
 
+def _manual_backward_s(layer: torch.nn.Module, x: torch.Tensor, dout: torch.Tensor) -> float:
+    with torch.no_grad():
+        layer(x)
+        t = time.perf_counter()
+        layer.backward(dout.clone())  # a backward may write into the gradient it is given
+        return time.perf_counter() - t
+
+
+def _autograd_backward_s(layer: torch.nn.Module, x: torch.Tensor, dout: torch.Tensor) -> float:
+    y = layer(x.detach().requires_grad_(True))
+    t = time.perf_counter()
+    y.backward(dout)
+    return time.perf_counter() - t
+
+
+def layer_backward_times(batch: int = 64, calls: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median µs of one backward per layer kind of a block (n_embd 64, 4 heads, 16 positions):
+    the layer's own `backward` vs autograd's backward of its forward, same weights and inputs."""
+    from charmlp.nn import GELU, MLP, Block, CausalSelfAttention, LayerNorm, Linear
+
+    T, C = 16, 64
+    g = torch.Generator().manual_seed(seed)
+    kinds = {"LayerNorm": (LayerNorm(C), C, C), "GELU (on 4C)": (GELU(), 4 * C, 4 * C),
+             "Linear C→4C": (Linear(C, 4 * C), C, 4 * C), "Linear 4C→C": (Linear(4 * C, C), 4 * C, C),
+             "CausalSelfAttention": (CausalSelfAttention(C, 4), C, C), "MLP": (MLP(C), C, C), "Block": (Block(C, 4), C, C)}
+    out = {}
+    for name, (layer, fan_in, fan_out) in kinds.items():
+        with torch.no_grad():
+            for q in layer.parameters():  # random weights, γ near 1
+                q.copy_(torch.randn(q.shape, generator=g) * 0.1 + (1.0 if q.dim() == 1 else 0.0))
+        x = torch.randn(batch, T, fan_in, generator=g)
+        dout = torch.randn(batch, T, fan_out, generator=g)
+        manual, auto = layer, copy.deepcopy(layer)
+        for _ in range(20):
+            _manual_backward_s(manual, x, dout), _autograd_backward_s(auto, x, dout)
+        m, a = zip(*((_manual_backward_s(manual, x, dout), _autograd_backward_s(auto, x, dout)) for _ in range(calls)),
+                   strict=True)
+        out[name] = {"manual_us": statistics.median(m) * 1e6, "autograd_us": statistics.median(a) * 1e6}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -99,6 +145,7 @@ def main() -> None:
                "configs": {}}
     for name, cfg, batch in configs():
         results["configs"][name] = measure(cfg, batch, args.rounds, args.steps)
+    results["layer_backward_batch_64"] = layer_backward_times()
     results["machine"]["load_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.json:
@@ -111,6 +158,9 @@ def main() -> None:
         w = r["steps_per_s_wall"]
         print(f"{name:36s}{r['params']:>9,d}{w['manual']:>10.1f}{w['autograd']:>11.1f}"
               f"{r['manual_over_autograd_wall']:>11.3f}{r['manual_over_autograd_cpu']:>10.3f}")
+    print(f"\n{'backward alone, batch 64':36s}{'manual µs':>10s}{'autograd µs':>12s}{'speed ratio':>12s}")
+    for name, r in results["layer_backward_batch_64"].items():
+        print(f"{name:36s}{r['manual_us']:>10.1f}{r['autograd_us']:>12.1f}{r['autograd_us'] / r['manual_us']:>12.2f}")
 
 
 if __name__ == "__main__":
