@@ -23,6 +23,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Back to one thread after each test (`charmlp train` of a whole-item model sets 2)."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def make_items(n: int = 300, seed: int = 0) -> list[str]:
     """Deterministic name-like items over a small alphabet."""
     rng = random.Random(seed)

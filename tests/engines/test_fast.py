@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,21 @@ def test_set_threads_rejects_nonsense() -> None:
         set_threads(0)
     set_threads(1)
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("model,flags,want", [("mlp", [], 1), ("gru", [], min(2, os.cpu_count() or 1)),
+                                             ("gru", ["--threads", "1"], 1)])
+def test_train_threads_default_by_model_kind(model, flags, want, tmp_path: Path, tiny_data: Path, monkeypatch) -> None:
+    """2 threads for whole-item models (their matrices split well), 1 for window models; --threads wins."""
+    import charmlp.engines.fast as fast
+    from charmlp.cli import main
+
+    seen = []
+    real = fast.set_threads
+    monkeypatch.setattr(fast, "set_threads", lambda n: (seen.append(n), real(n))[-1])
+    code = main(["train", "--model", model, "--data", str(tiny_data), "--steps", "2", "--batch-size", "4",
+                 "--out", str(tmp_path / "r"), "--no-progress", *flags])
+    assert code == 0 and seen == [want] and torch.get_num_threads() == want
 
 
 def test_cli_threads_zero_is_a_user_error(tmp_path: Path, tiny_data: Path) -> None:
