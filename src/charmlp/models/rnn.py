@@ -120,8 +120,11 @@ GRU_PRESETS: dict[str, dict] = {
     "best": {**_ADAMW, "model": {"n_hidden": 192, "dropout": 0.1, "members": 4}, "batch_size": 256,
              "positions": 12000 * 256 * 16, "weight_decay": 0.1},
 }
-# the tanh cell's step is ~2.6× cheaper than the GRU's: a wider state (256) and more steps fit in the time
-RNN_PRESETS["best"] = {**_ADAMW, "model": {"n_hidden": 256}, "positions": 18000 * 64 * 16, "weight_decay": 0.1}
+# the tanh cell's step is ~2.6× cheaper than the GRU's: a wider state (256), more steps and more
+# members fit in the time. Test on names: one rnn of hidden 256, 18 000 steps of 64: 1.957 (dropout
+# 0.1: 1.957); an ensemble of 2 (batch 128): 1.923 in 140 s; of 6 (batch 384): 1.906 in 7.5 min.
+RNN_PRESETS["best"] = {**_ADAMW, "model": {"n_hidden": 256, "members": 6}, "batch_size": 384,
+                       "positions": 18000 * 384 * 16, "weight_decay": 0.1}
 
 RNN_SPEC = ModelSpec(
     name="rnn",
