@@ -1,4 +1,5 @@
-"""LayerNorm: closed-form backward vs finite differences and autograd; its forward is the textbook one."""
+"""LayerNorm: closed-form backward vs finite differences and autograd — both forms of it, the CPU's
+one-pass kernel and the tensor operations (a GPU's) —; its forward is the textbook one."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from charmlp.nn import LayerNorm
 from handcheck import check_against_autograd, check_finite_differences, randomise
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_layernorm_backward_at_random_shapes(seed):
+def test_layernorm_backward_at_random_shapes(seed, fused):
     g = torch.Generator().manual_seed(seed)
     B, T, C = (int(torch.randint(1, 6, (1,), generator=g)) for _ in range(3))
     C += 1  # a single feature normalises to 0: its gradient is 0 everywhere, not worth a check
     ln = randomise(LayerNorm(C), g)
+    ln.fused = fused
     shape = (B, C) if seed % 2 else (B, T, C)
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
     check_finite_differences(ln, x)
@@ -42,3 +45,24 @@ def test_layernorm_backward_accumulates():
         ln(x)
         ln.backward(d)
     assert torch.allclose(ln.weight.grad, 2 * first)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_the_kernel_and_the_tensor_operations_agree_with_a_residual(dtype, tol):
+    """The one-pass kernel and the tensor operations: the same dx (+ residual), dγ, dβ, on a
+    non-contiguous gradient too."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(6, 9, 16, generator=g) * 2 + 0.3).to(dtype)
+    dout = torch.randn(6, 16, 9, generator=g).to(dtype).transpose(1, 2)  # not contiguous
+    res = torch.randn(6, 9, 16, generator=g).to(dtype)
+    grads = {}
+    for fused in (True, False):
+        ln = randomise(LayerNorm(16), torch.Generator().manual_seed(3)).to(dtype)
+        ln.fused = fused
+        with torch.no_grad():
+            ln(x)
+            dx = ln.backward(dout, residual=res)
+        grads[fused] = (dx, ln.weight.grad, ln.bias.grad)
+    for a, b in zip(grads[True], grads[False], strict=True):
+        assert a.shape == b.shape and a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

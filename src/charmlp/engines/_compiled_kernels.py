@@ -14,6 +14,7 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from ..jit import cached_njit
 from .compiled import _SYMBOL
 
 # void cblas_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), ILP64;
@@ -27,16 +28,7 @@ _ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
 _FM = {"reassoc", "contract"}
 
 
-def _jit(**kw):
-    """`njit(cache=True)` where some cache directory is writable, else without a cache."""
-
-    def deco(fn):
-        try:
-            return njit(cache=True, **kw)(fn)
-        except RuntimeError:  # "cannot cache function …: no locator available"
-            return njit(cache=False, **kw)(fn)
-
-    return deco
+_jit = cached_njit
 
 
 @intrinsic

@@ -7,6 +7,8 @@ from torch import nn
 
 from .module import Layer, accumulate_grad
 
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
 
 class LayerNorm(Layer):
     """y = γ·(x − μ)/√(σ² + ε) + β, with μ and σ² (biased, 1/C) taken over the last dimension of
@@ -17,6 +19,7 @@ class LayerNorm(Layer):
     """
 
     eval_attrs = ("eps",)
+    fused = True  # the CPU backward through `layernorm_kernel` (False: the tensor operations, as on a GPU)
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -34,6 +37,8 @@ class LayerNorm(Layer):
     # where mean(dx̂) = dy·γ/C and mean(dx̂·x̂) = (dy·x̂)·γ/C are matrix-vector products
     def backward(self, dout: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """dL/dx; with `residual`, dL/dx + residual in the same pass (a residual block's skip path)."""
+        if self.fused and dout.device.type == "cpu" and dout.dtype in _FUSED_DTYPES:
+            return self._backward_fused(dout, residual)
         C = dout.shape[-1]
         d2, w = dout.reshape(-1, C), self.weight
         xhat = torch.sub(self.x.reshape(-1, C), self.mean.reshape(-1, 1), out=self.scratch("xhat", d2.shape, d2))
@@ -50,6 +55,24 @@ class LayerNorm(Layer):
         if residual is None:
             return dx.mul_(rstd).view(dout.shape)
         return torch.addcmul(residual.reshape(-1, C), dx, rstd, out=dx).view(dout.shape)  # residual + rstd·(…)
+
+    # the same closed form as one Numba loop per row (`layernorm_kernel`): on the CPU the dozen tensor
+    # operations above are a dozen passes over memory, and autograd's one fused kernel beat them
+    def _backward_fused(self, dout: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        from .layernorm_kernel import layernorm_backward
+
+        C = dout.shape[-1]
+        x = self.x.reshape(-1, C).contiguous().numpy()
+        dy = dout.reshape(-1, C).contiguous().numpy()
+        res = dy if residual is None else residual.reshape(-1, C).contiguous().numpy()
+        dx = torch.empty(dout.shape, dtype=dout.dtype)
+        dw, db = torch.zeros(C, dtype=dout.dtype), torch.zeros(C, dtype=dout.dtype)
+        layernorm_backward(x, self.mean.reshape(-1).contiguous().numpy(), self.rstd.reshape(-1).contiguous().numpy(),
+                           self.weight.detach().numpy(), dy, res, residual is not None, dy.dtype.type(1 / C),
+                           dx.view(-1, C).numpy(), dw.numpy(), db.numpy())
+        accumulate_grad(self.weight, dw)
+        accumulate_grad(self.bias, db)
+        return dx
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
