@@ -256,7 +256,10 @@ def test_without_numba_the_numpy_step_runs(dataset, monkeypatch: pytest.MonkeyPa
 def test_uncachable_location_compiles_without_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where no cache directory is writable Numba refuses `cache=True`; the step then compiles
     in each process instead of failing to import."""
+    import numba
+
     from charmlp.engines import _compiled_kernels as k
+    from charmlp.jit import cached_njit
 
     calls = []
 
@@ -266,8 +269,9 @@ def test_uncachable_location_compiles_without_a_cache(monkeypatch: pytest.Monkey
             raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
         return lambda fn: fn
 
-    monkeypatch.setattr(k, "njit", fake_njit)
-    f = k._jit(fastmath=k._FM)(len)
+    monkeypatch.setattr(numba, "njit", fake_njit)
+    assert k._jit is cached_njit  # the compiled step's kernels and LayerNorm's use the same decorator
+    f = cached_njit(fastmath=k._FM)(len)
     assert f is len and calls == [True, False]
 
 
