@@ -3,10 +3,10 @@ window of steps without reading anything back from the device.
 
 One step: draw the minibatch from the CPU generator (as the lectures' loop does), fill `.grad`
 with the engine, and let the optimizer step unless the loss is not finite — reading the loss
-back to the host is what tells. A batch of whole items is cut after its longest item's last
-target: on names, a batch of 64 reaches 11–13 of the 16 positions, so about a quarter of the
-work was padding that a causal model's loss never reads. On a GPU that read is a host sync: the CPU waits for the step's
-kernels before it may queue the next step's.
+back to the host is what tells. On a GPU that read is a host sync: the CPU waits for the step's
+kernels before it may queue the next step's. A batch of whole items is cut after its longest
+item's last target: on names, a batch of 64 reaches 11–13 of the 16 positions, so about a
+quarter of the work was padding that a causal model's loss never reads.
 
 A window of k steps reads nothing back: its k minibatches are drawn in one call (the same
 numbers: `randint(0, N, (k·B,))` is k draws of B from the same generator) and sent to the
