@@ -29,7 +29,7 @@ from .config import DTYPE_NAMES, LECTURE_SEED, DataConfig, ModelConfig
 from .data import Dataset, load_dataset
 from .engines import autograd_grads
 from .errors import CharmlpError
-from .models import LanguageModel, MLPConfig, build_model
+from .models import LanguageModel, MLPConfig, build_model, check_members_batch
 from .nn import BatchNorm1d, LayerNorm, Linear, cross_entropy, cross_entropy_backward
 
 SECTIONS = ("atomic", "fused", "layer")
@@ -425,6 +425,7 @@ def gradcheck(
     `n_hidden`, `n_layers`) layer by layer, its block size and vocabulary set from `dataset`."""
     validate_gradcheck_args(dtype, seed, batch_size, n_layers)
     mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
+    check_members_batch(batch_size, getattr(mcfg, "members", 1))
     dataset = dataset or load_dataset(DataConfig(block_size=0 if mcfg.sequence else mcfg.block_size, sequence=mcfg.sequence))
     tdtype, tol = DTYPES[dtype], TOLERANCES[dtype]
     V, T = dataset.vocab.size, dataset.block_size

@@ -100,7 +100,7 @@ def lr_find(
     """Sweep the learning rate over one fresh model (initialised and batched as `train` does)."""
     cfg = cfg or RunConfig()
     tc = cfg.train
-    validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
+    validate_train_config(tc, getattr(cfg.model, "batchnorm", False), getattr(cfg.model, "members", 1))
     lrs = lr_schedule(lr_min, lr_max, steps)
     cfg, dataset = prepare_data(cfg, dataset)
     mc = cfg.model

@@ -25,7 +25,7 @@ from .engines.eager import EagerStep
 from .engines.fast import make_train_step
 from .errors import CharmlpError
 from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
-from .models import LanguageModel, build_model, spec_of, validate_model_config
+from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
 from .optim import make_optimizer
 from .resume import Checkpointer, resume_run_config
@@ -79,8 +79,9 @@ def resolve_eval_every(cfg: TrainConfig, n_val: int) -> int:
     return max(1, cfg.steps // n)
 
 
-def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
-    """Raise a user error for options that are zero, negative, absurd or unknown."""
+def validate_train_config(cfg: TrainConfig, batchnorm: bool = True, members: int = 1) -> None:
+    """Raise a user error for options that are zero, negative, absurd or unknown, or a batch the
+    model cannot train on (BatchNorm needs 2 rows, an ensemble a row per member)."""
     checks = [
         (1 <= cfg.steps <= 100_000_000, f"--steps must be between 1 and 100000000, got {cfg.steps}"),
         (0 <= cfg.positions <= 10**12, f"positions must be between 0 and 10^12, got {cfg.positions}"),
@@ -107,6 +108,7 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True) -> None:
         raise CharmlpError(
             "--batch-size 1 cannot train with BatchNorm (the batch variance needs n − 1 ≥ 1); use a batch of 2 or more"
         )
+    check_members_batch(cfg.batch_size, members)
 
 
 MAX_BATCH_BYTES = 8 << 30
@@ -213,7 +215,7 @@ def train(
     """
     cfg = cfg or RunConfig()
     tc = cfg.train
-    validate_train_config(tc, getattr(cfg.model, "batchnorm", False))
+    validate_train_config(tc, getattr(cfg.model, "batchnorm", False), getattr(cfg.model, "members", 1))
     cfg, dataset = prepare_data(cfg, dataset)
     tc = cfg.train  # its steps resolved from a budget of positions
     validate_batch_memory(cfg)
@@ -232,9 +234,6 @@ def train(
     n = len(Ytr)
     if tc.steps and tc.batch_size > n:  # (a closed-form fit draws no batch)
         raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
-    if tc.batch_size < model.members:
-        raise CharmlpError(f"--batch-size {tc.batch_size} cannot be shared among --members {model.members}; "
-                           f"use a batch of at least {model.members}")
 
     losses = torch.empty(tc.steps)
     Xval, Yval = dataset.X["val"], dataset.Y["val"]

@@ -117,3 +117,13 @@ def test_interrupted_run_resumes_bit_exact(kind, tiny_data, tmp_path):
     assert resumed.losses == full.losses
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find", "gradcheck"])
+def test_a_batch_smaller_than_the_ensemble_is_a_user_error(command, tiny_data, tmp_path):
+    from conftest import assert_user_error, run_cli
+
+    out = ["--out", tmp_path / "r"] if command == "train" else []
+    proc = run_cli(command, "--model", "gru", "--members", "4", "--batch-size", "3", "--n-hidden", "8",
+                   "--data", tiny_data, *out)
+    assert_user_error(proc, "--members 4")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ModelSpec, TanhStackConfig, count_params, num_params
+from .base import ModelSpec, TanhStackConfig, check_members_batch, count_params, num_params
 from .bigram import BigramConfig
 from .mlp import MLPConfig
 from .registry import MODELS, apply_preset, build_model, get_spec, model_config, preset, spec_of, validate_model_config
@@ -18,7 +18,7 @@ from .wavenet import WaveNetConfig
 
 __all__ = [
     "MODELS", "BigramConfig", "GRUConfig", "LanguageModel", "MLPConfig", "ModelSpec", "RNNConfig", "TanhStackConfig",
-    "TransformerConfig", "WaveNetConfig", "apply_preset", "build_model", "count_params", "get_spec", "model_config",
+    "TransformerConfig", "WaveNetConfig", "apply_preset", "build_model", "check_members_batch", "count_params", "get_spec", "model_config",
     "num_params", "preset", "spec_of", "validate_model_config",
 ]
 

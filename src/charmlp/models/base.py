@@ -61,6 +61,13 @@ def members_field() -> Any:
                 "the mean of their probabilities (an ensemble; batch size is the K shares together)"})
 
 
+def check_members_batch(batch_size: int, members: int) -> None:
+    """A user error unless a batch of `batch_size` rows gives each of `members` ensemble members a share."""
+    if batch_size < members:
+        raise CharmlpError(f"--batch-size {batch_size} cannot be shared among --members {members}; "
+                           f"use a batch of at least {members}")
+
+
 def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[nn.Layer]:
     """Linear → BatchNorm1d → Tanh (Linear → Tanh without BatchNorm). A Linear right before
     BatchNorm needs no bias: BatchNorm subtracts the mean anyway."""
