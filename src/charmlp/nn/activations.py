@@ -24,6 +24,8 @@ class GELU(Layer):
     Φ(x) = ½(1 + erf(x/√2)). (GPT-2 and makemore.py use its tanh approximation; on the CPU the
     exact form is the faster kernel.)"""
 
+    fused = True  # the CPU float32 backward through `gelu_kernel` (False: the tensor operations, as on a GPU)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x
         self.out = torch.nn.functional.gelu(x)
@@ -38,6 +40,12 @@ class GELU(Layer):
         """`backward` written into `dout` itself (for a caller that owns it, such as `MLP`): one
         fresh tensor fewer on every step."""
         x = self.x
+        if self.fused and dout.device.type == "cpu" and dout.dtype == torch.float32 and dout.is_contiguous():
+            from .gelu_kernel import gelu_backward_
+
+            flat = (t.detach().contiguous().view(-1).numpy() for t in (x, self.out, dout))
+            gelu_backward_(*flat)  # writes into dout's memory (contiguous, so `contiguous()` is itself)
+            return dout
         cdf = torch.div(self.out, x, out=self.scratch("cdf", x.shape, x)).nan_to_num_(nan=0.5)  # Φ(x); 0/0 → ½
         e = torch.mul(x, x, out=self.scratch("e", x.shape, x)).mul_(-0.5).exp_()  # e^(−x²/2)
         return dout.mul_(cdf.addcmul_(x, e, value=INV_SQRT_2PI))  # Φ + x·φ

@@ -56,22 +56,23 @@ class LayerNorm(Layer):
             return dx.mul_(rstd).view(dout.shape)
         return torch.addcmul(residual.reshape(-1, C), dx, rstd, out=dx).view(dout.shape)  # residual + rstd·(…)
 
-    # the same closed form as one Numba loop per row (`layernorm_kernel`): on the CPU the dozen tensor
-    # operations above are a dozen passes over memory, and autograd's one fused kernel beat them
+    # the same closed form as two Numba loops over the rows (`layernorm_kernel`): on the CPU the dozen
+    # tensor operations above are a dozen passes over memory, and autograd's one fused kernel beat them
     def _backward_fused(self, dout: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         from .layernorm_kernel import layernorm_backward
 
         C = dout.shape[-1]
-        x = self.x.reshape(-1, C).contiguous().numpy()
-        dy = dout.reshape(-1, C).contiguous().numpy()
-        res = dy if residual is None else residual.reshape(-1, C).contiguous().numpy()
+        dy = dout.reshape(-1, C).contiguous()
+        n = dy.shape[0]
         dx = torch.empty(dout.shape, dtype=dout.dtype)
-        dw, db = torch.zeros(C, dtype=dout.dtype), torch.zeros(C, dtype=dout.dtype)
-        layernorm_backward(x, self.mean.reshape(-1).contiguous().numpy(), self.rstd.reshape(-1).contiguous().numpy(),
-                           self.weight.detach().numpy(), dy, res, residual is not None, dy.dtype.type(1 / C),
-                           dx.view(-1, C).numpy(), dw.numpy(), db.numpy())
-        accumulate_grad(self.weight, dw)
-        accumulate_grad(self.bias, db)
+        dwdb = torch.empty(2, C, dtype=dout.dtype)  # dγ, dβ
+        res = dy if residual is None else residual.reshape(n, C).contiguous()
+        layernorm_backward(self.x.reshape(n, C).contiguous().numpy(), self.mean.view(n).numpy(),
+                           self.rstd.view(n).numpy(), self.weight.detach().numpy(), dy.numpy(), res.numpy(),
+                           residual is not None, dy.numpy().dtype.type(1 / C),
+                           self.scratch("ab", (2, n), dy).numpy(), dx.view(n, C).numpy(), dwdb.numpy())
+        accumulate_grad(self.weight, dwdb[0])
+        accumulate_grad(self.bias, dwdb[1])
         return dx
 
     def extra_repr(self) -> str:
