@@ -66,3 +66,24 @@ def test_the_kernel_and_the_tensor_operations_agree_with_a_residual(dtype, tol):
     for a, b in zip(grads[True], grads[False], strict=True):
         assert a.shape == b.shape and a.dtype == dtype
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_backward_inplace_writes_over_dout_and_equals_backward(with_residual, dtype):
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(5, 7, 12, generator=g) * 2 + 0.3).to(dtype)
+    dout = torch.randn(5, 7, 12, generator=g).to(dtype)
+    res = torch.randn(5, 7, 12, generator=g).to(dtype) if with_residual else None
+    ln = randomise(LayerNorm(12), torch.Generator().manual_seed(5)).to(dtype)
+    with torch.no_grad():
+        ln(x)
+        d0 = dout.clone()
+        dx = ln.backward(dout, residual=res)
+        assert torch.equal(dout, d0)  # backward leaves its argument alone
+        grads = ln.weight.grad.clone(), ln.bias.grad.clone()
+        ln.weight.grad = ln.bias.grad = None
+        d2 = dout.clone()
+        assert ln.backward_(d2, residual=res) is d2
+    torch.testing.assert_close(d2, dx, rtol=0, atol=0)
+    torch.testing.assert_close((ln.weight.grad, ln.bias.grad), grads, rtol=0, atol=0)

@@ -40,11 +40,11 @@ class GELU(Layer):
         """`backward` written into `dout` itself (for a caller that owns it, such as `MLP`): one
         fresh tensor fewer on every step."""
         x = self.x
-        if self.fused and dout.device.type == "cpu" and dout.dtype == torch.float32 and dout.is_contiguous():
+        if (self.fused and dout.device.type == "cpu" and dout.dtype == torch.float32 and dout.is_contiguous()
+                and not (x.requires_grad or dout.requires_grad)):
             from .gelu_kernel import gelu_backward_
 
-            flat = (t.detach().contiguous().view(-1).numpy() for t in (x, self.out, dout))
-            gelu_backward_(*flat)  # writes into dout's memory (contiguous, so `contiguous()` is itself)
+            gelu_backward_(x.contiguous().numpy(), self.out.contiguous().numpy(), dout.numpy())  # into dout's memory
             return dout
         cdf = torch.div(self.out, x, out=self.scratch("cdf", x.shape, x)).nan_to_num_(nan=0.5)  # Φ(x); 0/0 → ½
         e = torch.mul(x, x, out=self.scratch("e", x.shape, x)).mul_(-0.5).exp_()  # e^(−x²/2)

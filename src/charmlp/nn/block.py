@@ -53,6 +53,6 @@ class Block(Layer):
     # a branch's dropout passes it through its mask first: d(drop(b)) = m·dout)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
         dm = dout if self.drop2 is None else self.drop2.backward(dout)
-        dh = self.ln2.backward(self.mlp.backward(dm), residual=dout)
+        dh = self.ln2.backward_(self.mlp.backward(dm), residual=dout)  # (into the fresh gradient mlp returns)
         da = dh if self.drop1 is None else self.drop1.backward(dh)
-        return self.ln1.backward(self.attn.backward(da), residual=dh)
+        return self.ln1.backward_(self.attn.backward(da), residual=dh)

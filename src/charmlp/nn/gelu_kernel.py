@@ -62,9 +62,10 @@ def exp_nonpositive_array(t, out):  # noqa: ANN001, ANN201
 
 @cached_njit(fastmath={"contract"}, error_model="numpy")
 def gelu_backward_(x, y, dy):  # noqa: ANN001, ANN201
-    """dy ← dy·(Φ(x) + x·φ(x)) in place; x, y = gelu(x), dy: 1-D float32 arrays of one length."""
+    """dy ← dy·(Φ(x) + x·φ(x)) in place; x, y = gelu(x), dy: C-contiguous float32 arrays of one shape."""
+    x, y, d = x.ravel(), y.ravel(), dy.ravel()  # views: the loop runs over flat memory
     half, minus_half = _f32(0.5), _f32(-0.5)
     for i in range(x.shape[0]):
         xi = x[i]
         cdf = y[i] / xi if xi != 0 else half  # Φ(x) = y/x; Φ(0) = ½
-        dy[i] = dy[i] * (cdf + xi * exp_nonpositive(minus_half * xi * xi) * INV_SQRT_2PI)
+        d[i] = d[i] * (cdf + xi * exp_nonpositive(minus_half * xi * xi) * INV_SQRT_2PI)

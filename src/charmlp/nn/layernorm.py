@@ -37,8 +37,22 @@ class LayerNorm(Layer):
     # where mean(dx̂) = dy·γ/C and mean(dx̂·x̂) = (dy·x̂)·γ/C are matrix-vector products
     def backward(self, dout: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """dL/dx; with `residual`, dL/dx + residual in the same pass (a residual block's skip path)."""
-        if self.fused and dout.device.type == "cpu" and dout.dtype in _FUSED_DTYPES:
-            return self._backward_fused(dout, residual)
+        if self._fused_for(dout):
+            return self._backward_fused_(dout.clone(memory_format=torch.contiguous_format), residual)
+        return self._backward_tensor_ops(dout, residual)
+
+    def backward_(self, dout: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """`backward` for a caller that owns `dout` and is done with it (a `Block`): on the CPU the
+        result is written over it, memory still in cache, instead of into fresh memory."""
+        if self._fused_for(dout) and dout.is_contiguous():
+            return self._backward_fused_(dout, residual)
+        return self.backward(dout, residual)
+
+    def _fused_for(self, dout: torch.Tensor) -> bool:
+        return (self.fused and dout.device.type == "cpu" and dout.dtype in _FUSED_DTYPES
+                and not (self.x.requires_grad or dout.requires_grad))
+
+    def _backward_tensor_ops(self, dout: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         C = dout.shape[-1]
         d2, w = dout.reshape(-1, C), self.weight
         xhat = torch.sub(self.x.reshape(-1, C), self.mean.reshape(-1, 1), out=self.scratch("xhat", d2.shape, d2))
@@ -56,24 +70,18 @@ class LayerNorm(Layer):
             return dx.mul_(rstd).view(dout.shape)
         return torch.addcmul(residual.reshape(-1, C), dx, rstd, out=dx).view(dout.shape)  # residual + rstd·(…)
 
-    # the same closed form as two Numba loops over the rows (`layernorm_kernel`): on the CPU the dozen
+    # the same closed form as one Numba sweep over the rows (`layernorm_kernel`): on the CPU the dozen
     # tensor operations above are a dozen passes over memory, and autograd's one fused kernel beat them
-    def _backward_fused(self, dout: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        from .layernorm_kernel import layernorm_backward
+    def _backward_fused_(self, dout: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        from .layernorm_kernel import layernorm_backward_
 
-        C = dout.shape[-1]
-        dy = dout.reshape(-1, C).contiguous()
-        n = dy.shape[0]
-        dx = torch.empty(dout.shape, dtype=dout.dtype)
-        dwdb = torch.empty(2, C, dtype=dout.dtype)  # dγ, dβ
-        res = dy if residual is None else residual.reshape(n, C).contiguous()
-        layernorm_backward(self.x.reshape(n, C).contiguous().numpy(), self.mean.view(n).numpy(),
-                           self.rstd.view(n).numpy(), self.weight.detach().numpy(), dy.numpy(), res.numpy(),
-                           residual is not None, dy.numpy().dtype.type(1 / C),
-                           self.scratch("ab", (2, n), dy).numpy(), dx.view(n, C).numpy(), dwdb.numpy())
+        x = self.x.contiguous().numpy()
+        res = x if residual is None else residual.contiguous().numpy()  # (x: unread, and not dout's memory)
+        dwdb = torch.from_numpy(layernorm_backward_(x, self.mean.numpy(), self.rstd.numpy(), self.weight.detach().numpy(),
+                                                    dout.numpy(), res, residual is not None))  # dx written over dout
         accumulate_grad(self.weight, dwdb[0])
         accumulate_grad(self.bias, dwdb[1])
-        return dx
+        return dout
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
