@@ -81,3 +81,32 @@ def test_a_non_contiguous_gradient_takes_the_tensor_operations():
         dx = act.backward_(dy.clone().T.contiguous().T)  # the same values, still not contiguous
     assert not dy.is_contiguous()
     torch.testing.assert_close(dx, _gelu_grad(x, dy.contiguous(), fused=True), rtol=1e-5, atol=1e-6)
+
+
+def test_forward_inplace_in_a_manual_step_keeps_the_derivative_and_the_same_gradient():
+    """`forward_` in training mode without a graph writes gelu'(x) over x; its backward is then
+    one multiplication, and the gradient is the kernel's and the tensor operations' own."""
+    g = torch.Generator().manual_seed(7)
+    x, dy = torch.randn(6, 5, 40, generator=g) * 3, torch.randn(6, 5, 40, generator=g)
+    x.view(-1)[0] = 0.0
+    expected = _gelu_grad(x, dy, fused=True)
+    act = GELU().train()
+    mine = x.clone()
+    with torch.no_grad():
+        y = act.forward_(mine)
+        assert torch.equal(y, torch.nn.functional.gelu(x))
+        assert act.x is None and act.dydx is mine and not torch.equal(mine, x)  # x's memory now holds gelu'(x)
+        dx = act.backward(dy)
+    torch.testing.assert_close(dx, expected, rtol=0, atol=0)
+    torch.testing.assert_close(dx, _gelu_grad(x, dy, fused=False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["eval", "graph", "float64"])
+def test_forward_inplace_leaves_x_alone_where_no_manual_backward_follows(case):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 9, generator=g, dtype=torch.float64 if case == "float64" else torch.float32)
+    act = GELU().train(case != "eval")
+    mine = x.clone()
+    with torch.set_grad_enabled(case == "graph"):
+        act.forward_(mine)
+    assert torch.equal(mine, x) and act.dydx is None and act.x is mine

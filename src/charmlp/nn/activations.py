@@ -24,12 +24,30 @@ class GELU(Layer):
     Φ(x) = ½(1 + erf(x/√2)). (GPT-2 and makemore.py use its tanh approximation; on the CPU the
     exact form is the faster kernel.)"""
 
-    fused = True  # the CPU float32 backward through `gelu_kernel` (False: the tensor operations, as on a GPU)
+    fused = True  # the CPU float32 derivative through `gelu_kernel` (False: the tensor operations, as on a GPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.x = x
+        self.x, self.dydx = x, None
         self.out = torch.nn.functional.gelu(x)
         return self.out
+
+    def forward_(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` for a caller that owns `x` and is done with it (`MLP`). In a manual training
+        step (training mode, no autograd graph) on the CPU, gelu'(x) is computed here, written over
+        x while x is still in cache: the backward is then one multiplication, where it would read
+        x back from memory and compute gelu'(x) there."""
+        y = self.forward(x)
+        if (self.fused and self.training and not torch.is_grad_enabled() and self._kernel_takes(x, y)):
+            from .gelu_kernel import gelu_derivative_
+
+            gelu_derivative_(x.numpy(), y.numpy())
+            self.x, self.dydx = None, x
+        return y
+
+    @staticmethod
+    def _kernel_takes(*ts: torch.Tensor) -> bool:
+        return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not t.requires_grad
+                   for t in ts)
 
     # y = x·Φ(x)  →  dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π);
     # Φ(x) = y/x is read off the forward's output (no erf again); at x = 0, Φ = ½
@@ -39,15 +57,17 @@ class GELU(Layer):
     def backward_(self, dout: torch.Tensor) -> torch.Tensor:
         """`backward` written into `dout` itself (for a caller that owns it, such as `MLP`): one
         fresh tensor fewer on every step."""
+        if self.dydx is not None:  # gelu'(x) from `forward_`
+            return dout.mul_(self.dydx)
         x = self.x
-        if (self.fused and dout.device.type == "cpu" and dout.dtype == torch.float32 and dout.is_contiguous()
-                and not (x.requires_grad or dout.requires_grad)):
+        if self.fused and self._kernel_takes(x, self.out, dout):
             from .gelu_kernel import gelu_backward_
 
-            gelu_backward_(x.contiguous().numpy(), self.out.contiguous().numpy(), dout.numpy())  # into dout's memory
+            gelu_backward_(x.numpy(), self.out.numpy(), dout.numpy())  # into dout's memory
             return dout
         cdf = torch.div(self.out, x, out=self.scratch("cdf", x.shape, x)).nan_to_num_(nan=0.5)  # Φ(x); 0/0 → ½
         e = torch.mul(x, x, out=self.scratch("e", x.shape, x)).mul_(-0.5).exp_()  # e^(−x²/2)
         return dout.mul_(cdf.addcmul_(x, e, value=INV_SQRT_2PI))  # Φ + x·φ
+
 
 INV_SQRT_2PI = 0.3989422804014327  # 1/√(2π)

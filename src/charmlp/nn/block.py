@@ -22,7 +22,7 @@ class MLP(Layer):
         self.proj = Linear(expand * n_embd, n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc(x)))
+        return self.proj(self.act.forward_(self.fc(x)))  # fc's output is the MLP's own: GELU may overwrite it
 
     # chain rule through proj, GELU, fc (GELU's gradient written over proj's fresh input gradient)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,10 @@
-"""GELU's backward as one Numba loop (CPU, float32): the tensor operations of `GELU.backward_`
+"""GELU's derivative as one Numba loop (CPU, float32): the tensor operations of `GELU.backward_`
 are seven passes over memory, autograd's fused C++ kernel one; this is one pass too.
 
-    dx = dy·(Φ(x) + x·φ(x)),  Φ(x) = y/x (½ at x = 0),  φ(x) = e^(−x²/2)/√(2π)
+    dx = dy·gelu'(x),  gelu'(x) = Φ(x) + x·φ(x),  Φ(x) = y/x (½ at x = 0),  φ(x) = e^(−x²/2)/√(2π)
+
+`gelu_derivative_` computes gelu'(x) over x in the forward (while x is still in cache: see
+`GELU.forward_`), `gelu_backward_` multiplies it into dy in the backward.
 
 The loop vectorises only if nothing in it is a call into the C library, so e^t is computed here
 with arithmetic alone (`exp_nonpositive`): Cody–Waite range reduction t = n·ln2 + r, |r| ≤ ½ln2,
@@ -60,12 +63,24 @@ def exp_nonpositive_array(t, out):  # noqa: ANN001, ANN201
         out[i] = exp_nonpositive(t[i])
 
 
+@cached_njit(fastmath={"contract"}, error_model="numpy", inline="always")
+def gelu_derivative(x, y):  # noqa: ANN001, ANN201
+    """dy/dx = Φ(x) + x·φ(x) at float32 x with y = gelu(x): Φ(x) = y/x (½ at x = 0)."""
+    cdf = y / x if x != 0 else _f32(0.5)
+    return cdf + x * exp_nonpositive(_f32(-0.5) * x * x) * INV_SQRT_2PI
+
+
 @cached_njit(fastmath={"contract"}, error_model="numpy")
 def gelu_backward_(x, y, dy):  # noqa: ANN001, ANN201
-    """dy ← dy·(Φ(x) + x·φ(x)) in place; x, y = gelu(x), dy: C-contiguous float32 arrays of one shape."""
+    """dy ← dy·gelu'(x) in place; x, y = gelu(x), dy: C-contiguous float32 arrays of one shape."""
     x, y, d = x.ravel(), y.ravel(), dy.ravel()  # views: the loop runs over flat memory
-    half, minus_half = _f32(0.5), _f32(-0.5)
     for i in range(x.shape[0]):
-        xi = x[i]
-        cdf = y[i] / xi if xi != 0 else half  # Φ(x) = y/x; Φ(0) = ½
-        d[i] = d[i] * (cdf + xi * exp_nonpositive(minus_half * xi * xi) * INV_SQRT_2PI)
+        d[i] = d[i] * gelu_derivative(x[i], y[i])
+
+
+@cached_njit(fastmath={"contract"}, error_model="numpy")
+def gelu_derivative_(x, y):  # noqa: ANN001, ANN201
+    """x ← gelu'(x) in place; x, y = gelu(x): C-contiguous float32 arrays of one shape."""
+    x, y = x.ravel(), y.ravel()
+    for i in range(x.shape[0]):
+        x[i] = gelu_derivative(x[i], y[i])
