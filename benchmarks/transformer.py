@@ -13,7 +13,10 @@ time and this thread's CPU time are both measured (on a shared machine, CPU time
 
 Then, per layer kind of a block, the backward alone: the hand-written `backward` against autograd
 differentiating the same forward, on the activations of a batch of 64 (median of 200 calls each,
-interleaved): where the manual engine gains and where it loses.
+interleaved): where the manual engine gains and where it loses. And the same inside training
+steps at batch 64, where the activations have left the cache and every call from Python costs
+more: the manual side's layer `backward` (or `backward_`) timed around the call, autograd's from
+the hook on the layer's output gradient to the hook on its input gradient.
 """
 
 from __future__ import annotations
@@ -133,6 +136,67 @@ def layer_backward_times(batch: int = 64, calls: int = 200, seed: int = 0) -> di
     return out
 
 
+def layer_backward_in_step(batch: int = 64, steps: int = 40, rounds: int = 4, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median µs of each block layer kind's backward inside whole training steps, manual vs autograd."""
+    from charmlp.nn import MLP, Block, CausalSelfAttention, LayerNorm
+
+    kinds = {"LayerNorm (in a block)": LayerNorm, "CausalSelfAttention": CausalSelfAttention, "MLP": MLP,
+             "Block": Block}
+    _, cfg, _ = configs()[0]
+    data = load_dataset(DataConfig(sequence=True, block_size=0))
+    cfg = dataclasses.replace(cfg, vocab_size=data.vocab.size, block_size=data.block_size)
+    X, Y = data.X["train"], data.Y["train"]
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, len(X), (batch,), generator=g) for _ in range(steps)]
+    times: dict[str, dict[str, list[float]]] = {e: {k: [] for k in kinds} for e in ENGINES}
+
+    def timed_backward(layer: torch.nn.Module, kind: str, method: str) -> None:
+        inner = getattr(layer, method)
+
+        def call(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+            t = time.perf_counter()
+            out = inner(*args, **kw)
+            times["manual"][kind].append(time.perf_counter() - t)
+            return out
+        setattr(layer, method, call)
+
+    def hooked_forward(layer: torch.nn.Module, kind: str) -> None:
+        inner = layer.forward
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            start: list[float] = []
+            if x.requires_grad:
+                x.register_hook(lambda _g: times["autograd"][kind].append(time.perf_counter() - start[0]) and None)
+            out = inner(x)
+            out.register_hook(lambda _g: start.append(time.perf_counter()) and None)
+            return out
+        layer.forward = call
+
+    models = {e: build_model(cfg, seed=seed) for e in ENGINES}
+    for e, m in models.items():
+        for name, layer in m.named_modules():
+            kind = next((k for k, c in kinds.items() if isinstance(layer, c)), None)
+            if kind is None or (isinstance(layer, LayerNorm) and not name.split(".")[-1].startswith("ln")):
+                continue  # the final LayerNorm is not in a block: Sequential calls its `backward`
+            if e == "manual":
+                for method in ("backward", "backward_"):
+                    if hasattr(layer, method):
+                        timed_backward(layer, kind, method)
+            else:
+                hooked_forward(layer, kind)
+    opts = {e: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01) for e, m in models.items()}
+    for r in range(rounds + 1):
+        if r == 1:  # the first round warms up
+            for per_kind in times.values():
+                for v in per_kind.values():
+                    v.clear()
+        for e in ENGINES:
+            for ix in batches:
+                ENGINES[e](models[e], X[ix].long(), Y[ix].long())
+                opts[e].step()
+    return {k: {f"{e}_us": statistics.median(times[e][k]) * 1e6 for e in ENGINES} for k in kinds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -148,6 +212,7 @@ def main() -> None:
     for name, cfg, batch in configs():
         results["configs"][name] = measure(cfg, batch, args.rounds, args.steps)
     results["layer_backward_batch_64"] = layer_backward_times()
+    results["layer_backward_in_step_batch_64"] = layer_backward_in_step()
     results["machine"]["load_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.json:
@@ -160,9 +225,11 @@ def main() -> None:
         w = r["steps_per_s_wall"]
         print(f"{name:36s}{r['params']:>9,d}{w['manual']:>10.1f}{w['autograd']:>11.1f}"
               f"{r['manual_over_autograd_wall']:>11.3f}{r['manual_over_autograd_cpu']:>10.3f}")
-    print(f"\n{'backward alone, batch 64':36s}{'manual µs':>10s}{'autograd µs':>12s}{'speed ratio':>12s}")
-    for name, r in results["layer_backward_batch_64"].items():
-        print(f"{name:36s}{r['manual_us']:>10.1f}{r['autograd_us']:>12.1f}{r['autograd_us'] / r['manual_us']:>12.2f}")
+    for key, title in (("layer_backward_batch_64", "backward alone, batch 64"),
+                       ("layer_backward_in_step_batch_64", "backward in a training step, batch 64")):
+        print(f"\n{title:36s}{'manual µs':>10s}{'autograd µs':>12s}{'speed ratio':>12s}")
+        for name, r in results[key].items():
+            print(f"{name:36s}{r['manual_us']:>10.1f}{r['autograd_us']:>12.1f}{r['autograd_us'] / r['manual_us']:>12.2f}")
 
 
 if __name__ == "__main__":
