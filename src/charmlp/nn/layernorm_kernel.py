@@ -23,9 +23,11 @@ ROWS = 16  # rows per pass: their sums are independent, and between the passes t
 
 @cached_njit(fastmath={"reassoc", "contract"}, error_model="numpy")
 def layernorm_backward_(x, mean, rstd, w, dy, res, has_res):  # noqa: ANN001, ANN201
-    """dy ← dx (+ res if has_res) in place, returns dγdβ (2, C). x, dy, res: (…, C) C-contiguous
-    (res not dy's memory); mean, rstd: (…, 1); w: γ (C,). (Written into dy, which is still in cache, rather than fresh memory; arrays
-    are reshaped here, because in the middle of a training step every call from Python costs.)"""
+    """dy ← dx (+ res if has_res) in place; returns dγdβ (2, C).
+
+    x, dy, res: (…, C), C-contiguous, res not in dy's memory; mean, rstd: (…, 1); w: γ (C,).
+    dx goes into dy, which is still in cache, rather than into fresh memory; the arrays are
+    reshaped and made here, since in the middle of a training step every call from Python costs."""
     C = x.shape[-1]
     n = x.size // C
     x2, dy2, res2 = x.reshape(n, C), dy.reshape(n, C), res.reshape(n, C)
