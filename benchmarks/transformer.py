@@ -53,12 +53,18 @@ def configs() -> list[tuple[str, TransformerConfig, int]]:
     return [("4 layers × 64, batch 32", one, 32), ("4 layers × 64, batch 64", one, 64)]
 
 
-def measure(cfg: TransformerConfig, batch: int, rounds: int, steps: int, seed: int = 0) -> dict:
+def names_batches(cfg: TransformerConfig, batch: int, steps: int, seed: int
+                  ) -> tuple[TransformerConfig, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The model sized to names (whole items), the training rows and `steps` random batches of them."""
     data = load_dataset(DataConfig(sequence=True, block_size=0))
     cfg = dataclasses.replace(cfg, vocab_size=data.vocab.size, block_size=data.block_size)
     X, Y = data.X["train"], data.Y["train"]
     g = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(0, len(X), (batch,), generator=g) for _ in range(steps)]
+    return cfg, X, Y, [torch.randint(0, len(X), (batch,), generator=g) for _ in range(steps)]
+
+
+def measure(cfg: TransformerConfig, batch: int, rounds: int, steps: int, seed: int = 0) -> dict:
+    cfg, X, Y, batches = names_batches(cfg, batch, steps, seed)
     models = {e: build_model(cfg, seed=seed) for e in ENGINES}
     opts = {e: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01) for e, m in models.items()}
 
@@ -143,11 +149,7 @@ def layer_backward_in_step(batch: int = 64, steps: int = 40, rounds: int = 4, se
     kinds = {"LayerNorm (in a block)": LayerNorm, "CausalSelfAttention": CausalSelfAttention, "MLP": MLP,
              "Block": Block}
     _, cfg, _ = configs()[0]
-    data = load_dataset(DataConfig(sequence=True, block_size=0))
-    cfg = dataclasses.replace(cfg, vocab_size=data.vocab.size, block_size=data.block_size)
-    X, Y = data.X["train"], data.Y["train"]
-    g = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(0, len(X), (batch,), generator=g) for _ in range(steps)]
+    cfg, X, Y, batches = names_batches(cfg, batch, steps, seed)
     times: dict[str, dict[str, list[float]]] = {e: {k: [] for k in kinds} for e in ENGINES}
 
     def timed_backward(layer: torch.nn.Module, kind: str, method: str) -> None:

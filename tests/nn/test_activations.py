@@ -24,9 +24,10 @@ def test_gelu_is_the_exact_erf_form():
     assert torch.allclose(GELU()(x), x * phi, atol=1e-15)
 
 
-def test_gelu_backward_leaves_dout_alone_and_backward_inplace_reuses_it():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the tensor operations; the CPU kernel
+def test_gelu_backward_leaves_dout_alone_and_backward_inplace_reuses_it(dtype):
     g = torch.Generator().manual_seed(3)
-    x, d = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    x, d = torch.randn(4, 6, generator=g, dtype=dtype), torch.randn(4, 6, generator=g, dtype=dtype)
     act = GELU()
     act(x)
     d0 = d.clone()
