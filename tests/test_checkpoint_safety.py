@@ -189,5 +189,5 @@ def test_retraining_removes_the_previous_runs_derived_files(tmp_path, runs):
     (d / "diagnostics.json").write_text("{}")
     data = tmp_path / "d.txt"
     data.write_text("\n".join(make_items()))
-    charmlp.train(tiny_cfg(data, steps=3), out_dir=d, progress=False)
+    charmlp.train(tiny_cfg(data, steps=3), out_dir=d, progress=False, force=True)
     assert not (d / "diagnostics.json").exists() and load_run(d).config.train.steps == 3

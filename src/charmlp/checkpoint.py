@@ -236,34 +236,42 @@ def _config_bytes(cfg: RunConfig) -> str:
     return json.dumps({"format": FORMAT_VERSION, **run_config_to_dict(cfg)}, indent=2, ensure_ascii=False) + "\n"
 
 
-def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, vocab: Vocab) -> Path:
-    """Start a fresh run in `run_dir`: remove a previous run's files, then write vocab and config.
+def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, vocab: Vocab, keep: tuple[str, ...] = ()) -> Path:
+    """Start a fresh run in `run_dir`: remove a previous run's files (but `keep`), then write vocab and config.
 
     Order matters for a kill at any moment: the finished-run mark (model.safetensors) goes
     first and config.json comes last, so whenever config.json exists, the vocab.json and
     checkpoint beside it belong to it.
     """
     d = make_run_dir(run_dir)
-    _refuse_foreign_config(d)
+    refuse_foreign_config(d)
     for name in (WEIGHTS, STATE, SUMMARY, METRICS, *DERIVED, CONFIG, VOCAB):
-        remove_file(d / name)
+        if name not in keep:
+            remove_file(d / name)
     remove_stale_temporaries(d)
     atomic_write_text(d / VOCAB, vocab.to_json() + "\n")
     atomic_write_text(d / CONFIG, _config_bytes(cfg))
     return d
 
 
-def _refuse_foreign_config(d: Path) -> None:
-    """Never delete a config.json that charmlp did not write (e.g. `--out .` in a project)."""
-    p = d / CONFIG
-    if not p.is_file():
-        return
+def _config_is_ours(p: Path) -> bool:
     try:
         raw = json.loads(p.read_bytes())
-        ours = isinstance(raw, dict) and "format" in raw and {"data", "model", "train"} <= set(raw)
+        return isinstance(raw, dict) and "format" in raw and {"data", "model", "train"} <= set(raw)
     except (OSError, ValueError, UnicodeDecodeError):
-        ours = False
-    if not ours:
+        return False
+
+
+def is_run_dir(d: Path) -> bool:
+    """A directory charmlp trained into: its config.json is ours, or it holds weights or a checkpoint."""
+    p = d / CONFIG
+    return (p.is_file() and _config_is_ours(p)) or (d / WEIGHTS).is_file() or (d / STATE).is_file()
+
+
+def refuse_foreign_config(d: Path) -> None:
+    """Never delete a config.json that charmlp did not write (e.g. `--out .` in a project)."""
+    p = d / CONFIG
+    if p.is_file() and not _config_is_ours(p):
         raise CharmlpError(f"{d} holds a config.json that charmlp did not write; pass --out a new or empty directory")
 
 

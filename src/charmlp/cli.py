@@ -29,6 +29,7 @@ from .config import (
     check_range,
 )
 from .errors import CharmlpError, TrainingInterrupted
+from .lock import RunDirLock
 
 if TYPE_CHECKING:
     from .diagnostics import DiagnosticsRecorder
@@ -213,6 +214,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, DiagnosticsRecorder | None]:
     if args.resume is not None:  # the flags first: a wrong one is reported before torch loads
+        if args.force:
+            raise CharmlpError("--force replaces the run in --out DIR; --resume continues one and replaces nothing: drop --force")
         if args.diagnostics or args.diagnostics_every is not None:
             raise CharmlpError("--diagnostics cannot be combined with --resume: the statistics of the interrupted "
                                "part were not kept; train afresh with --diagnostics")
@@ -254,9 +257,10 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
             raise CharmlpError(f"--diagnostics-every must be at least 1, got {every}")
         recorder = DiagnosticsRecorder(every)
         hooks.append(recorder)
-    result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks))
+    result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks), force=args.force)
     if recorder is not None:
-        recorder.save(result.out_dir)
+        with RunDirLock(result.out_dir, "charmlp train"):
+            recorder.save(result.out_dir)
     return result, recorder
 
 
@@ -509,12 +513,14 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="DIR", help="run directory to write")
     where.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --out: replace the run already in DIR (kept until the new run's first checkpoint)")
     _add_train_args(p)
     p.add_argument("--diagnostics", action="store_true",
                    help="record update ratios and tanh statistics while training (diagnostics.json)")
     p.add_argument("--diagnostics-every", type=int, metavar="K",
                    help="with --diagnostics: sample every K steps (default: about 1000 samples per run)")
-    dests = {a.dest for a in p._actions} - {"help", "out", "resume"}
+    dests = {a.dest for a in p._actions} - {"help", "out", "resume", "force"}
     p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
 

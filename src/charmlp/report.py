@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_text, load_run, run_config_to_dict
+from .checkpoint import Run, atomic_write_text, load_run, run_config_to_dict
 from .data import load_dataset
 from .diagnostics import (
     CONFIDENTLY_WRONG,
@@ -30,6 +30,7 @@ from .diagnostics import (
     take_snapshot,
 )
 from .errors import CharmlpError
+from .lock import RunDirLock
 from .models import build_model
 from .nn import Embedding
 from .train import lr_at
@@ -103,8 +104,13 @@ img{max-width:100%;display:block;margin:0.8em 0;border:1px solid #eee}
 
 def diagnose(run_dir: str | Path, batch_seed: int = BATCH_SEED) -> Report:
     """Write DIR/report.html and return the key numbers (see `Report.numbers`)."""
-    from . import plots  # matplotlib loads only when a report is drawn, not with every command
     run = load_run(run_dir)
+    with RunDirLock(run.path, "charmlp diagnose"):  # no train or other diagnose writes it meanwhile
+        return _diagnose(run, batch_seed)
+
+
+def _diagnose(run: Run, batch_seed: int) -> Report:
+    from . import plots  # matplotlib loads only when a report is drawn, not with every command
     d = run.path
     cfg = run.config
     summary = run.summary() or {}

@@ -31,14 +31,17 @@ from .checkpoint import (
     decode_tensors,
     encode_tensors,
     fits_model,
+    is_run_dir,
     prepare_run_dir,
     read_run_config,
+    refuse_foreign_config,
     remove_file,
     remove_stale_temporaries,
 )
 from .config import RunConfig, TrainConfig, model_config_to_dict
 from .data import SPLITS, Dataset, Vocab
 from .errors import CharmlpError, TrainingInterrupted
+from .lock import LOCK, RunDirLock
 from .models import LanguageModel
 from .optim import load_optimizer_state_dict, optimizer_state_dict
 
@@ -211,25 +214,32 @@ class Checkpointer:
         self.fingerprint = _run_fingerprint(cfg, dataset) if self.dir is not None else None
         self.started = time.perf_counter()
         self.seconds_before = 0.0  # wall time the interrupted processes spent (from the checkpoint)
+        self.replace_pending = False  # --force: the old run is replaced at the first checkpoint
 
     # -- start ----------------------------------------------------------------------------
-    def begin(self, resume: bool) -> int:
-        """Fresh run: prepare the run directory. Resume: restore the checkpoint. Returns the first step."""
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """The run directory locked for this writer from `begin` to the end of the block (see lock.py)."""
+        if self.dir is None:
+            yield
+            return
+        with RunDirLock(self.dir, "charmlp train"):
+            yield
+
+    def begin(self, resume: bool, force: bool = False) -> int:
+        """Fresh run: prepare the run directory. Resume: restore the checkpoint. Returns the first step.
+
+        A fresh run never replaces a run without `force`; with it, the old run's files stay until
+        the new run's first checkpoint is written (`save`), so a failed start loses nothing.
+        """
         if self.dir is None:
             if resume:
                 raise CharmlpError("resuming needs the run directory")
             return 0
         if not resume:
-            try:
-                ck = read_checkpoint(self.dir)
-            except CharmlpError:  # a damaged checkpoint cannot be resumed: a fresh run may replace it
-                ck = None
-            if ck is not None and ck.reason != "non-finite":  # a diverged run may be retrained in place
-                raise CharmlpError(
-                    f"{self.dir} holds an unfinished run (stopped at step {ck.step} of {ck.steps}); continue it with "
-                    f"`charmlp train --resume {self.dir}`, or delete it, or pass another --out"
-                )
-            prepare_run_dir(self.dir, self.cfg, self.dataset.vocab)
+            self.replace_pending = _refuse_to_replace(self.dir, force)
+            if not self.replace_pending:
+                prepare_run_dir(self.dir, self.cfg, self.dataset.vocab)
             return 0
         remove_stale_temporaries(self.dir)
         ck = read_checkpoint(self.dir)
@@ -290,6 +300,14 @@ class Checkpointer:
                     seconds=seconds)
         atomic_write_bytes(self.dir / STATE, encode_tensors(tensors, meta))
         self.last_saved = step
+        self.claim()
+
+    def claim(self) -> None:
+        """Replace the old run (`--force`) once the new one has a checkpoint, or before its files
+        are written if it takes no step: the old files go, then the new vocab and config."""
+        if self.dir is not None and self.replace_pending:
+            prepare_run_dir(self.dir, self.cfg, self.dataset.vocab, keep=(STATE,))
+            self.replace_pending = False
 
     def finish(self) -> None:
         """The run is complete (model.safetensors written): the checkpoint has served."""
@@ -334,6 +352,36 @@ class Checkpointer:
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
+
+
+def _refuse_to_replace(d: Path, force: bool) -> bool:
+    """Refuse a fresh run in `d` that would lose something; True: a run to replace (`force`)."""
+    if not d.is_dir():
+        return False
+    if not is_run_dir(d):
+        refuse_foreign_config(d)
+        others = sorted(p.name for p in d.iterdir() if p.name != LOCK)
+        if others:
+            raise CharmlpError(f"{d} is not empty and holds no charmlp run ({others[0]}{', …' if len(others) > 1 else ''}); "
+                               "pass --out a new or empty directory")
+        return False
+    hint = "pass --force to replace it (the old run stays until the new one has its first checkpoint), or another --out"
+    if (d / WEIGHTS).is_file():
+        if not force:
+            raise CharmlpError(f"{d} holds a finished run; {hint}")
+        return True
+    try:
+        ck = read_checkpoint(d)
+    except CharmlpError:  # a damaged checkpoint cannot be resumed: nothing to lose
+        ck = None
+    if ck is None or ck.reason == "non-finite":  # nothing resumable, or a diverged run: retrained in place
+        return False
+    if not force:
+        raise CharmlpError(
+            f"{d} holds an unfinished run (stopped at step {ck.step} of {ck.steps}); continue it with "
+            f"`charmlp train --resume {d}`, or {hint}"
+        )
+    return True
 
 
 def resume_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:

@@ -207,8 +207,12 @@ def train(
     progress: bool = True,
     hooks: tuple[StepHook, ...] = (),
     resume: bool = False,
+    force: bool = False,
 ) -> TrainResult:
     """Train a model as configured; with `out_dir`, write the run directory there.
+
+    `out_dir` may be new, empty, or a run with nothing to lose (stopped before its first
+    checkpoint, or diverged); a finished or resumable run there is replaced only with `force`.
 
     With `out_dir`, Ctrl-C/SIGTERM save a checkpoint and raise `TrainingInterrupted`;
     `resume=True` continues from the checkpoint in `out_dir` (see `resume`).
@@ -240,51 +244,53 @@ def train(
     eval_every = resolve_eval_every(tc, len(Yval))  # 0 for an empty val split
     val_losses = torch.full((tc.steps,), math.nan, dtype=torch.float64)  # nan: not evaluated at that step
     ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses, val_losses)
-    start = ckpt.begin(resume)
-    # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
-    # Built after the restore: the fast step holds views of the optimizer's state tensors.
-    train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
-               mininterval=0.5, dynamic_ncols=True)
-    sync_every = resolve_sync_every(tc, device)
-    if sync_every > 1 and isinstance(train_step, EagerStep):
-        loop = WindowLoop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, sync_every)
-        loop.run(start, lambda: split_loss(model, Xval, Yval))
-    else:
-        _one_step_loop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, progress,
-                       lambda: split_loss(model, Xval, Yval))
-    train_seconds = time.perf_counter() - t0
+    with ckpt.holding():  # one writer per run directory, from the first file to the last
+        start = ckpt.begin(resume, force)
+        # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
+        # Built after the restore: the fast step holds views of the optimizer's state tensors.
+        train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
+        bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
+                   mininterval=0.5, dynamic_ncols=True)
+        sync_every = resolve_sync_every(tc, device)
+        if sync_every > 1 and isinstance(train_step, EagerStep):
+            loop = WindowLoop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, sync_every)
+            loop.run(start, lambda: split_loss(model, Xval, Yval))
+        else:
+            _one_step_loop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, progress,
+                           lambda: split_loss(model, Xval, Yval))
+        train_seconds = time.perf_counter() - t0
 
-    calibrate = bool(model.batchnorms()) and tc.calibrate_bn
-    if calibrate:
-        calibrate_batchnorm(model, Xtr)
-    model.eval()
-    split_losses = evaluate(model, dataset)
-    loss_list = losses.tolist()
-    summary = {
-        "init_loss": loss_list[0] if loss_list else None,  # None (null): fitted in closed form, no step
-        "train_loss": split_losses["train"],
-        "val_loss": split_losses["val"],
-        "test_loss": split_losses["test"],
-        "steps": tc.steps,
-        # wall times include the processes before a resume (from the checkpoint)
-        "seconds": ckpt.seconds_before + time.perf_counter() - t0,
-        "train_seconds": ckpt.seconds_before + train_seconds,
-        "steps_per_s": (tc.steps - start) / train_seconds,
-        "ln_vocab": math.log(dataset.vocab.size),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "engine": engine,
-        "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
-        "device": str(device),
-        "bn_calibrated": calibrate,
-    }
-    out = None
-    if out_dir is not None:  # the weights last: model.safetensors marks a finished run
-        out = Path(out_dir)
-        write_metrics(out, metrics_lines(tc, loss_list, val_losses.tolist()))
-        write_json(out / SUMMARY, summary)
-        save_run(out, cfg, dataset.vocab, model, keep_config=resume)
-        ckpt.finish()
+        calibrate = bool(model.batchnorms()) and tc.calibrate_bn
+        if calibrate:
+            calibrate_batchnorm(model, Xtr)
+        model.eval()
+        split_losses = evaluate(model, dataset)
+        loss_list = losses.tolist()
+        summary = {
+            "init_loss": loss_list[0] if loss_list else None,  # None (null): fitted in closed form, no step
+            "train_loss": split_losses["train"],
+            "val_loss": split_losses["val"],
+            "test_loss": split_losses["test"],
+            "steps": tc.steps,
+            # wall times include the processes before a resume (from the checkpoint)
+            "seconds": ckpt.seconds_before + time.perf_counter() - t0,
+            "train_seconds": ckpt.seconds_before + train_seconds,
+            "steps_per_s": (tc.steps - start) / train_seconds,
+            "ln_vocab": math.log(dataset.vocab.size),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "engine": engine,
+            "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
+            "device": str(device),
+            "bn_calibrated": calibrate,
+        }
+        out = None
+        if out_dir is not None:  # the weights last: model.safetensors marks a finished run
+            out = Path(out_dir)
+            ckpt.claim()  # --force with no step taken: the old run is replaced now
+            write_metrics(out, metrics_lines(tc, loss_list, val_losses.tolist()))
+            write_json(out / SUMMARY, summary)
+            save_run(out, cfg, dataset.vocab, model, keep_config=resume)
+            ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 
 
