@@ -237,3 +237,40 @@ def test_healthy_runs_exit_0(three_runs, capsys):
     code, out, err = run_main(capsys, "runs", three_runs, fixture)
     assert code == 0, err
     assert len(out.splitlines()) == 5 and "damaged" not in out
+
+
+def test_embedding_table_of_another_vocabulary_is_damaged(three_runs, tmp_path, capsys):
+    runs = _damaged_copy(three_runs, tmp_path)
+    p = runs / "b3" / "model.safetensors"
+    raw = p.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    rows, cols = header["layers.layers.0.weight"]["shape"]  # the MLP's embedding table
+    header["layers.layers.0.weight"]["shape"] = [rows * cols // 2, 2]  # the same bytes, other rows
+    text = json.dumps(header).encode()
+    p.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    code, out, _ = run_main(capsys, "runs", runs)
+    assert code == 1
+    assert _notes(out) == [f"{runs / 'b3'}: damaged: model.safetensors has embedding tables whose rows are not "
+                           f"the {rows} characters of vocab.json"]
+
+
+def test_parse_header_checks_the_tensor_entries():
+    from charmlp.checkpoint import parse_header
+
+    def file(entries: dict, data: int) -> bytes:
+        text = json.dumps(entries).encode()
+        return len(text).to_bytes(8, "little") + text + b"\0" * data
+
+    ok = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "b": {"dtype": "I64", "shape": [1], "data_offsets": [24, 32]}}
+    raw = file(ok, 32)
+    assert set(parse_header(raw, len(raw))) == {"a", "b"}
+    for entries, reason in (
+        ({**ok, "b": {"dtype": "I64", "shape": [2], "data_offsets": [24, 32]}}, "damaged header entry for 'b'"),
+        ({**ok, "b": {"dtype": "Q7", "shape": [1], "data_offsets": [24, 32]}}, "damaged header entry for 'b'"),
+        ({**ok, "b": {"dtype": "I64", "shape": [1], "data_offsets": [16, 24]}}, "overlap or leave gaps"),
+        ({"a": [1]}, "damaged header entry for 'a'"),
+    ):
+        raw = file(entries, 32)
+        with pytest.raises(ValueError, match=reason):
+            parse_header(raw, len(raw))

@@ -39,7 +39,7 @@ from .config import (
 )
 from .data import Vocab
 from .errors import CharmlpError
-from .numpy_model import Net, describe_model
+from .numpy_model import Net, describe_model, table_keys
 
 if TYPE_CHECKING:
     import torch
@@ -508,8 +508,8 @@ def check_run_files(run_dir: str | Path) -> None:
     """The checks of `load_run` that read no tensors, for listing many runs: config.json and
     vocab.json agree; model.safetensors' header is whole and its tensors' sizes add up to the
     file's; it records the model configuration (kind and sizes) and vocabulary of config.json
-    and vocab.json. The checksum over the tensors is left to loading. `CharmlpError` if
-    anything is off."""
+    and vocab.json; its embedding tables have a row per character. The checksum over the
+    tensors is left to loading. `CharmlpError` if anything is off."""
     d = Path(run_dir)
     _, model, vocab = _read_model_and_vocab(d)
     try:
@@ -518,6 +518,13 @@ def check_run_files(run_dir: str | Path) -> None:
         raise CharmlpError(f"{e}; the file is damaged") from None
     meta = header_meta(header.get("__metadata__") or {}, d / WEIGHTS)
     _check_written_for(d, meta, model, vocab)
+    net = meta.get("net")  # absent in weights written before runs carried a description
+    if isinstance(net, dict):
+        shapes = [header.get(k, {}).get("shape") if isinstance(k, str) else None for k in table_keys(net.get("layers"))]
+        rows = {shape[0] if shape else None for shape in shapes}
+        if net.get("vocab_size") != vocab.size or rows - {vocab.size}:
+            raise CharmlpError(f"{d / WEIGHTS} has embedding tables whose rows are not the {vocab.size} "
+                               "characters of vocab.json; the file is damaged")
 
 
 def read_saved_net(run_dir: str | Path) -> SavedNet | None:
