@@ -153,3 +153,124 @@ def test_bad_input_gets_one_line_errors(tmp_path, three_runs, capsys, monkeypatc
     assert "does not exist" in one_line_error(capsys, "runs", three_runs, "--plot", tmp_path / "no" / "x.png")
     monkeypatch.chdir(tmp_path)  # no DIR and no ./runs
     assert "no run directories given" in one_line_error(capsys, "runs")
+
+
+# ----------------------------------------------------------------------------- damaged runs
+
+
+def _damaged_copy(three_runs: Path, tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    shutil.copytree(three_runs, runs)
+    return runs
+
+
+def _notes(out: str) -> list[str]:
+    """The table's lines after its header and one row per run."""
+    return out.splitlines()[4:]
+
+
+def test_truncated_weights_are_listed_as_damaged(three_runs, tmp_path, capsys):
+    runs = _damaged_copy(three_runs, tmp_path)
+    weights = runs / "b5" / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes(raw[:-100])
+    with pytest.raises(charmlp.errors.CharmlpError):  # what eval refuses, runs reports
+        charmlp.load_run(runs / "b5")
+    code, out, _ = run_main(capsys, "runs", runs)
+    assert code == 1
+    _, healthy, _ = run_main(capsys, "runs", three_runs)
+    lines = out.splitlines()
+    assert [x.split()[1:] for x in lines[:4]] == [x.split()[1:] for x in healthy.splitlines()[:4]]  # rows as before
+    assert _notes(out) == [f"{runs / 'b5'}: damaged: model.safetensors truncated ({len(raw) - 100:,} of {len(raw):,} bytes)"]
+    code, out, _ = run_main(capsys, "runs", runs, "--json")
+    assert code == 1
+    status = {Path(r["run"]).name: r["status"] for r in json.loads(out)}
+    assert status["b3"] == status["b5w"] == "finished" and status["b5"].startswith("damaged: model.safetensors truncated (")
+    # cut inside the header, or to nothing at all; or bytes appended
+    for cut in (raw[:40], raw[:5], raw + b"\0" * 8):
+        weights.write_bytes(cut)
+        code, out, _ = run_main(capsys, "runs", runs / "b5")
+        assert code == 1 and "damaged: model.safetensors" in out, out
+    assert "8 bytes after its tensors" in out
+
+
+def test_config_of_another_model_kind_is_damaged(three_runs, tmp_path, capsys):
+    from charmlp.checkpoint import FORMAT_VERSION, read_run_config
+    from charmlp.config import run_config_to_dict
+    from charmlp.models import WaveNetConfig
+
+    runs = _damaged_copy(three_runs, tmp_path)
+    cfg, vocab = read_run_config(runs / "b3")
+    wavenet = RunConfig(cfg.data, WaveNetConfig(vocab_size=vocab.size, n_hidden=8, n_embd=4), cfg.train)
+    (runs / "b3" / "config.json").write_text(json.dumps({"format": FORMAT_VERSION, **run_config_to_dict(wavenet)}))
+    with pytest.raises(charmlp.errors.CharmlpError):
+        charmlp.load_run(runs / "b3")
+    code, out, _ = run_main(capsys, "runs", runs)
+    assert code == 1
+    assert out.splitlines()[1].split()[1] == "wavenet"
+    assert _notes(out) == [f"{runs / 'b3'}: damaged: model.safetensors was written for another model configuration "
+                           "or vocabulary than config.json and vocab.json describe"]
+    code, out, _ = run_main(capsys, "runs", runs / "b5", runs / "b5w")  # the healthy ones alone
+    assert code == 0 and "damaged" not in out
+
+
+def test_vocab_with_a_character_removed_is_damaged(three_runs, tmp_path, capsys):
+    runs = _damaged_copy(three_runs, tmp_path)
+    p = runs / "b5w" / "vocab.json"
+    vocab = json.loads(p.read_text())
+    n = len(vocab["itos"])
+    vocab["itos"] = vocab["itos"][:-1]
+    p.write_text(json.dumps(vocab))
+    code, out, _ = run_main(capsys, "runs", runs)
+    assert code == 1
+    assert _notes(out) == [f"{runs / 'b5w'}: damaged: vocab.json has {n - 1} characters but config.json says {n}"]
+    # config.json edited to agree: the weights still record the old vocabulary
+    cfg = json.loads((runs / "b5w" / "config.json").read_text())
+    cfg["model"]["vocab_size"] = n - 1
+    (runs / "b5w" / "config.json").write_text(json.dumps(cfg))
+    code, out, _ = run_main(capsys, "runs", runs / "b5w")
+    assert code == 1 and "damaged: model.safetensors was written for another model configuration" in out
+
+
+def test_healthy_runs_exit_0(three_runs, capsys):
+    fixture = Path(__file__).parent / "fixtures" / "mlp_run_v0"  # written before the model zoo
+    code, out, err = run_main(capsys, "runs", three_runs, fixture)
+    assert code == 0, err
+    assert len(out.splitlines()) == 5 and "damaged" not in out
+
+
+def test_embedding_table_of_another_vocabulary_is_damaged(three_runs, tmp_path, capsys):
+    runs = _damaged_copy(three_runs, tmp_path)
+    p = runs / "b3" / "model.safetensors"
+    raw = p.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    rows, cols = header["layers.layers.0.weight"]["shape"]  # the MLP's embedding table
+    header["layers.layers.0.weight"]["shape"] = [rows * cols // 2, 2]  # the same bytes, other rows
+    text = json.dumps(header).encode()
+    p.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    code, out, _ = run_main(capsys, "runs", runs)
+    assert code == 1
+    assert _notes(out) == [f"{runs / 'b3'}: damaged: model.safetensors has embedding tables whose rows are not "
+                           f"the {rows} characters of vocab.json"]
+
+
+def test_parse_header_checks_the_tensor_entries():
+    from charmlp.checkpoint import parse_header
+
+    def file(entries: dict, data: int) -> bytes:
+        text = json.dumps(entries).encode()
+        return len(text).to_bytes(8, "little") + text + b"\0" * data
+
+    ok = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "b": {"dtype": "I64", "shape": [1], "data_offsets": [24, 32]}}
+    raw = file(ok, 32)
+    assert set(parse_header(raw, len(raw))) == {"a", "b"}
+    for entries, reason in (
+        ({**ok, "b": {"dtype": "I64", "shape": [2], "data_offsets": [24, 32]}}, "damaged header entry for 'b'"),
+        ({**ok, "b": {"dtype": "Q7", "shape": [1], "data_offsets": [24, 32]}}, "damaged header entry for 'b'"),
+        ({**ok, "b": {"dtype": "I64", "shape": [1], "data_offsets": [16, 24]}}, "overlap or leave gaps"),
+        ({"a": [1]}, "damaged header entry for 'a'"),
+    ):
+        raw = file(entries, 32)
+        with pytest.raises(ValueError, match=reason):
+            parse_header(raw, len(raw))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -38,7 +39,7 @@ from .config import (
 )
 from .data import Vocab
 from .errors import CharmlpError
-from .numpy_model import Net, describe_model
+from .numpy_model import Net, describe_model, table_keys
 
 if TYPE_CHECKING:
     import torch
@@ -186,38 +187,93 @@ def decode_tensors(raw: bytes, path: Path, numpy: bool = False) -> tuple[Tensors
         from safetensors.torch import load as st_load
     try:
         tensors = st_load(raw)
-        header = _safetensors_metadata(raw)
+        header = parse_header(raw, len(raw)).get("__metadata__") or {}
     except (SafetensorError, ValueError, TypeError, OSError, RuntimeError) as e:
         msg = " ".join(str(e).split())
         raise CharmlpError(f"{path} is not a readable safetensors file ({msg}); the file is damaged") from None
+    meta = header_meta(header, path)
+    if header.get("sha256") != tensors_sha256(tensors):
+        raise CharmlpError(f"{path} fails its checksum: its contents were changed or damaged")
+    return tensors, meta
+
+
+def header_meta(header: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The charmlp record (`meta`) in a tensor file's `__metadata__`, its format checked."""
     if header.get("format") != str(FORMAT_VERSION):
         raise CharmlpError(
             f"{path} has format {header.get('format')!r}, this charmlp reads format {FORMAT_VERSION}; "
             "it was written by another charmlp version"
         )
-    if header.get("sha256") != tensors_sha256(tensors):
-        raise CharmlpError(f"{path} fails its checksum: its contents were changed or damaged")
     try:
         meta = json.loads(header.get("meta", "{}"))
-    except (ValueError, RecursionError):
+    except (ValueError, TypeError, RecursionError):
         meta = None
     if not isinstance(meta, dict):
         raise CharmlpError(f"{path} has an unreadable header; the file is damaged")
-    return tensors, meta
-
-
-def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors buffer (8-byte little-endian length, JSON header)."""
-    if len(raw) < 8:
-        raise ValueError("file too short")
-    n = int.from_bytes(raw[:8], "little")
-    if n > len(raw) - 8:
-        raise ValueError("header longer than the file")
-    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("bad metadata")
     return meta
+
+
+# bytes per element of each safetensors dtype
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+MAX_HEADER = 100_000_000  # the safetensors library's limit on the JSON header
+
+
+def parse_header(head: bytes, size: int) -> dict[str, Any]:
+    """The JSON header of a safetensors file of `size` bytes that starts with `head` (at least the
+    8-byte length and the header), each tensor's entry checked against its dtype and shape, the
+    entries against each other, and their data against the file size. A short `ValueError`
+    ("truncated (12,345 of 48,000 bytes)") if anything is off."""
+    if size < 8:
+        raise ValueError(f"truncated ({size:,} bytes, not even a header length)")
+    n = int.from_bytes(head[:8], "little")
+    if not 0 < n <= MAX_HEADER:
+        raise ValueError("has no safetensors header")
+    if 8 + n > size:
+        raise ValueError(f"truncated ({size:,} bytes, its header alone needs {8 + n:,})")
+    try:
+        header = json.loads(head[8 : 8 + n].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("has an unreadable header") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise ValueError("has an unreadable header")
+    spans = []
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        e = e if isinstance(e, dict) else {}
+        shape, offsets = e.get("shape"), e.get("data_offsets")
+        if e.get("dtype") not in DTYPE_BYTES or not isinstance(shape, list) or not isinstance(offsets, list) \
+                or len(offsets) != 2 or not all(type(v) is int and v >= 0 for v in [*shape, *offsets]) \
+                or offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[e["dtype"]]:
+            raise ValueError(f"has a damaged header entry for {name[:80]!r}")
+        spans.append(offsets)
+    end = 0
+    for start, stop in sorted(spans):  # the tensors' data back to back, from the end of the header
+        if start != end:
+            raise ValueError("has tensors whose data overlap or leave gaps")
+        end = stop
+    if 8 + n + end > size:
+        raise ValueError(f"truncated ({size:,} of {8 + n + end:,} bytes)")
+    if 8 + n + end < size:
+        raise ValueError(f"has {size - 8 - n - end:,} bytes after its tensors")
+    return header
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """`parse_header` of a file, reading its header only; a `ValueError` naming the file."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            head += f.read(n) if 0 < n <= min(MAX_HEADER, size) else b""
+    except OSError as e:
+        raise ValueError(f"{path.name} cannot be read ({e.strerror})") from None
+    try:
+        return parse_header(head, size)
+    except ValueError as e:
+        raise ValueError(f"{path.name} {e}") from None
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -446,19 +502,47 @@ def _check_model_fields(d: Path, model: dict[str, Any], recorded: Any) -> None:
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
 
 
+def _read_model_and_vocab(d: Path) -> tuple[dict[str, Any], dict[str, Any], Vocab]:
+    """config.json, its model (a dict, with its kind) and vocab.json, checked against its size."""
+    raw = _read_config_json(d)
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise CharmlpError("model in config.json is not an object; the run directory is damaged")
+    model = {"kind": "mlp", **model}  # no kind: written before the model zoo, an MLP
+    return raw, model, _read_vocab(d, model.get("vocab_size"))
+
+
+def check_run_files(run_dir: str | Path) -> None:
+    """The checks of `load_run` that read no tensors, for listing many runs: config.json and
+    vocab.json agree; model.safetensors' header is whole and its tensors' sizes add up to the
+    file's; it records the model configuration (kind and sizes) and vocabulary of config.json
+    and vocab.json; its embedding tables have a row per character. The checksum over the
+    tensors is left to loading. `CharmlpError` if anything is off."""
+    d = Path(run_dir)
+    _, model, vocab = _read_model_and_vocab(d)
+    try:
+        header = read_header(d / WEIGHTS)
+    except ValueError as e:
+        raise CharmlpError(f"{e}; the file is damaged") from None
+    meta = header_meta(header.get("__metadata__") or {}, d / WEIGHTS)
+    _check_written_for(d, meta, model, vocab)
+    net = meta.get("net")  # absent in weights written before runs carried a description
+    if isinstance(net, dict):
+        shapes = [header.get(k, {}).get("shape") if isinstance(k, str) else None for k in table_keys(net.get("layers"))]
+        rows = {shape[0] if shape else None for shape in shapes}
+        if net.get("vocab_size") != vocab.size or rows - {vocab.size}:
+            raise CharmlpError(f"{d / WEIGHTS} has embedding tables whose rows are not the {vocab.size} "
+                               "characters of vocab.json; the file is damaged")
+
+
 def read_saved_net(run_dir: str | Path) -> SavedNet | None:
     """The run's model as a NumPy `Net`, from the description its weights file carries, with the
     checks `load_run` makes; None for weights written before runs carried one (load those with
     `load_run`). config.json's model is checked against the weights' record of it, and the
     description's sizes against both."""
     d = Path(run_dir)
-    raw = _read_config_json(d)
+    raw, model, vocab = _read_model_and_vocab(d)
     data = config_from_dict(DataConfig, raw.get("data", {}), "data")
-    model = raw.get("model", {})
-    if not isinstance(model, dict):
-        raise CharmlpError("model in config.json is not an object; the run directory is damaged")
-    model = {"kind": "mlp", **model}  # no kind: written before the model zoo, an MLP
-    vocab = _read_vocab(d, model.get("vocab_size"))
     tensors, meta = _read_weights(d, numpy=True)
     if "net" not in meta:
         return None

@@ -488,7 +488,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.plot is not None:
         what = plot_runs(rows, args.plot, curve=args.curve)
         print(f"{what}: {args.plot}", file=sys.stderr)
-    return 0
+    return 1 if any(r.damaged for r in rows) else 0  # eval would refuse one
 
 
 def _add_runs(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from .errors import CharmlpError
 
 FORMAT = 1  # of the description
 MAX_DEPTH = 32  # nesting of layers in a description
+TABLES = ("Embedding", "BigramTable")  # layers whose weight has a row per character
 Cache = dict[str, dict[str, Any]]  # layer path → its state from earlier positions
 
 
@@ -60,6 +61,16 @@ def describe_model(model: Any) -> dict[str, Any]:
     cfg = model.cfg
     return {"format": FORMAT, "vocab_size": cfg.vocab_size, "block_size": cfg.block_size,
             "sequence": bool(cfg.sequence), "layers": describe(model.layers, "layers.")}
+
+
+def table_keys(node: Any, depth: int = 0) -> list[Any]:
+    """The state-dict keys of the `TABLES` weights in a description's layers (unchecked: what
+    is there), for checks that read tensor shapes only."""
+    if depth > MAX_DEPTH or not isinstance(node, dict):
+        return []
+    tensors, kids = node.get("tensors"), node.get("children")
+    own = [tensors.get("weight")] if node.get("type") in TABLES and isinstance(tensors, dict) else []
+    return own + [k for kid in (kids.values() if isinstance(kids, dict) else ()) for k in table_keys(kid, depth + 1)]
 
 
 def model_arrays(model: Any) -> dict[str, np.ndarray]:
@@ -380,7 +391,7 @@ class Net:
         self.root = self._compile(d.get("layers"), arrays, "layers", 0)
         if extra := sorted(set(arrays) - self.used):
             self._fail(f"holds tensors its description does not use ({', '.join(extra[:3])})")
-        tables = [op.t["weight"] for op in _walk(self.root) if op.type in ("Embedding", "BigramTable")]
+        tables = [op.t["weight"] for op in _walk(self.root) if op.type in TABLES]
         if any(len(w) != self.vocab_size for w in tables):
             self._fail(f"has an embedding table whose rows are not its {self.vocab_size} characters")
         self.dtype = np.result_type(*arrays.values()) if arrays else np.dtype(np.float32)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CONFIG, METRICS, STATE, SUMMARY, WEIGHTS, atomic_write_bytes
+from .checkpoint import CONFIG, METRICS, STATE, SUMMARY, WEIGHTS, atomic_write_bytes, check_run_files, read_header
 from .errors import CharmlpError
 
 # flattened config keys that never change a number of the run: not worth a column
@@ -36,7 +37,7 @@ class RunRow:
     name: str
     kind: str
     config: dict[str, Any]  # flattened config.json
-    status: str  # finished | unfinished (step k of N) | no weights
+    status: str  # finished | damaged: reason | unfinished (step k of N) | no weights
     n_params: int | None = None
     steps: int | None = None
     train_loss: float | None = None
@@ -44,6 +45,10 @@ class RunRow:
     test_loss: float | None = None
     seconds: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # the config keys that differ between the runs
+
+    @property
+    def damaged(self) -> bool:
+        return self.status.startswith("damaged")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,14 +82,19 @@ def _read_json(p: Path) -> Any:
 def _header(p: Path) -> dict[str, Any] | None:
     """The JSON header of a safetensors file (tensor names, shapes, metadata), without its tensors."""
     try:
-        with p.open("rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError):
+        return read_header(p)
+    except ValueError:
         return None
-    return header if isinstance(header, dict) else None
+
+
+def damage(d: Path) -> str | None:
+    """Why `charmlp eval` would refuse the finished run `d`, in a few words (None: it would not),
+    from the checks that read no tensors (`check_run_files`)."""
+    try:
+        check_run_files(d)
+    except CharmlpError as e:
+        return str(e).replace(f"{d}{os.sep}", "").split("; ")[0]
+    return None
 
 
 def _count_params(weights: Path) -> int | None:
@@ -116,7 +126,8 @@ def read_run_row(d: Path) -> RunRow:
     if not isinstance(summary, dict):
         raise CharmlpError(f"{d / SUMMARY} is not a JSON object; the run directory is damaged")
     if (d / WEIGHTS).is_file():
-        status = "finished"
+        reason = damage(d)
+        status = "finished" if reason is None else f"damaged: {reason}"
     elif (d / STATE).is_file():
         meta = ((_header(d / STATE) or {}).get("__metadata__") or {}).get("meta", "{}")
         try:
