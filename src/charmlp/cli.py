@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -297,19 +298,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .sampling import sample_run
+    """Print the samples batch by batch as they are drawn (memory independent of -n); --json
+    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed."""
+    from .sampling import sample_run_stream
 
-    result = sample_run(
+    stream = sample_run_stream(
         args.run, n=args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
         prefix=args.prefix, max_len=args.max_len,
     )
+    out = sys.stdout
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        out.write('{"samples": [')
+    for i, batch in enumerate(stream):
+        if args.json:
+            out.write((", " if i else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
+        else:
+            out.write("".join(s + "\n" for s in batch))
+        out.flush()
+    if args.json:
+        out.write("], " + json.dumps(stream.stats())[1:] + "\n")  # the statistics after the samples, as to_dict orders them
         return 0
-    for s in result.samples:
-        print(s)
-    if result.novel_fraction is not None:
-        print(f"# {result.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
+    if stream.novel_fraction is not None:
+        print(f"# {stream.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
     return 0
 
 
@@ -582,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`charmlp sample RUN | head`): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        return 128 + 13  # SIGPIPE's number on Linux and macOS (Windows has no such signal)
 
 
 if __name__ == "__main__":
