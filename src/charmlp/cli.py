@@ -196,7 +196,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from .data import escaped, load_dataset
 
     check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
     info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
@@ -204,7 +204,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(json.dumps(info, ensure_ascii=False))
         return 0
     print(f"file        {info['path']}")
-    print(f"vocabulary  {info['vocab_size']} characters, boundary {info['boundary']!r}: {info['vocab']}")
+    print(f"vocabulary  {info['vocab_size']} characters, boundary '{escaped(info['boundary'])}': {escaped(info['vocab'])}")
     print(f"block size  {info['block_size']}")
     print(f"{'split':<8}{'items':>10}{'examples':>12}")
     for s in ("train", "val", "test"):
