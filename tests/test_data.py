@@ -6,6 +6,7 @@ from charmlp.data import (
     Vocab,
     build_examples,
     default_data_path,
+    escaped,
     load_dataset,
     min_items_for_split,
     parse_items,
@@ -13,6 +14,7 @@ from charmlp.data import (
     split_items,
 )
 from charmlp.errors import CharmlpError
+from conftest import run_cli
 
 
 def test_embedded_names_split_sizes():
@@ -86,6 +88,19 @@ def test_encode_rejects_unknown_character():
     vocab = Vocab.from_items(["abc"])
     with pytest.raises(CharmlpError, match="'z'"):
         vocab.encode("az")
+
+
+def test_unprintable_characters_are_printed_escaped(tmp_path):
+    assert escaped("a\x1bb\tc\u200b\n é") == "a\\x1bb\\tc\\u200b\\n é"
+    data = tmp_path / "ctl.txt"
+    data.write_text("".join(f"{a}\x1b{b}\t{a}\n" for a in "abcdefgh" for b in "ijklmnop"), encoding="utf-8")
+    p = run_cli("data", "--data", data)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("vocabulary"))
+    assert "\\x1b" in line and "\\t" in line
+    assert "\x1b" not in p.stdout and "\t" not in p.stdout
+    with pytest.raises(CharmlpError, match=r"'\\x1b' are not in the vocabulary"):
+        Vocab.from_items(["abc"]).encode("a\x1b")
 
 
 def test_boundary_avoids_characters_of_the_data():

@@ -14,7 +14,8 @@ from charmlp.config import DEFAULT_SAMPLE_SEED, DataConfig, RunConfig, TrainConf
 from charmlp.data import Vocab, read_items
 from charmlp.errors import CharmlpError
 from charmlp.models import MLPConfig
-from charmlp.sampling import sample, sample_ids, sample_run, uniforms
+from charmlp.numpy_model import Net
+from charmlp.sampling import SAMPLE_CHUNK, _sample_chunks, sample, sample_ids, sample_run, sample_run_stream, uniforms
 from charmlp.train import train
 from conftest import SRC, assert_user_error, run_cli
 from test_numpy_model import CONFIGS, random_model
@@ -109,9 +110,11 @@ def test_seeds_outside_torchs_range_are_user_errors(trained):
             sample(result.model, result.dataset.vocab, n=2, seed=seed)
 
 
-def torch_reference(model, n: int, seed: int, prefix_ids=(), temperature=1.0, top_k=None, max_new=20) -> list[list[int]]:
-    """The sampler as it ran in torch: the whole context through the torch model at every step."""
-    g = torch.Generator().manual_seed(seed)
+def torch_reference(model, n: int, seed: int, prefix_ids=(), temperature=1.0, top_k=None, max_new=20,
+                    generator=None) -> list[list[int]]:
+    """The sampler as it ran in torch: the whole context through the torch model at every step
+    (drawing from `generator` when given, else from a fresh one seeded with `seed`)."""
+    g = generator or torch.Generator().manual_seed(seed)
     block, seq = model.cfg.block_size, model.cfg.sequence
     start = [0, *prefix_ids] if seq else ([0] * block + list(prefix_ids))[len(prefix_ids):]
     ctx, out, alive = torch.tensor([start]).repeat(n, 1), [[] for _ in range(n)], list(range(n))
@@ -218,3 +221,70 @@ def test_unknown_layer_or_missing_tensor_in_a_run_is_a_user_error(saved_runs, tm
     d = shutil.copytree(src, tmp_path / "missing")
     rewrite_weights(d, lambda t, meta: t.pop("layers.layers.2.weight"))
     assert_user_error(run_cli("sample", d), "has no tensor 'layers.layers.2.weight'")
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("name", ["mlp", "bigram", "gru"])
+def test_batches_continue_the_one_uniform_stream(name):
+    """Batch after batch, each drawing the next uniforms: what the torch loop draws run batch by
+    batch on one generator (so up to SAMPLE_CHUNK samples, one batch: the samples of before)."""
+    model = random_model(name)
+    got = []
+    for flat, lengths, _ in _sample_chunks(Net.from_model(model), 20, uniforms(6), [], 1.0, None, 15, chunk=7):
+        ends = np.cumsum(lengths)
+        got += [flat[e - k : e].tolist() for e, k in zip(ends, lengths)]
+    g = torch.Generator().manual_seed(6)
+    assert got == [r for k in (7, 7, 6) for r in torch_reference(model, k, 6, max_new=15, generator=g)]
+
+
+def test_streamed_samples_are_the_samples_of_the_api(saved_runs):
+    d, model = saved_runs["bigram"]
+    p = run_cli("sample", d, "-n", "40", "--seed", "11", "--prefix", "b")
+    assert p.returncode == 0, p.stderr
+    want = sample_run(d, n=40, seed=11, prefix="b")
+    assert p.stdout.splitlines() == want.samples == sample(model, VOCAB, n=40, seed=11, prefix="b").samples
+    assert f"# {want.novel_fraction:.0%} of samples" in p.stderr
+    n = SAMPLE_CHUNK * 2 + 5  # three batches: --json writes, its list streamed, what json.dumps writes
+    p = run_cli("sample", d, "-n", str(n), "--seed", "11", "--json")
+    assert p.returncode == 0, p.stderr
+    want = sample_run(d, n=n, seed=11)
+    assert p.stdout == json.dumps(want.to_dict(), ensure_ascii=False) + "\n"
+    stream = sample_run_stream(d, n=n, seed=11)
+    assert [len(b) for b in stream] == [SAMPLE_CHUNK, SAMPLE_CHUNK, 5]
+    assert (stream.novel_fraction, stream.truncated) == (want.novel_fraction, want.truncated)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the resource module is Unix-only")
+def test_a_million_samples_stream_in_bounded_memory(saved_runs, tmp_path):
+    """-n 1000000 held everything at once (~700 MB peak for a bigram run); streamed, the peak is
+    Python + NumPy + one batch of 10 000 (~50 MB). 250 MB leaves room for allocators and platforms
+    while failing the unstreamed sampler. A wrapper process measures its only child, charmlp."""
+    d, _ = saved_runs["bigram"]
+    out = tmp_path / "samples.txt"
+    script = (
+        "import resource, subprocess, sys\n"
+        f"with open({str(out)!r}, 'w') as f:\n"
+        f"    rc = subprocess.run([sys.executable, '-m', 'charmlp', 'sample', {str(d)!r}, '-n', '1000000'], stdout=f).returncode\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print(rc, peak / 2**20 if sys.platform == 'darwin' else peak / 2**10)\n"  # bytes on macOS, KiB on Linux
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    rc, peak_mb = p.stdout.split()
+    assert rc == "0", p.stderr
+    with out.open() as f:
+        assert sum(1 for _ in f) == 1_000_000
+    assert float(peak_mb) < 250, f"peak RSS {peak_mb} MB"
+
+
+def test_a_closed_pipe_ends_sampling_quietly(saved_runs):
+    d, _ = saved_runs["bigram"]
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "charmlp", "sample", str(d), "-n", "1000000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.readline()
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == "", err

@@ -33,7 +33,7 @@ _EXPORTS = {
     "lrfind": ("lr_find", "lr_schedule"),
     "models": ("MODELS", "LanguageModel", "MLPConfig", "WaveNetConfig", "apply_preset", "build_model"),
     "report": ("diagnose",),
-    "sampling": ("sample", "sample_run"),
+    "sampling": ("sample", "sample_run", "sample_run_stream", "sample_stream"),
     "train": ("calibrate_batchnorm", "resume", "train"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -196,7 +197,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from .data import escaped, load_dataset
 
     check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
     info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
@@ -204,7 +205,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(json.dumps(info, ensure_ascii=False))
         return 0
     print(f"file        {info['path']}")
-    print(f"vocabulary  {info['vocab_size']} characters, boundary {info['boundary']!r}: {info['vocab']}")
+    print(f"vocabulary  {info['vocab_size']} characters, boundary '{escaped(info['boundary'])}': {escaped(info['vocab'])}")
     print(f"block size  {info['block_size']}")
     print(f"{'split':<8}{'items':>10}{'examples':>12}")
     for s in ("train", "val", "test"):
@@ -301,19 +302,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .sampling import sample_run
+    """Print the samples batch by batch as they are drawn (memory independent of -n); --json
+    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed."""
+    from .sampling import sample_run_stream
 
-    result = sample_run(
+    stream = sample_run_stream(
         args.run, n=args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
         prefix=args.prefix, max_len=args.max_len,
     )
+    out = sys.stdout
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        out.write('{"samples": [')
+    for i, batch in enumerate(stream):
+        if args.json:
+            out.write((", " if i else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
+        else:
+            out.write("".join(s + "\n" for s in batch))
+        out.flush()
+    if args.json:
+        out.write("], " + json.dumps(stream.stats())[1:] + "\n")  # the statistics after the samples, as to_dict orders them
         return 0
-    for s in result.samples:
-        print(s)
-    if result.novel_fraction is not None:
-        print(f"# {result.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
+    if stream.novel_fraction is not None:
+        print(f"# {stream.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
     return 0
 
 
@@ -588,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`charmlp sample RUN | head`): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        return 128 + 13  # SIGPIPE's number on Linux and macOS (Windows has no such signal)
 
 
 if __name__ == "__main__":

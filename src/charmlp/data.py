@@ -137,7 +137,7 @@ class Vocab:
         bad = sorted({c for c in s if c not in stoi or c == self.boundary})
         if bad:
             raise CharmlpError(
-                f"character(s) {''.join(bad)!r} are not in the vocabulary of this model; "
+                f"character(s) '{escaped(''.join(bad))}' are not in the vocabulary of this model; "
                 "use only characters that occur in its training data"
             )
         return [stoi[c] for c in s]
@@ -160,6 +160,12 @@ class Vocab:
         if d.get("boundary", itos[0]) != itos[0]:
             raise CharmlpError("vocab.json names a boundary that is not its first symbol; the run directory is damaged")
         return cls(itos)
+
+
+def escaped(text: str) -> str:
+    """`text` safe to print to a terminal: every character `str.isprintable` refuses (ESC, TAB,
+    newline, zero-width space…) as its repr escape — \\x1b, \\t, \\n, \\u200b — the others as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +197,7 @@ def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray
     ids = np.take(table, codes, mode="clip")  # clip: code points past the table hit its −1 entry
     if (ids < 0).any():
         missing = sorted({c for c in joined if c not in vocab.stoi or c == vocab.boundary})
-        raise CharmlpError(f"characters {''.join(missing)!r} are not in the vocabulary")
+        raise CharmlpError(f"characters '{escaped(''.join(missing))}' are not in the vocabulary")
     return ids, lengths
 
 

@@ -8,7 +8,7 @@ a seed gives the samples it gave when sampling ran in torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,26 +59,45 @@ def _cdf(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarra
 
 
 TABLE_MAX_CONTEXTS = 1 << 20
+# Samples are drawn this many at a time, one batch after another, each batch consuming the next
+# uniforms of the seed's one stream: memory is bounded by the batch, not by n. Up to this many,
+# a seed gives the samples one batch of n gave before streaming.
+SAMPLE_CHUNK = 10_000
 
 
-def _sample_flat(
+def _sample_chunks(
     net: Net, n: int, draw: Callable[[int], np.ndarray], prefix_ids: list[int], temperature: float,
-    top_k: int | None, max_new: int,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every sample's new ids concatenated, each sample's length, and how many hit `max_new`."""
+    top_k: int | None, max_new: int, chunk: int = SAMPLE_CHUNK,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Per batch of at most `chunk` samples: their new ids concatenated, each one's length, and
+    how many hit `max_new`."""
     V, block, seq = net.vocab_size, net.block_size, net.sequence
     if seq:  # reads whole items: the growing sequence [boundary, prefix…, new…]
-        ctx = np.tile(np.array([0, *prefix_ids], np.int64), (n, 1))
+        start = np.array([0, *prefix_ids], np.int64)
     else:  # the prefix slid into the boundary-padded context
-        ctx = np.tile(np.array(([0] * block + list(prefix_ids))[len(prefix_ids):], np.int64), (n, 1))
+        start = np.array(([0] * block + list(prefix_ids))[len(prefix_ids):], np.int64)
     # When there are fewer possible contexts (V^block) than rows to feed (~8 per sample), the
-    # model is a lookup table: the cdf of every context once, then each step is a gather.
+    # model is a lookup table: the cdf of every context once (for all batches), then each step is a gather.
     n_ctx = V**block
-    table = None
+    table = powers = None
     if not seq and n_ctx <= min(4 * n, TABLE_MAX_CONTEXTS):
         powers = V ** np.arange(block - 1, -1, -1)
         every = (np.arange(n_ctx)[:, None] // powers) % V  # context of each code, base V
         table = np.concatenate([_cdf(net(every[i : i + 65536]), temperature, top_k) for i in range(0, n_ctx, 65536)])
+    for first in range(0, n, chunk):
+        ctx = np.tile(start, (min(chunk, n - first), 1))
+        yield _sample_batch(net, ctx, draw, temperature, top_k, max_new, table, powers)
+
+
+def _sample_batch(
+    net: Net, ctx: np.ndarray, draw: Callable[[int], np.ndarray], temperature: float, top_k: int | None,
+    max_new: int, table: np.ndarray | None, powers: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One batch, all rows advancing together from the start contexts `ctx`."""
+    V, block, seq = net.vocab_size, net.block_size, net.sequence
+    n = len(ctx)
+    if table is not None:
+        n_ctx = len(table)
         code = ctx @ powers  # the context as one base-V number
     # Whole items are decoded incrementally: the cache keeps what earlier positions left
     # (attention keys and values, the recurrent state), so each step feeds only the new id. A
@@ -142,7 +161,7 @@ def sample_ids(
     top_k: int | None = None,
     max_new: int = DEFAULT_MAX_LEN,
 ) -> tuple[list[list[int]], int]:
-    """Draw `n` continuations of `prefix_ids` in one batch.
+    """Draw `n` continuations of `prefix_ids`, in batches of `SAMPLE_CHUNK`.
 
     Every step feeds only the rows still going (most names end within ~8 characters, the
     longest of 10 000 after ~30), and draws each row's next id by inverting its cumulative
@@ -154,10 +173,19 @@ def sample_ids(
     before emitting the boundary.
     """
     _check_seed(seed)
-    flat, lengths, truncated = _sample_flat(_as_net(model), n, uniforms(seed), list(prefix_ids), temperature, top_k,
-                                            max_new)
-    ids, ends = flat.tolist(), np.cumsum(lengths).tolist()
-    return [ids[e - k : e] for e, k in zip(ends, lengths.tolist(), strict=True)], truncated
+    rows, truncated = [], 0
+    for flat, lengths, cut in _sample_chunks(_as_net(model), n, uniforms(seed), list(prefix_ids), temperature, top_k,
+                                             max_new):
+        ids, ends = flat.tolist(), np.cumsum(lengths).tolist()
+        rows += [ids[e - k : e] for e, k in zip(ends, lengths.tolist(), strict=True)]
+        truncated += cut
+    return rows, truncated
+
+
+def _stats(novel_fraction: float | None, truncated: int) -> dict:
+    """The numbers `--json` reports after the samples."""
+    in_train = None if novel_fraction is None else 1.0 - novel_fraction
+    return {"novel_fraction": novel_fraction, "in_train_fraction": in_train, "truncated": truncated}
 
 
 @dataclass
@@ -167,13 +195,81 @@ class Samples:
     truncated: int  # samples cut at the maximum length
 
     def to_dict(self) -> dict:
-        in_train = None if self.novel_fraction is None else 1.0 - self.novel_fraction
-        return {
-            "samples": self.samples,
-            "novel_fraction": self.novel_fraction,
-            "in_train_fraction": in_train,
-            "truncated": self.truncated,
-        }
+        return {"samples": self.samples, **_stats(self.novel_fraction, self.truncated)}
+
+
+class SampleStream:
+    """Samples batch by batch: iterate it for lists of at most `SAMPLE_CHUNK` items; the
+    statistics count the items yielded so far (novelty against `training_items`, a set in memory)."""
+
+    def __init__(self, batches: Iterator[tuple[list[str], int]], training_items: list[str] | None) -> None:
+        self._batches = batches
+        self._known = None if training_items is None else set(training_items)
+        self.count = self.novel = self.truncated = 0
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for items, truncated in self._batches:
+            self.count += len(items)
+            self.truncated += truncated
+            if self._known is not None:
+                self.novel += sum(s not in self._known for s in items)
+            yield items
+
+    @property
+    def novel_fraction(self) -> float | None:
+        """Share of the samples so far that are not items of the training file (None: no file)."""
+        return None if self._known is None or not self.count else self.novel / self.count
+
+    def stats(self) -> dict:
+        return _stats(self.novel_fraction, self.truncated)
+
+    def collect(self) -> Samples:
+        """Every remaining batch as one list."""
+        items = [s for batch in self for s in batch]
+        return Samples(items, self.novel_fraction, self.truncated)
+
+
+def sample_stream(
+    model: LanguageModel | Net,
+    vocab: Vocab,
+    n: int = 20,
+    seed: int = DEFAULT_SAMPLE_SEED,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    prefix: str = "",
+    max_len: int = DEFAULT_MAX_LEN,
+    training_items: list[str] | None = None,
+) -> SampleStream:
+    """`sample`'s items batch by batch (at most `SAMPLE_CHUNK` in each): the arguments are checked
+    now, the samples drawn as it is iterated."""
+    if not 1 <= n <= MAX_SAMPLES:
+        raise CharmlpError(f"-n must be between 1 and {MAX_SAMPLES}, got {n}")
+    if not 0 < temperature <= 1e6:  # also refuses nan
+        raise CharmlpError(f"--temperature must be a positive number up to 1000000, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= 10_000_000:
+        raise CharmlpError(f"--top-k must be at least 1, got {top_k}")
+    prefix_ids = vocab.encode(prefix)
+    if max_len <= len(prefix):
+        raise CharmlpError(f"--max-len {max_len} leaves no room after the {len(prefix)}-character prefix; raise it")
+    if max_len > MAX_LEN_LIMIT:
+        raise CharmlpError(f"--max-len must be at most {MAX_LEN_LIMIT}, got {max_len}")
+    if min(n, SAMPLE_CHUNK) * (max_len - len(prefix)) > MAX_SAMPLE_CELLS:
+        raise CharmlpError(
+            f"-n {n} × --max-len {max_len} is too much to generate at once; ask for fewer or shorter samples"
+        )
+    _check_seed(seed)
+    net = _as_net(model)
+    chunks = _sample_chunks(net, n, uniforms(seed), prefix_ids, temperature, top_k, max_len - len(prefix))
+    chars = np.array([ord(c) for c in vocab.itos], np.uint32)  # id → code point
+
+    def batches() -> Iterator[tuple[list[str], int]]:
+        for flat, lengths, truncated in chunks:
+            # ids → characters for the whole batch at once, then one slice per sample
+            text = chars[flat].astype("<u4").tobytes().decode("utf-32-le")
+            ends, ks = np.cumsum(lengths).tolist(), lengths.tolist()
+            yield [prefix + text[e - k : e] for e, k in zip(ends, ks, strict=True)], truncated
+
+    return SampleStream(batches(), training_items)
 
 
 def sample(
@@ -187,41 +283,16 @@ def sample(
     max_len: int = DEFAULT_MAX_LEN,
     training_items: list[str] | None = None,
 ) -> Samples:
-    """Sample `n` items, each starting with `prefix`, at most `max_len` characters long.
+    """Sample `n` items, each starting with `prefix`, at most `max_len` characters long: `sample_stream`'s
+    batches as one list.
 
     `model`: a `LanguageModel` (its weights are copied to NumPy) or its `Net`."""
-    if not 1 <= n <= MAX_SAMPLES:
-        raise CharmlpError(f"-n must be between 1 and {MAX_SAMPLES}, got {n}")
-    if not 0 < temperature <= 1e6:  # also refuses nan
-        raise CharmlpError(f"--temperature must be a positive number up to 1000000, got {temperature}")
-    if top_k is not None and not 1 <= top_k <= 10_000_000:
-        raise CharmlpError(f"--top-k must be at least 1, got {top_k}")
-    prefix_ids = vocab.encode(prefix)
-    if max_len <= len(prefix):
-        raise CharmlpError(f"--max-len {max_len} leaves no room after the {len(prefix)}-character prefix; raise it")
-    if max_len > MAX_LEN_LIMIT:
-        raise CharmlpError(f"--max-len must be at most {MAX_LEN_LIMIT}, got {max_len}")
-    if n * (max_len - len(prefix)) > MAX_SAMPLE_CELLS:
-        raise CharmlpError(
-            f"-n {n} × --max-len {max_len} is too much to generate at once; ask for fewer or shorter samples"
-        )
-    _check_seed(seed)
-    net = _as_net(model)
-    flat, lengths, truncated = _sample_flat(net, n, uniforms(seed), prefix_ids, temperature, top_k, max_len - len(prefix))
-    # ids → characters for all samples at once (a code point table), then one slice per sample
-    codes = np.array([ord(c) for c in vocab.itos], np.uint32)[flat]
-    text = codes.astype("<u4").tobytes().decode("utf-32-le")
-    ends, ks = np.cumsum(lengths).tolist(), lengths.tolist()
-    items = [prefix + text[e - k : e] for e, k in zip(ends, ks, strict=True)]
-    novel = None
-    if training_items is not None:
-        known = set(training_items)
-        novel = sum(s not in known for s in items) / len(items)
-    return Samples(items, novel, truncated)
+    return sample_stream(model, vocab, n, seed, temperature, top_k, prefix, max_len, training_items).collect()
 
 
-def sample_run(run_dir: str | Path, n: int = 20, **kwargs) -> Samples:
-    """Sample from a saved run; novelty is measured against its training file when it is readable.
+def sample_run_stream(run_dir: str | Path, n: int = 20, **kwargs) -> SampleStream:
+    """Sample from a saved run, batch by batch; novelty is measured against its training file
+    when it is readable.
 
     Runs saved with a description of their layers are read and sampled without torch; older
     ones are loaded with torch and described in memory (the same samples, a slower start)."""
@@ -235,4 +306,9 @@ def sample_run(run_dir: str | Path, n: int = 20, **kwargs) -> Samples:
         items = read_items(data_path)
     except CharmlpError:
         items = None
-    return sample(net, vocab, n, training_items=items, **kwargs)
+    return sample_stream(net, vocab, n, training_items=items, **kwargs)
+
+
+def sample_run(run_dir: str | Path, n: int = 20, **kwargs) -> Samples:
+    """`sample_run_stream`'s samples as one list."""
+    return sample_run_stream(run_dir, n, **kwargs).collect()
