@@ -29,7 +29,7 @@ from .config import (
     TrainConfig,
     check_range,
 )
-from .errors import CharmlpError, TrainingInterrupted
+from .errors import CharmlpError, TrainingInterrupted, flag, value_origins
 from .lock import RunDirLock
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
     foreign = [n for n in given if n not in fields]
     if foreign:
         flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
-        raise CharmlpError(f"{flags} does not apply to --model {args.model}; see `charmlp train --model {args.model} --help`")
+        raise CharmlpError(f"{flags} does not apply to {flag('--model', args.model)}; see `charmlp train --model {args.model} --help`")
     return given
 
 
@@ -186,6 +186,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     from .models import preset
 
     train_preset, model_preset = preset(args.model, args.preset)
+    origins = getattr(args, "origins", {})
+    for name in (*train_preset, *(model_preset or {})):  # a message names these as the preset's, not the user's
+        if origins.get(opt := "--" + name.replace("_", "-")) == "the default":
+            origins[opt] = f"the `{args.preset}` preset's"
     tc = dataclasses.replace(TrainConfig(), **train_preset)
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a) is not None})
     if args.steps is not None:  # a step count given outranks a preset's budget of positions
@@ -583,12 +587,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _given(option: str, argv: list[str]) -> bool:
+    """Whether `option` is on the command line: exactly, as `--opt=value`, or abbreviated (argparse allows it)."""
+    return any(tok == option or tok.startswith(option + "=")
+               or (tok.startswith("--") and len(tok) > 3 and option.startswith(tok.split("=")[0])) for tok in argv)
+
+
+def default_origins(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> dict[str, str]:
+    """`{"--max-len": "the default", …}`: every option of `command` that the user did not give."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.option_strings[-1]: "the default" for a in sub._actions
+            if a.option_strings and a.dest != "help" and not any(_given(o, argv) for o in a.option_strings)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")  # the top level has only options
-    args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+    parser = build_parser(command if command in COMMANDS else "")
+    args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with value_origins(default_origins(parser, args.command, argv)) as origins:
+            args.origins = origins  # run_config_from_args adds the preset's values
+            return args.func(args)
     except CharmlpError as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2

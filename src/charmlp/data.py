@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import MAX_BLOCK_SIZE, DataConfig
-from .errors import CharmlpError
+from .errors import CharmlpError, flag
 
 if TYPE_CHECKING:
     import torch
@@ -344,7 +344,7 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     need_bytes = n_examples * cfg.block_size * vocab.index_dtype.itemsize
     if need_bytes > MAX_EXAMPLE_BYTES:
         raise CharmlpError(
-            f"{n_examples} examples at --block-size {cfg.block_size} would take {need_bytes / 2**30:.1f} GiB; "
+            f"{n_examples} examples at {flag('--block-size', cfg.block_size)} would take {need_bytes / 2**30:.1f} GiB; "
             "use a smaller --block-size or a smaller file"
         )
     parts = split_items(items, cfg.split_seed, cfg.split)

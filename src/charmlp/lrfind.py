@@ -26,7 +26,7 @@ from .data import Dataset
 from .engines.fast import make_train_step
 from .errors import CharmlpError
 from .models import build_model
-from .train import make_optimizer, prepare_data, resolve_device, validate_train_config
+from .train import check_batch_fits, make_optimizer, prepare_data, resolve_device, validate_train_config
 
 LR_FIND = "lr_find.json"
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
@@ -111,7 +111,7 @@ def lr_find(
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
     n = len(Ytr)
     if tc.batch_size > n:
-        raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
+        check_batch_fits(tc.batch_size, n)
     # the training loop's own step: draws the batch from g, fills .grad, updates
     train_step, _ = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
 

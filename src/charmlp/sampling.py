@@ -18,7 +18,7 @@ import numpy as np
 from .checkpoint import load_run, read_saved_net
 from .config import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED
 from .data import Vocab, read_items
-from .errors import CharmlpError
+from .errors import CharmlpError, flag
 from .numpy_model import Cache, Net, filter_cache
 
 if TYPE_CHECKING:
@@ -250,12 +250,12 @@ def sample_stream(
         raise CharmlpError(f"--top-k must be at least 1, got {top_k}")
     prefix_ids = vocab.encode(prefix)
     if max_len <= len(prefix):
-        raise CharmlpError(f"--max-len {max_len} leaves no room after the {len(prefix)}-character prefix; raise it")
+        raise CharmlpError(f"{flag('--max-len', max_len)} leaves no room after the {len(prefix)}-character prefix; raise it")
     if max_len > MAX_LEN_LIMIT:
         raise CharmlpError(f"--max-len must be at most {MAX_LEN_LIMIT}, got {max_len}")
     if min(n, SAMPLE_CHUNK) * (max_len - len(prefix)) > MAX_SAMPLE_CELLS:
         raise CharmlpError(
-            f"-n {n} × --max-len {max_len} is too much to generate at once; ask for fewer or shorter samples"
+            f"{flag('-n', n)} × {flag('--max-len', max_len)} is too much to generate at once; ask for fewer or shorter samples"
         )
     _check_seed(seed)
     net = _as_net(model)

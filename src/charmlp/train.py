@@ -23,7 +23,7 @@ from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainCon
 from .data import Dataset, default_data_path, load_dataset
 from .engines.eager import EagerStep
 from .engines.fast import make_train_step
-from .errors import CharmlpError
+from .errors import CharmlpError, flag
 from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
@@ -106,12 +106,18 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True, members: int
             raise CharmlpError(msg)
     if batchnorm and cfg.batch_size < 2:
         raise CharmlpError(
-            "--batch-size 1 cannot train with BatchNorm (the batch variance needs n − 1 ≥ 1); use a batch of 2 or more"
+            f"{flag('--batch-size', 1)} cannot train with BatchNorm (the batch variance needs n − 1 ≥ 1); use a batch of 2 or more"
         )
     check_members_batch(cfg.batch_size, members)
 
 
 MAX_BATCH_BYTES = 8 << 30
+
+
+def check_batch_fits(batch_size: int, n: int) -> None:
+    """A user error for a batch larger than the training split."""
+    if batch_size > n:
+        raise CharmlpError(f"{flag('--batch-size', batch_size)} exceeds the {n} training examples; pass a smaller --batch-size")
 
 
 def validate_batch_memory(cfg: RunConfig) -> None:
@@ -120,7 +126,7 @@ def validate_batch_memory(cfg: RunConfig) -> None:
     need = cfg.train.batch_size * cfg.model.floats_per_example() * 4
     if need > MAX_BATCH_BYTES:
         raise CharmlpError(
-            f"a batch of {cfg.train.batch_size} needs about {need / 2**30:.0f} GiB of activations for this model; "
+            f"{flag('--batch-size', cfg.train.batch_size)} needs about {need / 2**30:.0f} GiB of activations for this model; "
             "lower --batch-size or the model size"
         )
 
@@ -236,8 +242,8 @@ def train(
         tc = dataclasses.replace(tc, steps=0)
         cfg = dataclasses.replace(cfg, train=tc)
     n = len(Ytr)
-    if tc.steps and tc.batch_size > n:  # (a closed-form fit draws no batch)
-        raise CharmlpError(f"--batch-size {tc.batch_size} exceeds the {n} training examples; use a smaller batch")
+    if tc.steps:  # (a closed-form fit draws no batch)
+        check_batch_fits(tc.batch_size, n)
 
     losses = torch.empty(tc.steps)
     Xval, Yval = dataset.X["val"], dataset.Y["val"]

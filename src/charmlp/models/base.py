@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import nn
 from ..config import ModelConfig, check_range
-from ..errors import CharmlpError
+from ..errors import CharmlpError, flag
 
 if TYPE_CHECKING:
     import torch
@@ -41,10 +41,10 @@ class TanhStackConfig(ModelConfig):
         super().validate()
         check_range("--n-embd", self.n_embd, 1, 4096)
         check_range("--n-hidden", self.n_hidden, 1, 65536)
-        for name, flag in (("tanh_gain", "--tanh-gain"), ("out_scale", "--out-scale")):  # init scales
+        for name, opt in (("tanh_gain", "--tanh-gain"), ("out_scale", "--out-scale")):  # init scales
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 <= v <= 1000):
-                raise CharmlpError(f"{flag} must be a number between 0 and 1000, got {v}")
+                raise CharmlpError(f"{opt} must be a number between 0 and 1000, got {v}")
         if not 0 <= self.bn_momentum <= 1:
             raise CharmlpError(f"--bn-momentum must be between 0 and 1, got {self.bn_momentum}")
         if not (math.isfinite(self.bn_eps) and 0 < self.bn_eps <= 1):
@@ -64,7 +64,7 @@ def members_field() -> Any:
 def check_members_batch(batch_size: int, members: int) -> None:
     """A user error unless a batch of `batch_size` rows gives each of `members` ensemble members a share."""
     if batch_size < members:
-        raise CharmlpError(f"--batch-size {batch_size} cannot be shared among --members {members}; "
+        raise CharmlpError(f"{flag('--batch-size', batch_size)} cannot be shared among {flag('--members', members)}; "
                            f"use a batch of at least {members}")
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import nn
 from ..config import ModelConfig, check_range
-from ..errors import CharmlpError
+from ..errors import CharmlpError, flag
 from .base import MAX_MEMBERS, ModelSpec, members_field
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class TransformerConfig(ModelConfig):
         check_range("--n-head", self.n_head, 1, 256)
         check_range("--n-embd", self.n_embd, 1, 8192)
         if self.n_embd % self.n_head:
-            raise CharmlpError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
+            raise CharmlpError(f"{flag('--n-embd', self.n_embd)} must be a multiple of {flag('--n-head', self.n_head)}")
         check_range("--dropout", self.dropout, 0, 0.9)
         check_range("--members", self.members, 1, MAX_MEMBERS)
         if not (math.isfinite(self.init_std) and 0 <= self.init_std <= 10):

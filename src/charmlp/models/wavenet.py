@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .. import nn
 from ..config import check_range
-from ..errors import CharmlpError
+from ..errors import CharmlpError, flag
 from .base import ModelSpec, TanhStackConfig, tanh_block
 
 
@@ -39,7 +39,7 @@ class WaveNetConfig(TanhStackConfig):
         while T > 1 and (self.n_levels == 0 or len(out) < self.n_levels - 1):
             if T % f:
                 raise CharmlpError(
-                    f"--block-size {self.block_size} cannot be fused {f} at a time (it is not a power of --fuse {f}); "
+                    f"{flag('--block-size', self.block_size)} cannot be fused {f} at a time (it is not a power of {flag('--fuse', f)}); "
                     f"use a block size of {', '.join(str(f**k) for k in range(1, 5))}, … or set --n-levels"
                 )
             out.append(f)
