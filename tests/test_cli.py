@@ -80,7 +80,7 @@ def test_help_imports_no_torch_numpy_numba_or_matplotlib(args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--out", "r", "--fuse", "3"], "--fuse does not apply to --model mlp"),
+    (["train", "--out", "r", "--fuse", "3"], "--fuse does not apply to the default --model mlp"),
     (["train", "--out", "r", "--model", "rnn", "--batchnorm"], "--batchnorm does not apply to --model rnn"),
     (["lr-find", "--model", "transformer", "--n-hidden", "8"], "--n-hidden does not apply to --model transformer"),
     (["gradcheck", "--model", "bigram", "--block-size", "0"], "--block-size"),

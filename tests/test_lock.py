@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import SRC, assert_user_error, run_cli
 
 import charmlp
 from charmlp import DataConfig, MLPConfig, RunConfig, TrainConfig, load_run
 from charmlp.checkpoint import STATE, WEIGHTS
+from charmlp.cli import main
 from charmlp.errors import CharmlpError
 from charmlp.lock import LOCK, RunDirLock
+from conftest import SRC, assert_user_error, run_cli
 
 TINY = ["--batch-size", "16", "--n-hidden", "8", "--n-embd", "3", "--no-progress"]
 
@@ -71,16 +72,23 @@ def test_the_lock_does_not_leave_a_file_in_a_finished_run(tmp_path, tiny_data):
 # ----------------------------------------------------------------------------- what a fresh run may replace
 
 
-def test_train_into_a_finished_run_is_refused_and_names_force_and_resume(tmp_path, tiny_data):
+def cli(capsys, *args: object) -> tuple[int, str]:
+    """`charmlp ARGS` in this process (the lock conflicts between open files, so also within one process)."""
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip()
+
+
+def assert_one_line(code: int, err: str, contains: str) -> None:
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and contains in err, (code, err)
+
+
+def test_train_into_a_finished_run_is_refused_and_names_force_and_resume(tmp_path, tiny_data, capsys):
     run = tmp_path / "run"
-    assert run_cli("train", "--data", tiny_data, "--out", run, "--steps", "5", *TINY).returncode == 0
+    assert cli(capsys, "train", "--data", tiny_data, "--out", run, "--steps", "5", *TINY)[0] == 0
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    p = run_cli("train", "--data", tiny_data, "--out", run, "--steps", "7", *TINY)
-    assert_user_error(p, "holds a finished run")
-    assert "--force" in p.stderr
+    assert_one_line(*cli(capsys, "train", "--data", tiny_data, "--out", run, "--steps", "7", *TINY), "holds a finished run; pass --force")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # not a byte changed
-    p = run_cli("train", "--data", tiny_data, "--out", run, "--steps", "7", "--force", *TINY)
-    assert p.returncode == 0, p.stderr
+    assert cli(capsys, "train", "--data", tiny_data, "--out", run, "--steps", "7", "--force", *TINY)[0] == 0
     assert load_run(run).config.train.steps == 7
 
 
@@ -116,21 +124,21 @@ def test_force_keeps_the_old_run_until_the_new_one_has_its_first_checkpoint(tmp_
     assert (run / WEIGHTS).read_bytes() != old and load_run(run).config.train.steps == 20
 
 
-def test_a_directory_that_is_not_a_run_and_not_empty_is_refused(tmp_path, tiny_data):
+def test_a_directory_that_is_not_a_run_and_not_empty_is_refused(tmp_path, tiny_data, capsys):
     d = tmp_path / "project"
     d.mkdir()
     (d / "notes.txt").write_text("mine")
     for force in ([], ["--force"]):
-        assert_user_error(run_cli("train", "--data", tiny_data, "--out", d, "--steps", "3", *force, *TINY),
-                          "not empty and holds no charmlp run")
+        assert_one_line(*cli(capsys, "train", "--data", tiny_data, "--out", d, "--steps", "3", *force, *TINY),
+                        "not empty and holds no charmlp run")
     assert [p.name for p in d.iterdir()] == ["notes.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
     charmlp.train(cfg(tiny_data), out_dir=empty, progress=False)  # an empty directory is fine
 
 
-def test_force_with_resume_is_one_line(tmp_path, tiny_data):
-    assert_user_error(run_cli("train", "--resume", tmp_path / "run", "--force"), "drop --force")
+def test_force_with_resume_is_one_line(tmp_path, capsys):
+    assert_one_line(*cli(capsys, "train", "--resume", tmp_path / "run", "--force"), "drop --force")
 
 
 # ----------------------------------------------------------------------------- writers that meet
@@ -171,9 +179,9 @@ def test_resume_of_a_run_being_written_is_refused_and_a_killed_writers_lock_is_t
             proc.wait()
 
 
-def test_diagnose_of_a_run_being_written_is_refused(tmp_path, tiny_data):
+def test_diagnose_of_a_run_being_written_is_refused(tmp_path, tiny_data, capsys):
     run = tmp_path / "run"
     charmlp.train(cfg(tiny_data), out_dir=run, progress=False)
     with RunDirLock(run, "charmlp train"):
-        assert_user_error(run_cli("diagnose", run), f"being written by another charmlp process (pid {os.getpid()}")
+        assert_one_line(*cli(capsys, "diagnose", run), f"being written by another charmlp process (pid {os.getpid()}")
     assert not (run / "report.html").exists()
