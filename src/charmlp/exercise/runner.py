@@ -110,8 +110,9 @@ def _error_line(err: dict, path: Path) -> str:
 
 
 def cpu_seconds(timeout: float) -> int:
-    """RLIMIT_CPU for a check with a wall-clock `timeout`: the same seconds (one thread cannot use more)."""
-    return max(1, math.ceil(timeout))
+    """RLIMIT_CPU for a check with a wall-clock `timeout`: a second more, so that one thread meets the timeout
+    first; the CPU limit catches many threads, and a child left running if its parent dies."""
+    return math.ceil(timeout) + 1
 
 
 def child_env(home: str) -> dict[str, str]:
