@@ -12,7 +12,7 @@ import pytest
 from charmlp import cli
 from charmlp.errors import CharmlpError
 from charmlp.exercise import runner
-from charmlp.exercise.runner import check_file, child_env
+from charmlp.exercise.runner import check_file, check_layer_file, child_env
 
 PART2_EMPTY = "\ndef part2(logits, Yb, n):\n    dlogits = None\n    return locals()\n"
 
@@ -107,3 +107,13 @@ def test_gradient_that_is_not_a_tensor_is_wrong(tmp_path, capsys, value):
     (part,) = json.loads(capsys.readouterr().out)["parts"]
     (row,) = part["rows"]
     assert row["status"] == "wrong" and row["diagnosis"].startswith("not a tensor") and row["kind"] == "type"
+
+
+def test_layer_check_is_confined_too(tmp_path, caller_cwd, monkeypatch):
+    monkeypatch.setenv("CHARMLP_SECRET", "1")
+    lecture = (Path(__file__).parent / "layers_lecture.py").read_text()
+    f = learner(tmp_path, "import os\nassert 'CHARMLP_SECRET' not in os.environ, 'secret leaked'\n"
+                          "open('escape.txt', 'w').write('x')\n" + lecture)
+    rep = check_layer_file(f"{f}:Tanh", "tanh")
+    assert rep.ok, rep.format_text()
+    assert not (f.parent / "escape.txt").exists() and not (caller_cwd / "escape.txt").exists()
