@@ -136,7 +136,7 @@ def run_child(args: list[str], timeout: float) -> subprocess.CompletedProcess | 
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(cwd), cwd=cwd)
         except subprocess.TimeoutExpired:
             return None
-    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and hasattr(signal, "SIGXCPU"):
+    if hasattr(signal, "SIGXCPU") and proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # SIGKILL: the hard limit
         raise CharmlpError(_LIMIT_TEXT["cpu"].format(cpu_seconds(timeout)))
     if hasattr(signal, "SIGXFSZ") and proc.returncode == -signal.SIGXFSZ:
         raise CharmlpError(_LIMIT_TEXT["file"])
