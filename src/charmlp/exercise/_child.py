@@ -1,6 +1,10 @@
-"""Runs a learner's exercise file in its own process (started by `runner.run_learner_file`).
+"""Runs a learner's exercise file in its own process (started by `runner.run_child`).
 
-    python _child.py LEARNER_FILE WORKDIR PARTS
+    python _child.py --limits AS,FSIZE,CPU LEARNER_FILE WORKDIR PARTS
+    python _child.py --limits AS,FSIZE,CPU --layer LEARNER_FILE CLASS KIND WORKDIR
+
+The limits (address space and file size in bytes, CPU seconds) are set with setrlimit before
+anything else is imported; see docs/exercise-sandbox.md.
 
 Reads WORKDIR/inputs.safetensors and WORKDIR/meta.json, calls the file's part<N> functions with the
 tensors they name, and writes the variables d<atom> each function leaves behind (read when it returns,
@@ -11,13 +15,41 @@ message) if any, non-tensor gradients, and part 4's losses. Imports only torch a
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import inspect
 import io
 import json
 import os
+import signal
 import sys
 import traceback
+
+
+def _set_limits(spec: str) -> None:
+    """Cap this process's address space, file size and CPU time (Unix only; elsewhere nothing is capped)."""
+    try:
+        import resource
+    except ImportError:
+        return
+    mem, fsize, cpu = map(int, spec.split(","))
+    for which, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_FSIZE, fsize, fsize),
+                              (resource.RLIMIT_CPU, cpu, cpu + 1)):  # CPU: SIGXCPU at soft, SIGKILL at hard
+        old_hard = resource.getrlimit(which)[1]
+        if old_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, old_hard), min(hard, old_hard)
+        resource.setrlimit(which, (soft, hard))
+    # a write past RLIMIT_FSIZE then raises OSError(EFBIG) at the learner's line instead of killing us
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _limit(exc: BaseException) -> str | None:
+    """Which limit `exc` comes from: "memory", "file" or None."""
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        return "memory"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "file"
+    return None
 
 
 def _where(exc: BaseException, path: str) -> dict:
@@ -29,7 +61,8 @@ def _where(exc: BaseException, path: str) -> dict:
         if os.path.abspath(fs.filename) == path:
             line, text = fs.lineno, (fs.line or "").strip()
     msg = " ".join(str(exc).split()) or ""
-    return {"line": line, "text": text, "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__}
+    return {"line": line, "text": text, "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
+            "limit": _limit(exc)}
 
 
 def _call(fn, available: dict) -> tuple[dict, object, dict | None]:
@@ -104,6 +137,8 @@ def main(path: str, workdir: str, parts: str) -> int:
         rec: dict = {"defined": True, "error": None if err is None else (err if isinstance(err, dict) else _where(err, path))}
         if part == 4:
             try:
+                if isinstance(ret, (str, bytes, dict)):
+                    raise TypeError(f"got a {type(ret).__name__}")
                 rec["losses"] = None if ret is None else [float(x) for x in ret]
             except (TypeError, ValueError) as e:
                 rec["losses"], rec["error"] = None, rec["error"] or {"line": None, "text": "", "message":
@@ -111,6 +146,8 @@ def main(path: str, workdir: str, parts: str) -> int:
         else:
             if isinstance(ret, dict):
                 local.update(ret)
+            elif err is None:  # the parts end with `return locals()`
+                rec["returned"] = "None" if ret is None else f"a {type(ret).__name__}"
             grads, other = {}, {}
             for k, v in local.items():
                 if not (k.startswith("d") and len(k) > 1) or v is None:
@@ -156,6 +193,9 @@ def layer_main(path: str, cls_name: str, kind: str, workdir: str) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--layer":
-        sys.exit(layer_main(*sys.argv[2:6]))
-    sys.exit(main(*sys.argv[1:4]))
+    assert sys.argv[1] == "--limits", "usage: _child.py --limits AS,FSIZE,CPU ..."
+    _set_limits(sys.argv[2])
+    args = sys.argv[3:]
+    if args[0] == "--layer":
+        sys.exit(layer_main(*args[1:5]))
+    sys.exit(main(*args[:3]))

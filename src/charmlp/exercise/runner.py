@@ -1,13 +1,17 @@
 """`charmlp exercise check FILE`: run a learner's file in a child process and diagnose what it computed.
 
 The learner's code runs in its own Python process (`_child.py`) with a time limit, so an endless loop,
-a crash or an exception becomes one line of the report instead of a hang or a charmlp traceback.
+a crash or an exception becomes one line of the report instead of a hang or a charmlp traceback. The
+child is confined (docs/exercise-sandbox.md): a fresh temporary cwd and HOME, a stripped environment,
+and limits on address space, file size and CPU time. It is not a security boundary.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +27,12 @@ PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
 PART4_TOL = 1e-4  # |your loss − charmlp's| at every step: float32 round-off grows slowly over 200 steps
 DEFAULT_TIMEOUT = 60.0
+# a normal check peaks near 0.6 GiB of address space (torch included): 4 GiB leaves room for mistakes
+MEMORY_LIMIT = 4 << 30
+FILE_SIZE_LIMIT = 64 << 20  # the exercise writes nothing big; the child's own outputs are a few MiB at most
+# the parent's environment variables the child keeps (all others are dropped); LC_* are kept too
+ENV_KEEP = ("PATH", "LANG", "LANGUAGE", "VIRTUAL_ENV", "SYSTEMROOT", "SystemRoot", "WINDIR", "COMSPEC", "PATHEXT",
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 TITLES = {1: "part 1: every atom's gradient", 2: "part 2: the fused cross-entropy backward",
           3: "part 3: the fused BatchNorm backward", 4: "part 4: your training loop, with your gradients only"}
 
@@ -99,15 +109,50 @@ def _error_line(err: dict, path: Path) -> str:
     return f"{where}{text} — {err['message']}"
 
 
-def run_child(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess | None:
-    """Run `_child.py ARGS` with charmlp importable; None when it ran past `timeout` (it is killed)."""
+def cpu_seconds(timeout: float) -> int:
+    """RLIMIT_CPU for a check with a wall-clock `timeout`: a second more, so that one thread meets the timeout
+    first; the CPU limit catches many threads, and a child left running if its parent dies."""
+    return math.ceil(timeout) + 1
+
+
+def child_env(home: str) -> dict[str, str]:
+    """The child's environment: the few variables it needs from ours, HOME and TMPDIR in its temp dir."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
     src = str(Path(__file__).resolve().parents[2])  # so the learner's file can import charmlp
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__).with_name("_child.py")), *args]
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(cwd))
-    except subprocess.TimeoutExpired:
-        return None
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+               HOME=home, TMPDIR=home, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    return env
+
+
+def run_child(args: list[str], timeout: float) -> subprocess.CompletedProcess | None:
+    """Run `_child.py ARGS` confined, in a fresh temporary cwd; None when it ran past `timeout` (it is killed).
+
+    Raises CharmlpError when the child was stopped for its CPU time or file size (its own signals).
+    """
+    limits = f"{MEMORY_LIMIT},{FILE_SIZE_LIMIT},{cpu_seconds(timeout)}"
+    cmd = [sys.executable, str(Path(__file__).with_name("_child.py")), "--limits", limits, *args]
+    with tempfile.TemporaryDirectory(prefix="charmlp-cwd-") as cwd:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(cwd), cwd=cwd)
+        except subprocess.TimeoutExpired:
+            return None
+    if hasattr(signal, "SIGXCPU") and proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # SIGKILL: the hard limit
+        raise CharmlpError(_LIMIT_TEXT["cpu"].format(cpu_seconds(timeout)))
+    if hasattr(signal, "SIGXFSZ") and proc.returncode == -signal.SIGXFSZ:
+        raise CharmlpError(_LIMIT_TEXT["file"])
+    return proc
+
+
+_LIMIT_TEXT = {"memory": f"your file used more than {MEMORY_LIMIT >> 30} GiB of memory (the check's limit)",
+               "file": f"your file wrote a file bigger than {FILE_SIZE_LIMIT >> 20} MiB (the check's limit)",
+               "cpu": "your file ran past the CPU-time limit ({} s): an endless loop, or a long training run?"}
+
+
+def _raise_on_limit(err: dict | None, path: Path) -> None:
+    """A learner's error that came from a limit (memory, file size) stops the whole check."""
+    if err and err.get("limit"):
+        where = f" (line {err['line']})" if err.get("line") else ""
+        raise CharmlpError(f"{path.name}{where}: {_LIMIT_TEXT[err['limit']]}")
 
 
 def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -> Report:
@@ -124,7 +169,7 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
         raise CharmlpError(f"{path}: no such file")
     title = f"layer check: {cls_name} as {kind} · {path.name}"
     with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
-        proc = run_child(["--layer", str(path.resolve()), cls_name, kind, wd], path.resolve().parent, timeout)
+        proc = run_child(["--layer", str(path.resolve()), cls_name, kind, wd], timeout)
         if proc is None:
             return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
         res = Path(wd, "result.json")
@@ -132,6 +177,7 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return Report(title, error=f"{path.name} stopped Python itself: {last}")
         out = json.loads(res.read_text(encoding="utf-8"))
+    _raise_on_limit(out["error"], path)
     if out["error"]:
         return Report(title, error=_error_line(out["error"], path))
     r = out["report"]
@@ -167,7 +213,7 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
         tensors.update(ref_hpreact=ex.grads["hpreact"].contiguous(), batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
         save_file(tensors, os.path.join(wd, "inputs.safetensors"))
         Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X4), "lr": PART4_LR, "params": list(PARAMS)}))
-        proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], path.resolve().parent, timeout)
+        proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
         def whole_file(error: str) -> list[Report]:  # the file as a whole failed: one report
             titles = [TITLES[p] for p in parts] if parts else ["exercise check"]
             return [Report(f"{t} · {path.name}", error=error) for t in titles]
@@ -180,6 +226,8 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return whole_file(f"{path.name} stopped Python itself: {last}")
         result = json.loads(res_file.read_text(encoding="utf-8"))
+        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values())]:
+            _raise_on_limit(err, path)
         if result["import_error"]:
             return whole_file(_error_line(result["import_error"], path))
         if parts is None and not any(r["defined"] for r in result["parts"].values()):
@@ -205,6 +253,9 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
                         grads[k] = _NotATensor(typ)
                 rep = ex.check(part=p, **grads)
                 rep.title = title
+                if rec.get("returned"):  # not its variables: the rows above are what the profiler saw
+                    rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part{p} returned {rec['returned']}: "
+                                           "end it with `return locals()` so charmlp gets its variables", kind="return"))
             if rec["error"]:
                 rep.error = _error_line(rec["error"], path)
             reports.append(rep)
