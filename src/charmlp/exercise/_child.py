@@ -3,8 +3,8 @@
     python _child.py --limits AS,FSIZE,CPU LEARNER_FILE WORKDIR PARTS
     python _child.py --limits AS,FSIZE,CPU --layer LEARNER_FILE CLASS KIND WORKDIR
 
-The limits (address space and file size in bytes, CPU seconds) are set with setrlimit before
-anything else is imported; see docs/exercise-sandbox.md.
+The limits (address space and file size in bytes, CPU seconds) are set with setrlimit once torch is
+imported and before the learner's file is; see docs/exercise-sandbox.md.
 
 Reads WORKDIR/inputs.safetensors and WORKDIR/meta.json, calls the file's part<N> functions with the
 tensors they name, and writes the variables d<atom> each function leaves behind (read when it returns,
@@ -26,6 +26,15 @@ import sys
 import traceback
 
 
+def _mapped_bytes() -> int:
+    """This process's address space now (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
 def _set_limits(spec: str) -> None:
     """Cap this process's address space, file size and CPU time (Unix only; elsewhere nothing is capped)."""
     try:
@@ -33,6 +42,7 @@ def _set_limits(spec: str) -> None:
     except ImportError:
         return
     mem, fsize, cpu = map(int, spec.split(","))
+    mem += _mapped_bytes()  # the allowance is the learner's: torch's own mappings (larger in a CUDA build) are not counted
     for which, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_FSIZE, fsize, fsize),
                               (resource.RLIMIT_CPU, cpu, cpu + 1)):  # CPU: SIGXCPU at soft, SIGKILL at hard
         old_hard = resource.getrlimit(which)[1]
@@ -194,6 +204,7 @@ def layer_main(path: str, cls_name: str, kind: str, workdir: str) -> int:
 
 if __name__ == "__main__":
     assert sys.argv[1] == "--limits", "usage: _child.py --limits AS,FSIZE,CPU ..."
+    import torch  # noqa: F401  (charmlp's own import, before the limits: see _set_limits)
     _set_limits(sys.argv[2])
     args = sys.argv[3:]
     if args[0] == "--layer":
