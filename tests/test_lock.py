@@ -37,6 +37,7 @@ def popen(*args: object) -> subprocess.Popen:
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid_and_the_file_goes_on_release(tmp_path):
+    (tmp_path / "run").mkdir()
     with RunDirLock(tmp_path / "run", "charmlp train"):
         info = json.loads((tmp_path / "run" / LOCK).read_text())
         assert info["pid"] == os.getpid() and info["command"] == "charmlp train"
@@ -49,6 +50,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_the_file_goes_on
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, capsys):
     d = tmp_path / "run"
+    d.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from charmlp.lock import RunDirLock; "
         "RunDirLock(sys.argv[2], 'charmlp train').acquire(); print('held', flush=True); time.sleep(60)"),

@@ -37,7 +37,8 @@ def _holder(raw: str) -> str:
 
 
 class RunDirLock:
-    """`with RunDirLock(dir, "charmlp train"):` — refuse (one CharmlpError line) if another holds it."""
+    """`with RunDirLock(dir, "charmlp train"):` — refuse (one CharmlpError line) if another holds it.
+    The directory must exist (`checkpoint.make_run_dir` makes a new one)."""
 
     def __init__(self, run_dir: str | Path, command: str) -> None:
         self.dir = Path(run_dir)
@@ -49,10 +50,6 @@ class RunDirLock:
     def acquire(self) -> RunDirLock:
         if fcntl is None or self.fd is not None:
             return self
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CharmlpError(f"cannot create run directory {self.dir}: {e.strerror}") from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

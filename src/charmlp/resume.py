@@ -32,6 +32,7 @@ from .checkpoint import (
     encode_tensors,
     fits_model,
     is_run_dir,
+    make_run_dir,
     prepare_run_dir,
     read_run_config,
     refuse_foreign_config,
@@ -223,7 +224,7 @@ class Checkpointer:
         if self.dir is None:
             yield
             return
-        with RunDirLock(self.dir, "charmlp train"):
+        with RunDirLock(make_run_dir(self.dir), "charmlp train"):
             yield
 
     def begin(self, resume: bool, force: bool = False) -> int:

@@ -27,7 +27,8 @@ PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
 PART4_TOL = 1e-4  # |your loss − charmlp's| at every step: float32 round-off grows slowly over 200 steps
 DEFAULT_TIMEOUT = 60.0
-# a normal check peaks near 0.6 GiB of address space (torch included): 4 GiB leaves room for mistakes
+# address space the learner's code may add to what the child maps once torch is imported (_child.py);
+# a normal check peaks near 0.6 GiB all told: 4 GiB leaves room for mistakes
 MEMORY_LIMIT = 4 << 30
 FILE_SIZE_LIMIT = 64 << 20  # the exercise writes nothing big; the child's own outputs are a few MiB at most
 # the parent's environment variables the child keeps (all others are dropped); LC_* are kept too
@@ -253,7 +254,7 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
                         grads[k] = _NotATensor(typ)
                 rep = ex.check(part=p, **grads)
                 rep.title = title
-                if rec.get("returned"):  # not its variables: the rows above are what the profiler saw
+                if rec.get("returned"):  # not its variables: the rows above come from what it left in its locals
                     rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part{p} returned {rec['returned']}: "
                                            "end it with `return locals()` so charmlp gets its variables", kind="return"))
             if rec["error"]:
