@@ -450,14 +450,14 @@ def _add_lr_find(p: argparse.ArgumentParser) -> None:
     options = _train_options()
     for name in LR_FIND_REFUSED:  # hidden: accepted only to be refused with a message naming the sweep's flags
         p.add_argument(name, **{**options[name][1], "help": argparse.SUPPRESS})
-    p = p.add_argument_group("sweep")
-    p.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
-    p.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
-    p.add_argument("--lr-steps", type=int, default=1000, metavar="N",
-                   help="steps, lr spaced evenly in log10 (default 1000)")
-    p = p.add_argument_group("output")
-    p.add_argument("--out", metavar="DIR", help="write lr_find.png and lr_find.json here")
-    p.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
+    sweep = p.add_argument_group("sweep")
+    sweep.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
+    sweep.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
+    sweep.add_argument("--lr-steps", type=int, default=1000, metavar="N",
+                       help="steps, lr spaced evenly in log10 (default 1000)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="write lr_find.png and lr_find.json here")
+    out.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
     p.set_defaults(func=cmd_lr_find)
 
 
@@ -488,11 +488,11 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 def _add_gradcheck(p: argparse.ArgumentParser) -> None:
     _add_data_args(p, block_default=None)
     _add_model_args(p)
-    p = p.add_argument_group("check")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
-    p.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
+    check = p.add_argument_group("check")
+    check.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
+    check.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
+    check.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
+    check.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
     p.set_defaults(func=cmd_gradcheck)
 
 
