@@ -123,7 +123,7 @@ def test_recorder_update_ratio_is_the_sgd_step(tiny_data):
 
 
 def test_snapshot_engines_agree_and_leave_model_untouched(tiny_data):
-    cfg = _tiny_cfg(tiny_data, n_layers=2)
+    cfg = _tiny_cfg(tiny_data, n_layer=2)
     ds = charmlp.load_dataset(cfg.data)
     model = charmlp.build_model(dataclasses.replace(cfg.model, vocab_size=ds.vocab.size), seed=1).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -148,7 +148,7 @@ def test_bad_init_saturates_and_starts_confidently_wrong(tiny_data):
     results = {}
     for name, model in {
         "good": {},
-        "bad": {"batchnorm": False, "tanh_gain": math.sqrt(3 * 4), "out_scale": math.sqrt(32)},
+        "bad": {"batchnorm": False, "init_gain": math.sqrt(3 * 4), "init_out_scale": math.sqrt(32)},
     }.items():
         rec = DiagnosticsRecorder(every=1)
         warnings: list[str] = []
@@ -164,7 +164,7 @@ def test_bad_init_saturates_and_starts_confidently_wrong(tiny_data):
 def test_cli_train_warns_on_bad_init(tiny_data, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("train", "--data", tiny_data, "--out", out, "--steps", 5, "--batch-size", 8, "--n-hidden", 16,
-                   "--out-scale", 20, "--no-progress", "--diagnostics")
+                   "--init-out-scale", 20, "--no-progress", "--diagnostics")
     assert proc.returncode == 0, proc.stderr
     assert "warning:" in proc.stderr and "confidently wrong" in proc.stderr
     d = json.loads((out / "diagnostics.json").read_text())
@@ -173,6 +173,6 @@ def test_cli_train_warns_on_bad_init(tiny_data, tmp_path):
     assert_user_error(proc, "--diagnostics-every")
 
 
-@pytest.mark.parametrize("flag,value", [("--tanh-gain", "-1"), ("--out-scale", "nan"), ("--out-scale", "1e9")])
+@pytest.mark.parametrize("flag,value", [("--init-gain", "-1"), ("--init-out-scale", "nan"), ("--init-out-scale", "1e9")])
 def test_init_scale_flags_are_validated(tiny_data, tmp_path, flag, value):
     assert_user_error(run_cli("train", "--data", tiny_data, "--out", tmp_path / "r", "--steps", 2, flag, value), flag)

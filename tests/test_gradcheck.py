@@ -45,7 +45,7 @@ def test_every_atomic_row_is_bitwise_exact(report32):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch_size,seed", [(3, 0), (7, 1), (33, 5), (100, 2)])
 def test_atomic_rows_exact_at_other_batch_sizes_and_seeds(names, dtype, batch_size, seed):
-    report = gradcheck(dtype=dtype, seed=seed, batch_size=batch_size, n_layers=0, dataset=names)
+    report = gradcheck(dtype=dtype, seed=seed, batch_size=batch_size, n_layer=0, dataset=names)
     assert [r.name for r in report.section("atomic") if not r.exact] == []
 
 
@@ -75,7 +75,7 @@ def test_fused_and_layer_sections_pass(report32):
 
 
 def test_layer_section_covers_every_parameter_and_input_of_a_deep_model():
-    report = gradcheck(n_layers=3, batch_size=20, seed=1)
+    report = gradcheck(n_layer=3, batch_size=20, seed=1)
     names = [r.name for r in report.section("layer")]
     # Embedding, Flatten, 3 × (Linear, BatchNorm1d, Tanh), Linear = 12 layers
     params = [n for n in names if n.endswith((".weight", ".bias"))]
@@ -86,7 +86,7 @@ def test_layer_section_covers_every_parameter_and_input_of_a_deep_model():
 
 
 def test_float64_relative_errors_are_round_off():
-    report = gradcheck(dtype="float64", n_layers=2, batch_size=24, seed=3)
+    report = gradcheck(dtype="float64", n_layer=2, batch_size=24, seed=3)
     assert report.ok
     assert max(r.rel_err for r in report.rows) <= 1e-10
     assert {r.name for r in report.section("atomic") if r.exact} >= set(ABOVE_TANH)
@@ -129,12 +129,12 @@ def test_user_errors():
         gradcheck(batch_size=1)
     with pytest.raises(CharmlpError, match="dtype"):
         gradcheck(dtype="float16")
-    with pytest.raises(CharmlpError, match="n-layers"):
-        gradcheck(n_layers=-1)
+    with pytest.raises(CharmlpError, match="n-layer"):
+        gradcheck(n_layer=-1)
 
 
 def test_batch_of_two_explains_float32_round_off():
-    report = gradcheck(batch_size=2, n_layers=1)
+    report = gradcheck(batch_size=2, n_layer=1)
     assert any("batch of 2" in n for n in report.notes)
     assert gradcheck(batch_size=2, dtype="float64").ok
 
@@ -149,7 +149,7 @@ def test_cli_table_exits_0():
 
 
 def test_cli_json_shape():
-    proc = run_cli("gradcheck", "--json", "--dtype", "float64", "--n-layers", "2", "--batch-size", "16", "--seed", "7")
+    proc = run_cli("gradcheck", "--json", "--dtype", "float64", "--n-layer", "2", "--batch-size", "16", "--seed", "7")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert d["ok"] is True and d["dtype"] == "float64" and d["batch_size"] == 16 and d["seed"] == 7

@@ -17,7 +17,7 @@ from charmlp.numpy_model import Net, describe_model, erf, filter_cache, model_ar
 
 V = 11
 CONFIGS = {
-    "mlp": {"n_embd": 5, "n_hidden": 16, "n_layers": 2},
+    "mlp": {"n_embd": 5, "n_hidden": 16, "n_layer": 2},
     "mlp-nobn": {"n_embd": 5, "n_hidden": 16, "batchnorm": False},
     "wavenet": {"block_size": 8, "n_embd": 4, "n_hidden": 12},
     "bigram": {},

@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory) -> str:
     data.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
     out = d / "run"
     proc = run_cli("train", "--data", data, "--out", out, "--steps", 60, "--batch-size", 16, "--n-embd", 3,
-                   "--n-hidden", 24, "--n-layers", 2, "--diagnostics", "--diagnostics-every", 5, "--no-progress")
+                   "--n-hidden", 24, "--n-layer", 2, "--diagnostics", "--diagnostics-every", 5, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return str(out)
 
@@ -108,7 +108,7 @@ def test_plots_are_png_for_any_depth_and_embedding_size(tiny_data):
     ds = charmlp.load_dataset(charmlp.DataConfig(path=str(tiny_data)))
     xb, yb = ds.X["train"][:20], ds.Y["train"][:20]
     for n_layers, n_embd in ((0, 1), (1, 2), (3, 5)):
-        cfg = charmlp.MLPConfig(vocab_size=ds.vocab.size, n_embd=n_embd, n_hidden=12, n_layers=n_layers)
+        cfg = charmlp.MLPConfig(vocab_size=ds.vocab.size, n_embd=n_embd, n_hidden=12, n_layer=n_layers)
         model = charmlp.build_model(cfg, seed=0)
         snap = take_snapshot(model, xb, yb)
         assert len(snap.tanh()) == n_layers

@@ -239,7 +239,7 @@ def test_cli_sigkill_during_checkpoint_writes_always_leaves_a_loadable_run(tmp_p
 def test_cli_non_finite_loss(tmp_path, tiny_data):
     """A learning rate of 100 without BatchNorm or hidden layer overflows the loss within a few steps."""
     run = tmp_path / "run"
-    p = run_cli("train", "--data", tiny_data, "--out", run, "--steps", "300", "--no-batchnorm", "--n-layers", "0",
+    p = run_cli("train", "--data", tiny_data, "--out", run, "--steps", "300", "--no-batchnorm", "--n-layer", "0",
                 "--lr", "100", "--lr-final", "100", "--schedule", "constant", *TINY)
     assert_user_error(p, "non-finite")
     assert "at step" in p.stderr and "--lr" in p.stderr and "saved in" in p.stderr

@@ -66,7 +66,7 @@ def test_batch_of_one_with_batchnorm_is_a_user_error(tiny_data):
 
 def test_calibration_matches_full_batch_statistics():
     ds = load_dataset()
-    result = train(RunConfig(model=MLPConfig(n_hidden=32, n_layers=2), train=TrainConfig(steps=50, device="cpu")),
+    result = train(RunConfig(model=MLPConfig(n_hidden=32, n_layer=2), train=TrainConfig(steps=50, device="cpu")),
                    dataset=ds, progress=False)
     model = result.model
     calibrate_batchnorm(model, ds.X["train"], chunk=10_000)  # chunked must equal one full batch

@@ -187,7 +187,7 @@ BAD_TRAIN_VALUES = {
     "--steps": ["0", "-10", "1000000000"],
     "--n-hidden": ["0", "-5", "10000000"],
     "--n-embd": ["0", "-5", "100000"],
-    "--n-layers": ["-1", "65"],
+    "--n-layer": ["-1", "65"],
     "--lr": ["0", "-0.1", "1e9", "inf", "nan"],
     "--lr-final": ["0", "-1", "inf"],
     "--weight-decay": ["-1", "inf"],
@@ -205,7 +205,7 @@ def test_train_option_matrix(tmp_path, capsys, data_file, flag, value):
 def test_absurd_model_size_is_refused_before_allocating(tmp_path, capsys, data_file):
     # each size within its own limit, together 64 × 65536² parameters
     err = cli_error(capsys, "train", "--data", data_file, "--out", tmp_path / "r", "--n-hidden", "65536",
-                    "--n-layers", "64", "--no-progress")
+                    "--n-layer", "64", "--no-progress")
     assert "parameters" in err
 
 

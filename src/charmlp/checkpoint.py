@@ -34,6 +34,7 @@ from .config import (
     _same_kind,
     config_from_dict,
     model_config_to_dict,
+    renamed_keys,
     run_config_from_dict,
     run_config_to_dict,
 )
@@ -450,11 +451,13 @@ def _read_weights(d: Path, numpy: bool = False) -> tuple[Tensors, dict[str, Any]
     return decode_tensors(_read(d, WEIGHTS), d / WEIGHTS, numpy=numpy)
 
 
-def _check_written_for(d: Path, meta: dict[str, Any], model: Any, vocab: Vocab) -> None:
-    """The weights record the model configuration (a dict) and vocabulary of config.json and vocab.json."""
+def _check_written_for(d: Path, meta: dict[str, Any], model: Any, vocab: Vocab, cls: type | None = None) -> None:
+    """The weights record the model configuration (a dict) and vocabulary of config.json and vocab.json;
+    with `cls` (`model` is then its fields now) the record's renamed fields count by their new names."""
     written_for = meta.get("model")
     if isinstance(written_for, dict):  # weights written before the model zoo name no kind: an MLP's
         written_for = {"kind": "mlp", **written_for}
+        written_for = renamed_keys(cls, written_for) if cls is not None else written_for
     if written_for != model or meta.get("vocab") != list(vocab.itos):
         raise CharmlpError(
             f"{d / WEIGHTS} was written for another model configuration or vocabulary than config.json and "
@@ -472,7 +475,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     model = build_model(cfg.model)
     if not fits_model(model, tensors):
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
-    _check_written_for(d, meta, model_config_to_dict(cfg.model), vocab)
+    _check_written_for(d, meta, model_config_to_dict(cfg.model), vocab, type(cfg.model))
     model.load_state_dict(tensors)
     return Run(d, cfg, vocab, model.to(device).eval())
 

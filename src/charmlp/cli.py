@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +48,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+class Renamed(argparse.Action):
+    """The old spelling of a flag (hidden from --help): one note on stderr, then the value is the new flag's."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: object) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(p: argparse._ActionsContainer, old: str, action: argparse.Action) -> None:
+    """Accept `old` for the flag `action` adds, as `Renamed` (same type, choices and destination)."""
+    p.add_argument(old, action=Renamed, new=action.option_strings[0], dest=action.dest, type=action.type,
+                   choices=action.choices, metavar=action.metavar, default=action.default, help=argparse.SUPPRESS)
+
+
 def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) -> None:
+    p = p.add_argument_group("data")
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
                    help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
@@ -79,18 +99,23 @@ def _model_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model, and one flag per model configuration field (unset: the model's own default)."""
+    """--model, and one flag per model configuration field (unset: the model's own default); a
+    field's old names (its configurations' `renamed`) are accepted as `Renamed` flags."""
     from .models import MODELS
 
-    p.add_argument("--model", choices=sorted(MODELS), default="mlp",
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=sorted(MODELS), default="mlp",
                    help="; ".join(f"{n}: {s.about}" for n, s in MODELS.items()) + " (default mlp)")
+    old_names = {old: new for s in MODELS.values() for old, new in s.config.renamed.items()}
     for name, (f, kinds) in _model_fields().items():
-        flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, **_field_flag(name, f, kinds))
+        action = g.add_argument("--" + name.replace("_", "-"), **_field_flag(name, f, kinds))
+        for old in (o for o, new in old_names.items() if new == name):
+            add_renamed(g, "--" + old.replace("_", "-"), action)
 
 
 def _field_flag(name: str, f: dataclasses.Field, kinds: list[str]) -> dict:
-    """argparse keywords for a model field: its type, and a help naming each model's default."""
+    """argparse keywords for a model field: its type, and a help saying what it is in each model
+    (one text where all agree) and each model's default."""
     from .models import MODELS
 
     def show(v: object) -> str:
@@ -100,7 +125,12 @@ def _field_flag(name: str, f: dataclasses.Field, kinds: list[str]) -> dict:
     shown = next(iter(defaults.values())) if len(set(defaults.values())) == 1 else ", ".join(
         f"{k} {v}" for k, v in defaults.items())
     only = f"{', '.join(kinds)} only; " if len(kinds) < len(MODELS) else ""
-    help_ = f"{f.metadata.get('help', name)} ({only}default {shown})"
+    about: dict[str, list[str]] = {}  # help text → the models whose field it describes
+    for k in kinds:
+        field_k = next(g for g in dataclasses.fields(MODELS[k].config) if g.name == name)
+        about.setdefault(field_k.metadata.get("help", name), []).append(k)
+    what = next(iter(about)) if len(about) == 1 else "; ".join(f"{', '.join(ks)}: {h}" for h, ks in about.items())
+    help_ = f"{what} ({only}default {shown})"
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     if kind == "bool":
         return {"action": argparse.BooleanOptionalAction, "default": None, "help": help_}
@@ -122,41 +152,63 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """Model and optimisation options; unset ones come from the model's preset."""
+# what each preset is for (every model has these; `--preset`'s help lists them all)
+PRESET_ABOUT = {
+    "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
+    "quick": "a short demo run",
+    "fast": "the lectures' val loss in a fraction of their time",
+    "best": "the lowest val loss found within a 10-minute budget",
+}
+
+
+def _train_options() -> dict[str, tuple[str, dict]]:
+    """Training flags → (their --help group, argparse keywords); unset ones come from the model's preset."""
     from .models import MODELS
 
+    presets = sorted({n for s in MODELS.values() for n in s.presets})
+    opt, run = "optimisation", "run control"
+    return {
+        "--preset": (opt, {"choices": presets, "default": "seed", "help": "each model's own: " + "; ".join(
+            f"{n}: {PRESET_ABOUT[n]}" for n in sorted(presets, key=list(PRESET_ABOUT).index)) + " (default seed)"}),
+        "--steps": (opt, {"type": int, "metavar": "N", "help": "optimizer steps"}),
+        "--batch-size": (opt, {"type": int, "metavar": "B", "help": "examples per minibatch (default 32)"}),
+        "--lr": (opt, {"type": float, "metavar": "LR", "help": "learning rate (default 0.1)"}),
+        "--lr-final": (opt, {"type": float, "metavar": "LR", "help": "learning rate after decay (default 0.01)"}),
+        "--schedule": (opt, {"choices": SCHEDULES,
+                             "help": "learning-rate schedule (default step: lr → lr-final at half way)"}),
+        "--optimizer": (opt, {"choices": OPTIMIZERS, "help": "sgd: plain SGD; adamw: AdamW (default sgd)"}),
+        "--weight-decay": (opt, {"type": float, "metavar": "WD", "help": "weight decay (default 0)"}),
+        "--seed": (opt, {"type": int, "metavar": "S", "help": "seed of the generator that draws init and batches"}),
+        "--no-calibrate": (opt, {"action": "store_true", "help": "keep BatchNorm's running statistics instead of "
+                                                                 "calibrating over the train split"}),
+        "--engine": (run, {"choices": ENGINES, "help": "auto (default): the fused fast step where it runs (CPU, mlp), "
+                           "else manual; fast: only the fused step; autograd | manual: the readable eager engines "
+                           "(autograd or the hand-written backward)"}),
+        "--threads": (run, {"type": int, "metavar": "N", "help": "CPU threads for torch and NumPy's BLAS (default: 2 "
+                            "for the whole-item models rnn, gru, transformer, whose matrices are worth splitting; 1 for "
+                            "the others, fastest for their small ones)"}),
+        "--device": (run, {"choices": DEVICES, "help": "auto picks CUDA when available (default auto)"}),
+        "--eval-every": (run, {"type": int, "metavar": "N", "help": "evaluate the val split every N steps (eval mode), "
+                               "into metrics.jsonl and the progress bar (default: about 20 times per run; 0: never)"}),
+        "--checkpoint-every": (run, {"type": int, "metavar": "N", "help": "save a resumable checkpoint every N steps "
+                                     "(default: only on Ctrl-C/SIGTERM)"}),
+        "--sync-every": (run, {"type": int, "metavar": "N", "help": "eager engines: read the loss back to the host "
+                               "every N steps, not after each one, and check it then (default: 50 on a GPU, 1 on the "
+                               "CPU; the same losses either way)"}),
+        "--no-progress": (run, {"action": "store_true", "help": "no progress bar"}),
+    }
+
+
+def _add_train_args(p: argparse.ArgumentParser, flags: Collection[str] | None = None) -> None:
+    """Data, model and the training flags in `flags` (default: all), each in its --help group."""
     _add_data_args(p, block_default=None)
     _add_model_args(p)
-    names = sorted({n for s in MODELS.values() for n in s.presets})
-    p.add_argument("--preset", choices=names, default="seed",
-                   help="each model's own: seed: the lectures' setup (200k steps); quick: a short demo run; "
-                        "fast: the lectures' val loss in a fraction of their time (default seed)")
-    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
-    p.add_argument("--batch-size", type=int, metavar="B", help="examples per minibatch (default 32)")
-    p.add_argument("--lr", type=float, metavar="LR", help="learning rate (default 0.1)")
-    p.add_argument("--lr-final", type=float, metavar="LR", help="learning rate after decay (default 0.01)")
-    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default step: lr → lr-final at half way)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
-    p.add_argument("--weight-decay", type=float, metavar="WD", help="default 0")
-    p.add_argument("--engine", choices=ENGINES,
-                   help="auto (default): the fused fast step where it runs (CPU, mlp), else manual; fast: only the fused "
-                        "step; autograd | manual: the readable eager engines (autograd or the hand-written backward)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch and NumPy's BLAS (default: 2 for the whole-item models rnn, gru, "
-                        "transformer, whose matrices are worth splitting; 1 for the others, fastest for their small ones)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of the generator that draws init and batches")
-    p.add_argument("--device", choices=DEVICES, help="auto picks CUDA when available (default auto)")
-    p.add_argument("--no-calibrate", action="store_true", help="keep BatchNorm's running statistics instead of calibrating over the train split")
-    p.add_argument("--eval-every", type=int, metavar="N",
-                   help="evaluate the val split every N steps (eval mode), into metrics.jsonl and the progress bar "
-                        "(default: about 20 times per run; 0: never)")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="save a resumable checkpoint every N steps (default: only on Ctrl-C/SIGTERM)")
-    p.add_argument("--sync-every", type=int, metavar="K",
-                   help="eager engines: read the loss back to the host every K steps, not after each one, and "
-                        "check it then (default: 50 on a GPU, 1 on the CPU; the same losses either way)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, (group, kwargs) in _train_options().items():
+        if flags is None or name in flags:
+            if group not in groups:
+                groups[group] = p.add_argument_group(group)
+            groups[group].add_argument(name, **kwargs)
 
 
 _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
@@ -191,10 +243,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         if origins.get(opt := "--" + name.replace("_", "-")) == "the default":
             origins[opt] = f"the `{args.preset}` preset's"
     tc = dataclasses.replace(TrainConfig(), **train_preset)
-    tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a) is not None})
+    # a command without a flag (lr-find has no --eval-every) leaves the preset's value
+    tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a, None) is not None})
     if args.steps is not None:  # a step count given outranks a preset's budget of positions
         tc = dataclasses.replace(tc, positions=0)
-    if args.no_calibrate:
+    if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
     return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
@@ -385,14 +438,26 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+# the training flags lr-find reads: the sweep sets the learning rate and the step count itself,
+# never evaluates, checkpoints or calibrates, and runs on the process's default threads
+LR_FIND_FLAGS = ("--preset", "--batch-size", "--optimizer", "--weight-decay", "--seed", "--engine", "--device",
+                 "--no-progress")
+LR_FIND_REFUSED = ("--steps", "--lr", "--lr-final", "--schedule")  # cmd_lr_find says what to use instead
+
+
 def _add_lr_find(p: argparse.ArgumentParser) -> None:
-    _add_train_args(p)
-    p.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
-    p.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
-    p.add_argument("--lr-steps", type=int, default=1000, metavar="N",
-                   help="steps, lr spaced evenly in log10 (default 1000)")
-    p.add_argument("--out", metavar="DIR", help="write lr_find.png and lr_find.json here")
-    p.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
+    _add_train_args(p, LR_FIND_FLAGS)
+    options = _train_options()
+    for name in LR_FIND_REFUSED:  # hidden: accepted only to be refused with a message naming the sweep's flags
+        p.add_argument(name, **{**options[name][1], "help": argparse.SUPPRESS})
+    sweep = p.add_argument_group("sweep")
+    sweep.add_argument("--lr-min", type=float, default=1e-3, metavar="LR", help="first learning rate (default 1e-3)")
+    sweep.add_argument("--lr-max", type=float, default=1.0, metavar="LR", help="last learning rate (default 1)")
+    sweep.add_argument("--lr-steps", type=int, default=1000, metavar="N",
+                       help="steps, lr spaced evenly in log10 (default 1000)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="write lr_find.png and lr_find.json here")
+    out.add_argument("--json", action="store_true", help="print one JSON object with suggested_lr and steepest_lr")
     p.set_defaults(func=cmd_lr_find)
 
 
@@ -423,10 +488,11 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 def _add_gradcheck(p: argparse.ArgumentParser) -> None:
     _add_data_args(p, block_default=None)
     _add_model_args(p)
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
-    p.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
+    check = p.add_argument_group("check")
+    check.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="float64: round-off ≤ 1e-10 (default float32)")
+    check.add_argument("--seed", type=int, default=LECTURE_SEED, metavar="S", help="seed of the parameters and the batch")
+    check.add_argument("--batch-size", type=int, default=32, metavar="B", help="examples in the batch, at least 2 (default 32)")
+    check.add_argument("--json", action="store_true", help="print one JSON object with a row per tensor")
     p.set_defaults(func=cmd_gradcheck)
 
 
@@ -456,7 +522,7 @@ def cmd_exercise_check(args: argparse.Namespace) -> int:
 def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
     from .exercise.runner import check_layer_file
 
-    report = check_layer_file(args.target, args.kind, timeout=args.timeout)
+    report = check_layer_file(args.target, args.layer, timeout=args.timeout)
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_text())
     return 0 if report.ok else 1
 
@@ -465,19 +531,23 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
     q = esub.add_parser("init", help="write the exercise's starter file (never overwrites)")
-    q.add_argument("--out", default="backprop_exercise.py", metavar="FILE", help="default backprop_exercise.py")
+    q.add_argument("--out", default="backprop_exercise.py", metavar="FILE",
+                   help="the starter file to write (default backprop_exercise.py)")
     q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
     q.set_defaults(func=cmd_exercise_init)
     q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
-    q.add_argument("file", metavar="FILE")
+    q.add_argument("file", metavar="FILE", help="your exercise file (from `charmlp exercise init`)")
     q.add_argument("--part", type=int, choices=parts, help="only this part (default: every part the file defines)")
     q.add_argument("--seed", type=int, metavar="S", help="seed of the batch and parameters (default: the lectures')")
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_exercise_check)
     q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
-    q.add_argument("target", metavar="FILE:CLASS")
-    q.add_argument("--kind", required=True, choices=("batchnorm1d", "linear", "tanh", "embedding"))
+    q.add_argument("target", metavar="FILE:CLASS", help="your file and the layer class in it")
+    which = q.add_mutually_exclusive_group(required=True)  # the old --kind counts as --layer
+    layer = which.add_argument("--layer", choices=("batchnorm1d", "linear", "tanh", "embedding"),
+                               help="the charmlp layer your class stands for")
+    add_renamed(which, "--kind", layer)
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_exercise_check_layer)
@@ -524,16 +594,18 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
+    run_dir = p.add_argument_group("run directory")
+    where = run_dir.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="DIR", help="run directory to write")
     where.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="with --out: replace the run already in DIR (kept until the new run's first checkpoint)")
+    run_dir.add_argument("--force", action="store_true",
+                         help="with --out: replace the run already in DIR (kept until the new run's first checkpoint)")
     _add_train_args(p)
-    p.add_argument("--diagnostics", action="store_true",
-                   help="record update ratios and tanh statistics while training (diagnostics.json)")
-    p.add_argument("--diagnostics-every", type=int, metavar="K",
-                   help="with --diagnostics: sample every K steps (default: about 1000 samples per run)")
+    diag = p.add_argument_group("diagnostics")
+    diag.add_argument("--diagnostics", action="store_true",
+                      help="record update ratios and tanh statistics while training (diagnostics.json)")
+    diag.add_argument("--diagnostics-every", type=int, metavar="N",
+                      help="with --diagnostics: sample the statistics every N steps (default: about 1000 samples per run)")
     dests = {a.dest for a in p._actions} - {"help", "out", "resume", "force"}
     p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
@@ -546,12 +618,13 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
-    p.add_argument("-n", type=int, default=20, help="how many items (default 20)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help="sampling seed (same seed, same items)")
-    p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more varied (default 1)")
-    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters")
-    p.add_argument("--prefix", default="", help="every sample starts with this text")
-    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help=f"longest item, prefix included (default {DEFAULT_MAX_LEN})")
+    p.add_argument("-n", type=int, default=20, metavar="N", help="how many items (default 20)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, metavar="S", help="sampling seed (same seed, same items)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="<1 sharper, >1 more varied (default 1)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample only among the K most likely characters")
+    p.add_argument("--prefix", default="", metavar="TEXT", help="every sample starts with this text")
+    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, metavar="N",
+                   help=f"longest item, prefix included (default {DEFAULT_MAX_LEN})")
     p.add_argument("--json", action="store_true", help="print a JSON object with samples and novel_fraction")
     p.set_defaults(func=cmd_sample)
 
@@ -594,10 +667,12 @@ def _given(option: str, argv: list[str]) -> bool:
 
 
 def default_origins(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> dict[str, str]:
-    """`{"--max-len": "the default", …}`: every option of `command` that the user did not give."""
+    """`{"--max-len": "the default", …}`: every option of `command` that the user did not give
+    (under its name or an old one, `Renamed`)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    given = {a.dest for a in sub._actions if any(_given(o, argv) for o in a.option_strings)}
     return {a.option_strings[-1]: "the default" for a in sub._actions
-            if a.option_strings and a.dest != "help" and not any(_given(o, argv) for o in a.option_strings)}
+            if a.option_strings and a.dest not in ("help", *given) and not isinstance(a, Renamed)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ class ModelConfig:
 
     kind: ClassVar[str] = ""
     sequence: ClassVar[bool] = False  # reads whole items: ids (B, T) → logits (B, T, V), data rows from build_sequences
+    # old field name → its name now: config.json files written before a rename still load
+    renamed: ClassVar[dict[str, str]] = {}
     vocab_size: int = 27
     block_size: int = 3  # characters of context the model sees
 
@@ -105,9 +107,20 @@ OPTIMIZERS = ("sgd", "adamw")
 ENGINES = ("auto", "fast", "autograd", "manual")
 DEVICES = ("auto", "cpu", "cuda")
 
+def renamed_keys(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` with each key `cls.renamed` names spelled as it is now (in the same place); a user error
+    where both spellings are given."""
+    renamed: dict[str, str] = getattr(cls, "renamed", {})
+    for old in renamed.keys() & d.keys():
+        if renamed[old] in d:
+            raise CharmlpError(f"config.json has both {old!r} and {renamed[old]!r} (its new name); keep only {renamed[old]!r}")
+    return {renamed.get(k, k): v for k, v in d.items()}
+
+
 def config_from_dict(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise CharmlpError(f"{where} in config.json is not an object; the run directory is damaged")
+    d = renamed_keys(cls, d)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:

@@ -138,7 +138,7 @@ class InitCheck:
         if self.confidently_wrong:
             return (
                 f"{head}: the untrained model is confidently wrong (more than {self.margin:g} above ln V); "
-                "its initial logits are too large: shrink the output layer (--out-scale, default 0.1)"
+                "its initial logits are too large: shrink the output layer (--init-out-scale, default 0.1)"
             )
         return f"{head}: the untrained model predicts close to uniformly, as it should"
 

@@ -103,7 +103,7 @@ class GradcheckReport:
     dtype: str
     seed: int
     batch_size: int
-    n_layers: int
+    n_layer: int
     tolerance: Tolerance
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -126,7 +126,7 @@ class GradcheckReport:
             "dtype": self.dtype,
             "seed": self.seed,
             "batch_size": self.batch_size,
-            "n_layers": self.n_layers,
+            "n_layer": self.n_layer,
             "model": self.model,
             "tolerance": dataclasses.asdict(self.tolerance),
             "rows": [r.to_dict() for r in self.rows],
@@ -138,7 +138,7 @@ class GradcheckReport:
         t = self.tolerance
         lines = [
             f"gradcheck · {self.dtype} · batch {self.batch_size} · seed {self.seed} · model of part 3: {self.model}"
-            + (f", {self.n_layers} hidden layer(s)" if self.model == "mlp" else ""),
+            + (f", {self.n_layer} hidden layer(s)" if self.model == "mlp" else ""),
             f"rel_err = max|manual − autograd| / max|autograd|; approx = rel_err ≤ {t.rel:g} ({self.dtype});"
             " exact = bitwise equal",
         ]
@@ -391,7 +391,7 @@ def layer_check(model: LanguageModel, Xb: torch.Tensor, Yb: torch.Tensor, tol: T
     return rows
 
 
-def validate_gradcheck_args(dtype: str, seed: int, batch_size: int, n_layers: int) -> None:
+def validate_gradcheck_args(dtype: str, seed: int, batch_size: int, n_layer: int) -> None:
     """Raise a user error for settings the check cannot run with."""
     if dtype not in DTYPES:
         raise CharmlpError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -403,15 +403,15 @@ def validate_gradcheck_args(dtype: str, seed: int, batch_size: int, n_layers: in
         )
     if batch_size > MAX_BATCH:
         raise CharmlpError(f"--batch-size must be at most {MAX_BATCH} for the gradient check, got {batch_size}")
-    if not 0 <= n_layers <= 64:
-        raise CharmlpError(f"--n-layers must be between 0 and 64, got {n_layers}")
+    if not 0 <= n_layer <= 64:
+        raise CharmlpError(f"--n-layer must be between 0 and 64, got {n_layer}")
 
 
 def gradcheck(
     dtype: str = "float32",
     seed: int = LECTURE_SEED,
     batch_size: int = 32,
-    n_layers: int = 1,
+    n_layer: int = 1,
     dataset: Dataset | None = None,
     n_embd: int = 10,
     n_hidden: int = 200,
@@ -422,9 +422,9 @@ def gradcheck(
 
     Parts 1 and 2 (the exercise's atoms, the fused backward) belong to the lectures' MLP and run
     when `model` is None or an MLP; part 3 checks `model` (default: the MLP of `n_embd`,
-    `n_hidden`, `n_layers`) layer by layer, its block size and vocabulary set from `dataset`."""
-    validate_gradcheck_args(dtype, seed, batch_size, n_layers)
-    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers)
+    `n_hidden`, `n_layer`) layer by layer, its block size and vocabulary set from `dataset`."""
+    validate_gradcheck_args(dtype, seed, batch_size, n_layer)
+    mcfg = model if model is not None else MLPConfig(n_embd=n_embd, n_hidden=n_hidden, n_layer=n_layer)
     check_members_batch(batch_size, getattr(mcfg, "members", 1))
     dataset = dataset or load_dataset(DataConfig(block_size=0 if mcfg.sequence else mcfg.block_size, sequence=mcfg.sequence))
     tdtype, tol = DTYPES[dtype], TOLERANCES[dtype]
@@ -445,4 +445,4 @@ def gradcheck(
     rows += layer_check(net.to(tdtype), Xb, Yb, tol)
     notes = [TANH_NOTE, B1_NOTE] if exercise else []
     notes += [BATCH2_NOTE] if batch_size == 2 and dtype == "float32" else []
-    return GradcheckReport(dtype, seed, batch_size, getattr(mcfg, "n_layers", n_layers), tol, rows, notes, mcfg.kind)
+    return GradcheckReport(dtype, seed, batch_size, getattr(mcfg, "n_layer", n_layer), tol, rows, notes, mcfg.kind)

@@ -39,7 +39,7 @@ from .checkpoint import (
     remove_file,
     remove_stale_temporaries,
 )
-from .config import RunConfig, TrainConfig, model_config_to_dict
+from .config import RunConfig, TrainConfig, model_config_to_dict, renamed_keys
 from .data import SPLITS, Dataset, Vocab
 from .errors import CharmlpError, TrainingInterrupted
 from .lock import LOCK, RunDirLock
@@ -78,6 +78,7 @@ def _same_run(saved: Any, now: dict[str, Any], cfg: RunConfig) -> bool:
     if not (isinstance(saved, dict) and isinstance(saved.get("train"), dict) and isinstance(saved.get("model"), dict)):
         return False
     defaults = {"train": dataclasses.asdict(TrainConfig()), "model": model_config_to_dict(type(cfg.model)())}
+    saved = {**saved, "model": renamed_keys(type(cfg.model), saved["model"])}  # a checkpoint from before a rename
     filled = {**saved, **{k: {**{f: defaults[k][f] for f in now[k]}, **saved[k]} for k in ("train", "model")}}
     return filled == now
 

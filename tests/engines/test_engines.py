@@ -34,7 +34,7 @@ def rel_err(manual: torch.Tensor, reference: torch.Tensor) -> float:
 def random_case(seed: int, vocab: int, block: int, n_embd: int, n_hidden: int, n_layers: int, batchnorm: bool,
                 batch: int, dtype: torch.dtype) -> tuple[LanguageModel, torch.Tensor, torch.Tensor]:
     """A model with every parameter drawn from `seed` and a random batch of contexts and targets."""
-    cfg = MLPConfig(vocab_size=vocab, block_size=block, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
+    cfg = MLPConfig(vocab_size=vocab, block_size=block, n_embd=n_embd, n_hidden=n_hidden, n_layer=n_layers,
                       batchnorm=batchnorm)
     g = torch.Generator().manual_seed(seed)
     model = build_model(cfg, generator=g)

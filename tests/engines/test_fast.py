@@ -34,11 +34,11 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 CASES = {
     "depth1-bn-sgd": (MLPConfig(), TrainConfig(optimizer="sgd", lr=0.1)),
-    "depth3-bn-sgd-wd": (MLPConfig(n_layers=3, n_hidden=64), TrainConfig(optimizer="sgd", lr=0.1, weight_decay=1e-3)),
-    "depth2-nobn-sgd": (MLPConfig(n_layers=2, n_hidden=64, batchnorm=False), TrainConfig(optimizer="sgd", lr=0.1)),
-    "depth0-sgd": (MLPConfig(n_layers=0), TrainConfig(optimizer="sgd", lr=0.1)),
+    "depth3-bn-sgd-wd": (MLPConfig(n_layer=3, n_hidden=64), TrainConfig(optimizer="sgd", lr=0.1, weight_decay=1e-3)),
+    "depth2-nobn-sgd": (MLPConfig(n_layer=2, n_hidden=64, batchnorm=False), TrainConfig(optimizer="sgd", lr=0.1)),
+    "depth0-sgd": (MLPConfig(n_layer=0), TrainConfig(optimizer="sgd", lr=0.1)),
     "depth1-bn-adamw": (MLPConfig(), TrainConfig(optimizer="adamw", lr=0.01, schedule="cosine", lr_final=1e-4)),
-    "depth2-bn-adamw-wd": (MLPConfig(n_layers=2, n_hidden=48, block_size=4),
+    "depth2-bn-adamw-wd": (MLPConfig(n_layer=2, n_hidden=48, block_size=4),
                            TrainConfig(optimizer="adamw", lr=0.005, weight_decay=0.1, batch_size=20)),
 }
 
@@ -82,7 +82,7 @@ def test_fast_step_gradients_equal_manual_engine(dataset, impl: str) -> None:
     """One step from the same state: every .grad the fast step leaves equals the manual engine's."""
     ds = dataset[3]
     X, Y = ds.X["train"], ds.Y["train"]
-    for mc in (MLPConfig(n_layers=2, n_hidden=32), MLPConfig(n_layers=1, batchnorm=False)):
+    for mc in (MLPConfig(n_layer=2, n_hidden=32), MLPConfig(n_layer=1, batchnorm=False)):
         runs = []
         for engine in ("manual", "fast"):
             g = torch.Generator().manual_seed(7)
@@ -185,7 +185,7 @@ def test_tanh_outputs_visible_to_hooks(dataset, impl: str) -> None:
     seen = {}
     for engine in ("manual", "fast"):
         g = torch.Generator().manual_seed(5)
-        model = build_model(MLPConfig(n_layers=2, n_hidden=32), generator=g)
+        model = build_model(MLPConfig(n_layer=2, n_hidden=32), generator=g)
         model.train()
         step, _ = make_train_step(engine, model, make_optimizer(TrainConfig(), model), ds.X["train"],
                                   ds.Y["train"], 32, g)

@@ -182,7 +182,7 @@ def test_syntax_error_exception_and_endless_loop_get_one_line(tmp_path):
 
 @pytest.mark.parametrize("argv,words", [(["check", "no_such_file.py"], "no such file"),
                                         (["check", "x.py", "--part", "5"], "invalid choice"),
-                                        (["check-layer", "x.py", "--kind", "tanh"], "FILE:ClassName")])
+                                        (["check-layer", "x.py", "--layer", "tanh"], "FILE:ClassName")])
 def test_usage_errors(argv, words, capsys):
     """In this process through main(): exit code 2 and one `error:` line (the subprocess path is tested above)."""
     with pytest.raises(SystemExit) if "invalid" in words else contextlib.nullcontext() as e:

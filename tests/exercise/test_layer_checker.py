@@ -58,7 +58,7 @@ def test_a_hand_written_backward_is_checked():
 def test_cli_check_layer(tmp_path, capsys):
     f = tmp_path / "mine.py"
     f.write_text(SRC.replace("(x - xmean) / torch.sqrt", "x - xmean / torch.sqrt"))
-    assert cli.main(["exercise", "check-layer", f"{f}:BatchNorm1d", "--kind", "batchnorm1d"]) == 1
+    assert cli.main(["exercise", "check-layer", f"{f}:BatchNorm1d", "--layer", "batchnorm1d"]) == 1
     out = capsys.readouterr().out
     assert "did you write x − mean/std instead of (x − mean)/std?" in out
-    assert cli.main(["exercise", "check-layer", f"{HERE / 'layers_lecture.py'}:Linear", "--kind", "linear"]) == 0
+    assert cli.main(["exercise", "check-layer", f"{HERE / 'layers_lecture.py'}:Linear", "--layer", "linear"]) == 0

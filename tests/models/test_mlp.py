@@ -10,7 +10,7 @@ from charmlp.nn import BatchNorm1d, Linear, Tanh, cross_entropy
 
 
 def test_layer_stack_and_parameter_count():
-    model = build_model(MLPConfig(n_layers=1), seed=0)
+    model = build_model(MLPConfig(n_layer=1), seed=0)
     kinds = [type(m).__name__ for m in model.layers]
     assert kinds == ["Embedding", "Flatten", "Linear", "BatchNorm1d", "Tanh", "Linear"]
     # C 27·10 + W1 30·200 (no bias before BN) + γ, β 2·200 + W2 200·27 + b2 27
@@ -18,10 +18,10 @@ def test_layer_stack_and_parameter_count():
 
 
 def test_deep_model_and_no_batchnorm_variant():
-    deep = build_model(MLPConfig(n_layers=5, n_hidden=100), seed=0)
+    deep = build_model(MLPConfig(n_layer=5, n_hidden=100), seed=0)
     assert sum(isinstance(m, BatchNorm1d) for m in deep.layers) == 5
     assert sum(isinstance(m, Tanh) for m in deep.layers) == 5
-    plain = build_model(MLPConfig(n_layers=2, batchnorm=False), seed=0)
+    plain = build_model(MLPConfig(n_layer=2, batchnorm=False), seed=0)
     linears = [m for m in plain.layers if isinstance(m, Linear)]
     assert all(m.bias is not None for m in linears) and not plain.batchnorms()
 
@@ -35,7 +35,7 @@ def test_kaiming_init_scale():
 @pytest.mark.parametrize("n_layers", [1, 5])
 def test_untrained_loss_is_near_ln_vocab(n_layers):
     ds = load_dataset()
-    model = build_model(MLPConfig(n_layers=n_layers), seed=1)
+    model = build_model(MLPConfig(n_layer=n_layers), seed=1)
     with torch.no_grad():
         loss = cross_entropy(model(ds.X["val"][:4096]), ds.Y["val"][:4096]).item()
     assert abs(loss - math.log(27)) < 0.05

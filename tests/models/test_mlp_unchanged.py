@@ -87,7 +87,7 @@ def test_numpy_fast_step_same_losses_within_round_off(names, monkeypatch, case):
         samples = charmlp.sample(res.model, names.vocab, n=10).samples
     else:
         res = _train(names, "auto", 200, batch_size=64, optimizer="adamw", lr=0.005, schedule="cosine", lr_final=1e-4,
-                     model={"n_layers": 2})
+                     model={"n_layer": 2})
         samples = charmlp.sample(res.model, names.vocab, n=10, temperature=0.8, top_k=5, prefix="a").samples
     assert res.summary["step_impl"] == "numpy"
     _assert_close(res.losses, ref["losses"])

@@ -49,7 +49,7 @@ def test_bn_statistics_have_the_channel_shape_and_the_init_policy_is_the_mlps():
 @pytest.mark.parametrize("block,fuse,levels,factors", [(8, 2, 0, [2, 2, 2]), (9, 3, 0, [3, 3]), (8, 2, 2, [2, 4]),
                                                        (12, 2, 3, [2, 2, 3]), (1, 2, 0, [1]), (16, 4, 0, [4, 4])])
 def test_levels(block, fuse, levels, factors):
-    assert WaveNetConfig(block_size=block, fuse=fuse, n_levels=levels).factors() == factors
+    assert WaveNetConfig(block_size=block, fuse=fuse, n_layer=levels).factors() == factors
 
 
 def test_a_block_size_the_fusing_factor_does_not_divide_is_a_user_error(tiny_data):

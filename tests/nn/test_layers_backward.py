@@ -91,7 +91,7 @@ def test_fused_cross_entropy_backward_is_softmax_minus_onehot_over_n():
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_whole_model_backward_matches_finite_differences(batchnorm):
     """Sequential.backward from the fused loss gradient, every parameter at once."""
-    model = build_model(MLPConfig(vocab_size=6, block_size=2, n_embd=3, n_hidden=5, n_layers=2, batchnorm=batchnorm), seed=3)
+    model = build_model(MLPConfig(vocab_size=6, block_size=2, n_embd=3, n_hidden=5, n_layer=2, batchnorm=batchnorm), seed=3)
     model = model.double().train()
     with torch.no_grad():  # γ, β, biases off their 0s and 1s
         for p in model.parameters():

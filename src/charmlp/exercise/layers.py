@@ -229,7 +229,7 @@ def _embedding_rows(cls) -> list[Row]:
 def check_layer(cls: type, kind: str) -> Report:
     """Run the learner's layer class `cls` against charmlp's reference `kind` and diagnose the differences."""
     if kind not in KINDS:
-        raise CharmlpError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
     if not callable(cls):
         raise CharmlpError(f"{cls!r} is not a class")
     fn = {"batchnorm1d": _bn_rows, "linear": _linear_rows, "tanh": _tanh_rows, "embedding": _embedding_rows}[kind]

@@ -164,7 +164,7 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
     if not sep or not path_s or not cls_name.isidentifier():
         raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
     if kind not in KINDS:
-        raise CharmlpError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(path_s)
     if not path.is_file():
         raise CharmlpError(f"{path}: no such file")

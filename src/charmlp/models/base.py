@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import nn
 from ..config import ModelConfig, check_range
@@ -28,12 +28,15 @@ MAX_PARAMS = 1 << 28  # 1 GiB of float32 weights; gradients and optimizer state 
 class TanhStackConfig(ModelConfig):
     """Models built of Embedding → … [Linear → BatchNorm1d → tanh] … → Linear (MLP, WaveNet)."""
 
+    renamed: ClassVar[dict[str, str]] = {"tanh_gain": "init_gain", "out_scale": "init_out_scale"}
     n_embd: int = field(default=10, metadata={"help": "embedding size"})
     n_hidden: int = field(default=200, metadata={"help": "hidden units per layer"})
     batchnorm: bool = field(default=True, metadata={"help": "hidden blocks with BatchNorm1d (Linear → BatchNorm → tanh)"})
-    tanh_gain: float = field(default=5 / 3, metadata={
-        "help": "hidden weights ~ N(0,1)·G/√fan_in (5/3: Kaiming for tanh; √fan_in gives N(0,1))"})
-    out_scale: float = field(default=0.1, metadata={"help": "output weights ~ N(0,1)·S/√fan_in (0.1: a near-uniform first guess)"})
+    init_gain: float = field(default=5 / 3, metadata={
+        "help": "Kaiming gain of the hidden tanh layers: weights ~ N(0,1)·G/√fan_in (5/3 for tanh; √fan_in "
+                "gives N(0,1))"})
+    init_out_scale: float = field(default=0.1, metadata={
+        "help": "output weights ~ N(0,1)·S/√fan_in (0.1: a near-uniform first guess)"})
     bn_momentum: float = field(default=0.1, metadata={"help": "BatchNorm running-statistics momentum"})
     bn_eps: float = field(default=1e-5, metadata={"help": "BatchNorm ε"})
 
@@ -41,7 +44,7 @@ class TanhStackConfig(ModelConfig):
         super().validate()
         check_range("--n-embd", self.n_embd, 1, 4096)
         check_range("--n-hidden", self.n_hidden, 1, 65536)
-        for name, opt in (("tanh_gain", "--tanh-gain"), ("out_scale", "--out-scale")):  # init scales
+        for name, opt in (("init_gain", "--init-gain"), ("init_out_scale", "--init-out-scale")):  # init scales
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 <= v <= 1000):
                 raise CharmlpError(f"{opt} must be a number between 0 and 1000, got {v}")
@@ -55,10 +58,10 @@ MAX_MEMBERS = 16
 
 
 def members_field() -> Any:
-    """The `members` field of the models that can train as an ensemble (`--members K`)."""
+    """The `members` field of the models that can train as an ensemble (`--members M`)."""
     return field(default=1, metadata={
-        "help": "train K copies side by side, each on its own share of every batch, and predict with "
-                "the mean of their probabilities (an ensemble; batch size is the K shares together)"})
+        "help": "train M copies side by side, each on its own share of every batch, and predict with "
+                "the mean of their probabilities (an ensemble; batch size is the M shares together)"})
 
 
 def check_members_batch(batch_size: int, members: int) -> None:

@@ -1,13 +1,13 @@
 """The character-level MLP language model (Bengio et al. 2003, as in the makemore lectures).
 
-ids (B, block) → Embedding C → Flatten → [Linear → BatchNorm1d → Tanh] × n_layers → Linear → logits (B, V)
+ids (B, block) → Embedding C → Flatten → [Linear → BatchNorm1d → Tanh] × n_layer → Linear → logits (B, V)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from .. import nn
 from ..config import check_range
@@ -24,21 +24,22 @@ class MLPConfig(TanhStackConfig):
     """Shape and initialisation of the MLP language model."""
 
     kind = "mlp"
-    n_layers: int = field(default=1, metadata={"help": "hidden Linear → BatchNorm1d → tanh blocks"})
+    renamed: ClassVar[dict[str, str]] = {**TanhStackConfig.renamed, "n_layers": "n_layer"}
+    n_layer: int = field(default=1, metadata={"help": "hidden Linear → BatchNorm1d → tanh blocks"})
 
     def validate(self) -> None:
         super().validate()
-        check_range("--n-layers", self.n_layers, 0, 64)
+        check_range("--n-layer", self.n_layer, 0, 64)
 
     def floats_per_example(self) -> int:
-        return 2 * self.block_size * self.n_embd + 4 * self.n_layers * self.n_hidden + 4 * self.vocab_size
+        return 2 * self.block_size * self.n_embd + 4 * self.n_layer * self.n_hidden + 4 * self.vocab_size
 
 
 def mlp_layers(cfg: MLPConfig) -> list[nn.Layer]:
     """The lectures' MLP as a list of hand-differentiable layers."""
     layers: list[nn.Layer] = [nn.Embedding(cfg.vocab_size, cfg.n_embd), nn.Flatten()]
     fan_in = cfg.block_size * cfg.n_embd
-    for _ in range(cfg.n_layers):
+    for _ in range(cfg.n_layer):
         layers += tanh_block(fan_in, cfg)
         fan_in = cfg.n_hidden
     layers.append(nn.Linear(fan_in, cfg.vocab_size, bias=True))
@@ -113,7 +114,7 @@ SPEC = ModelSpec(
     config=MLPConfig,
     layers=mlp_layers,
     eval_forward=folded_eval_forward,
-    about="the lectures' MLP: context → embeddings → [Linear → BatchNorm → tanh] × n_layers → Linear",
+    about="the lectures' MLP: context → embeddings → [Linear → BatchNorm → tanh] × n_layer → Linear",
     presets={
         # the lectures' exact setup: batch 32, 200k steps, lr 0.1 → 0.01 at half way
         "seed": {},

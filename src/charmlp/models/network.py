@@ -78,7 +78,7 @@ class LanguageModel(torch.nn.Module):
 
 def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:
     """The lectures' initialisation: C ~ N(0, 1); hidden W ~ N(0, 1)·gain/√fan_in (Kaiming, gain
-    5/3 for tanh); output W scaled by `out_scale` and biases 0, so the untrained model predicts
+    5/3 for tanh); output W scaled by `init_out_scale` and biases 0, so the untrained model predicts
     nearly uniformly and its loss is ≈ ln(vocab); BatchNorm γ = 1, β = 0."""
     cfg = model.cfg
     linears = [m for m in model.layers if isinstance(m, Linear)]
@@ -87,7 +87,7 @@ def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:
             m.weight.copy_(torch.randn(m.weight.shape, generator=generator))
         elif isinstance(m, Linear):
             fan_in = m.weight.shape[0]
-            gain = cfg.out_scale if m is linears[-1] else cfg.tanh_gain
+            gain = cfg.init_out_scale if m is linears[-1] else cfg.init_gain
             m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * gain / math.sqrt(fan_in))
             if m.bias is not None:
                 m.bias.zero_()

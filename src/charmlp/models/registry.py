@@ -80,7 +80,7 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if n > MAX_PARAMS:
         raise CharmlpError(
             f"this model would have {n:,} parameters ({4 * n / 2**30:.1f} GiB), more than the {MAX_PARAMS:,} "
-            "charmlp allows; lower its width or depth (--n-hidden, --n-layers, --n-embd)"
+            "charmlp allows; lower its width or depth (--n-hidden, --n-layer, --n-embd)"
         )
 
 

@@ -30,13 +30,13 @@ class TransformerConfig(ModelConfig):
     kind = "transformer"
     sequence = True  # reads whole items: logits at every position
     block_size: int = 0  # 0: from the data (the longest item + 1)
-    n_layer: int = field(default=4, metadata={"help": "transformer: blocks"})
-    n_head: int = field(default=4, metadata={"help": "transformer: attention heads per block"})
-    n_embd: int = field(default=64, metadata={"help": "embedding size (transformer: must be a multiple of --n-head)"})
+    n_layer: int = field(default=4, metadata={"help": "blocks of attention → MLP"})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
+    n_embd: int = field(default=64, metadata={"help": "embedding size, a multiple of --n-head"})
     # after the embeddings and on each residual branch, as GPT-2 (rnn/gru: embeddings, hidden states)
     dropout: float = field(default=0.0, metadata={"help": "dropout probability in training (0: none)"})
     init_std: float = field(default=0.1, metadata={
-        "help": "transformer: weights and embeddings ~ N(0, std²); residual projections scaled by 1/√(2·n_layer)"})
+        "help": "weights and embeddings ~ N(0, S²); residual projections scaled by 1/√(2·n_layer)"})
     members: int = members_field()
 
     def validate(self) -> None:

@@ -8,6 +8,7 @@ Linear → logits (B, V). With block 8 and f = 2 there are three levels (8 → 4
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .. import nn
 from ..config import check_range
@@ -20,27 +21,29 @@ class WaveNetConfig(TanhStackConfig):
     """Shape and initialisation of the hierarchical model (the lecture's: 76,579 parameters)."""
 
     kind = "wavenet"
+    renamed: ClassVar[dict[str, str]] = {**TanhStackConfig.renamed, "n_levels": "n_layer"}
     block_size: int = 8
     n_embd: int = field(default=24, metadata={"help": "embedding size"})
     n_hidden: int = field(default=128, metadata={"help": "hidden units per layer"})
     fuse: int = field(default=2, metadata={"help": "neighbours fused per level"})
-    n_levels: int = field(default=0, metadata={
-        "help": "fusing levels (0: log_fuse(block size); fewer: the last level fuses what is left)"})
+    n_layer: int = field(default=0, metadata={
+        "help": "levels of FlattenConsecutive → Linear → BatchNorm1d → tanh (0: derived from the block size, "
+                "log_fuse(block size); fewer: the last level fuses what is left)"})
 
     def validate(self) -> None:
         super().validate()
         check_range("--fuse", self.fuse, 2, 1024)
-        check_range("--n-levels", self.n_levels, 0, 64)
+        check_range("--n-layer", self.n_layer, 0, 64)
         self.factors()
 
     def factors(self) -> list[int]:
         """Neighbours fused at each level; their product is the block size."""
         T, f, out = self.block_size, self.fuse, []
-        while T > 1 and (self.n_levels == 0 or len(out) < self.n_levels - 1):
+        while T > 1 and (self.n_layer == 0 or len(out) < self.n_layer - 1):
             if T % f:
                 raise CharmlpError(
                     f"{flag('--block-size', self.block_size)} cannot be fused {f} at a time (it is not a power of {flag('--fuse', f)}); "
-                    f"use a block size of {', '.join(str(f**k) for k in range(1, 5))}, … or set --n-levels"
+                    f"use a block size of {', '.join(str(f**k) for k in range(1, 5))}, … or set --n-layer"
                 )
             out.append(f)
             T //= f
