@@ -52,7 +52,9 @@ import charmlp  # noqa: E402
 from charmlp.config import RunConfig, TrainConfig  # noqa: E402
 from charmlp.data import build_examples, load_dataset, split_items  # noqa: E402
 from charmlp.engines import compiled as compiled_step  # noqa: E402
-from charmlp.engines.fast import FastStep, make_train_step, set_threads, unsupported_reason  # noqa: E402
+from charmlp.engines.fast import FastStep, make_train_step  # noqa: E402
+from charmlp.engines.support import unsupported_reason  # noqa: E402
+from charmlp.engines.threads import set_threads  # noqa: E402
 from charmlp.models import MODELS, MLPConfig, apply_preset, build_model  # noqa: E402
 from charmlp.train import make_optimizer  # noqa: E402
 

@@ -290,7 +290,7 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         cfg = run_config_from_args(args)
 
     from .diagnostics import DiagnosticsRecorder, default_every, init_warning_hook
-    from .engines.fast import auto_threads, set_threads
+    from .engines.threads import auto_threads, set_threads
     from .train import resume, train
 
     if args.resume is not None:

@@ -15,7 +15,9 @@ import torch
 from charmlp import CharmlpError, DataConfig, MLPConfig, RunConfig, TrainConfig, load_dataset, train
 from charmlp.config import run_config_from_dict, run_config_to_dict
 from charmlp.engines import compiled as compiled_step
-from charmlp.engines.fast import make_train_step, set_threads, unsupported_reason
+from charmlp.engines.fast import make_train_step
+from charmlp.engines.support import unsupported_reason
+from charmlp.engines.threads import set_threads
 from charmlp.models import MODELS, apply_preset, build_model
 from charmlp.train import make_optimizer, validate_train_config
 from conftest import SRC, assert_user_error, run_cli
@@ -161,12 +163,12 @@ def test_set_threads_rejects_nonsense() -> None:
                                              ("gru", ["--threads", "1"], 1)])
 def test_train_threads_default_by_model_kind(model, flags, want, tmp_path: Path, tiny_data: Path, monkeypatch) -> None:
     """2 threads for whole-item models (their matrices split well), 1 for window models; --threads wins."""
-    import charmlp.engines.fast as fast
+    import charmlp.engines.threads as threads
     from charmlp.cli import main
 
     seen = []
-    real = fast.set_threads
-    monkeypatch.setattr(fast, "set_threads", lambda n: (seen.append(n), real(n))[-1])
+    real = threads.set_threads
+    monkeypatch.setattr(threads, "set_threads", lambda n: (seen.append(n), real(n))[-1])
     code = main(["train", "--model", model, "--data", str(tiny_data), "--steps", "2", "--batch-size", "4",
                  "--out", str(tmp_path / "r"), "--no-progress", *flags])
     assert code == 0 and seen == [want] and torch.get_num_threads() == want

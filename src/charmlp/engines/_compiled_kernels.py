@@ -15,12 +15,12 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from ..jit import cached_njit
-from .compiled import _SYMBOL
+from .blas import SGEMM_SYMBOL
 
 # void cblas_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), ILP64;
 # pointers passed as integers (same registers in every 64-bit calling convention)
 _sgemm = types.ExternalFunction(
-    _SYMBOL,
+    SGEMM_SYMBOL,
     types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float32,
                types.intp, types.int64, types.intp, types.int64, types.float32, types.intp, types.int64),
 )

@@ -25,10 +25,7 @@ back to `FastStep`.
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import math
-import os
 import time
 from typing import Any
 
@@ -37,40 +34,12 @@ import torch
 
 from ..models import LanguageModel
 from ..nn import BatchNorm1d, Linear
-
-# the ILP64 CBLAS sgemm of NumPy's OpenBLAS (numpy ≥ 2 wheels: scipy-openblas), by symbol name
-_SGEMM_NAMES = ("scipy_cblas_sgemm64_", "cblas_sgemm64_")
-_SYMBOL = "charmlp_cblas_sgemm64"  # the name the compiled code calls; bound to the address at import
+from .blas import SGEMM_SYMBOL, find_sgemm
+from .support import unsupported_reason
 
 _status: str | None = None  # None: not tried yet; "" available; else why not
 _step_fn: Any = None
 _cached: bool = False
-
-
-def _find_sgemm() -> int | None:
-    """Address of NumPy's ILP64 cblas_sgemm, or None."""
-    import numpy
-
-    base = os.path.dirname(numpy.__file__)
-    candidates = []
-    for pattern in ("*openblas*", "*blas*"):  # numpy.libs (Linux/Windows wheels), numpy/.dylibs (macOS)
-        for d in (base + ".libs", os.path.join(base, ".dylibs")):
-            candidates += sorted(glob.glob(os.path.join(d, pattern)))
-    try:  # and any BLAS already mapped into this process (Linux)
-        with open("/proc/self/maps") as f:
-            candidates += sorted({ln.split()[-1] for ln in f if "blas" in ln.lower() and ".so" in ln})
-    except OSError:
-        pass
-    for path in dict.fromkeys(candidates):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _SGEMM_NAMES:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                return ctypes.cast(fn, ctypes.c_void_p).value
-    return None
 
 
 def available() -> bool:
@@ -93,10 +62,10 @@ def _setup() -> str:
         import numba  # noqa: F401
     except ImportError:
         return "numba is not installed (pip install numba)"
-    addr = _find_sgemm()
+    addr = find_sgemm()
     if addr is None:
         return "NumPy's BLAS exports no ILP64 cblas_sgemm"
-    llvm.add_symbol(_SYMBOL, addr)
+    llvm.add_symbol(SGEMM_SYMBOL, addr)
     from . import _compiled_kernels as k
 
     _step_fn, _cached = k.mlp_step, k.CACHED
@@ -126,8 +95,6 @@ class CompiledStep:
 
     def __init__(self, model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                  batch_size: int, generator: torch.Generator) -> None:
-        from .fast import unsupported_reason
-
         reason = unsupported_reason(model, optimizer) or unavailable_reason()
         if reason is not None:
             raise ValueError(reason)

@@ -31,7 +31,6 @@ BatchNorm), plain `torch.optim.SGD` (no momentum/nesterov/dampening) or `torch.o
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -39,50 +38,14 @@ import torch
 
 from ..errors import CharmlpError
 from ..models import LanguageModel
-from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Tanh
+from ..nn import BatchNorm1d, Linear
 from .eager import EagerStep
+from .support import unsupported_reason
 
 # step(lr) -> loss of the minibatch it drew (before the update). Every step draws its batch as
 # the lectures' loop does, `torch.randint(0, N, (B,), generator=g)`, so the generator's state at
 # each step boundary is exactly the eager loop's (a checkpoint can save it; a resume restores it).
 StepFn = Callable[[float], "float | torch.Tensor"]
-
-
-def unsupported_reason(model: LanguageModel, optimizer: torch.optim.Optimizer) -> str | None:
-    """Why the fast step cannot run this model/optimizer (None when it can)."""
-    params = list(model.parameters())
-    if any(p.device.type != "cpu" for p in params):
-        return "the fast step runs on the CPU only"
-    if any(p.dtype != torch.float32 for p in params):
-        return "the fast step needs float32 parameters"
-    kinds = [type(m) for m in model.layers]
-    if kinds[:2] != [Embedding, Flatten] or kinds[-1] is not Linear:
-        return "unrecognised layer stack"
-    body = kinds[2:-1]
-    i = 0
-    while i < len(body):  # [Linear, (BatchNorm1d), Tanh]*
-        if body[i] is not Linear:
-            return "unrecognised layer stack"
-        i += 1
-        if i < len(body) and body[i] is BatchNorm1d:
-            i += 1
-        if i >= len(body) or body[i] is not Tanh:
-            return "unrecognised layer stack"
-        i += 1
-    if len(optimizer.param_groups) != 1:
-        return "the fast step needs a single parameter group"
-    group = optimizer.param_groups[0]
-    if {id(p) for p in group["params"]} != {id(p) for p in params}:
-        return "the optimizer does not hold exactly the model's parameters"
-    if isinstance(optimizer, torch.optim.AdamW):
-        if group.get("amsgrad") or group.get("maximize") or group.get("capturable") or group.get("differentiable"):
-            return "AdamW with amsgrad/maximize/capturable/differentiable is not supported"
-        return None
-    if type(optimizer) is torch.optim.SGD:
-        if group.get("momentum") or group.get("nesterov") or group.get("dampening") or group.get("maximize"):
-            return "SGD with momentum/nesterov/dampening/maximize is not supported"
-        return None
-    return f"optimizer {type(optimizer).__name__} is not supported"
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -389,49 +352,3 @@ def make_train_step(engine: str, model: LanguageModel, optimizer: torch.optim.Op
             raise CharmlpError(f"--engine fast cannot run here: {reason}; use --engine auto or manual")
         engine = "manual"
     return EagerStep(engine, model, optimizer, X, Y, batch_size, generator), engine
-
-
-def _openblas_setters() -> list[Callable[[int], None]]:
-    """`openblas_set_num_threads` of every OpenBLAS loaded in this process (NumPy's own, on Linux)."""
-    import ctypes
-
-    setters = []
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return setters
-    names = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_int], None
-                setters.append(fn)
-                break
-    return setters
-
-
-def auto_threads(sequence: bool) -> int:
-    """The default thread count: 2 (where there are 2 cores) for whole-item models, whose matrices
-    (a batch's every position at once) are large enough to split — the gru's training step is about
-    1.3× faster and the transformer's 1.4× on the 2-core machine —, else 1."""
-    return min(2, os.cpu_count() or 1) if sequence else 1
-
-
-def set_threads(n: int) -> None:
-    """Use `n` CPU threads in torch and in NumPy's OpenBLAS (where it can be found).
-
-    For this model one thread is fastest (benchmarks/run.py measures 1 vs 2): the matrices are
-    too small to split, and on a busy machine a second spinning thread costs far more than it
-    gives.
-    """
-    if not 1 <= n <= 1024:
-        raise CharmlpError(f"--threads must be between 1 and 1024, got {n}")
-    torch.set_num_threads(n)
-    for setter in _openblas_setters():
-        setter(n)
