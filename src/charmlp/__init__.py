@@ -69,3 +69,6 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+# every model registers its config class with config.MODEL_CONFIGS (imports no torch)
+from . import models as _models  # noqa: E402, F401

@@ -60,10 +60,15 @@ def check_range(flag: str, value: int | float, lo: int | float, hi: int | float)
         raise CharmlpError(f"{flag} must be between {lo} and {hi}, got {value}")
 
 
-def _default_model() -> ModelConfig:
-    from .models.mlp import MLPConfig  # the default model; imported when needed: models/ sits above config
+# A run's model: its `kind` names the config class, which lives with the model in models/ (config
+# imports no model). models/registry.py fills this table when charmlp.models is imported, and the
+# package's __init__ imports charmlp.models, so it is full before any RunConfig is built.
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
+DEFAULT_MODEL = "mlp"  # RunConfig()'s model, and that of a config.json written before the model zoo
 
-    return MLPConfig()
+
+def _default_model() -> ModelConfig:
+    return MODEL_CONFIGS[DEFAULT_MODEL]()
 
 
 @dataclass
@@ -163,11 +168,22 @@ def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
             "train": dataclasses.asdict(cfg.train)}
 
 
+def model_config_from_dict(d: Any) -> ModelConfig:
+    """config.json's "model" object → its config dataclass ("kind" absent: an MLP, as written
+    before the model zoo)."""
+    if not isinstance(d, dict):
+        raise CharmlpError("model in config.json is not an object; the run directory is damaged")
+    d = dict(d)
+    kind = d.pop("kind", DEFAULT_MODEL)
+    if kind not in MODEL_CONFIGS:
+        raise CharmlpError(f"config.json names model {kind!r}, which this charmlp does not know; it was written by "
+                           "another charmlp version")
+    return config_from_dict(MODEL_CONFIGS[kind], d, "model")
+
+
 def run_config_from_dict(d: Any) -> RunConfig:
     """The inverse of `run_config_to_dict`; a model without "kind" is an MLP (run directories
     written before the model zoo)."""
-    from .models.registry import model_config_from_dict  # models/ sits above config
-
     if not isinstance(d, dict):
         raise CharmlpError("config.json is not a JSON object; the run directory is damaged")
     return RunConfig(

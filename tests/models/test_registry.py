@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from charmlp.config import TrainConfig, model_config_to_dict
+from charmlp.config import TrainConfig, model_config_from_dict, model_config_to_dict
 from charmlp.errors import CharmlpError
 from charmlp.models import MODELS, get_spec, preset
-from charmlp.models.registry import model_config_from_dict
 from conftest import SRC
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -1,17 +1,18 @@
 """The model zoo: one file per family, each built only from `charmlp.nn` layers.
 
-`LanguageModel` (the one torch module every family builds) loads on first use (PEP 562): the
-configurations, specs and presets import no torch, so the CLI can build its flags from them.
+`network` (the one torch module every family builds, `LanguageModel`, and building, counting and
+size-checking a model) loads on first use (PEP 562): the configurations, specs and presets import
+no torch, so the CLI can build its flags from them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import ModelSpec, TanhStackConfig, check_members_batch, count_params, num_params
+from .base import ModelSpec, TanhStackConfig, check_members_batch
 from .bigram import BigramConfig
 from .mlp import MLPConfig
-from .registry import MODELS, apply_preset, build_model, get_spec, model_config, preset, spec_of, validate_model_config
+from .registry import MODELS, apply_preset, get_spec, model_config, preset, spec_of
 from .rnn import GRUConfig, RNNConfig
 from .transformer import TransformerConfig
 from .wavenet import WaveNetConfig
@@ -23,10 +24,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name != "LanguageModel":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from .network import LanguageModel
+_NETWORK = ("LanguageModel", "build_model", "count_params", "num_params", "validate_model_config")
 
-    globals()[name] = LanguageModel  # the next lookup is a plain attribute
-    return LanguageModel
+
+def __getattr__(name: str) -> Any:
+    if name not in _NETWORK:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import network
+
+    value = globals()[name] = getattr(network, name)  # the next lookup is a plain attribute
+    return value

@@ -80,20 +80,6 @@ def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[nn.Layer]:
     return [*layers, nn.Tanh()]
 
 
-def count_params(cfg: ModelConfig) -> int:
-    """Parameters of the model `cfg` describes, without allocating it (built on the meta device)."""
-    import torch
-
-    from .network import LanguageModel
-
-    with torch.device("meta"):
-        return num_params(LanguageModel(cfg))
-
-
-def num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A model family as the commands see it: its name, configuration, layers and presets.
