@@ -1,7 +1,6 @@
 """The model zoo: one file per family, each built only from `charmlp.nn` layers.
 
-`network` (the one torch module every family builds, `LanguageModel`, and building, counting and
-size-checking a model) loads on first use (PEP 562): the configurations, specs and presets import
+`LanguageModel` (network.py: the one torch module every family builds) loads on first use (PEP 562): the configurations, specs and presets import
 no torch, so the CLI can build its flags from them.
 """
 
@@ -11,6 +10,7 @@ from typing import Any
 
 from .base import ModelSpec, TanhStackConfig, check_members_batch
 from .bigram import BigramConfig
+from .build import build_model, count_params, num_params, validate_model_config
 from .mlp import MLPConfig
 from .registry import MODELS, apply_preset, get_spec, model_config, preset, spec_of
 from .rnn import GRUConfig, RNNConfig
@@ -24,13 +24,10 @@ __all__ = [
 ]
 
 
-_NETWORK = ("LanguageModel", "build_model", "count_params", "num_params", "validate_model_config")
-
-
 def __getattr__(name: str) -> Any:
-    if name not in _NETWORK:
+    if name != "LanguageModel":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import network
+    from .network import LanguageModel
 
-    value = globals()[name] = getattr(network, name)  # the next lookup is a plain attribute
-    return value
+    globals()[name] = LanguageModel  # the next lookup is a plain attribute
+    return LanguageModel

@@ -15,10 +15,9 @@ from collections.abc import Callable
 import torch
 
 from ..config import ModelConfig
-from ..errors import CharmlpError
 from ..nn import BatchNorm1d, Dropout, Embedding, Ensemble, Linear, Sequential
-from .base import MAX_PARAMS, ModelSpec
-from .registry import model_config, spec_of
+from .base import ModelSpec
+from .registry import spec_of
 
 
 class LanguageModel(torch.nn.Module):
@@ -97,39 +96,3 @@ def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:
             m.bias.zero_()
             m.running_mean.zero_()
             m.running_var.fill_(1.0)
-
-
-def count_params(cfg: ModelConfig) -> int:
-    """Parameters of the model `cfg` describes, without allocating it (built on the meta device)."""
-    with torch.device("meta"):
-        return num_params(LanguageModel(cfg))
-
-
-def num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Raise a user error for sizes that are zero, negative or absurd, or a model too large
-    (counting the parameters imports torch; the checks before it do not)."""
-    spec_of(cfg)
-    cfg.validate()
-    n = count_params(cfg)
-    if n > MAX_PARAMS:
-        raise CharmlpError(
-            f"this model would have {n:,} parameters ({4 * n / 2**30:.1f} GiB), more than the {MAX_PARAMS:,} "
-            "charmlp allows; lower its width or depth (--n-hidden, --n-layer, --n-embd)"
-        )
-
-
-def build_model(cfg: ModelConfig | None = None, generator: torch.Generator | None = None,
-                seed: int | None = None) -> LanguageModel:
-    """Build and initialise the model `cfg` describes (default: the MLP); pass a `generator`
-    (or a `seed`) for reproducibility."""
-    cfg = cfg if cfg is not None else model_config()
-    validate_model_config(cfg)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    model = LanguageModel(cfg)
-    model.init_weights(generator)
-    return model
