@@ -17,7 +17,7 @@ import hashlib
 import math
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,19 +315,6 @@ class Checkpointer:
         """The run is complete (model.safetensors written): the checkpoint has served."""
         if self.dir is not None and (self.dir / WEIGHTS).is_file():
             remove_file(self.dir / STATE)
-
-    def steps(self, steps: Iterable[int]) -> Iterator[int]:
-        """The training loop's steps; after each one, checkpoint as configured. While it runs,
-        Ctrl-C/SIGTERM stop cleanly at the end of the current step."""
-        try:
-            with self.catch_signals():
-                for step in steps:
-                    yield step
-                    self.after_step(step)
-        finally:  # end a progress bar's line before any message (tqdm's close is idempotent)
-            close = getattr(steps, "close", None)
-            if close is not None:
-                close()
 
     # -- signals --------------------------------------------------------------------------
     @contextlib.contextmanager

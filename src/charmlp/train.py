@@ -22,7 +22,7 @@ from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
 from .engines.eager import EagerStep
-from .engines.fast import make_train_step
+from .engines.fast import StepFn, make_train_step
 from .errors import CharmlpError, flag
 from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
@@ -257,13 +257,10 @@ def train(
         train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
         bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
                    mininterval=0.5, dynamic_ncols=True)
-        sync_every = resolve_sync_every(tc, device)
-        if sync_every > 1 and isinstance(train_step, EagerStep):
-            loop = WindowLoop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, sync_every)
-            loop.run(start, lambda: split_loss(model, Xval, Yval))
-        else:
-            _one_step_loop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, progress,
-                           lambda: split_loss(model, Xval, Yval))
+        # eager engines read the loss back once a window; a fused step returns each step's loss at once
+        window = resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1
+        TrainLoop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, window).run(
+            start, lambda: split_loss(model, Xval, Yval))
         train_seconds = time.perf_counter() - t0
 
         calibrate = bool(model.batchnorms()) and tc.calibrate_bn
@@ -300,26 +297,6 @@ def train(
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
 
 
-def _one_step_loop(tc: TrainConfig, train_step: Callable[[float], float | torch.Tensor], ckpt: Checkpointer,
-                   bar: tqdm, losses: torch.Tensor, val_losses: torch.Tensor, eval_every: int,
-                   hooks: tuple[StepHook, ...], progress: bool, val_loss: Callable[[], float]) -> None:
-    """Each step's loss read back at once: the non-finite guard stops on the step that gave it."""
-    model = ckpt.model
-    postfix: dict[str, str] = {}
-    for step in ckpt.steps(bar):  # checkpoints after each step; Ctrl-C/SIGTERM stop cleanly
-        lr = lr_at(tc, step)
-        loss = train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
-        ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
-        losses[step] = loss
-        _record_val(tc, eval_every, step, val_losses, val_loss, postfix)
-        for hook in hooks:
-            if wants(hook, step):
-                hook(step, model, lr, losses[step])
-        if progress and step % 200 == 0:
-            postfix.update(loss=f"{losses[step].item():.4f}", lr=f"{lr:g}")
-            bar.set_postfix(postfix, refresh=False)
-
-
 def _record_val(tc: TrainConfig, eval_every: int, step: int, val_losses: torch.Tensor,
                 val_loss: Callable[[], float], postfix: dict[str, str]) -> None:
     """After `step`, when an evaluation is due (every `eval_every` steps, and the last step): the
@@ -340,29 +317,33 @@ def resolve_sync_every(cfg: TrainConfig, device: torch.device) -> int:
     return SYNC_EVERY_GPU if device.type == "cuda" else 1
 
 
-class WindowLoop:
-    """The training loop in windows of steps with no host sync inside (`EagerStep.window`).
+class TrainLoop:
+    """The training loop, for every model, engine and device: steps in windows, with no host sync
+    inside a window.
 
-    A window ends every `sync_every` steps and wherever the one-step loop does something the
-    host must see: a checkpoint, a val evaluation, a step a hook wants (a hook's `wants(step)`;
-    one without it wants every step), Ctrl-C/SIGTERM. At its end the losses come back in one copy;
-    a non-finite one sends the state back to the window's start and the window is replayed one
-    checked step at a time, so the run stops where, and with the state that, the one-step loop's
-    guard gives. Same seed, same losses, bit for bit.
+    A window ends every `window` steps (1 for a fused step, whose loss comes back with each step;
+    `sync_every` for the eager engines) and wherever the host must see the state: a checkpoint, a
+    val evaluation, a step a hook wants (a hook's `wants(step)`; one without it wants every step),
+    Ctrl-C/SIGTERM. At its end the losses come back in one copy; a non-finite one sends the state
+    back to the window's start and the window is replayed one checked step at a time, so the run
+    stops on the step that gave it, with the state before it. Evaluation, hooks, the progress bar
+    and checkpointing happen in one place, `_window_done`. Same seed, same losses, bit for bit,
+    whatever the window.
     """
 
-    def __init__(self, tc: TrainConfig, step: EagerStep, ckpt: Checkpointer, bar: tqdm, losses: torch.Tensor,
-                 val_losses: torch.Tensor, eval_every: int, hooks: tuple[StepHook, ...], sync_every: int) -> None:
+    def __init__(self, tc: TrainConfig, step: StepFn, ckpt: Checkpointer, bar: tqdm, losses: torch.Tensor,
+                 val_losses: torch.Tensor, eval_every: int, hooks: tuple[StepHook, ...], window: int) -> None:
         self.tc, self.step, self.ckpt, self.bar = tc, step, ckpt, bar
         self.losses, self.val_losses, self.eval_every = losses, val_losses, eval_every
-        self.hooks, self.sync_every = hooks, sync_every
+        self.hooks, self.window = hooks, window
+        self.postfix: dict[str, str] = {}
 
     def _hooked(self, s: int) -> bool:
         return any(wants(h, s) for h in self.hooks)
 
     def _end(self, start: int) -> int:
         """The window from `start`: up to the next read-back, checkpoint, evaluation or hooked step."""
-        end = min(self.tc.steps, (start // self.sync_every + 1) * self.sync_every)
+        end = min(self.tc.steps, (start // self.window + 1) * self.window)
         for every in (self.tc.checkpoint_every, self.eval_every):
             if every:
                 end = min(end, (start // every + 1) * every)
@@ -372,33 +353,51 @@ class WindowLoop:
             end = next((s for s in range(start + 1, end) if self._hooked(s)), end)
         return end
 
+    def _one(self, step: int) -> float:
+        """One step, its loss read back at once: the non-finite guard stops on the step that gave it."""
+        lr = lr_at(self.tc, step)
+        loss = self.step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
+        self.ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
+        self.losses[step] = loss
+        return lr
+
+    def _many(self, step: int, end: int) -> tuple[int, float]:
+        """Steps `step` … `end` − 1 of an eager engine (fewer when Ctrl-C/SIGTERM stops the window),
+        their losses read back in one copy; → the last step taken and its lr."""
+        lrs = [lr_at(self.tc, s) for s in range(step, end)]
+        snap = self.step.snapshot()
+        chunk = self.step.window(lrs, stop=lambda: self.ckpt.pending is not None).cpu()  # the one host sync
+        if not bool(torch.isfinite(chunk).all()):
+            self.step.restore(snap)
+            for i in range(len(chunk)):  # replay: the one-step guard stops on the first non-finite loss
+                chunk[i] = self.step(lrs[i])
+                self.ckpt.check_loss(step + i, chunk[i], lrs[i])
+        self.losses[step : step + len(chunk)] = chunk
+        return step + len(chunk) - 1, lrs[len(chunk) - 1]
+
+    def _window_done(self, first: int, last: int, lr: float, val_loss: Callable[[], float]) -> None:
+        """After a window's last step: evaluation, hooks, progress, then the checkpoint (which also
+        stops the run cleanly on a pending Ctrl-C/SIGTERM)."""
+        _record_val(self.tc, self.eval_every, last, self.val_losses, val_loss, self.postfix)
+        for hook in self.hooks:  # windows end at the steps hooks want
+            if wants(hook, last):
+                hook(last, self.ckpt.model, lr, self.losses[last])
+        if self.window > 1 or last % 200 == 0:
+            self.postfix.update(loss=f"{self.losses[last].item():.4f}", lr=f"{lr:g}")
+            self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(last + 1 - first)
+        self.ckpt.after_step(last)
+
     def run(self, start: int, val_loss: Callable[[], float]) -> None:
-        tc, ckpt, model = self.tc, self.ckpt, self.ckpt.model
-        postfix: dict[str, str] = {}
         step = start
-        with ckpt.catch_signals():
+        with self.ckpt.catch_signals():
             try:
-                while step < tc.steps:
-                    lrs = [lr_at(tc, s) for s in range(step, self._end(step))]
-                    snap = self.step.snapshot()
-                    chunk = self.step.window(lrs, stop=lambda: ckpt.pending is not None).cpu()  # the one host sync
-                    if not bool(torch.isfinite(chunk).all()):
-                        self.step.restore(snap)
-                        for i in range(len(chunk)):  # replay: the one-step guard stops on the first non-finite loss
-                            chunk[i] = self.step(lrs[i])
-                            ckpt.check_loss(step + i, chunk[i], lrs[i])
-                    last, lr = step + len(chunk) - 1, lrs[len(chunk) - 1]
-                    self.losses[step : last + 1] = chunk
-                    _record_val(tc, self.eval_every, last, self.val_losses, val_loss, postfix)
-                    for hook in self.hooks:  # windows end at the steps hooks want
-                        if wants(hook, last):
-                            hook(last, model, lr, self.losses[last])
-                    postfix.update(loss=f"{chunk[-1].item():.4f}", lr=f"{lr:g}")
-                    self.bar.set_postfix(postfix, refresh=False)
-                    self.bar.update(len(chunk))
-                    ckpt.after_step(last)  # periodic checkpoint; a pending Ctrl-C/SIGTERM saves and stops
+                while step < self.tc.steps:
+                    end = step + 1 if self.window == 1 else self._end(step)
+                    last, lr = (step, self._one(step)) if end == step + 1 else self._many(step, end)
+                    self._window_done(step, last, lr, val_loss)
                     step = last + 1
-            finally:
+            finally:  # end a progress bar's line before any message
                 self.bar.close()
 
 
