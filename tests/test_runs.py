@@ -274,3 +274,13 @@ def test_parse_header_checks_the_tensor_entries():
         raw = file(entries, 32)
         with pytest.raises(ValueError, match=reason):
             parse_header(raw, len(raw))
+
+
+def test_an_older_runs_renamed_fields_share_the_new_column() -> None:
+    """A run written before `n_layers` became `n_layer` (and tanh_gain/out_scale the init_ names)
+    shows its values under the new names, so old and new runs line up in one table."""
+    from charmlp.runs import read_run_row
+
+    config = read_run_row(Path(__file__).parent / "fixtures" / "mlp_run_v0").config
+    assert config["model.n_layer"] == 1 and config["model.init_out_scale"] == 0.1
+    assert not {"model.n_layers", "model.tanh_gain", "model.out_scale"} & set(config)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CONFIG, METRICS, STATE, SUMMARY, WEIGHTS, atomic_write_bytes, check_run_files, read_header
+from .config import DEFAULT_MODEL, MODEL_CONFIGS, renamed_keys
 from .errors import CharmlpError
 
 # flattened config keys that never change a number of the run: not worth a column
@@ -115,12 +116,23 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _current_names(raw: dict[str, Any]) -> dict[str, Any]:
+    """config.json with its model's renamed fields (an older run's `n_layers`) spelled as they
+    are now, so old and new runs share a column."""
+    model = raw["model"]
+    cls = MODEL_CONFIGS.get(model.get("kind", DEFAULT_MODEL)) if isinstance(model, dict) else None
+    try:
+        return {**raw, "model": renamed_keys(cls, model)} if cls is not None else raw
+    except CharmlpError:  # both spellings: shown as written
+        return raw
+
+
 def read_run_row(d: Path) -> RunRow:
     """One run directory; `CharmlpError` if `d` is not one."""
     raw = _read_json(d / CONFIG)
     if not isinstance(raw, dict) or not {"data", "model", "train"} <= set(raw):
         raise CharmlpError(f"{d / CONFIG} was not written by charmlp; {d} is not a run directory")
-    config = {k: v for k, v in flatten(raw).items() if k not in IGNORED_KEYS}
+    config = {k: v for k, v in flatten(_current_names(raw)).items() if k not in IGNORED_KEYS}
     kind = next((str(config[k]) for k in KIND_KEYS if k in config), DEFAULT_KIND)
     summary = _read_json(d / SUMMARY) if (d / SUMMARY).is_file() else {}
     if not isinstance(summary, dict):
