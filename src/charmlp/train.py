@@ -237,13 +237,10 @@ def train(
     model.train()
     optimizer = make_optimizer(tc, model)
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
-    closed_form = spec_of(cfg.model).fit
-    if closed_form is not None and closed_form(model, Xtr, Ytr):  # fitted in closed form (bigram --fit counts): no steps
-        tc = dataclasses.replace(tc, steps=0)
-        cfg = dataclasses.replace(cfg, train=tc)
-    n = len(Ytr)
+    cfg = _fit_in_closed_form(cfg, model, Xtr, Ytr)
+    tc = cfg.train
     if tc.steps:  # (a closed-form fit draws no batch)
-        check_batch_fits(tc.batch_size, n)
+        check_batch_fits(tc.batch_size, len(Ytr))
 
     losses = torch.empty(tc.steps)
     Xval, Yval = dataset.X["val"], dataset.Y["val"]
@@ -267,23 +264,16 @@ def train(
         if calibrate:
             calibrate_batchnorm(model, Xtr)
         model.eval()
-        split_losses = evaluate(model, dataset)
         loss_list = losses.tolist()
         summary = {
             "init_loss": loss_list[0] if loss_list else None,  # None (null): fitted in closed form, no step
-            "train_loss": split_losses["train"],
-            "val_loss": split_losses["val"],
-            "test_loss": split_losses["test"],
+            **{f"{split}_loss": loss for split, loss in evaluate(model, dataset).items()},
             "steps": tc.steps,
             # wall times include the processes before a resume (from the checkpoint)
             "seconds": ckpt.seconds_before + time.perf_counter() - t0,
             "train_seconds": ckpt.seconds_before + train_seconds,
             "steps_per_s": (tc.steps - start) / train_seconds,
-            "ln_vocab": math.log(dataset.vocab.size),
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "engine": engine,
-            "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
-            "device": str(device),
+            **_run_facts(model, dataset, train_step, engine, device),
             "bn_calibrated": calibrate,
         }
         out = None
@@ -295,6 +285,27 @@ def train(
             save_run(out, cfg, dataset.vocab, model, keep_config=resume)
             ckpt.finish()
     return TrainResult(model, dataset, cfg, loss_list, summary, out)
+
+
+def _fit_in_closed_form(cfg: RunConfig, model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> RunConfig:
+    """Offer the fresh model its model's closed-form fit (bigram --fit counts); when it fits, the
+    run takes no gradient steps."""
+    fit = spec_of(cfg.model).fit
+    if fit is not None and fit(model, X, Y):
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=0))
+    return cfg
+
+
+def _run_facts(model: LanguageModel, dataset: Dataset, train_step: StepFn, engine: str,
+               device: torch.device) -> dict[str, object]:
+    """summary.json's facts about what ran: sizes, the engine and step, the device."""
+    return {
+        "ln_vocab": math.log(dataset.vocab.size),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "engine": engine,
+        "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
+        "device": str(device),
+    }
 
 
 def _record_val(tc: TrainConfig, eval_every: int, step: int, val_losses: torch.Tensor,
