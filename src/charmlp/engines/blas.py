@@ -24,6 +24,15 @@ def mapped_libraries(word: str) -> list[str]:
         return []
 
 
+def first_symbol(path: str, names: tuple[str, ...]) -> ctypes._CFuncPtr | None:
+    """The first of `names` that the shared library at `path` exports (None: none, or no library)."""
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    return next((fn for fn in (getattr(lib, n, None) for n in names) if fn is not None), None)
+
+
 def find_sgemm() -> int | None:
     """Address of NumPy's ILP64 cblas_sgemm, or None."""
     base = os.path.dirname(numpy.__file__)
@@ -33,14 +42,9 @@ def find_sgemm() -> int | None:
             candidates += sorted(glob.glob(os.path.join(d, pattern)))
     candidates += mapped_libraries("blas")  # and any BLAS already mapped into this process (Linux)
     for path in dict.fromkeys(candidates):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _SGEMM_NAMES:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                return ctypes.cast(fn, ctypes.c_void_p).value
+        fn = first_symbol(path, _SGEMM_NAMES)
+        if fn is not None:
+            return ctypes.cast(fn, ctypes.c_void_p).value
     return None
 
 
@@ -49,14 +53,8 @@ def openblas_setters() -> list[Callable[[int], None]]:
     names = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
     setters: list[Callable[[int], None]] = []
     for path in mapped_libraries("openblas"):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_int], None
-                setters.append(fn)
-                break
+        fn = first_symbol(path, names)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], None
+            setters.append(fn)
     return setters
