@@ -54,10 +54,11 @@ def steps_per_s(tree: Path, case: tuple) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(old: Path, rounds: int) -> dict:
-    runs: dict[str, dict[str, list[float]]] = {name: {"old": [], "new": []} for name in CASES}
+def measure(old: Path, rounds: int, cases: list[str]) -> dict:
+    runs: dict[str, dict[str, list[float]]] = {name: {"old": [], "new": []} for name in cases}
     for r in range(rounds):
-        for name, case in CASES.items():
+        for name in cases:
+            case = CASES[name]
             order = (("old", old), ("new", NEW)) if r % 2 == 0 else (("new", NEW), ("old", old))
             for side, tree in order:
                 runs[name][side].append(steps_per_s(tree, case))
@@ -73,10 +74,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, type=Path, help="checkout to compare against (its src/ is imported)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds, each running every case on both trees")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="only this case (repeatable; default all)")
     ap.add_argument("--out", type=Path, default=HERE / "results_loop.json", help="results file")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
-    table = measure(args.old.resolve(), args.rounds)
+    table = measure(args.old.resolve(), args.rounds, args.case or list(CASES))
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "python": platform.python_version(), "threads": 1},
               "rounds": args.rounds, "cases": table}
