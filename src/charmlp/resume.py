@@ -158,7 +158,7 @@ def restore_state(
     return step
 
 
-# ----------------------------------------------------------------------------- the checkpointer
+# ----------------------------------------------------------------------------- the run directory and its checkpoint
 
 
 @dataclass
@@ -188,143 +188,67 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     return Checkpoint(path, meta["step"], int(meta.get("steps", 0)), str(meta.get("reason", "")), tensors, meta)
 
 
-class Checkpointer:
-    """Saves and restores training state for the loop in `train.train`.
+class RunDirectory:
+    """A run directory's life as one training process writes it: locked (`holding`), begun — a fresh
+    run refused, prepared or set to replace the old one, or a resume's checkpoint found — the old
+    run replaced (`claim`) and the run finished (`finish`)."""
 
-    Without a run directory it only guards against a non-finite loss.
-    """
-
-    def __init__(
-        self,
-        out_dir: str | Path | None,
-        cfg: RunConfig,
-        dataset: Dataset,
-        model: LanguageModel,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        losses: torch.Tensor,
-        val_losses: torch.Tensor | None = None,
-    ) -> None:
-        self.dir = None if out_dir is None else Path(out_dir)
+    def __init__(self, path: str | Path, cfg: RunConfig, dataset: Dataset) -> None:
+        self.path = Path(path)
         self.cfg, self.dataset = cfg, dataset
-        self.model, self.optimizer, self.generator, self.losses = model, optimizer, generator, losses
-        self.val_losses = val_losses
-        self.every = cfg.train.checkpoint_every
-        self.total = cfg.train.steps
-        self.pending: int | None = None  # signal number received during a step
-        self.last_saved = -1
-        self.fingerprint = _run_fingerprint(cfg, dataset) if self.dir is not None else None
-        self.started = time.perf_counter()
-        self.seconds_before = 0.0  # wall time the interrupted processes spent (from the checkpoint)
+        self.fingerprint = _run_fingerprint(cfg, dataset)  # what a checkpoint of this run records
         self.replace_pending = False  # --force: the old run is replaced at the first checkpoint
 
-    # -- start ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
         """The run directory locked for this writer from `begin` to the end of the block (see lock.py)."""
-        if self.dir is None:
-            yield
-            return
-        with RunDirLock(make_run_dir(self.dir), "charmlp train"):
+        with RunDirLock(make_run_dir(self.path), "charmlp train"):
             yield
 
-    def begin(self, resume: bool, force: bool = False) -> int:
-        """Fresh run: prepare the run directory. Resume: restore the checkpoint. Returns the first step.
+    def begin(self, resume: bool, force: bool = False) -> Checkpoint | None:
+        """Fresh run: prepare the run directory (None). Resume: the checkpoint to continue from, checked
+        to belong to this run (None: stopped before its first one, so starting over is exact).
 
         A fresh run never replaces a run without `force`; with it, the old run's files stay until
-        the new run's first checkpoint is written (`save`), so a failed start loses nothing.
+        the new run's first checkpoint is written (`claim`), so a failed start loses nothing.
         """
-        if self.dir is None:
-            if resume:
-                raise CharmlpError("resuming needs the run directory")
-            return 0
         if not resume:
-            self.replace_pending = _refuse_to_replace(self.dir, force)
+            self.replace_pending = _refuse_to_replace(self.path, force)
             if not self.replace_pending:
-                prepare_run_dir(self.dir, self.cfg, self.dataset.vocab)
-            return 0
-        remove_stale_temporaries(self.dir)
-        ck = read_checkpoint(self.dir)
-        if ck is None:  # stopped before its first checkpoint: start over, which is exact
-            return 0
-        if not _same_run(ck.meta.get("fingerprint"), self.fingerprint, self.cfg):
+                prepare_run_dir(self.path, self.cfg, self.dataset.vocab)
+            return None
+        remove_stale_temporaries(self.path)
+        ck = read_checkpoint(self.path)
+        if ck is not None and not _same_run(ck.meta.get("fingerprint"), self.fingerprint, self.cfg):
             raise CharmlpError(
                 f"{ck.path} was written for another configuration, vocabulary or data file than this run has now "
                 "(the data file changed?); it cannot be resumed exactly"
             )
-        step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path,
-                             self.val_losses)
-        self.last_saved = step
-        seconds = ck.meta.get("seconds", 0.0)
-        self.seconds_before = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
-        return step
-
-    # -- per step -------------------------------------------------------------------------
-    def check_loss(self, step: int, loss: torch.Tensor | float, lr: float) -> None:
-        """Stop at once on a non-finite loss, after saving the last good state."""
-        if math.isfinite(float(loss)):  # 0.2 µs, where torch.isfinite costs 6 µs a step
-            return
-        where = ""
-        if self.dir is not None:
-            if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                self.save(step, "non-finite")
-                where = f"; the last good state (after {step} steps) is saved in {self.dir}"
-            elif self.last_saved >= 0:
-                where = f"; the last good checkpoint (after {self.last_saved} steps) is kept in {self.dir}"
-        raise CharmlpError(
-            f"the loss became non-finite ({float(loss)}) at step {step} of {self.total}: the learning rate "
-            f"(lr {lr:g}) is probably too high; train again with a lower --lr{where}"
-        )
-
-    def after_step(self, step: int) -> None:
-        """Periodic checkpoint; on a pending Ctrl-C/SIGTERM, save and stop."""
-        done = step + 1
-        if self.dir is None:
-            return
-        if done == self.total:  # always: an interrupted evaluation/write-out then resumes from here
-            self.save(done, "final")
-        elif self.every and done % self.every == 0:
-            self.save(done, "periodic")
-        if self.pending is not None:
-            if self.last_saved != done:
-                self.save(done, "interrupted")
-            raise TrainingInterrupted(
-                f"stopped at step {done} of {self.total}; the run is saved in {self.dir}: "
-                f"continue it with `charmlp train --resume {self.dir}`",
-                signum=self.pending,
-            )
-
-    def save(self, step: int, reason: str) -> None:
-        assert self.dir is not None
-        tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
-        seconds = self.seconds_before + time.perf_counter() - self.started
-        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, fingerprint=self.fingerprint,
-                    seconds=seconds)
-        atomic_write_bytes(self.dir / STATE, encode_tensors(tensors, meta))
-        self.last_saved = step
-        self.claim()
+        return ck
 
     def claim(self) -> None:
         """Replace the old run (`--force`) once the new one has a checkpoint, or before its files
         are written if it takes no step: the old files go, then the new vocab and config."""
-        if self.dir is not None and self.replace_pending:
-            prepare_run_dir(self.dir, self.cfg, self.dataset.vocab, keep=(STATE,))
+        if self.replace_pending:
+            prepare_run_dir(self.path, self.cfg, self.dataset.vocab, keep=(STATE,))
             self.replace_pending = False
 
     def finish(self) -> None:
         """The run is complete (model.safetensors written): the checkpoint has served."""
-        if self.dir is not None and (self.dir / WEIGHTS).is_file():
-            remove_file(self.dir / STATE)
+        if (self.path / WEIGHTS).is_file():
+            remove_file(self.path / STATE)
 
-    # -- signals --------------------------------------------------------------------------
+
+class StopSignals:
+    """Ctrl-C/SIGTERM caught while `catching`: the first asks for a clean stop (`pending`, the
+    signal's number, which the loop reads at a step boundary); a second stops at once (files stay
+    consistent: every write is atomic)."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+
     @contextlib.contextmanager
-    def catch_signals(self) -> Iterator[None]:
-        """Within the loop, Ctrl-C/SIGTERM ask for a clean stop at the end of the current step;
-        a second Ctrl-C stops at once (files stay consistent: every write is atomic)."""
-        if self.dir is None:
-            yield
-            return
-
+    def catching(self) -> Iterator[None]:
         def handler(signum: int, frame: Any) -> None:
             if self.pending is not None:
                 raise KeyboardInterrupt
@@ -341,6 +265,64 @@ class Checkpointer:
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
+
+
+class CheckpointSaver:
+    """Writes and restores a run directory's training checkpoint: at the last step, every
+    `checkpoint_every` steps, when a caught signal asks to stop, and (`save`) before a non-finite loss.
+
+    It shares the loop's live objects (model, optimizer, generator, loss tensors): a checkpoint is
+    their state at a step boundary, and a restore fills them in place.
+    """
+
+    def __init__(self, run_dir: RunDirectory, model: LanguageModel, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, losses: torch.Tensor, val_losses: torch.Tensor | None = None) -> None:
+        self.run_dir = run_dir
+        self.model, self.optimizer, self.generator, self.losses = model, optimizer, generator, losses
+        self.val_losses = val_losses
+        self.every = run_dir.cfg.train.checkpoint_every
+        self.total = run_dir.cfg.train.steps
+        self.signals = StopSignals()
+        self.last_saved = -1
+        self.started = time.perf_counter()
+        self.seconds_before = 0.0  # wall time the interrupted processes spent (from the checkpoint)
+
+    def restore(self, ck: Checkpoint | None) -> int:
+        """Load `ck` (from `RunDirectory.begin`) into the live objects; returns the first step to take."""
+        if ck is None:
+            return 0
+        step = restore_state(ck.tensors, ck.meta, self.model, self.optimizer, self.generator, self.losses, ck.path,
+                             self.val_losses)
+        self.last_saved = step
+        seconds = ck.meta.get("seconds", 0.0)
+        self.seconds_before = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
+        return step
+
+    def after_step(self, step: int) -> None:
+        """Periodic checkpoint; on a pending Ctrl-C/SIGTERM, save and stop."""
+        done = step + 1
+        if done == self.total:  # always: an interrupted evaluation/write-out then resumes from here
+            self.save(done, "final")
+        elif self.every and done % self.every == 0:
+            self.save(done, "periodic")
+        if self.signals.pending is not None:
+            if self.last_saved != done:
+                self.save(done, "interrupted")
+            raise TrainingInterrupted(
+                f"stopped at step {done} of {self.total}; the run is saved in {self.run_dir.path}: "
+                f"continue it with `charmlp train --resume {self.run_dir.path}`",
+                signum=self.signals.pending,
+            )
+
+    def save(self, step: int, reason: str) -> None:
+        """The state after `step` steps, atomically; the first one written replaces an old run (`--force`)."""
+        tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
+        seconds = self.seconds_before + time.perf_counter() - self.started
+        meta.update(kind="train_state", step=step, steps=self.total, reason=reason,
+                    fingerprint=self.run_dir.fingerprint, seconds=seconds)
+        atomic_write_bytes(self.run_dir.path / STATE, encode_tensors(tensors, meta))
+        self.last_saved = step
+        self.run_dir.claim()
 
 
 def _refuse_to_replace(d: Path, force: bool) -> bool:

@@ -7,6 +7,7 @@ minibatch, so the same seed gives the same losses bit for bit on the same machin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,7 +29,7 @@ from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
 from .optim import make_optimizer
-from .resume import Checkpointer, resume_run_config
+from .resume import CheckpointSaver, RunDirectory, resume_run_config
 
 # called after the optimizer step: hook(step, model, lr, loss); at every step, or where its
 # optional `wants(step)` says (a GPU loop then need not read every loss back)
@@ -223,98 +224,99 @@ def train(
     With `out_dir`, Ctrl-C/SIGTERM save a checkpoint and raise `TrainingInterrupted`;
     `resume=True` continues from the checkpoint in `out_dir` (see `resume`).
     """
-    cfg = cfg or RunConfig()
-    tc = cfg.train
-    validate_train_config(tc, getattr(cfg.model, "batchnorm", False), getattr(cfg.model, "members", 1))
-    cfg, dataset = prepare_data(cfg, dataset)
-    tc = cfg.train  # its steps resolved from a budget of positions
-    validate_batch_memory(cfg)
-    device = resolve_device(tc.device)
+    if resume and out_dir is None:
+        raise CharmlpError("resuming needs the run directory")
+    cfg, dataset, device = _prepared(cfg or RunConfig(), dataset)
     t0 = time.perf_counter()
-
-    g = torch.Generator().manual_seed(tc.seed)
+    g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
-    optimizer = make_optimizer(tc, model)
+    optimizer = make_optimizer(cfg.train, model)
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
-    cfg = _fit_in_closed_form(cfg, model, Xtr, Ytr)
+    cfg = _fit_closed_form(cfg, model, Xtr, Ytr)
     tc = cfg.train
-    if tc.steps:  # (a closed-form fit draws no batch)
-        check_batch_fits(tc.batch_size, len(Ytr))
-
-    losses = torch.empty(tc.steps)
-    Xval, Yval = dataset.X["val"], dataset.Y["val"]
-    eval_every = resolve_eval_every(tc, len(Yval))  # 0 for an empty val split
-    val_losses = torch.full((tc.steps,), math.nan, dtype=torch.float64)  # nan: not evaluated at that step
-    ckpt = Checkpointer(out_dir, cfg, dataset, model, optimizer, g, losses, val_losses)
-    with ckpt.holding():  # one writer per run directory, from the first file to the last
-        start = ckpt.begin(resume, force)
+    state = TrainState(0, torch.empty(tc.steps), torch.full((tc.steps,), math.nan, dtype=torch.float64))
+    run_dir = None if out_dir is None else RunDirectory(out_dir, cfg, dataset)
+    saver = None if run_dir is None else CheckpointSaver(run_dir, model, optimizer, g, state.losses, state.val_losses)
+    with contextlib.nullcontext() if run_dir is None else run_dir.holding():  # one writer, first file to last
+        if saver is not None:
+            state.step = saver.restore(saver.run_dir.begin(resume, force))
+        start = state.step
         # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
         # Built after the restore: the fast step holds views of the optimizer's state tensors.
         train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
-        bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress,
-                   mininterval=0.5, dynamic_ncols=True)
-        # eager engines read the loss back once a window; a fused step returns each step's loss at once
-        window = resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1
-        TrainLoop(tc, train_step, ckpt, bar, losses, val_losses, eval_every, hooks, window).run(
-            start, lambda: split_loss(model, Xval, Yval))
+        Xval, Yval = dataset.X["val"], dataset.Y["val"]
+        TrainLoop(
+            tc, train_step, state, model, saver,
+            eval_every=resolve_eval_every(tc, len(Yval)),  # 0 for an empty val split
+            val_loss=lambda: split_loss(model, Xval, Yval),
+            hooks=hooks,
+            window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
+            bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not progress, mininterval=0.5,
+                     dynamic_ncols=True),
+        ).run()
         train_seconds = time.perf_counter() - t0
-
         calibrate = bool(model.batchnorms()) and tc.calibrate_bn
         if calibrate:
             calibrate_batchnorm(model, Xtr)
         model.eval()
-        loss_list = losses.tolist()
-        summary = {
-            "init_loss": loss_list[0] if loss_list else None,  # None (null): fitted in closed form, no step
-            **{f"{split}_loss": loss for split, loss in evaluate(model, dataset).items()},
-            "steps": tc.steps,
-            # wall times include the processes before a resume (from the checkpoint)
-            "seconds": ckpt.seconds_before + time.perf_counter() - t0,
-            "train_seconds": ckpt.seconds_before + train_seconds,
-            "steps_per_s": (tc.steps - start) / train_seconds,
-            **_run_facts(model, dataset, train_step, engine, device),
-            "bn_calibrated": calibrate,
-        }
-        out = None
-        if out_dir is not None:  # the weights last: model.safetensors marks a finished run
-            out = Path(out_dir)
-            ckpt.claim()  # --force with no step taken: the old run is replaced now
-            write_metrics(out, metrics_lines(tc, loss_list, val_losses.tolist()))
-            write_json(out / SUMMARY, summary)
-            save_run(out, cfg, dataset.vocab, model, keep_config=resume)
-            ckpt.finish()
-    return TrainResult(model, dataset, cfg, loss_list, summary, out)
+        seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
+        split_losses = evaluate(model, dataset)
+        summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
+                           train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
+        summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
+                       device=str(device), bn_calibrated=calibrate)
+        if run_dir is not None:
+            _write_run(run_dir, state, summary, model, keep_config=resume)
+    return TrainResult(model, dataset, cfg, state.losses.tolist(), summary, None if run_dir is None else run_dir.path)
 
 
-def _fit_in_closed_form(cfg: RunConfig, model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> RunConfig:
-    """Offer the fresh model its model's closed-form fit (bigram --fit counts); when it fits, the
-    run takes no gradient steps."""
+def _prepared(cfg: RunConfig, dataset: Dataset | None) -> tuple[RunConfig, Dataset, torch.device]:
+    """The configuration checked and completed from the data (steps resolved from a budget of
+    positions), the dataset, and the device to train on."""
+    validate_train_config(cfg.train, getattr(cfg.model, "batchnorm", False), getattr(cfg.model, "members", 1))
+    cfg, dataset = prepare_data(cfg, dataset)
+    validate_batch_memory(cfg)
+    return cfg, dataset, resolve_device(cfg.train.device)
+
+
+def _fit_closed_form(cfg: RunConfig, model: LanguageModel, Xtr: torch.Tensor, Ytr: torch.Tensor) -> RunConfig:
+    """A model its spec fits in closed form (bigram --fit counts) is fitted here and takes no step:
+    `cfg` with steps 0; else the batch is checked against the training split."""
     fit = spec_of(cfg.model).fit
-    if fit is not None and fit(model, X, Y):
+    if fit is not None and fit(model, Xtr, Ytr):
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=0))
+    check_batch_fits(cfg.train.batch_size, len(Ytr))
     return cfg
 
 
-def _run_facts(model: LanguageModel, dataset: Dataset, train_step: StepFn, engine: str,
-               device: torch.device) -> dict[str, object]:
-    """summary.json's facts about what ran: sizes, the engine and step, the device."""
+def _summary(model: LanguageModel, dataset: Dataset, split_losses: dict[str, float], losses: torch.Tensor,
+             seconds: float, train_seconds: float, steps_per_s: float) -> dict:
+    """summary.json's figures: the first minibatch loss, each split's loss of the final (eval-mode)
+    model, the steps, the wall times (those of the processes before a resume included), the size."""
     return {
+        "init_loss": losses[0].item() if len(losses) else None,  # None (null): fitted in closed form, no step
+        "train_loss": split_losses["train"],
+        "val_loss": split_losses["val"],
+        "test_loss": split_losses["test"],
+        "steps": len(losses),
+        "seconds": seconds,
+        "train_seconds": train_seconds,
+        "steps_per_s": steps_per_s,
         "ln_vocab": math.log(dataset.vocab.size),
         "n_params": sum(p.numel() for p in model.parameters()),
-        "engine": engine,
-        "step_impl": getattr(train_step, "impl", "eager"),  # fast: "compiled" (Numba) or "numpy"
-        "device": str(device),
     }
 
 
-def _record_val(tc: TrainConfig, eval_every: int, step: int, val_losses: torch.Tensor,
-                val_loss: Callable[[], float], postfix: dict[str, str]) -> None:
-    """After `step`, when an evaluation is due (every `eval_every` steps, and the last step): the
-    val loss of the weights then — eval mode, BatchNorm's running statistics."""
-    if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tc.steps):
-        val_losses[step] = val_loss()
-        postfix["val"] = f"{val_losses[step].item():.4f}"
+def _write_run(run_dir: RunDirectory, state: TrainState, summary: dict, model: LanguageModel,
+               keep_config: bool) -> None:
+    """The run directory's final files, the weights last: model.safetensors marks a finished run."""
+    cfg, out = run_dir.cfg, run_dir.path
+    run_dir.claim()  # --force with no step taken: the old run is replaced now
+    write_metrics(out, metrics_lines(cfg.train, state.losses.tolist(), state.val_losses.tolist()))
+    write_json(out / SUMMARY, summary)
+    save_run(out, cfg, run_dir.dataset.vocab, model, keep_config=keep_config)
+    run_dir.finish()
 
 
 SYNC_EVERY_GPU = 50  # steps between loss read-backs on a GPU (--sync-every 0)
@@ -328,31 +330,74 @@ def resolve_sync_every(cfg: TrainConfig, device: torch.device) -> int:
     return SYNC_EVERY_GPU if device.type == "cuda" else 1
 
 
-class TrainLoop:
-    """The training loop, for every model, engine and device: steps in windows, with no host sync
-    inside a window.
+POSTFIX_EVERY = 200  # steps between the bar's loss figures in one-step windows (formatting costs a fast step)
 
-    A window ends every `window` steps (1 for a fused step, whose loss comes back with each step;
-    `sync_every` for the eager engines) and wherever the host must see the state: a checkpoint, a
-    val evaluation, a step a hook wants (a hook's `wants(step)`; one without it wants every step),
+
+@dataclass(slots=True)
+class TrainState:
+    """The training loop's state, all of it: the next step to take, every step's minibatch loss
+    (float32), the val losses (float64, nan where not evaluated), the last step's learning rate,
+    and the figures the progress bar shows. A checkpoint saves the two loss tensors up to `step`."""
+
+    step: int
+    losses: torch.Tensor
+    val_losses: torch.Tensor
+    lr: float = math.nan
+    postfix: dict[str, str] = field(default_factory=dict)
+
+
+class TrainLoop:
+    """The training loop, for every model, engine and device: windows of steps.
+
+    A window is one checked step (the fused fast step; the eager engines with a `window` of 1,
+    where reading each loss back costs nothing), or up to `window` steps with no host sync inside
+    (`EagerStep.window`), ending wherever the loop does something the host must see: a checkpoint,
+    a val evaluation, a step a hook wants (a hook's `wants(step)`; one without it wants every step),
     Ctrl-C/SIGTERM. At its end the losses come back in one copy; a non-finite one sends the state
     back to the window's start and the window is replayed one checked step at a time, so the run
-    stops on the step that gave it, with the state before it. Evaluation, hooks, the progress bar
-    and checkpointing happen in one place, `_window_done`. Same seed, same losses, bit for bit,
-    whatever the window.
+    stops where, and with the state that, one-step windows give. Same seed, same losses, bit for bit.
+
+    Between windows, in one place (`_after_window`): the val evaluation, the hooks, the progress
+    bar, the checkpoint.
     """
 
-    def __init__(self, tc: TrainConfig, step: StepFn, ckpt: Checkpointer, bar: tqdm, losses: torch.Tensor,
-                 val_losses: torch.Tensor, eval_every: int, hooks: tuple[StepHook, ...], window: int) -> None:
-        self.tc, self.step, self.ckpt, self.bar = tc, step, ckpt, bar
-        self.losses, self.val_losses, self.eval_every = losses, val_losses, eval_every
-        self.hooks, self.window = hooks, window
-        self.postfix: dict[str, str] = {}
+    def __init__(self, tc: TrainConfig, train_step: StepFn, state: TrainState, model: LanguageModel,
+                 saver: CheckpointSaver | None, *, eval_every: int, val_loss: Callable[[], float],
+                 hooks: tuple[StepHook, ...], window: int, bar: tqdm) -> None:
+        self.tc, self.train_step, self.state, self.model, self.saver = tc, train_step, state, model, saver
+        self.eval_every, self.val_loss, self.hooks, self.window, self.bar = eval_every, val_loss, hooks, window, bar
+        signals = None if saver is None else saver.signals  # without a run directory no signal is caught
+        self._stop_asked = (lambda: False) if signals is None else (lambda: signals.pending is not None)
 
-    def _hooked(self, s: int) -> bool:
-        return any(wants(h, s) for h in self.hooks)
+    def run(self) -> None:
+        """From `state.step` to the last step; a caught Ctrl-C/SIGTERM stops cleanly at a window's end."""
+        st, tc, window = self.state, self.tc, self.window
+        checked_step, after_window = self._checked_step, self._after_window  # bound once: the loop is hot
+        with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
+            try:
+                while st.step < tc.steps:
+                    first = st.step
+                    if window == 1 or (end := self._window_end(first)) == first + 1:
+                        st.lr = lr = lr_at(tc, first)
+                        checked_step(first, lr)
+                        last = first
+                    else:
+                        last = self._window(first, end)
+                    st.step = last + 1
+                    after_window(first, last)
+            finally:  # count the steps taken, and end the progress bar's line before any message
+                if not self.bar.disable:
+                    self.bar.update(st.step - self.bar.n)
+                self.bar.close()
 
-    def _end(self, start: int) -> int:
+    def _checked_step(self, step: int, lr: float) -> None:
+        """One step whose loss is read back at once: a non-finite one stops the run before it updates anything."""
+        loss = self.train_step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
+        if not math.isfinite(float(loss)):  # 0.2 µs, where torch.isfinite costs 6 µs a step
+            raise self._diverged(step, loss, lr)
+        self.state.losses[step] = loss
+
+    def _window_end(self, start: int) -> int:
         """The window from `start`: up to the next read-back, checkpoint, evaluation or hooked step."""
         end = min(self.tc.steps, (start // self.window + 1) * self.window)
         for every in (self.tc.checkpoint_every, self.eval_every):
@@ -364,52 +409,63 @@ class TrainLoop:
             end = next((s for s in range(start + 1, end) if self._hooked(s)), end)
         return end
 
-    def _one(self, step: int) -> float:
-        """One step, its loss read back at once: the non-finite guard stops on the step that gave it."""
-        lr = lr_at(self.tc, step)
-        loss = self.step(lr)  # draws the batch from g, fills .grad, steps the optimizer (not on a non-finite loss)
-        self.ckpt.check_loss(step, loss, lr)  # non-finite → save the last good state and stop
-        self.losses[step] = loss
-        return lr
+    def _hooked(self, s: int) -> bool:
+        return any(wants(h, s) for h in self.hooks)
 
-    def _many(self, step: int, end: int) -> tuple[int, float]:
-        """Steps `step` … `end` − 1 of an eager engine (fewer when Ctrl-C/SIGTERM stops the window),
-        their losses read back in one copy; → the last step taken and its lr."""
-        lrs = [lr_at(self.tc, s) for s in range(step, end)]
-        snap = self.step.snapshot()
-        chunk = self.step.window(lrs, stop=lambda: self.ckpt.pending is not None).cpu()  # the one host sync
+    def _window(self, first: int, end: int) -> int:
+        """Steps `first`…`end − 1` with one host sync, at their end; returns the last step taken
+        (a caught signal ends the window early)."""
+        st, step = self.state, self.train_step
+        assert isinstance(step, EagerStep)
+        lrs = [lr_at(self.tc, s) for s in range(first, end)]
+        snap = step.snapshot()
+        chunk = step.window(lrs, stop=self._stop_asked).cpu()  # the one host sync
         if not bool(torch.isfinite(chunk).all()):
-            self.step.restore(snap)
-            for i in range(len(chunk)):  # replay: the one-step guard stops on the first non-finite loss
-                chunk[i] = self.step(lrs[i])
-                self.ckpt.check_loss(step + i, chunk[i], lrs[i])
-        self.losses[step : step + len(chunk)] = chunk
-        return step + len(chunk) - 1, lrs[len(chunk) - 1]
+            step.restore(snap)
+            for i in range(len(chunk)):  # replay: the checked step stops on the first non-finite loss
+                self._checked_step(first + i, lrs[i])
+        last = first + len(chunk) - 1
+        st.losses[first : last + 1] = chunk
+        st.lr = lrs[len(chunk) - 1]
+        return last
 
-    def _window_done(self, first: int, last: int, lr: float, val_loss: Callable[[], float]) -> None:
-        """After a window's last step: evaluation, hooks, progress, then the checkpoint (which also
-        stops the run cleanly on a pending Ctrl-C/SIGTERM)."""
-        _record_val(self.tc, self.eval_every, last, self.val_losses, val_loss, self.postfix)
+    def _after_window(self, first: int, last: int) -> None:
+        """Everything the loop does besides stepping, here alone, after the window `first`…`last`:
+        the val evaluation when due (every `eval_every` steps, and the last step: eval mode,
+        BatchNorm's running statistics), the hooks, the progress bar, then the checkpoint (periodic,
+        final, or on a caught Ctrl-C/SIGTERM: saved, then `TrainingInterrupted`)."""
+        st = self.state
+        if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == self.tc.steps):
+            st.val_losses[last] = self.val_loss()
+            st.postfix["val"] = f"{st.val_losses[last].item():.4f}"
         for hook in self.hooks:  # windows end at the steps hooks want
             if wants(hook, last):
-                hook(last, self.ckpt.model, lr, self.losses[last])
-        if self.window > 1 or last % 200 == 0:
-            self.postfix.update(loss=f"{self.losses[last].item():.4f}", lr=f"{lr:g}")
-            self.bar.set_postfix(self.postfix, refresh=False)
-        self.bar.update(last + 1 - first)
-        self.ckpt.after_step(last)
+                hook(last, self.model, st.lr, st.losses[last])
+        bar = self.bar
+        if not bar.disable:
+            # a window of several steps has paid a host sync already; a one-step one shows every 200th step
+            if self.window > 1 or last % POSTFIX_EVERY == 0:
+                st.postfix.update(loss=f"{st.losses[last].item():.4f}", lr=f"{st.lr:g}")
+                bar.set_postfix(st.postfix, refresh=False)
+            if last + 1 - bar.last_print_n >= bar.miniters:  # tqdm's own gate, which its iterator keeps
+                bar.update(last + 1 - bar.n)  # too: an update call a step would cost a fast step 0.5 µs
+        if self.saver is not None:
+            self.saver.after_step(last)
 
-    def run(self, start: int, val_loss: Callable[[], float]) -> None:
-        step = start
-        with self.ckpt.catch_signals():
-            try:
-                while step < self.tc.steps:
-                    end = step + 1 if self.window == 1 else self._end(step)
-                    last, lr = (step, self._one(step)) if end == step + 1 else self._many(step, end)
-                    self._window_done(step, last, lr, val_loss)
-                    step = last + 1
-            finally:  # end a progress bar's line before any message
-                self.bar.close()
+    def _diverged(self, step: int, loss: torch.Tensor | float, lr: float) -> CharmlpError:
+        """The error that stops a run on a non-finite loss, after saving the last good state."""
+        where = ""
+        saver = self.saver
+        if saver is not None:
+            if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                saver.save(step, "non-finite")
+                where = f"; the last good state (after {step} steps) is saved in {saver.run_dir.path}"
+            elif saver.last_saved >= 0:
+                where = f"; the last good checkpoint (after {saver.last_saved} steps) is kept in {saver.run_dir.path}"
+        return CharmlpError(
+            f"the loss became non-finite ({float(loss)}) at step {step} of {self.tc.steps}: the learning rate "
+            f"(lr {lr:g}) is probably too high; train again with a lower --lr{where}"
+        )
 
 
 def metrics_lines(tc: TrainConfig, losses: list[float], val_losses: list[float]) -> Iterator[str]:

@@ -13,7 +13,7 @@ numbers: `randint(0, N, (k·B,))` is k draws of B from the same generator) and s
 device in one copy, every step's loss stays on the device, and the window's losses come back
 in one copy at its end. The optimizer steps whatever the loss, so the training loop keeps a
 copy of the state at the window's start (`snapshot`) and, on a non-finite loss, goes back to
-it and replays the window step by step, stopping exactly where the one-step loop would have.
+it and replays the window step by step, stopping exactly where one-step windows would have.
 """
 
 from __future__ import annotations
