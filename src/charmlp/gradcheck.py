@@ -31,6 +31,7 @@ from .engines import autograd_grads
 from .errors import CharmlpError
 from .models import LanguageModel, MLPConfig, build_model, check_members_batch
 from .nn import BatchNorm1d, LayerNorm, Linear, cross_entropy, cross_entropy_backward
+from .verdict import json_float, shape_text
 
 SECTIONS = ("atomic", "fused", "layer")
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -91,8 +92,8 @@ class Row:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
-        for k in ("maxdiff", "rel_err"):  # JSON has no inf/nan
-            d[k] = d[k] if math.isfinite(d[k]) else None
+        for k in ("maxdiff", "rel_err"):
+            d[k] = json_float(d[k])
         return d
 
 
@@ -157,7 +158,7 @@ class GradcheckReport:
             for r in rows:
                 if sec == "atomic" and r.name == ATOMIC_ROWS[len(ABOVE_TANH)]:
                     lines.append("·· tanh ·· (below: 1 − h² as a fused multiply-add, note 1)")
-                shape = "×".join(map(str, r.shape)) or "scalar"
+                shape = shape_text(r.shape)
                 mark = f"  ({r.note})" if r.note else ""
                 lines.append(
                     f"{r.name:<{width}}{shape:<14}{r.exact!s:<7}{r.approx!s:<8}"

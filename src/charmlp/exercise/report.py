@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import html
-import math
 from dataclasses import asdict, dataclass, field
+
+from ..verdict import json_float, shape_text
 
 # statuses, worst first; a check passes when every row is missing, approximate or exact
 STATUSES = ("error", "missing", "wrong shape", "wrong", "approximate", "exact")
@@ -31,13 +32,8 @@ class Row:
         d = asdict(self)
         d["shape"] = None if self.shape is None else list(self.shape)
         d["got_shape"] = None if self.got_shape is None else list(self.got_shape)
-        if d["maxdiff"] is not None and not math.isfinite(d["maxdiff"]):
-            d["maxdiff"] = None  # JSON has no inf/nan
+        d["maxdiff"] = json_float(d["maxdiff"])
         return d
-
-
-def _shape(s: tuple[int, ...] | None) -> str:
-    return "" if s is None else ("×".join(map(str, s)) or "scalar")
 
 
 @dataclass
@@ -84,7 +80,7 @@ class Report:
             lines.append(f"{'name':<{w}}{'shape':<10}{'status':<13}{'maxdiff':>9}  diagnosis")
             for r in self.rows:
                 md = "" if r.maxdiff is None else f"{r.maxdiff:.1e}"
-                lines.append(f"{r.name:<{w}}{_shape(r.shape):<10}{r.status:<13}{md:>9}  {r.diagnosis}".rstrip())
+                lines.append(f"{r.name:<{w}}{shape_text(r.shape):<10}{r.status:<13}{md:>9}  {r.diagnosis}".rstrip())
         lines += [f"note: {n}" for n in self.notes]
         lines.append(self.summary)
         return "\n".join(lines)
@@ -102,7 +98,7 @@ class Report:
         for r in self.rows:
             c = colours.get(r.status, "#c62828")
             md = "" if r.maxdiff is None else f"{r.maxdiff:.1e}"
-            out.append(f"<tr><td><code>{e(r.name)}</code></td><td>{e(_shape(r.shape))}</td>"
+            out.append(f"<tr><td><code>{e(r.name)}</code></td><td>{e(shape_text(r.shape))}</td>"
                        f"<td style='color:{c}'>{e(r.status)}</td><td>{md}</td>"
                        f"<td style='text-align:left'>{e(r.diagnosis)}</td></tr>")
         out.append("</table>")
