@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import load_run
 from .data import SPLITS, Dataset, load_dataset
 from .models import LanguageModel
-from .nn import cross_entropy
 from .nn.losses import IGNORE
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
@@ -27,23 +29,71 @@ def eval_chunk(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -
     return max(1, min(chunk, MAX_CHUNK_LOGITS // per_row, by_memory))
 
 
+def row_lengths(Y: torch.Tensor) -> np.ndarray:
+    """Whole-item rows: each row's positions up to its end token (its targets ≠ −1: item length + 1)."""
+    return (Y != IGNORE).sum(1).cpu().numpy()
+
+
+def length_batches(lengths: np.ndarray, rows_for: Callable[[int], int]) -> Iterator[tuple[np.ndarray, int]]:
+    """Batches of whole-item rows bucketed by length: the rows sorted shortest first (stably), cut
+    into runs of at most `rows_for(L)` rows, L the run's longest row; yields (row indices, L), so
+    a batch is padded to its own longest item, not the file's."""
+    order = np.argsort(lengths, kind="stable")
+    ls = lengths[order]
+    i, n = 0, len(order)
+    while i < n:
+        j = min(n, i + rows_for(int(ls[i])))
+        j = min(j, i + rows_for(int(ls[j - 1])))  # fewer rows where the longest is longer (never below one)
+        yield order[i:j], max(1, int(ls[j - 1]))
+        i = j
+
+
+def positions_per_pass(model: LanguageModel) -> int:
+    """Positions one evaluation pass of a whole-item model may hold: about MAX_CHUNK_BYTES of
+    activations (a training position's count, backward included: a bound from above) and at most
+    MAX_CHUNK_LOGITS logits."""
+    cfg = model.cfg
+    per_position = max(1, cfg.floats_per_example() // max(1, cfg.block_size))
+    return max(1, min(MAX_CHUNK_LOGITS // cfg.vocab_size, MAX_CHUNK_BYTES // (4 * per_position)))
+
+
 @torch.no_grad()
-def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: int = EVAL_CHUNK) -> float:
-    """Mean cross-entropy of the model (in eval mode) over all examples of (X, Y)."""
+def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: int = EVAL_CHUNK,
+               progress: Callable[[int], None] | None = None) -> float:
+    """Mean cross-entropy of the model (in eval mode) over all targets of (X, Y) (whole items:
+    those ≠ −1), computed by the inference forward (`LanguageModel.inference_forward`) in passes
+    of at most `chunk` rows; whole items bucketed by length, each pass cut at its longest row
+    (the models are causal: position t's logits read inputs 0 … t only, so the cut changes no
+    logit). Σ −log p in float64. `progress(k)` is told each pass's k targets."""
     if len(Y) == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunk = eval_chunk(model, X, chunk)
-    forward = model.eval_forward()  # BatchNorm folded into the Linear before it: same function, fewer passes
+    forward = model.inference_forward()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0  # real targets (whole items: those ≠ −1)
-    for i in range(0, len(Y), chunk):
-        xb, yb = X[i : i + chunk].to(device), Y[i : i + chunk].to(device)
+    count = 0
+    if model.cfg.sequence:
+        budget = positions_per_pass(model)
+        lengths = row_lengths(Y)
+        batches: Iterator[tuple[torch.Tensor | slice, int]] = (
+            (torch.from_numpy(ix), L) for ix, L in length_batches(lengths, lambda L: max(1, min(chunk, budget // L))))
+    else:
+        step = eval_chunk(model, X, chunk)
+        batches = ((slice(i, i + step), 1) for i in range(0, len(Y), step))
+    for ix, L in batches:
+        if model.cfg.sequence:
+            xb, yb = X[ix, :L].to(device), Y[ix, :L].to(device)
+        else:
+            xb, yb = X[ix].to(device), Y[ix].to(device)
+        logits = forward(xb)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1).long(),
+                              ignore_index=IGNORE, reduction="none")
+        total += nll.double().sum()  # ignored targets give 0
         n = int((yb != IGNORE).sum()) if model.cfg.sequence else len(yb)
-        total += cross_entropy(forward(xb), yb).double() * n
         count += n
+        if progress is not None:
+            progress(n)
     model.train(was_training)
     return float(total / count)
 

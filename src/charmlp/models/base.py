@@ -91,6 +91,8 @@ class ModelSpec:
     - `init_weights(model, generator)`: initialise from `generator`, under `torch.no_grad()`
       (default: `network.init_tanh_stack`, the lectures' init);
     - `eval_forward(model)`: the eval-mode forward of evaluation and sampling (default: the model);
+    - `infer(model)`: evaluation's forward, after which no backward runs (default: `eval_forward`'s,
+      else the layers' `infer`; the recurrent models fold the embedding into the input projection);
     - `after_build(model)`: once the layers exist (the transformer shares backward scratch).
 
     `presets` maps a preset name to overrides of `TrainConfig` fields, plus the model's own
@@ -112,4 +114,5 @@ class ModelSpec:
     fit: Callable[[LanguageModel, torch.Tensor, torch.Tensor], bool] | None = None
     init_weights: Callable[[LanguageModel, torch.Generator], None] | None = None
     eval_forward: Callable[[LanguageModel], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    infer: Callable[[LanguageModel], Callable[[torch.Tensor], torch.Tensor]] | None = None
     after_build: Callable[[LanguageModel], None] | None = None

@@ -62,6 +62,13 @@ class LanguageModel(torch.nn.Module):
         hook = self.spec.eval_forward
         return self if hook is None or self.members > 1 else hook(self)
 
+    def inference_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward of evaluation: `eval_forward`'s function, with no state kept for a backward
+        (`Layer.infer`: a recurrent layer keeps no per-step caches), or the spec's `infer` hook.
+        Built from the current weights; call it in eval mode, under no-grad."""
+        hook = self.spec.infer or self.spec.eval_forward
+        return self.layers.infer if hook is None or self.members > 1 else hook(self)
+
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
         """Initialise from `generator` (on the CPU, so results do not depend on the device): the

@@ -11,6 +11,7 @@ The hidden state starts from a learned vector h0; the backward through time is w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,22 @@ def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
     head.bias.zero_()
 
 
+def recurrent_inference(model: LanguageModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Evaluation's forward (eval mode: dropout is the identity): the embedding and the cell's
+    input projection folded into one table, x_t·Wx + b = C[id_t]·Wx + b = (C·Wx + b)[id_t] (V rows
+    of gates·H, one small matmul per call), then the recurrence with no per-step caches
+    (`Recurrent.infer_ids`) and the head; logits (B, T, V)."""
+    import torch
+
+    emb, rec, head = (m for m in model.layers if not isinstance(m, nn.Dropout))
+    table = torch.addmm(rec.cell.b, emb.weight, rec.cell.Wx)
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        return head.infer(rec.infer_ids(table, ids)).transpose(0, 1)
+
+    return forward
+
+
 # Presets, measured on names (README "Model zoo: bigram, rnn, gru"). None holds a name-specific
 # constant: the context is the data's longest item + 1 and the vocabulary the data's own, and
 # all but `seed` set a budget of positions (steps × batch × row length), not steps, so a file of
@@ -131,6 +148,7 @@ RNN_SPEC = ModelSpec(
     config=RNNConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
+    infer=recurrent_inference,
     about="recurrent: Embedding → tanh RNN cell unrolled over the item (BPTT by hand) → Linear at every position",
     presets=RNN_PRESETS,
 )
@@ -140,6 +158,7 @@ GRU_SPEC = ModelSpec(
     config=GRUConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
+    infer=recurrent_inference,
     about="recurrent: Embedding → GRU cell (update/reset gates) unrolled over the item (BPTT by hand) → Linear at every position",
     presets=GRU_PRESETS,
 )

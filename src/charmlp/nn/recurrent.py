@@ -13,6 +13,8 @@ Weights follow the lectures' layout: W is (fan_in, fan_out) and a = x @ W + b.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -40,6 +42,11 @@ class Cell(Layer):
     def step(self, xp: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, Cache]:
         """h' from the input projection xp = x·Wx + b (B, gates·H) and h (B, H); returns the
         cache `step_backward` needs."""
+        raise NotImplementedError
+
+    def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`step`'s h', written into `out` (B, H), with nothing kept for a backward: evaluation's step.
+        It may overwrite `xp` (B, gates·H, its rows contiguous), which may be `out` itself (one gate)."""
         raise NotImplementedError
 
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
@@ -92,6 +99,11 @@ class RNNCell(Cell):
         h_new = torch.tanh(torch.addmm(xp, h, self.Wh))  # the add rides in the matmul
         return h_new, (h, h_new)
 
+    def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if xp.data_ptr() != out.data_ptr():
+            out.copy_(xp)
+        return out.addmm_(h, self.Wh).tanh_()  # xp + h·Wh in one gemm (β = 1), as `step`'s addmm
+
     # h' = tanh(a), a = xp + h·Wh  →  da = (1 − h'²)·dh', dxp = da, dh = da·Whᵀ
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         _, h_new = cache
@@ -129,6 +141,13 @@ class GRUCell(Cell):
         c = torch.tanh(torch.addmm(xp[:, 2 * H :], rh, self.Wc))
         h_new = torch.addcmul(h, z, c - h)
         return h_new, (h, z, r, rh, c)
+
+    def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        H = self.hidden_size
+        zr = xp[:, : 2 * H].addmm_(h, self.Wh).sigmoid_()  # in xp's own rows: gemm with ldc = 3H, no copy
+        z, r = zr[:, :H], zr[:, H:]
+        c = xp[:, 2 * H :].addmm_(r * h, self.Wc).tanh_()
+        return torch.addcmul(h, z, c.sub_(h), out=out)  # h + z⊙(c − h)
 
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         h, z, r, rh, c = cache
@@ -178,6 +197,36 @@ class Recurrent(Layer):
             caches.append(cache)
         self.x, self.caches = x, caches
         return torch.stack(hs, dim=1)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward`'s hidden states (B, T, H) without the per-step caches."""
+        B, T, E = x.shape
+        cell = self.cell
+        xp = torch.addmm(cell.b, x.transpose(0, 1).reshape(T * B, E), cell.Wx).view(T, B, -1)  # time-major
+        return self._infer_steps(lambda t, out: xp[t], T, B, x).transpose(0, 1)
+
+    def infer_ids(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states, time-major (T, B, H), of ids (B, T) whose embeddings' input projections
+        are the rows of `table` (V, gates·H) = C·Wx + b: x_t·Wx + b = table[id_t], a gather per step."""
+        B, T = ids.shape
+        cols = ids.T.long().contiguous()  # (T, B): step t's ids in one contiguous row
+        G = table.shape[1]
+        buf = torch.empty(B, G, dtype=table.dtype, device=table.device)
+
+        def xp_at(t: int, out: torch.Tensor) -> torch.Tensor:
+            return torch.index_select(table, 0, cols[t], out=out if G == self.cell.hidden_size else buf)
+
+        return self._infer_steps(xp_at, T, B, table)
+
+    def _infer_steps(self, xp_at: Callable[[int, torch.Tensor], torch.Tensor], T: int, B: int,
+                     like: torch.Tensor) -> torch.Tensor:
+        """h_t = cell(xp_t, h_{t−1}) from h0, each written into hs[t] of a (T, B, H) tensor:
+        `xp_at(t, hs[t])` gives step t's input projection (B, gates·H), which the step may overwrite."""
+        hs = torch.empty(T, B, self.cell.hidden_size, dtype=like.dtype, device=like.device)
+        h = self.h0.expand(B, -1)
+        for t in range(T):
+            h = self.cell.infer_step(xp_at(t, hs[t]), h, hs[t])
+        return hs
 
     # backprop through time: dL/dh_t = dout_t + (what step t+1 sent back through h_t)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
