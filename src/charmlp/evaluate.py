@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .checkpoint import load_run
 from .data import SPLITS, Dataset, load_dataset
 from .models import LanguageModel
+from .models.base import Stepper
 from .nn.losses import IGNORE
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
@@ -57,40 +58,86 @@ def positions_per_pass(model: LanguageModel) -> int:
     return max(1, min(MAX_CHUNK_LOGITS // cfg.vocab_size, MAX_CHUNK_BYTES // (4 * per_position)))
 
 
+def prefix_tree_nll(stepper: Stepper, X: torch.Tensor, Y: torch.Tensor, lengths: np.ndarray, rows: int,
+                    device: torch.device, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Σ −log p over the targets of whole-item rows (X, Y), each distinct prefix computed once.
+
+    A causal model's logits at position t depend on inputs 0 … t only, so rows that share their
+    first t + 1 inputs share the state and the logits there: only the targets differ. Rows sorted
+    by their inputs (lexicographically) put every shared prefix in one run; blocks of `rows` such
+    rows are walked depth by depth, and at depth t a node is a run of active rows (length > t) with
+    the same parent node and the same input x_t. One `stepper.step` per depth advances the nodes
+    from their parents' states; each row then adds −log p(its target) at its node (float64)."""
+    Xn, Yn = X.cpu().numpy(), Y.cpu().numpy()
+    order = np.lexsort(Xn.T[::-1])  # column 0 the primary key
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for b in range(0, len(order), rows):
+        block = order[b : b + rows]
+        Xb, Yb, Lb = Xn[block], Yn[block], lengths[block]
+        active = np.arange(len(block))
+        parent = np.zeros(len(block), np.int64)  # each active row's node at the depth before
+        states = stepper.start().to(device)
+        for t in range(int(Lb.max())):
+            keep = Lb[active] > t
+            if not keep.all():
+                active, parent = active[keep], parent[keep]
+            x = Xb[active, t]
+            new = np.ones(len(active), bool)
+            new[1:] = (parent[1:] != parent[:-1]) | (x[1:] != x[:-1])
+            first = np.flatnonzero(new)
+            node = np.cumsum(new) - 1
+            ids = torch.from_numpy(x[first].astype(np.int64)).to(device)
+            states, logits = stepper.step(states[torch.from_numpy(parent[first]).to(device)], ids)
+            logp = torch.log_softmax(logits, -1)
+            y = torch.from_numpy(Yb[active, t].astype(np.int64)).to(device)
+            total -= logp[torch.from_numpy(node).to(device), y].double().sum()
+            parent = node
+            if progress is not None:
+                progress(len(active))
+    return total
+
+
 @torch.no_grad()
 def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: int = EVAL_CHUNK,
                progress: Callable[[int], None] | None = None) -> float:
     """Mean cross-entropy of the model (in eval mode) over all targets of (X, Y) (whole items:
-    those ≠ −1), computed by the inference forward (`LanguageModel.inference_forward`) in passes
-    of at most `chunk` rows; whole items bucketed by length, each pass cut at its longest row
-    (the models are causal: position t's logits read inputs 0 … t only, so the cut changes no
-    logit). Σ −log p in float64. `progress(k)` is told each pass's k targets."""
+    those ≠ −1), Σ −log p in float64, in passes of at most `chunk` rows. Whole items: by the
+    model's `Stepper` over the split's prefix tree where it has one (`prefix_tree_nll`: the
+    recurrent models), else by its inference forward (`LanguageModel.inference_forward`) on
+    rows bucketed by length, each pass cut at its longest row (the models are causal: position
+    t's logits read inputs 0 … t only, so the cut changes no logit). `progress(k)` is told each
+    pass's k targets."""
     if len(Y) == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    sequence = model.cfg.sequence
+    stepper = model.stepper() if sequence else None
+    if stepper is not None:
+        lengths = row_lengths(Y)
+        total = prefix_tree_nll(stepper, X, Y, lengths, max(1, min(chunk, positions_per_pass(model))), device, progress)
+        model.train(was_training)
+        return float(total / int(lengths.sum()))
     forward = model.inference_forward()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    if model.cfg.sequence:
+    if sequence:
         budget = positions_per_pass(model)
-        lengths = row_lengths(Y)
         batches: Iterator[tuple[torch.Tensor | slice, int]] = (
-            (torch.from_numpy(ix), L) for ix, L in length_batches(lengths, lambda L: max(1, min(chunk, budget // L))))
+            (torch.from_numpy(ix), L)
+            for ix, L in length_batches(row_lengths(Y), lambda L: max(1, min(chunk, budget // L))))
     else:
         step = eval_chunk(model, X, chunk)
         batches = ((slice(i, i + step), 1) for i in range(0, len(Y), step))
     for ix, L in batches:
-        if model.cfg.sequence:
-            xb, yb = X[ix, :L].to(device), Y[ix, :L].to(device)
-        else:
-            xb, yb = X[ix].to(device), Y[ix].to(device)
+        xb, yb = (X[ix, :L], Y[ix, :L]) if sequence else (X[ix], Y[ix])
+        xb, yb = xb.to(device), yb.to(device)
         logits = forward(xb)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1).long(),
                               ignore_index=IGNORE, reduction="none")
         total += nll.double().sum()  # ignored targets give 0
-        n = int((yb != IGNORE).sum()) if model.cfg.sequence else len(yb)
+        n = int((yb != IGNORE).sum()) if sequence else len(yb)
         count += n
         if progress is not None:
             progress(n)

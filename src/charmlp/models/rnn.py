@@ -11,7 +11,6 @@ The hidden state starts from a learned vector h0; the backward through time is w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -92,20 +91,29 @@ def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
     head.bias.zero_()
 
 
-def recurrent_inference(model: LanguageModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Evaluation's forward (eval mode: dropout is the identity): the embedding and the cell's
-    input projection folded into one table, x_t·Wx + b = C[id_t]·Wx + b = (C·Wx + b)[id_t] (V rows
-    of gates·H, one small matmul per call), then the recurrence with no per-step caches
-    (`Recurrent.infer_ids`) and the head; logits (B, T, V)."""
-    import torch
+class RecurrentStepper:
+    """The model one position at a time from a state h (N, H) (`models.base.Stepper`), for
+    evaluation (eval mode: dropout is the identity). The embedding and the cell's input projection
+    fold into one table, x·Wx + b = C[id]·Wx + b = (C·Wx + b)[id] (V rows of gates·H): a gather per
+    step instead of a matmul; the step keeps nothing for a backward (`Cell.infer_step`)."""
 
-    emb, rec, head = (m for m in model.layers if not isinstance(m, nn.Dropout))
-    table = torch.addmm(rec.cell.b, emb.weight, rec.cell.Wx)
+    def __init__(self, model: LanguageModel) -> None:
+        import torch
 
-    def forward(ids: torch.Tensor) -> torch.Tensor:
-        return head.infer(rec.infer_ids(table, ids)).transpose(0, 1)
+        emb, rec, self.head = (m for m in model.layers if not isinstance(m, nn.Dropout))
+        self.cell, self.h0 = rec.cell, rec.h0
+        self.table = torch.addmm(rec.cell.b, emb.weight, rec.cell.Wx)
 
-    return forward
+    def start(self) -> torch.Tensor:
+        return self.h0[None]
+
+    def step(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        xp = self.table.index_select(0, ids)  # (N, gates·H), ours to overwrite
+        out = xp if self.cell.gates == 1 else torch.empty_like(xp[:, : self.cell.hidden_size])
+        h_new = self.cell.infer_step(xp, h, out)
+        return h_new, self.head.infer(h_new)
 
 
 # Presets, measured on names (README "Model zoo: bigram, rnn, gru"). None holds a name-specific
@@ -148,7 +156,7 @@ RNN_SPEC = ModelSpec(
     config=RNNConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
-    infer=recurrent_inference,
+    stepper=RecurrentStepper,
     about="recurrent: Embedding → tanh RNN cell unrolled over the item (BPTT by hand) → Linear at every position",
     presets=RNN_PRESETS,
 )
@@ -158,7 +166,7 @@ GRU_SPEC = ModelSpec(
     config=GRUConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
-    infer=recurrent_inference,
+    stepper=RecurrentStepper,
     about="recurrent: Embedding → GRU cell (update/reset gates) unrolled over the item (BPTT by hand) → Linear at every position",
     presets=GRU_PRESETS,
 )

@@ -205,19 +205,6 @@ class Recurrent(Layer):
         xp = torch.addmm(cell.b, x.transpose(0, 1).reshape(T * B, E), cell.Wx).view(T, B, -1)  # time-major
         return self._infer_steps(lambda t, out: xp[t], T, B, x).transpose(0, 1)
 
-    def infer_ids(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states, time-major (T, B, H), of ids (B, T) whose embeddings' input projections
-        are the rows of `table` (V, gates·H) = C·Wx + b: x_t·Wx + b = table[id_t], a gather per step."""
-        B, T = ids.shape
-        cols = ids.T.long().contiguous()  # (T, B): step t's ids in one contiguous row
-        G = table.shape[1]
-        buf = torch.empty(B, G, dtype=table.dtype, device=table.device)
-
-        def xp_at(t: int, out: torch.Tensor) -> torch.Tensor:
-            return torch.index_select(table, 0, cols[t], out=out if G == self.cell.hidden_size else buf)
-
-        return self._infer_steps(xp_at, T, B, table)
-
     def _infer_steps(self, xp_at: Callable[[int, torch.Tensor], torch.Tensor], T: int, B: int,
                      like: torch.Tensor) -> torch.Tensor:
         """h_t = cell(xp_t, h_{t−1}) from h0, each written into hs[t] of a (T, B, H) tensor:
