@@ -9,7 +9,7 @@ import pytest
 import charmlp
 from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.models import MLPConfig, WaveNetConfig
-from charmlp.train import resolve_eval_every
+from charmlp.train import eval_positions, resolve_eval_every
 from conftest import run_cli
 
 
@@ -48,6 +48,22 @@ def test_default_is_about_20_evaluations_within_5_percent_of_the_work_and_0_is_n
     assert p.returncode == 0 and not val_rows(tmp_path / "b")
     p = run_cli("train", "--data", tiny_data, "--steps", "50", "--eval-every", "-3", "--out", tmp_path / "c")
     assert p.returncode == 2 and "--eval-every" in p.stderr
+
+
+def test_whole_item_models_count_positions_not_items():
+    """Evaluation costs what it reads: a val split of longer items is evaluated more rarely, training
+    rows of longer items (more work per step) allow it more often, and items of one length on both
+    sides give the window models' count."""
+    tc = TrainConfig(steps=10_000, batch_size=64)
+    items = 3203
+    same = resolve_eval_every(tc, items * 8, row_positions=8.0)
+    assert same == resolve_eval_every(tc, items) == 1111  # 9 evaluations (9.99)
+    assert resolve_eval_every(tc, items * 40, row_positions=8.0) == 10_000  # 5× the val positions: 1 (1.998)
+    assert resolve_eval_every(tc, items * 8, row_positions=40.0) == 500  # 5× the training work: 20 (49.9, capped)
+    ds = charmlp.load_dataset(DataConfig(block_size=0, sequence=True))
+    val, per_row = eval_positions(ds)
+    assert val == int((ds.Y["val"] >= 0).sum()) == sum(len(s) + 1 for s in ds.items["val"])
+    assert per_row == pytest.approx(sum(len(s) + 1 for s in ds.items["train"]) / len(ds.items["train"]))
 
 
 def test_the_report_draws_the_val_curve(tmp_path, tiny_data):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from charmlp.checkpoint import load_run
 from charmlp.config import DataConfig
-from charmlp.data import load_dataset
-from charmlp.evaluate import MAX_CHUNK_BYTES, eval_chunk, length_batches, split_loss
+from charmlp.data import build_examples, build_sequences, load_dataset
+from charmlp.evaluate import MAX_CHUNK_BYTES, TRAIN_SAMPLE_SEED, eval_chunk, length_batches, split_loss, train_sample_rows
 from charmlp.models import build_model, model_config
 from conftest import make_items
 
@@ -111,3 +115,46 @@ def test_progress_counts_every_target(names):
         counted = []
         split_loss(model, ds.X["val"], ds.Y["val"], progress=counted.append)
         assert sum(counted) == int((ds.Y["val"] != -1).sum())
+
+
+# ----------------------------------------------------------------------------- the end-of-run train loss
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_train_sample_rows_are_exactly_the_sampled_items_rows(data_file, sequence):
+    ds = load_dataset(DataConfig(path=str(data_file), block_size=0 if sequence else 3, sequence=sequence))
+    rows = train_sample_rows(ds, 50)
+    items = ds.items["train"]
+    pick = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(items), 50, replace=False))
+    sub = [items[i] for i in pick]
+    build = build_sequences if sequence else build_examples
+    X, Y = build(sub, ds.vocab, ds.block_size)
+    assert torch.equal(ds.X["train"][rows], X) and torch.equal(ds.Y["train"][rows], Y)
+    assert torch.equal(train_sample_rows(ds, 50), rows)  # fixed: the same sample every time
+
+
+def test_a_large_training_split_gets_a_labelled_estimate_and_eval_gives_the_exact_loss(
+        data_file, tmp_path, monkeypatch, capsys):
+    evaluate = importlib.import_module("charmlp.evaluate")  # (charmlp.evaluate is also a function)
+    from charmlp import cli
+    from charmlp.runs import format_table, read_run_row
+
+    monkeypatch.setattr(evaluate, "TRAIN_EXACT_ITEMS", 100)  # the file's 320 training items count as many
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data_file), "--model", "mlp", "--steps", "30", "--n-hidden", "8",
+                     "--out", str(out), "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert "(estimate on 100 items)" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_loss_estimate"] is True and summary["train_loss_items"] == 100
+    assert "train 0." not in line and f"train {summary['train_loss']:.4f} (estimate" in line
+    table = format_table([read_run_row(out)])
+    assert f"{summary['train_loss']:.4f}*" in table and "an estimate on a seeded sample" in table
+    assert cli.main(["eval", str(out), "--split", "train", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert list(exact) == ["train"]
+    run = load_run(out)
+    ds = load_dataset(run.config.data, vocab=run.vocab)
+    assert exact["train"] == pytest.approx(split_loss(run.model, ds.X["train"], ds.Y["train"]), abs=1e-12)
+    assert exact["train"] != pytest.approx(summary["train_loss"], abs=1e-6)  # the sample is not the split
+    assert summary["val_loss"] == pytest.approx(split_loss(run.model, ds.X["val"], ds.Y["val"]), abs=1e-6)

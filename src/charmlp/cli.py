@@ -336,9 +336,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             signum=signal.SIGINT,
         ) from None
     s = result.summary
+    estimate = f" (estimate on {s['train_loss_items']:,} items)" if s["train_loss_estimate"] else ""
     print(
         ("fitted in closed form, no steps" if s["init_loss"] is None else f"step-0 loss {s['init_loss']:.4f}")
-        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
+        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f}{estimate} "
         f"| val {s['val_loss']:.4f} | test {s['test_loss']:.4f} | {s['steps']} steps in {s['seconds']:.1f} s"
     )
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
@@ -349,7 +350,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
 
-    losses = evaluate_run(args.run)
+    splits = ("train", "val", "test")  # data.SPLITS (the CLI starts without numpy)
+    losses = evaluate_run(args.run, tuple(s for s in splits if s in (args.split or splits)))
     if args.json:
         print(json.dumps(losses))
     else:
@@ -613,6 +615,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("--json", action="store_true", help='print {"train": …, "val": …, "test": …}')
+    p.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="evaluate only this split (repeatable; default all three, each exact, the whole split)")
     p.set_defaults(func=cmd_eval)
 
 

@@ -145,9 +145,43 @@ def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: in
     return float(total / count)
 
 
-def evaluate(model: LanguageModel, dataset: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
-    """{"train": loss, "val": loss, "test": loss}."""
-    return {s: split_loss(model, dataset.X[s], dataset.Y[s]) for s in splits}
+def evaluate(model: LanguageModel, dataset: Dataset, splits: tuple[str, ...] = SPLITS,
+             progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """{"train": loss, "val": loss, "test": loss}, each exact (the whole split)."""
+    return {s: split_loss(model, dataset.X[s], dataset.Y[s], progress=progress) for s in splits}
+
+
+TRAIN_EXACT_ITEMS = 50_000  # a training split of more items gets an end-of-run loss estimated on this many
+TRAIN_SAMPLE_SEED = 0
+
+
+def train_sample_rows(dataset: Dataset, n: int) -> torch.Tensor:
+    """The rows of X/Y["train"] that hold a fixed seeded sample of `n` training items (without
+    replacement, in split order): whole items one row each; context windows the len + 1 rows of
+    each item (its characters and its end), which `build_examples` lays out item after item."""
+    items = dataset.items["train"]
+    pick = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(items), n, replace=False))
+    if dataset.sequence:
+        return torch.from_numpy(pick)
+    rows_of = np.fromiter(map(len, items), np.int64, len(items)) + 1
+    starts, k = np.cumsum(rows_of) - rows_of, rows_of[pick]
+    return torch.from_numpy(np.repeat(starts[pick] - (np.cumsum(k) - k), k) + np.arange(int(k.sum())))
+
+
+def final_losses(model: LanguageModel, dataset: Dataset, progress: Callable[[int], None] | None = None,
+                 exact_items: int | None = None) -> tuple[dict[str, float], int]:
+    """The end-of-run losses and the training items behind the train one: val and test exact,
+    train exact up to `exact_items` (default TRAIN_EXACT_ITEMS) items, else estimated on the
+    fixed seeded sample `train_sample_rows` of that many (unbiased for the per-character mean,
+    to about ±σ/√n: σ ≈ 1.5 nats per item … well under 0.01 at 50 000 items)."""
+    limit = TRAIN_EXACT_ITEMS if exact_items is None else exact_items
+    losses = evaluate(model, dataset, ("val", "test"), progress)
+    n = len(dataset.items["train"])
+    if n <= limit:
+        return {"train": split_loss(model, dataset.X["train"], dataset.Y["train"], progress=progress), **losses}, n
+    rows = train_sample_rows(dataset, limit)
+    Xs, Ys = dataset.X["train"][rows], dataset.Y["train"][rows]
+    return {"train": split_loss(model, Xs, Ys, progress=progress), **losses}, limit
 
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
