@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
+    DEFAULT_MAX_ITEM_LEN,
     DEFAULT_MAX_LEN,
     DEFAULT_SAMPLE_SEED,
     DEVICES,
@@ -72,6 +73,9 @@ def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) ->
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
                    help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
+    p.add_argument("--max-item-len", type=int, default=DEFAULT_MAX_ITEM_LEN, metavar="N",
+                   help=f"skip lines longer than N characters, with a note naming them (default {DEFAULT_MAX_ITEM_LEN}; "
+                        "0: no limit)")
 
 
 def _block_defaults() -> str:
@@ -250,14 +254,15 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
-    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                max_item_len=args.max_item_len), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import escaped, load_dataset
 
     check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
-    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
+    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size, max_item_len=args.max_item_len)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -481,7 +486,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                        max_item_len=args.max_item_len)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1

@@ -16,6 +16,7 @@ LECTURE_SEED = 2147483647
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10  # charmlp sample's
 DEFAULT_MAX_LEN = 64  # charmlp sample's longest item
 MAX_BLOCK_SIZE = 1024  # the longest context a model may have
+DEFAULT_MAX_ITEM_LEN = 256  # longer lines of a data file are skipped (--max-item-len; 0: no limit)
 DTYPE_NAMES = ("float32", "float64")  # gradcheck's
 
 
@@ -30,6 +31,7 @@ class DataConfig:
     sequence: bool = False  # rows of whole items (X, Y: (items, block)) instead of context windows
     split_seed: int = 42  # random.seed(42); random.shuffle(words)
     split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points
+    max_item_len: int = DEFAULT_MAX_ITEM_LEN  # characters; a longer line is skipped, with a note (0: no limit)
 
 
 @dataclass

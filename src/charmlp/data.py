@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -60,8 +61,10 @@ def parse_items(text: str) -> list[str]:
     return [s for s in items if s]
 
 
-def read_items(path: str | Path | None = None) -> list[str]:
-    """Read and validate the items of a UTF-8 text file (default: embedded names.txt)."""
+def read_items(path: str | Path | None = None, max_len: int = 0) -> list[str]:
+    """Read and validate the items of a UTF-8 text file (default: embedded names.txt); with
+    `max_len`, items longer than that many characters are skipped, and a note on stderr gives
+    their line numbers (`skip_long_items`)."""
     p = resolve_data_path(path)
     try:
         if p.is_dir():
@@ -87,7 +90,29 @@ def read_items(path: str | Path | None = None) -> list[str]:
     items = parse_items(text)
     if not items:
         raise CharmlpError(f"{p} has no items: every line is empty; put one item per line")
+    if max_len and longest_item(items) > max_len:
+        items = skip_long_items(text, items, max_len, p)
     return items
+
+
+def skip_long_items(text: str, items: list[str], max_len: int, path: Path) -> list[str]:
+    """`items` without those longer than `max_len`, and a note on stderr naming their lines (in
+    `parse_items`' numbering: `\n`, `\r\n` and `\r` each end one). One overlong line would
+    otherwise set a whole-item model's row length, and with it the cost of every batch."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    long = [(i + 1, len(s)) for i, line in enumerate(text.split("\n")) if len(s := line.strip()) > max_len]
+    kept = [s for s in items if len(s) <= max_len]
+    longest = max(n for _, n in long)
+    where = ", ".join(str(i) for i, _ in long[:5]) + (", …" if len(long) > 5 else "")
+    what = (f"line {where} ({longest} characters)" if len(long) == 1
+            else f"{len(long)} lines ({where}; the longest {longest} characters)")
+    if not kept:
+        raise CharmlpError(f"every item of {path} is longer than --max-item-len {max_len}; "
+                           f"pass --max-item-len {longest} (or 0: no limit) to keep them")
+    print(f"note: skipped {what} of {path}, longer than --max-item-len {max_len}; "
+          f"pass --max-item-len {longest} to keep {'it' if len(long) == 1 else 'them'}", file=sys.stderr)
+    return kept
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -322,9 +347,15 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     """
     cfg = cfg or DataConfig()
     items = None
+    if cfg.max_item_len < 0:
+        raise CharmlpError(f"--max-item-len must be ≥ 0 (0: no limit), got {cfg.max_item_len}")
     if cfg.sequence and cfg.block_size == 0:  # whole items: as long as the longest, plus the start token
-        items = read_items(cfg.path)
-        cfg = dataclasses.replace(cfg, block_size=min(MAX_BLOCK_SIZE, longest_item(items) + 1))
+        items = read_items(cfg.path, cfg.max_item_len)
+        if longest_item(items) + 1 > MAX_BLOCK_SIZE:
+            raise CharmlpError(
+                f"an item of {longest_item(items)} characters is longer than a model that reads whole items "
+                f"can take ({MAX_BLOCK_SIZE - 1}); skip such lines with --max-item-len {MAX_BLOCK_SIZE - 1} or less")
+        cfg = dataclasses.replace(cfg, block_size=longest_item(items) + 1)
     elif cfg.block_size == 0:
         cfg = dataclasses.replace(cfg, block_size=DEFAULT_BLOCK_SIZE)
     if not 1 <= cfg.block_size <= MAX_BLOCK_SIZE:
@@ -332,7 +363,7 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     a, b = cfg.split
     if not 0 < a < b < 1:
         raise CharmlpError(f"split cut points must satisfy 0 < train < val < 1, got {cfg.split}")
-    items = items if items is not None else read_items(cfg.path)
+    items = items if items is not None else read_items(cfg.path, cfg.max_item_len)
     need = min_items_for_split(cfg.split)
     if len(items) < need:
         raise CharmlpError(
