@@ -85,8 +85,10 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=0, help="val items to evaluate (0: all)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable; default every model")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--out", type=Path, default=HERE / "results_eval.json")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     results = measure(args.data, args.items, args.rounds, args.model or sorted(MODELS))
     meta = {"data": args.data or "names", "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "load": os.getloadavg()[0], "machine": platform.processor() or platform.machine()}

@@ -265,7 +265,9 @@ def train(
             calibrate_batchnorm(model, Xtr)
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
-        split_losses, train_items = final_losses(model, dataset)
+        with tqdm(desc="eval", unit="char", unit_scale=True, disable=not progress, mininterval=0.5,
+                  dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
+            split_losses, train_items = final_losses(model, dataset, progress=bar.update)
         summary = _summary(model, dataset, split_losses, train_items, state.losses,
                            seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
