@@ -13,8 +13,6 @@ Weights follow the lectures' layout: W is (fan_in, fan_out) and a = x @ W + b.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -199,21 +197,16 @@ class Recurrent(Layer):
         return torch.stack(hs, dim=1)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward`'s hidden states (B, T, H) without the per-step caches."""
+        """`forward`'s hidden states (B, T, H) without the per-step caches, time-major inside: step t
+        reads the contiguous xp[t] of (T, B, gates·H) (and may overwrite it), writes hs[t] of (T, B, H)."""
         B, T, E = x.shape
         cell = self.cell
-        xp = torch.addmm(cell.b, x.transpose(0, 1).reshape(T * B, E), cell.Wx).view(T, B, -1)  # time-major
-        return self._infer_steps(lambda t, out: xp[t], T, B, x).transpose(0, 1)
-
-    def _infer_steps(self, xp_at: Callable[[int, torch.Tensor], torch.Tensor], T: int, B: int,
-                     like: torch.Tensor) -> torch.Tensor:
-        """h_t = cell(xp_t, h_{t−1}) from h0, each written into hs[t] of a (T, B, H) tensor:
-        `xp_at(t, hs[t])` gives step t's input projection (B, gates·H), which the step may overwrite."""
-        hs = torch.empty(T, B, self.cell.hidden_size, dtype=like.dtype, device=like.device)
+        xp = torch.addmm(cell.b, x.transpose(0, 1).reshape(T * B, E), cell.Wx).view(T, B, -1)
+        hs = torch.empty(T, B, cell.hidden_size, dtype=xp.dtype, device=xp.device)
         h = self.h0.expand(B, -1)
         for t in range(T):
-            h = self.cell.infer_step(xp_at(t, hs[t]), h, hs[t])
-        return hs
+            h = cell.infer_step(xp[t], h, hs[t])
+        return hs.transpose(0, 1)
 
     # backprop through time: dL/dh_t = dout_t + (what step t+1 sent back through h_t)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:
