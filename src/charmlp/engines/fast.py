@@ -41,7 +41,7 @@ from ..models import LanguageModel
 from ..nn import BatchNorm1d, Linear
 from .eager import EagerStep
 from .support import adamw_state, grad_buffers, hidden_blocks, unsupported_reason
-from .support import numpy_view as _np
+from .support import numpy_view as view
 
 # step(lr) -> loss of the minibatch it drew (before the update). Every step draws its batch as
 # the lectures' loop does, `torch.randint(0, N, (B,), generator=g)`, so the generator's state at
@@ -54,18 +54,18 @@ class _Block:
 
     def __init__(self, lin: Linear, bn: BatchNorm1d | None, B: int) -> None:
         fan_in, H = lin.weight.shape
-        self.W, self.gW = _np(lin.weight), _np(lin.weight.grad)
-        self.b = None if lin.bias is None else _np(lin.bias)
-        self.gb = None if lin.bias is None else _np(lin.bias.grad)
+        self.W, self.gW = view(lin.weight), view(lin.weight.grad)
+        self.b = None if lin.bias is None else view(lin.bias)
+        self.gb = None if lin.bias is None else view(lin.bias.grad)
         self.pre = np.empty((B, H), np.float32)  # x @ W (+ b)
         self.h = np.empty((B, H), np.float32)  # tanh output
         self.dpre = np.empty((B, H), np.float32)
         self.tmp = np.empty((B, H), np.float32)
         self.bn = bn is not None
         if bn is not None:
-            self.gamma, self.beta = _np(bn.weight), _np(bn.bias)
-            self.ggamma, self.gbeta = _np(bn.weight.grad), _np(bn.bias.grad)
-            self.rmean, self.rvar = _np(bn.running_mean), _np(bn.running_var)
+            self.gamma, self.beta = view(bn.weight), view(bn.bias)
+            self.ggamma, self.gbeta = view(bn.weight.grad), view(bn.bias.grad)
+            self.rmean, self.rvar = view(bn.running_mean), view(bn.running_var)
             self.eps, self.mom = float(bn.eps), float(bn.momentum)
             self.xhat = np.empty((B, H), np.float32)
             self.mean, self.var, self.rstd = (np.empty(H, np.float32) for _ in range(3))
@@ -101,9 +101,9 @@ class FastStep:
         self.Y = np.ascontiguousarray(Y.numpy())
         T = self.X.shape[1]
         V, E = emb.weight.shape
-        self.C, self.gC = _np(emb.weight), _np(emb.weight.grad)
-        self.Wo, self.gWo = _np(out.weight), _np(out.weight.grad)
-        self.bo, self.gbo = _np(out.bias), _np(out.bias.grad)
+        self.C, self.gC = view(emb.weight), view(emb.weight.grad)
+        self.Wo, self.gWo = view(out.weight), view(out.weight.grad)
+        self.bo, self.gbo = view(out.bias), view(out.bias.grad)
         self.blocks: list[_Block] = []
         for lin, bn, tanh in hidden_blocks(model):
             self.blocks.append(_Block(lin, bn, B))
@@ -130,7 +130,7 @@ class FastStep:
         self.logits_flat = self.logits.reshape(B * V)
         self.dh_out = np.empty((B, self.Wo.shape[0]), np.float32)
         # optimizer: views of its parameters and (AdamW) state, in the order of model.parameters()
-        self.params = [(_np(p), _np(p.grad), np.empty(p.shape, np.float32)) for p in params]
+        self.params = [(view(p), view(p.grad), np.empty(p.shape, np.float32)) for p in params]
         group = optimizer.param_groups[0]
         self.wd = float(group["weight_decay"])
         self.adamw = isinstance(optimizer, torch.optim.AdamW)
@@ -140,7 +140,7 @@ class FastStep:
             self.adam_state = []
             for p in params:
                 st = adamw_state(optimizer, p)
-                self.adam_state.append((_np(st["step"].reshape(1)), _np(st["exp_avg"]), _np(st["exp_avg_sq"]),
+                self.adam_state.append((view(st["step"].reshape(1)), view(st["exp_avg"]), view(st["exp_avg_sq"]),
                                         np.empty(p.shape, np.float32)))
             # the step count t (torch keeps one per parameter; they move together)
             self.adam_t = int(optimizer.state[params[0]]["step"])
