@@ -141,14 +141,14 @@ def test_long_items_are_scored_in_bounded_batches(runs, monkeypatch):
 
 def test_charmlp_score_prints_each_item_and_exits_1_for_one_outside_the_vocabulary(runs, tmp_path):
     d, _ = runs["transformer"]
-    p = run_cli("score", d, "abc", "jaded", "Zoe")
+    p = run_cli("score", d, "abc", "jaded", "Zed")
     assert p.returncode == 1, p.stderr
     want = score(d, ["abc", "jaded"]).items
     lines = p.stdout.splitlines()
     assert lines[0].split() == ["item", "log-likelihood", "nll/char", "perplexity"]
     assert lines[1].split() == ["abc", f"{want[0].log_likelihood:.4f}", f"{want[0].nll_per_char:.4f}",
                                 f"{want[0].perplexity:.3f}"]
-    assert "Zoe" in lines[3] and "'Z' not in the run's vocabulary" in lines[3]
+    assert "Zed" in lines[3] and "'Z' not in the run's vocabulary" in lines[3]
     assert "1 of 3 items" in p.stderr and "Traceback" not in p.stderr
     p = run_cli("score", d, "abc", "jaded", "--json", "--sort")
     assert p.returncode == 0, p.stderr
