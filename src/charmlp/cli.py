@@ -387,7 +387,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"# {stream.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
     if stream.count < args.n:
         wanted = [w for w, on in (("distinct", args.unique), ("novel", args.novel), ("not excluded", bool(exclude)),
-                                  (f"at least {args.min_len} characters long", args.min_len > len(args.prefix))) if on]
+                                  (f"at least {args.min_len} character" + "s" * (args.min_len > 1) + " long", args.min_len > len(args.prefix))) if on]
         print(f"# found {stream.count} of {args.n} items ({', '.join(wanted)}) in {stream.draws} draws, the most it "
               f"makes (10 × N + 10000 = {draw_bound(args.n)}); exit 1", file=sys.stderr)
         return 1
