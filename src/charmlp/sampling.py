@@ -256,18 +256,17 @@ def _kept(
     next_batch: Callable[[int], tuple[list[str], np.ndarray]], n: int, unique: bool, excluded: set[str], min_len: int,
 ) -> Batches:
     """Batches of the samples that pass (at least `min_len` characters, not in `excluded`, not
-    seen before when `unique`) until there are `n`, or `draw_bound(n)` were drawn. The first
-    batch draws min(n, SAMPLE_CHUNK), as the unfiltered sampler does (so it starts with the
-    unfiltered samples that pass); each next one what the share passing so far says the rest needs."""
+    seen before when `unique`) until there are `n`, or `draw_bound(n)` were drawn; each batch
+    counts the draws it took (the last one up to the sample that made `n`). The first batch draws
+    min(n, SAMPLE_CHUNK), as the unfiltered sampler does (so it starts with the unfiltered samples
+    that pass); each next one what the share passing so far says the rest needs."""
     seen: set[str] = set()
     found = draws = 0
     bound, size = draw_bound(n), min(n, SAMPLE_CHUNK)
     while found < n and draws < bound:
-        k = min(size, bound - draws)
-        items, cut = next_batch(k)
-        draws += k
-        kept, truncated = [], 0
-        for s, c in zip(items, cut.tolist(), strict=True):
+        items, cut = next_batch(min(size, bound - draws))
+        kept, truncated, used = [], 0, len(items)
+        for i, (s, c) in enumerate(zip(items, cut.tolist(), strict=True)):
             if len(s) < min_len or s in excluded or (unique and s in seen):
                 continue
             if unique:
@@ -275,9 +274,11 @@ def _kept(
             kept.append(s)
             truncated += c
             if found + len(kept) == n:
+                used = i + 1
                 break
         found += len(kept)
-        yield kept, truncated, k
+        draws += used
+        yield kept, truncated, used
         rate = max(found / draws, 1e-3)  # of the samples drawn, the share that passed
         size = min(SAMPLE_CHUNK, max(256, math.ceil(1.2 * (n - found) / rate)))
 
