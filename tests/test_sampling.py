@@ -331,7 +331,7 @@ def test_filtered_samples_start_with_the_unfiltered_ones_that_pass(trained):
         sample(result.model, vocab, n=3, min_len=30, max_len=20)
 
 
-def test_a_model_that_cannot_reach_n_stops_with_one_line(saved_runs):
+def test_a_model_that_cannot_reach_n_stops_with_one_line(saved_runs, tmp_path):
     """Items of one character: at most 10 distinct (the alphabet a…j)."""
     d, _ = saved_runs["gru"]
     p = run_cli("sample", d, "-n", "20", "--unique", "--min-len", "1", "--max-len", "1", "--json")
@@ -341,6 +341,11 @@ def test_a_model_that_cannot_reach_n_stops_with_one_line(saved_runs):
     assert p.stderr.strip().splitlines()[-1] == (
         f"# found {len(got['samples'])} of 20 items (distinct, at least 1 character long) in {got['draws']} draws, "
         f"the most it makes (10 × N + 10000 = {got['draws']}); exit 1")
+    first = tmp_path / "first.txt"  # the one sample `-n 1` draws: excluded, the first batch keeps nothing
+    first.write_text(sample_run(d, n=1, max_len=5, min_len=1).samples[0] + "\n", encoding="utf-8")
+    p = run_cli("sample", d, "-n", "1", "--max-len", "5", "--min-len", "1", "--exclude", first, "--json")
+    got = json.loads(p.stdout)
+    assert p.returncode == 0 and got["draws"] > 1 and got["samples"] != first.read_text().split()
 
 
 def test_novel_names_the_data_file_that_moved_and_exclude_stands_for_it(saved_runs, tmp_path):

@@ -375,10 +375,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.json:
         out.write('{"samples": [')
-    for i, batch in enumerate(stream):
-        if args.json:
-            out.write((", " if i and batch else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
-        else:
+    wrote = False  # a filtered batch may be empty: the separator goes between items, never first
+    for batch in stream:
+        if args.json and batch:
+            out.write((", " if wrote else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
+            wrote = True
+        elif not args.json:
             out.write("".join(s + "\n" for s in batch))
         out.flush()
     if args.json:

@@ -334,14 +334,14 @@ def sample_stream(
         ends, ks = np.cumsum(lengths).tolist(), lengths.tolist()
         return [prefix + text[e - k : e] for e, k in zip(ends, ks, strict=True)], lengths == max_new
 
-    def every(n: int) -> Batches:
+    def every() -> Batches:
         for first in range(0, n, SAMPLE_CHUNK):
             k = min(SAMPLE_CHUNK, n - first)
             items, cut = texts(k)
             yield items, int(cut.sum()), k
 
     filtered = unique or excluded or min_len > len(prefix)
-    return SampleStream(_kept(texts, n, unique, excluded, min_len) if filtered else every(n), training_items, n)
+    return SampleStream(_kept(texts, n, unique, excluded, min_len) if filtered else every(), training_items, n)
 
 
 def sample(
