@@ -8,9 +8,10 @@ the sampler feeds: a window model's last `block_size` ids (boundary-padded); a w
 [boundary, c₁…c_t], or its last `block_size` ids once that is longer than the model's positions.
 So p(item) is the probability that `charmlp sample` (temperature 1, no top-k) draws the item.
 
-It runs on the model's NumPy forward (`numpy_model.Net`), batched: every window of every item
-at once for window models, items of similar length padded into one batch for whole-item models
-(causal: padding after an item does not change its positions).
+It runs on the model's NumPy forward (`numpy_model.Net`, no torch), batched: for window models
+the windows of all items sorted by context, the model run once per distinct context of a batch;
+for whole-item models items of similar length padded into one batch (causal: padding after an
+item does not change its positions).
 """
 
 from __future__ import annotations
