@@ -293,16 +293,6 @@ def test_a_closed_pipe_ends_sampling_quietly(saved_runs):
 # ----------------------------------------------------------------------------- only new items
 
 
-@pytest.fixture(scope="module")
-def names_run(tmp_path_factory) -> Path:
-    """A short run on the embedded names (a few seconds)."""
-    d = tmp_path_factory.mktemp("names") / "run"
-    cfg = RunConfig(DataConfig(), MLPConfig(n_embd=8, n_hidden=64), TrainConfig(steps=600, batch_size=64, device="cpu",
-                                                                                seed=2, eval_every=0))
-    train(cfg, out_dir=d, progress=False)
-    return d
-
-
 def test_unique_novel_gives_n_distinct_items_none_in_the_training_file(names_run):
     p = run_cli("sample", names_run, "-n", "500", "--unique", "--novel", "--seed", "4", "--json")
     assert p.returncode == 0, p.stderr

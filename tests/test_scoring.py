@@ -90,6 +90,14 @@ def test_scoring_a_split_gives_evals_loss(kind, runs):
     np.testing.assert_allclose(got, [loop_log_likelihood(model, s) for s in items], rtol=1e-5)
 
 
+def test_scoring_the_test_split_of_a_trained_run_gives_evals_test_loss(names_run):
+    from charmlp.checkpoint import load_run
+
+    run = load_run(names_run)
+    test_items = load_dataset(run.config.data, vocab=run.vocab).items["test"]
+    assert score(names_run, test_items).mean_nll() == pytest.approx(evaluate_run(names_run, ("test",))["test"], abs=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "transformer", "gru-ensemble"])
 def test_per_char_probabilities_multiply_to_the_likelihood(kind, runs):
     d, _ = runs[kind]
