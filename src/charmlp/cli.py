@@ -367,27 +367,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Print the samples batch by batch as they are drawn (memory independent of -n); --json
-    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed."""
-    from .sampling import sample_run_stream
+    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed. With filters
+    (--unique, --novel, --exclude, --min-len) that found fewer than N within the draw bound: a
+    line saying how many, exit 1."""
+    from .data import read_items
+    from .sampling import draw_bound, sample_run_stream
 
+    exclude = read_items(args.exclude, flag="--exclude") if args.exclude is not None else ()
     stream = sample_run_stream(
         args.run, n=args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-        prefix=args.prefix, max_len=args.max_len,
+        prefix=args.prefix, max_len=args.max_len, unique=args.unique, novel=args.novel, exclude=exclude,
+        min_len=args.min_len,
     )
     out = sys.stdout
     if args.json:
         out.write('{"samples": [')
-    for i, batch in enumerate(stream):
-        if args.json:
-            out.write((", " if i else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
-        else:
+    wrote = False  # a filtered batch may be empty: the separator goes between items, never first
+    for batch in stream:
+        if args.json and batch:
+            out.write((", " if wrote else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
+            wrote = True
+        elif not args.json:
             out.write("".join(s + "\n" for s in batch))
         out.flush()
     if args.json:
         out.write("], " + json.dumps(stream.stats())[1:] + "\n")  # the statistics after the samples, as to_dict orders them
-        return 0
-    if stream.novel_fraction is not None:
+    elif stream.novel_fraction is not None:
         print(f"# {stream.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
+    if stream.count < args.n:
+        wanted = [w for w, on in (("distinct", args.unique), ("novel", args.novel), ("not excluded", bool(exclude)),
+                                  (f"at least {args.min_len} character" + "s" * (args.min_len > 1) + " long", args.min_len > len(args.prefix))) if on]
+        print(f"# found {stream.count} of {args.n} items ({', '.join(wanted)}) in {stream.draws} draws, the most it "
+              f"makes (10 × N + 10000 = {draw_bound(args.n)}); exit 1", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """One row per item (or a per-character table per item, or JSON); exit 1 if any item was
+    not scorable (a character outside the run's vocabulary)."""
+    from .data import escaped, items_from_bytes, read_items
+    from .scoring import score
+
+    items = list(args.items)
+    if args.file == "-":
+        items += items_from_bytes(sys.stdin.buffer.read(), "stdin")
+    elif args.file is not None:
+        items += read_items(args.file, flag="--file")
+    if not items:
+        raise CharmlpError("give the items to score: `charmlp score DIR ITEM…`, or a file of them with --file F (- for stdin)")
+    scores = score(args.run, items, per_char=args.per_char)
+    if args.sort:
+        scores = scores.sorted()
+    if args.json:
+        print(json.dumps(scores.to_dict(), ensure_ascii=False))
+    elif args.per_char:
+        for i, s in enumerate(scores.items):
+            print(("\n" if i else "") + escaped(s.item) + "  " + (s.problem and f"not scorable: {s.problem}" or
+                  f"log-likelihood {s.log_likelihood:.4f} | nll/char {s.nll_per_char:.4f} | perplexity {s.perplexity:.3f}"))
+            if s.per_char is None:
+                continue
+            w = max(7, max(len(escaped(c.context)) for c in s.per_char))
+            print(f"{'pos':>4}  {'context':<{w}}  char  {'prob':>8}  {'log-prob':>9}  {'rank':>4}")
+            for c in s.per_char:
+                print(f"{c.position:>4}  {escaped(c.context):<{w}}  {escaped(c.char):<4}  {c.prob:>8.4g}  "
+                      f"{c.logprob:>9.4f}  {c.rank:>4}")
+    else:
+        w = min(40, max(4, *(len(escaped(s.item)) for s in scores.items)))
+        print(f"{'item':<{w}}  {'log-likelihood':>14}  {'nll/char':>8}  {'perplexity':>10}")
+        for s in scores.items:
+            print(f"{escaped(s.item):<{w}}  " + (f"not scorable: {s.problem}" if s.problem else
+                  f"{s.log_likelihood:>14.4f}  {s.nll_per_char:>8.4f}  {s.perplexity:>10.3f}"))
+    if bad := len(scores.not_scorable):
+        sys.stdout.flush()
+        print(f"# {bad} of {len(items)} items not scorable: characters outside the run's vocabulary; exit 1", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -635,8 +689,27 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="", metavar="TEXT", help="every sample starts with this text")
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, metavar="N",
                    help=f"longest item, prefix included (default {DEFAULT_MAX_LEN})")
-    p.add_argument("--json", action="store_true", help="print a JSON object with samples and novel_fraction")
+    p.add_argument("--min-len", type=int, default=0, metavar="N",
+                   help="shortest item, prefix included: shorter samples are drawn again (default 0)")
+    only = p.add_argument_group("only new items (each refused sample is drawn again; the draws stop at 10 × N + 10000, "
+                                "then a line says how many it found and the exit code is 1)")
+    only.add_argument("--unique", action="store_true", help="N distinct items")
+    only.add_argument("--novel", action="store_true", help="no item of the run's data file (found from its config.json)")
+    only.add_argument("--exclude", metavar="FILE", help="no item of this file (one per line); with --novel, it stands "
+                                                       "for a data file that moved")
+    p.add_argument("--json", action="store_true", help="print a JSON object with samples, novel_fraction and draws")
     p.set_defaults(func=cmd_sample)
+
+
+def _add_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="DIR", help="run directory")
+    p.add_argument("items", nargs="*", metavar="ITEM", help="items to score")
+    p.add_argument("--file", metavar="F", help="also score the items of this file, one per line (- : stdin)")
+    p.add_argument("--sort", action="store_true", help="most to least likely (items not scorable last)")
+    p.add_argument("--per-char", action="store_true", help="a table per item: position, context, character, "
+                                                          "probability, log-probability, rank among the vocabulary")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a row per item")
+    p.set_defaults(func=cmd_score)
 
 
 # command → (one line for `charmlp --help`, the function that adds its arguments)
@@ -645,6 +718,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "train": ("train a model and write a run directory", _add_train),
     "eval": ("loss per split of a saved run", _add_eval),
     "sample": ("generate new items from a saved run", _add_sample),
+    "score": ("log-likelihood, NLL per character and perplexity of given items under a saved run", _add_score),
     "lr-find": ("sweep the learning rate over one fresh model and suggest one", _add_lr_find),
     "diagnose": ("write DIR/report.html: losses, init check, statistics and pictures", _add_diagnose),
     "gradcheck": ("check every hand-written gradient against autograd (exit 1 on a mismatch)", _add_gradcheck),
