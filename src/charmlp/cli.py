@@ -353,10 +353,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .evaluate import evaluate_run
 
     splits = ("train", "val", "test")  # data.SPLITS (the CLI starts without numpy)
-    losses = evaluate_run(args.run, tuple(s for s in splits if s in (args.split or splits)))
+    # a bar on stderr while a terminal watches (tqdm's disable=None), counted in predicted characters
+    with tqdm(desc="eval", unit="char", unit_scale=True, disable=None, mininterval=0.5, leave=False) as bar:
+        losses = evaluate_run(args.run, tuple(s for s in splits if s in (args.split or splits)), progress=bar.update)
     if args.json:
         print(json.dumps(losses))
     else:

@@ -185,8 +185,10 @@ def final_losses(model: LanguageModel, dataset: Dataset, progress: Callable[[int
     return {"train": split_loss(model, Xs, Ys, progress=progress), **losses}, limit
 
 
-def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
-    """Rebuild a run's data split with its own vocabulary and report the loss per split."""
+def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS,
+                 progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Rebuild a run's data split with its own vocabulary and report the loss per split (each
+    exact); `progress(k)` is told each pass's k predicted characters."""
     run = load_run(run_dir)
     dataset = load_dataset(run.config.data, vocab=run.vocab)
-    return evaluate(run.model, dataset, splits)
+    return evaluate(run.model, dataset, splits, progress)
