@@ -183,3 +183,12 @@ def test_a_whole_item_model_trains_on_a_file_with_a_3000_character_line_without_
     assert "note: skipped line 201 (3000 characters)" in capsys.readouterr().err
     with pytest.raises(CharmlpError, match="longer than a model that reads whole items can take"):
         load_dataset(DataConfig(path=str(p), block_size=0, sequence=True, max_item_len=0))
+
+
+def test_a_run_config_written_before_max_item_len_keeps_every_line():
+    from charmlp.config import DEFAULT_MAX_ITEM_LEN, RunConfig, run_config_from_dict, run_config_to_dict
+
+    d = run_config_to_dict(RunConfig())
+    assert run_config_from_dict(d).data.max_item_len == DEFAULT_MAX_ITEM_LEN  # round trip
+    del d["data"]["max_item_len"]
+    assert run_config_from_dict(d).data.max_item_len == 0  # the split it was trained on: no line skipped

@@ -142,6 +142,8 @@ def config_from_dict(cls: type, d: Any, where: str) -> Any:
             raise CharmlpError(f"{where}.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
     if cls is DataConfig and "split" in kwargs:
         kwargs["split"] = tuple(kwargs["split"])
+    if cls is DataConfig:  # a config.json written before --max-item-len: its run kept every line
+        kwargs.setdefault("max_item_len", 0)
     return cls(**kwargs)
 
 
