@@ -192,3 +192,16 @@ def test_a_run_config_written_before_max_item_len_keeps_every_line():
     assert run_config_from_dict(d).data.max_item_len == DEFAULT_MAX_ITEM_LEN  # round trip
     del d["data"]["max_item_len"]
     assert run_config_from_dict(d).data.max_item_len == 0  # the split it was trained on: no line skipped
+
+
+def test_a_gzipped_file_gives_the_same_items_and_split(tmp_path):
+    import gzip
+
+    raw = default_data_path().read_bytes()
+    gz = tmp_path / "names.txt.gz"
+    gz.write_bytes(gzip.compress(raw))
+    assert read_items(gz) == read_items()
+    assert load_dataset(DataConfig(path=str(gz))).items == load_dataset().items
+    gz.write_bytes(gzip.compress(raw)[:-100])  # cut short
+    with pytest.raises(CharmlpError, match="does not decompress"):
+        read_items(gz)

@@ -8,9 +8,11 @@ data itself uses `.`) that pads the context before an item and marks its end.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import random
 import sys
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,7 +64,8 @@ def parse_items(text: str) -> list[str]:
 
 
 def read_items(path: str | Path | None = None, flag: str = "--data", max_len: int = 0) -> list[str]:
-    """Read and validate the items of a UTF-8 text file (default: embedded names.txt); `flag`
+    """Read and validate the items of a UTF-8 text file, or a gzip of one (default: embedded
+    names.txt); `flag`
     names the option that gave the path, in the message when it does not exist. With `max_len`,
     items longer than that many characters are skipped, and a note on stderr gives their line
     numbers (`skip_long_items`)."""
@@ -77,6 +80,12 @@ def read_items(path: str | Path | None = None, flag: str = "--data", max_len: in
         raise CharmlpError(f"data file {p} does not exist; check the path given to {flag}") from None
     except OSError as e:
         raise CharmlpError(f"cannot read data file {p}: {e.strerror}; check its permissions") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip's magic number: a compressed item file (names.txt.gz)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CharmlpError(f"{p} starts as a gzip file but does not decompress ({e}); "
+                               "check that it was copied whole, or pass the uncompressed file") from None
     return items_from_bytes(raw, str(p), max_len)
 
 
