@@ -150,7 +150,8 @@ def test_a_line_over_max_item_len_is_skipped_and_reported_with_its_line_number(t
     got = read_items(p, max_len=256)
     err = capsys.readouterr().err
     assert got == items  # every other item, in order
-    assert err.startswith("note: skipped line 122 (5000 characters) of ") and "--max-item-len 5000" in err
+    assert err.startswith(f"note: skipped line 122 (5000 characters) of {p}, longer than --max-item-len 256;")
+    assert "`--max-item-len 5000`" in err and len(err.splitlines()) == 1
     assert read_items(p) == items[:120] + ["x" * 5000] + items[120:]  # no limit: kept
     assert capsys.readouterr().err == ""
     # the split of the rest is the split of the file without the line

@@ -119,14 +119,14 @@ def skip_long_items(text: str, items: list[str], max_len: int, where: str) -> li
     long = [(i + 1, len(s)) for i, line in enumerate(text.split("\n")) if len(s := line.strip()) > max_len]
     kept = [s for s in items if len(s) <= max_len]
     longest = max(n for _, n in long)
-    where = ", ".join(str(i) for i, _ in long[:5]) + (", …" if len(long) > 5 else "")
-    what = (f"line {where} ({longest} characters)" if len(long) == 1
-            else f"{len(long)} lines ({where}; the longest {longest} characters)")
+    numbers = ", ".join(str(i) for i, _ in long[:5]) + (", …" if len(long) > 5 else "")
+    what = (f"line {numbers} ({longest} characters)" if len(long) == 1
+            else f"{len(long)} lines ({numbers}; the longest {longest} characters)")
     if not kept:
-        raise CharmlpError(f"every item of {where} is longer than --max-item-len {max_len}; "
-                           f"pass --max-item-len {longest} (or 0: no limit) to keep them")
-    print(f"note: skipped {what} of {where}, longer than --max-item-len {max_len}; "
-          f"pass --max-item-len {longest} to keep {'it' if len(long) == 1 else 'them'}", file=sys.stderr)
+        raise CharmlpError(f"every item of {where} is longer than {flag('--max-item-len', max_len)}; "
+                           f"pass `--max-item-len {longest}` (or 0: no limit) to keep them")
+    print(f"note: skipped {what} of {where}, longer than {flag('--max-item-len', max_len)}; "
+          f"pass `--max-item-len {longest}` to keep {'it' if len(long) == 1 else 'them'}", file=sys.stderr)
     return kept
 
 
@@ -385,7 +385,7 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
         if longest_item(items) + 1 > MAX_BLOCK_SIZE:
             raise CharmlpError(
                 f"an item of {longest_item(items)} characters is longer than a model that reads whole items "
-                f"can take ({MAX_BLOCK_SIZE - 1}); skip such lines with --max-item-len {MAX_BLOCK_SIZE - 1} or less")
+                f"can take ({MAX_BLOCK_SIZE - 1}); skip such lines with `--max-item-len {MAX_BLOCK_SIZE - 1}` or less")
         cfg = dataclasses.replace(cfg, block_size=longest_item(items) + 1)
     elif cfg.block_size == 0:
         cfg = dataclasses.replace(cfg, block_size=DEFAULT_BLOCK_SIZE)
