@@ -71,3 +71,15 @@ def test_the_report_draws_the_val_curve(tmp_path, tiny_data):
 
     png = plots.loss_curve_png([0, 1, 2, 3], [3.3, 3.0, 2.9, 2.8], {"val": 2.9}, 3.29, val=[(1, 3.1), (3, 2.95)])
     assert png.startswith(b"\x89PNG")
+
+
+def test_the_end_of_run_val_loss_is_that_of_the_final_weights(tmp_path, tiny_data):
+    """Without BatchNorm the last evaluation saw the final weights: the summary's val loss is that one,
+    and the exact val loss of the saved model."""
+    from charmlp.models import GRUConfig
+
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), GRUConfig(n_hidden=8, n_embd=4), TrainConfig(steps=20, batch_size=16))
+    result = charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)
+    rows = val_rows(tmp_path / "run")
+    assert rows[-1]["step"] == 19 and result.summary["val_loss"] == rows[-1]["val_loss"]
+    assert result.summary["val_loss"] == pytest.approx(charmlp.evaluate_run(tmp_path / "run")["val"], abs=1e-9)

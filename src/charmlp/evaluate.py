@@ -169,14 +169,16 @@ def train_sample_rows(dataset: Dataset, n: int) -> torch.Tensor:
 
 
 def final_losses(model: LanguageModel, dataset: Dataset, progress: Callable[[int], None] | None = None,
-                 exact_items: int | None = None) -> tuple[dict[str, float], int]:
+                 exact_items: int | None = None, val: float | None = None) -> tuple[dict[str, float], int]:
     """The end-of-run losses and the training items behind the train one: val and test exact,
     train exact up to `exact_items` (default TRAIN_EXACT_ITEMS) items, else estimated on the
     fixed seeded sample `train_sample_rows` of that many items (a ratio estimate of the
     per-character mean: Σ −log p over the sample's characters / their count). `progress` as
-    `split_loss`'s."""
+    `split_loss`'s; `val`, where given, is the val loss of these very weights, already computed
+    (the training loop's last evaluation)."""
     limit = TRAIN_EXACT_ITEMS if exact_items is None else exact_items
-    losses = evaluate(model, dataset, ("val", "test"), progress)
+    losses = evaluate(model, dataset, ("val", "test") if val is None else ("test",), progress)
+    losses = {"val": val, **losses} if val is not None else losses
     n = len(dataset.items["train"])
     if n <= limit:
         return {"train": split_loss(model, dataset.X["train"], dataset.Y["train"], progress=progress), **losses}, n

@@ -267,7 +267,10 @@ def train(
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
         with tqdm(desc="eval", unit="char", unit_scale=True, disable=not progress, mininterval=0.5,
                   dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
-            split_losses, train_items = final_losses(model, dataset, progress=bar.update)
+            # the loop's evaluation after the last step saw these weights, unless calibration changed them
+            last_val = None if calibrate or not len(state.val_losses) else state.val_losses[-1].item()
+            split_losses, train_items = final_losses(model, dataset, progress=bar.update,
+                                                     val=None if last_val is None or math.isnan(last_val) else last_val)
         summary = _summary(model, dataset, split_losses, train_items, state.losses,
                            seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
