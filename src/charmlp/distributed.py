@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,3 +228,32 @@ class GradientReducer:
 
         self.stop = None if float(flat[-1]) == 0 else (local or signal.SIGTERM)
         return flat[-3].clone()
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """`charmlp train --nproc N …`: torch's elastic launcher, as `torchrun --standalone
+    --nproc-per-node N -m charmlp train …` would start it, for `argv` (the command without --nproc).
+    Returns the exit code; a rank that died is named in one `error:` line (one that failed has said why)."""
+    import logging
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for N > 1, set so it need not warn
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the line below replaces its report
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "charmlp", *argv])
+    try:
+        run(args)
+    except ChildFailedError as e:
+        r, failure = e.get_first_failure()
+        if failure.exitcode < 0:
+            name = signal.Signals(-failure.exitcode).name
+            print(f"error: rank {r} of {nproc} was killed by {name}; the other ranks stopped "
+                  "(the last checkpoint, if any, is intact and resumable)", file=sys.stderr)
+            return 128 - failure.exitcode
+        return failure.exitcode
+    except SignalException as e:  # Ctrl-C/SIGTERM: the ranks were asked to stop and have checkpointed
+        return 128 + int(e.sigval)
+    return 0

@@ -1,0 +1,146 @@
+"""Data-parallel training (charmlp/distributed.py) with 2 processes, gloo, on the CPU, started by
+torch's elastic launcher: the same loss curves as one process for every model kind (BatchNorm
+synchronised, dropout's global masks), the synchronised BatchNorm against autograd, a resume
+across process counts, and a killed rank ending the run with a clear line and an intact checkpoint.
+
+Two launches in all (each costs process start-up and imports), so the file stays within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from charmlp.checkpoint import STATE
+from charmlp.resume import read_checkpoint
+from charmlp.train import resume, train
+from conftest import SRC, make_items
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_worker import CASES, case_config  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find a rank to kill")
+
+TOL = 1e-5  # float32 sums in another order are the only difference from one process
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(Path(__file__).parent)]), OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    p = tmp_path_factory.mktemp("ddp") / "tiny.txt"
+    p.write_text("\n".join(make_items()) + "\n", encoding="utf-8")
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def one_process(data: str) -> dict[str, list[float]]:
+    return {name: train(case_config(data, name), progress=False).losses for name in CASES}
+
+
+@pytest.fixture(scope="module")
+def interrupted(data: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-process run of the `mlp` case stopped by SIGINT after 8 steps (checkpointed)."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+
+    def stop(step, model, lr, loss):  # the loop catches it and checkpoints after this step
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    from charmlp.errors import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        train(case_config(data, "mlp"), out_dir=out, progress=False, hooks=(stop,))
+    assert read_checkpoint(out).step == 8
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(data: str, interrupted: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One launch of 2 ranks: every case, the BatchNorm check, and the 1-process run resumed."""
+    out = tmp_path_factory.mktemp("ddp") / "report.json"
+    worker = Path(__file__).parent / "distributed_worker.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(worker), data, str(out), str(interrupted)],
+                          capture_output=True, text=True, timeout=240, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_give_one_process_curve(name: str, two_processes: dict, one_process: dict) -> None:
+    ref = one_process["mlp" if name == "mlp_autograd" else name]  # autograd through the all-reduces too
+    got = two_processes[name]["losses"]
+    assert len(got) == len(ref) == 20
+    assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) <= TOL
+    s = two_processes[name]["summary"]
+    assert (s["world_size"], s["rank_batch_size"]) == (2, 8)
+
+
+def test_final_losses_are_evaluated_across_ranks(two_processes: dict, data: str) -> None:
+    ref = train(case_config(data, "gru"), progress=False).summary
+    s = two_processes["gru"]["summary"]
+    for split in ("train_loss", "val_loss", "test_loss"):
+        assert abs(s[split] - ref[split]) <= TOL
+
+
+def test_synchronised_batchnorm_matches_autograd_on_the_whole_batch(two_processes: dict) -> None:
+    # float64: the rank's output, dx and the summed dγ, dβ against one BatchNorm's autograd over all rows
+    assert all(v <= 1e-12 for v in two_processes["batchnorm"].values()), two_processes["batchnorm"]
+
+
+def test_one_process_run_resumes_in_two(two_processes: dict, one_process: dict, interrupted: Path) -> None:
+    got, ref = two_processes["resumed"]["losses"], one_process["mlp"]
+    assert got[:8] == ref[:8]  # restored from the checkpoint
+    assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) <= TOL
+    assert json.loads((interrupted / "summary.json").read_text())["world_size"] == 2  # rank 0 wrote the run
+
+
+def _rank_process(launcher: int, rank: int) -> int | None:
+    """The pid of the launcher's child whose environment says RANK=rank."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in env:
+            return int(stat.parent.name)
+    return None
+
+
+def test_killed_rank_ends_the_run_with_one_line_and_a_resumable_checkpoint(data: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    steps = 400
+    args = ["--data", data, "--model", "mlp", "--n-hidden", "16", "--n-embd", "4", "--steps", str(steps),
+            "--batch-size", "16", "--engine", "manual", "--checkpoint-every", "5", "--eval-every", "0",
+            "--seed", "3", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "charmlp", "train", "--nproc", "2", "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE).is_file():  # the first checkpoint: then rank 1 dies
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        victim = _rank_process(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=90)  # the survivor stops within the rank timeout (60 s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith(("error:", "note:")) for ln in lines), err
+    assert any("rank 1" in ln for ln in lines), err
+    ck = read_checkpoint(out)  # intact (its checksum is verified), and it resumes in one process
+    assert ck is not None and 0 < ck.step < steps
+    resumed = resume(out, progress=False)
+    assert len(resumed.losses) == steps and resumed.summary["world_size"] == 1
