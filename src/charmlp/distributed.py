@@ -137,8 +137,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
             return dist_fn.all_reduce(t)
         dist.all_reduce(t)
     except RuntimeError as e:  # gloo/NCCL: the peer's connection closed, or the timeout passed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LostRank(f"rank {w.rank} of {w.size} lost {w.peer()} ({first[:160]})") from None
+        why = f"no answer within {_timeout_s:g} s" if "timeout" in str(e).lower() else "its connection closed"
+        raise LostRank(f"rank {w.rank} of {w.size} lost {w.peer()} ({why})") from None
     return t
 
 
