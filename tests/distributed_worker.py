@@ -8,6 +8,7 @@ in RESUME (if given); rank 0 writes what it saw to OUT as JSON for the test to c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from charmlp import distributed
 from charmlp.config import DataConfig, RunConfig, TrainConfig
+from charmlp.errors import CharmlpError, ReportedElsewhere
 from charmlp.models import model_config
 from charmlp.nn import BatchNorm1d
 from charmlp.train import resume, train
@@ -70,6 +72,30 @@ def batchnorm_check() -> dict[str, float]:
     }
 
 
+def refusals(data: str) -> dict[str, str]:
+    """Start-ups that every rank must refuse alike, without a hang: options that differ between
+    ranks, a data file one rank cannot read, a batch that does not split. Rank 0 says why (its
+    messages are returned); the others raise `ReportedElsewhere`, except the rank whose own data failed."""
+    rank = distributed.rank()
+    cfg = case_config(data, "gru")
+    starts = {
+        "mismatch": dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=3 + rank)),
+        "missing_data": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data + ".gone" * rank)),
+        "odd_batch": dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=15)),
+    }
+    said = {}
+    for name, c in starts.items():
+        try:
+            train(c, progress=False)
+        except CharmlpError as e:
+            own = name == "missing_data" and rank == 1
+            assert isinstance(e, ReportedElsewhere) == (rank != 0 and not own), (name, rank, e)
+            said[name] = str(e)
+        else:
+            raise AssertionError(f"{name}: rank {rank} trained")
+    return said
+
+
 def main() -> None:
     data, out = sys.argv[1], Path(sys.argv[2])
     report: dict = {}
@@ -77,6 +103,7 @@ def main() -> None:
         r = train(case_config(data, name), progress=False)
         report[name] = {"losses": r.losses, "summary": r.summary}
     report["batchnorm"] = batchnorm_check()
+    report["refusals"] = refusals(data)
     if len(sys.argv) > 3:
         r = resume(sys.argv[3], progress=False)
         report["resumed"] = {"losses": r.losses, "summary": r.summary}

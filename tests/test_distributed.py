@@ -95,6 +95,13 @@ def test_synchronised_batchnorm_matches_autograd_on_the_whole_batch(two_processe
     assert all(v <= 1e-12 for v in two_processes["batchnorm"].values()), two_processes["batchnorm"]
 
 
+def test_bad_start_ups_are_refused_by_every_rank_with_rank_0_naming_the_rank(two_processes: dict) -> None:
+    said = two_processes["refusals"]
+    assert "rank 1 of 2 was started with another run configuration or data than rank 0" in said["mismatch"]
+    assert "rank 1 of 2 could not load its data" in said["missing_data"]
+    assert "does not split evenly across 2 processes" in said["odd_batch"]
+
+
 def test_one_process_run_resumes_in_two(two_processes: dict, one_process: dict, interrupted: Path) -> None:
     got, ref = two_processes["resumed"]["losses"], one_process["mlp"]
     assert got[:8] == ref[:8]  # restored from the checkpoint

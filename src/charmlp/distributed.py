@@ -132,14 +132,48 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
     try:
         if t.requires_grad:  # autograd's engine: the sum's backward all-reduces the gradient
-            import torch.distributed.nn.functional as dist_fn
-
-            return dist_fn.all_reduce(t)
+            return _AllReduceSum.apply(t)
         dist.all_reduce(t)
     except RuntimeError as e:  # gloo/NCCL: the peer's connection closed, or the timeout passed
         why = f"no answer within {_timeout_s:g} s" if "timeout" in str(e).lower() else "its connection closed"
         raise LostRank(f"rank {w.rank} of {w.size} lost {w.peer()} ({why})") from None
     return t
+
+
+def _all_reduce_function() -> type:
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        """y = Σ_ranks x on every rank; every rank's loss depends on y, so dL/dx = Σ_ranks dL_r/dy."""
+
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            y = x.clone()
+            dist.all_reduce(y)
+            return y
+
+        @staticmethod
+        def backward(ctx: object, dy: torch.Tensor) -> torch.Tensor:
+            dx = dy.contiguous().clone()
+            dist.all_reduce(dx)
+            return dx
+
+    return AllReduceSum
+
+
+class _LazyFunction:
+    """The autograd function, defined on first use (torch loads only when a world does)."""
+
+    fn: type | None = None
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        if self.fn is None:
+            self.fn = _all_reduce_function()
+        return self.fn.apply(t)
+
+
+_AllReduceSum = _LazyFunction()
 
 
 def agree(error: BaseException | None, what: str) -> None:

@@ -243,13 +243,13 @@ def train(
     error, prepared = None, None
     try:
         prepared = _prepared(cfg, dataset)
-        if world is not None:
-            _check_world(prepared[0], prepared[1], world)
     except CharmlpError as e:
         error = e
     distributed.agree(error, "load its data or check its options")  # one rank's bad input stops every rank
     assert prepared is not None
     cfg, dataset, device = prepared
+    if world is not None:
+        _check_world(cfg, dataset, world)
     lead = world is None or world.rank == 0  # the one rank that writes, shows progress and runs the hooks
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(cfg.train.seed)
@@ -313,6 +313,9 @@ def _check_world(cfg: RunConfig, dataset: Dataset, world: distributed.World) -> 
     """What data-parallel training needs: a global batch that splits evenly, no ensemble (its
     members split the batch among themselves), and every rank with the same run configuration
     and data (a hash, compared across ranks; the data file's path may differ between machines)."""
+    facts = dataclasses.asdict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=None)))
+    distributed.check_same(json.dumps(facts, sort_keys=True, default=str) + data_fingerprint(dataset),
+                           "run configuration or data")  # first: every rank then checks the same options
     B, W = cfg.train.batch_size, world.size
     if B % W:
         raise distributed.refuse(f"{flag('--batch-size', B)} does not split evenly across {W} processes; "
@@ -320,9 +323,6 @@ def _check_world(cfg: RunConfig, dataset: Dataset, world: distributed.World) -> 
     if getattr(cfg.model, "members", 1) > 1:
         raise distributed.refuse("an ensemble (--members) trains in one process only: its members split the batch "
                                  "among themselves; drop --members or train without torchrun")
-    facts = dataclasses.asdict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=None)))
-    distributed.check_same(json.dumps(facts, sort_keys=True, default=str) + data_fingerprint(dataset),
-                           "run configuration or data")
 
 
 def _begin(saver: CheckpointSaver, resume: bool, force: bool, lead: bool) -> Checkpoint | None:
