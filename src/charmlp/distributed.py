@@ -45,6 +45,7 @@ class World:
     size: int
     local_rank: int
     local_size: int
+    device: str = "cpu"  # where the collectives' tensors live: NCCL reduces only on the GPU
 
     def rows(self, n: int) -> slice:
         """This rank's contiguous share of `n` global rows (n divisible by the size)."""
@@ -91,7 +92,8 @@ def init_world(device_type: str) -> World | None:
     import torch
     import torch.distributed as dist
 
-    w = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")), local_size())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    w = World(int(os.environ["RANK"]), size, local, local_size(), f"cuda:{local}" if device_type == "cuda" else "cpu")
     if device_type == "cuda":
         torch.cuda.set_device(w.local_rank)
     if not dist.is_initialized():
@@ -186,12 +188,12 @@ def agree(error: BaseException | None, what: str) -> None:
         return
     import torch
 
-    failed = torch.zeros(w.size)
+    failed = torch.zeros(w.size, device=w.device)
     failed[w.rank] = error is not None
     all_reduce_sum(failed)
     if error is not None:
         raise error
-    bad = [r for r in range(w.size) if failed[r]]
+    bad = [r for r in range(w.size) if failed[r].item()]
     if bad:
         raise refuse(f"rank {bad[0]} of {w.size} could not {what} (its message is above); no rank trained")
 
@@ -205,9 +207,10 @@ def check_same(text: str, what: str) -> None:
     import torch
 
     digest = torch.frombuffer(bytearray(hashlib.sha256(text.encode()).digest()), dtype=torch.uint8)
-    gathered = torch.zeros(w.size, len(digest))
-    gathered[w.rank] = digest.float()  # one all-reduce of a (ranks, 32) table: each rank fills its row
+    gathered = torch.zeros(w.size, len(digest), device=w.device)
+    gathered[w.rank] = digest.float().to(w.device)  # one all-reduce of a (ranks, 32) table: each rank fills its row
     all_reduce_sum(gathered)
+    gathered = gathered.cpu()
     bad = [r for r in range(1, w.size) if not torch.equal(gathered[r], gathered[0])]
     if bad:
         raise refuse(f"rank {bad[0]} of {w.size} was started with another {what} than rank 0; start every rank "
@@ -276,7 +279,9 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for N > 1, set so it need not warn
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the line below replaces its report
+    for name in list(logging.root.manager.loggerDict):  # the lines below replace its report (each has its level)
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "charmlp", *argv])
     try:
         run(args)

@@ -403,7 +403,7 @@ def sharded_split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -
     rows = slice(world.rank * per, (world.rank + 1) * per)
     Xr, Yr = X[rows], Y[rows]
     n = int((Yr != IGNORE).sum()) if model.cfg.sequence else len(Yr)
-    sums = torch.tensor([split_loss(model, Xr, Yr) * n if n else 0.0, n], dtype=torch.float64)
+    sums = torch.tensor([split_loss(model, Xr, Yr) * n if n else 0.0, n], dtype=torch.float64, device=world.device)
     distributed.all_reduce_sum(sums)
     return float(sums[0] / sums[1]) if sums[1] else float("nan")
 
