@@ -285,7 +285,8 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         if changed:
             raise CharmlpError(
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
-                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every and --no-progress may be given)"
+                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every, --no-progress, "
+                "--nproc and --rank-timeout may be given)"
             )
     else:
         cfg = run_config_from_args(args)
@@ -317,7 +318,7 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         recorder = DiagnosticsRecorder(every)
         hooks.append(recorder)
     result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks), force=args.force)
-    if recorder is not None:
+    if recorder is not None and distributed.rank() == 0:  # the one rank that ran the hooks
         with RunDirLock(result.out_dir, "charmlp train"):
             recorder.save(result.out_dir)
     return result, recorder

@@ -151,11 +151,16 @@ STATS_ROWS = 8192  # rows converted to float64 at a time by calibrate_batchnorm
 def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
     """Set each BatchNorm's statistics to the mean and (n − 1) variance of its input over
     all of X, layer by layer (each layer sees inputs normalised by the ones before it); a
-    (B, T, C) input counts its B·T rows, as BatchNorm1d does."""
+    (B, T, C) input counts its B·T rows, as BatchNorm1d does. Across data-parallel ranks each
+    sums its slice of X and the float64 sums are all-reduced."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     chunk = eval_chunk(model, X, chunk)
+    world = distributed.world()
+    if world is not None:  # data-parallel: each rank its contiguous slice of X, the sums all-reduced
+        per = -(-len(X) // world.size)
+        X = X[world.rank * per : (world.rank + 1) * per]
     layers = list(model.layers)
     for i, bn in enumerate(layers):
         if not isinstance(bn, BatchNorm1d):
@@ -175,6 +180,9 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
                 s += b.sum(0)
                 s2 += b.square_().sum(0)
             n += len(h)
+        if distributed.world() is not None:  # each rank summed its slice of the rows
+            sums = distributed.all_reduce_sum(torch.cat([s, s2, s.new_full((1,), n)]))
+            s, s2, n = sums[: len(s)], sums[len(s) : -1], int(sums[-1])
         mean = s / n
         var = (s2 - n * mean * mean) / max(1, n - 1)
         bn.set_statistics(mean.float(), var.clamp_min(0).float())
@@ -277,7 +285,7 @@ def train(
             tc, train_step, state, model, saver,
             eval_every=resolve_eval_every(tc, len(Yval)),  # 0 for an empty val split
             val_loss=lambda: sharded_split_loss(model, Xval, Yval),
-            hooks=hooks if lead else (),
+            hooks=hooks if lead else tuple(_Mirror(h) for h in hooks),
             window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
             bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), mininterval=0.5,
                      dynamic_ncols=True),
@@ -373,6 +381,20 @@ def _shard(train_step: StepFn, model: LanguageModel, saver: CheckpointSaver | No
 
     train_step.shard = Shard(world.rows, reduce)
     return reducer
+
+
+class _Mirror:
+    """A rank other than 0's stand-in for one of rank 0's hooks: it runs nothing, but wants the same
+    steps, so every rank's windows end where rank 0's do (a replayed window then replays alike)."""
+
+    def __init__(self, hook: StepHook) -> None:
+        self.hook = hook
+
+    def wants(self, step: int) -> bool:
+        return wants(self.hook, step)
+
+    def __call__(self, step: int, model: LanguageModel, lr: float, loss: torch.Tensor) -> None:
+        pass
 
 
 def _run_across_ranks(loop: TrainLoop, saver: CheckpointSaver | None, lead: bool) -> None:
