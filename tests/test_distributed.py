@@ -3,7 +3,8 @@ torch's elastic launcher: the same loss curves as one process for every model ki
 synchronised, dropout's global masks), the synchronised BatchNorm against autograd, a resume
 across process counts, and a killed rank ending the run with a clear line and an intact checkpoint.
 
-Two launches in all (each costs process start-up and imports), so the file stays within seconds.
+One launch of 2 ranks serves every test but the killed rank's, which needs its own (and is marked
+slow: `pytest -m slow` runs it).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _rank_process(launcher: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # a second launch (~15 s on the busy 2-core machine): `pytest -m slow` runs it
 def test_killed_rank_ends_the_run_with_one_line_and_a_resumable_checkpoint(data: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     steps = 400
