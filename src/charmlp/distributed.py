@@ -179,8 +179,8 @@ _AllReduceSum = _LazyFunction()
 
 
 def agree(error: BaseException | None, what: str) -> None:
-    """Every rank calls this at the same point: re-raise this rank's own `error`, and on the
-    others raise that some rank failed `what` (only rank 0 says so; the failing rank spoke)."""
+    """Every rank calls this at the same point: a failing rank raises its own `error` (said by the
+    lowest failing rank alone), and the others that some rank failed `what` (said by rank 0)."""
     w = _WORLD
     if w is None:
         if error is not None:
@@ -191,9 +191,9 @@ def agree(error: BaseException | None, what: str) -> None:
     failed = torch.zeros(w.size, device=w.device)
     failed[w.rank] = error is not None
     all_reduce_sum(failed)
-    if error is not None:
-        raise error
     bad = [r for r in range(w.size) if failed[r].item()]
+    if error is not None:  # the lowest failing rank speaks: bad options fail on every rank alike
+        raise error if w.rank == bad[0] else ReportedElsewhere(str(error))
     if bad:
         raise refuse(f"rank {bad[0]} of {w.size} could not {what} (its message is above); no rank trained")
 
