@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -137,7 +139,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
             return _AllReduceSum.apply(t)
         dist.all_reduce(t)
     except RuntimeError as e:  # gloo/NCCL: the peer's connection closed, or the timeout passed
-        why = f"no answer within {_timeout_s:g} s" if "timeout" in str(e).lower() else "its connection closed"
+        timed_out = re.search(r"time[sd]? ?out", str(e), re.IGNORECASE)  # gloo: "Timed out waiting …ms for recv"
+        why = f"no answer within {_timeout_s:g} s" if timed_out else "its connection closed"
         raise LostRank(f"rank {w.rank} of {w.size} lost {w.peer()} ({why})") from None
     return t
 
@@ -261,8 +264,6 @@ class GradientReducer:
                 p.grad = v.view_as(p).clone()
             else:
                 p.grad.copy_(v.view_as(p))
-        import signal
-
         self.stop = None if float(flat[-1]) == 0 else (local or signal.SIGTERM)
         return flat[-3].clone()
 
@@ -272,7 +273,6 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     --nproc-per-node N -m charmlp train …` would start it, for `argv` (the command without --nproc).
     Returns the exit code; a rank that died is named in one `error:` line (one that failed has said why)."""
     import logging
-    import signal
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
