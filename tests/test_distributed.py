@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,37 +123,64 @@ def _rank_process(launcher: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow  # a second launch (~15 s on the busy 2-core machine): `pytest -m slow` runs it
-def test_killed_rank_ends_the_run_with_one_line_and_a_resumable_checkpoint(data: str, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    steps = 400
-    args = ["--data", data, "--model", "mlp", "--n-hidden", "16", "--n-embd", "4", "--steps", str(steps),
+STEPS = 400
+
+
+def _stopped_two_process_run(data: str, out: Path, stop: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+    """`charmlp train --nproc 2` of the `mlp` case (STEPS steps, a checkpoint every 5), `stop` called
+    once its first checkpoint is written; the exit code and stderr."""
+    args = ["--data", data, "--model", "mlp", "--n-hidden", "16", "--n-embd", "4", "--steps", str(STEPS),
             "--batch-size", "16", "--engine", "manual", "--checkpoint-every", "5", "--eval-every", "0",
             "--seed", "3", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "charmlp", "train", "--nproc", "2", "--out", str(out), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / STATE).is_file():  # the first checkpoint: then rank 1 dies
+        while not (out / STATE).is_file():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
+        stop(proc)
+        _, err = proc.communicate(timeout=90)  # the survivors stop within the rank timeout (60 s)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err, err
+    return proc.returncode, err
+
+
+def _resumes_onto_one_process_curve(data: str, out: Path) -> None:
+    """The checkpoint left in `out` is intact (its checksum is verified) and resumes in one process
+    onto the curve of the same run in one process, straight through."""
+    ck = read_checkpoint(out)
+    assert ck is not None and 0 < ck.step < STEPS
+    resumed = resume(out, progress=False)
+    assert resumed.summary["world_size"] == 1
+    cfg = case_config(data, "mlp")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=STEPS, eval_every=0))
+    ref = train(cfg, progress=False).losses
+    assert max(abs(a - b) for a, b in zip(resumed.losses, ref, strict=True)) <= TOL  # 2 processes, then 1
+
+
+@pytest.mark.slow  # a second launch (~15 s on the busy 2-core machine): `pytest -m slow` runs it
+def test_killed_rank_ends_the_run_with_one_line_and_a_resumable_checkpoint(data: str, tmp_path: Path) -> None:
+    def kill_rank_1(proc: subprocess.Popen) -> None:
         victim = _rank_process(proc.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
-        _, err = proc.communicate(timeout=90)  # the survivor stops within the rank timeout (60 s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0
-    assert "Traceback" not in err, err
+
+    code, err = _stopped_two_process_run(data, tmp_path / "run", kill_rank_1)
+    assert code != 0
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines and all(ln.startswith(("error:", "note:")) for ln in lines), err
     assert any("rank 1" in ln for ln in lines), err
-    ck = read_checkpoint(out)  # intact (its checksum is verified), and it resumes in one process
-    assert ck is not None and 0 < ck.step < steps
-    resumed = resume(out, progress=False)
-    assert resumed.summary["world_size"] == 1
-    cfg = case_config(data, "mlp")  # the same run in one process, straight through
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps, eval_every=0))
-    ref = train(cfg, progress=False).losses
-    assert max(abs(a - b) for a, b in zip(resumed.losses, ref, strict=True)) <= TOL  # 2 processes, then 1
+    _resumes_onto_one_process_curve(data, tmp_path / "run")
+
+
+@pytest.mark.slow  # a launch of its own (~15 s)
+def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(data: str, tmp_path: Path) -> None:
+    # a terminal's Ctrl-C: SIGINT to the launcher and both ranks (its process group)
+    code, err = _stopped_two_process_run(data, tmp_path / "run", lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    assert code == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: stopped at step "), err  # rank 0 alone says it
+    _resumes_onto_one_process_curve(data, tmp_path / "run")
