@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, distributed
 from .config import (
     DEFAULT_MAX_ITEM_LEN,
     DEFAULT_MAX_LEN,
@@ -30,7 +30,8 @@ from .config import (
     TrainConfig,
     check_range,
 )
-from .errors import CharmlpError, TrainingInterrupted, flag, value_origins
+from .distributed import TIMEOUT_S
+from .errors import CharmlpError, ReportedElsewhere, TrainingInterrupted, flag, value_origins
 from .lock import RunDirLock
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "eval_every": "eval_every", "sync_every": "sync_every",
 }
 # what `train --resume` may change: nothing that alters a number of the run
-_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress")
+_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress", "nproc", "rank_timeout")
 
 
 def model_config_from_args(args: argparse.Namespace, model_preset: dict | None = None) -> ModelConfig:
@@ -289,7 +290,8 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         if changed:
             raise CharmlpError(
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
-                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every and --no-progress may be given)"
+                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every, --no-progress, "
+                "--nproc and --rank-timeout may be given)"
             )
     else:
         cfg = run_config_from_args(args)
@@ -321,13 +323,21 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         recorder = DiagnosticsRecorder(every)
         hooks.append(recorder)
     result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks), force=args.force)
-    if recorder is not None:
+    if recorder is not None and distributed.rank() == 0:  # the one rank that ran the hooks
         with RunDirLock(result.out_dir, "charmlp train"):
             recorder.save(result.out_dir)
     return result, recorder
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:  # the launcher starts N ranks of this very command, less --nproc
+        if not 1 <= args.nproc <= 1024:
+            raise CharmlpError(f"--nproc must be between 1 and 1024, got {args.nproc}")
+        if distributed.launched():
+            raise CharmlpError("--nproc starts its own processes: drop it when running under torchrun")
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    if args.rank_timeout is not None:
+        distributed.set_timeout(args.rank_timeout)
     run_dir = args.resume if args.resume is not None else args.out
     try:
         result, recorder = _train_or_resume(args)
@@ -340,6 +350,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"stopped; the last checkpoint in {run_dir} is kept: continue with `charmlp train --resume {run_dir}`",
             signum=signal.SIGINT,
         ) from None
+    if distributed.rank() != 0:  # rank 0 reports the run
+        return 0
     s = result.summary
     estimate = f" (estimate on {s['train_loss_items']:,} items)" if s["train_loss_estimate"] else ""
     print(
@@ -350,6 +362,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
           + (f" or `charmlp diagnose {result.out_dir}`" if recorder is not None else ""))
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc N (or --nproc=N)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -672,6 +697,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                       help="record update ratios and tanh statistics while training (diagnostics.json)")
     diag.add_argument("--diagnostics-every", type=int, metavar="N",
                       help="with --diagnostics: sample the statistics every N steps (default: about 1000 samples per run)")
+    ranks = p.add_argument_group("processes (data-parallel, see docs/distributed.md)")
+    ranks.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel in N processes on this machine (torch's elastic launcher, as "
+                            "torchrun --standalone --nproc-per-node N; --batch-size stays the global batch)")
+    ranks.add_argument("--rank-timeout", type=float, metavar="S",
+                       help=f"under torchrun: stop the run when a rank has not answered for S seconds "
+                            f"(default {TIMEOUT_S:g})")
     dests = {a.dest for a in p._actions} - {"help", "out", "resume", "force"}
     p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
@@ -771,12 +803,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with value_origins(default_origins(parser, args.command, argv)) as origins:
             args.origins = origins  # run_config_from_args adds the preset's values
+            args.argv = argv
             return args.func(args)
+    except ReportedElsewhere:  # another rank printed the line
+        return 2
     except CharmlpError as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        if distributed.rank() == 0:  # every rank stopped at the same step; rank 0 says so
+            print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -784,6 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`charmlp sample RUN | head`): stop quietly, as SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
         return 128 + 13  # SIGPIPE's number on Linux and macOS (Windows has no such signal)
+    finally:
+        distributed.shutdown()  # a data-parallel rank leaves its process group
 
 
 if __name__ == "__main__":

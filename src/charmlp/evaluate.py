@@ -176,15 +176,19 @@ def final_losses(model: LanguageModel, dataset: Dataset, progress: Callable[[int
     per-character mean: Σ −log p over the sample's characters / their count). `progress` as
     `split_loss`'s; `val`, where given, is the val loss of these very weights, already computed
     (the training loop's last evaluation)."""
-    limit = TRAIN_EXACT_ITEMS if exact_items is None else exact_items
     losses = evaluate(model, dataset, ("val", "test") if val is None else ("test",), progress)
     losses = {"val": val, **losses} if val is not None else losses
+    rows, n = train_rows(dataset, exact_items)
+    X, Y = (dataset.X["train"], dataset.Y["train"]) if rows is None else (dataset.X["train"][rows], dataset.Y["train"][rows])
+    return {"train": split_loss(model, X, Y, progress=progress), **losses}, n
+
+
+def train_rows(dataset: Dataset, exact_items: int | None = None) -> tuple[torch.Tensor | None, int]:
+    """The rows of the training split its end-of-run loss reads (None: all of them) and the items
+    they hold: all up to `exact_items` (default TRAIN_EXACT_ITEMS) items, else `train_sample_rows`."""
+    limit = TRAIN_EXACT_ITEMS if exact_items is None else exact_items
     n = len(dataset.items["train"])
-    if n <= limit:
-        return {"train": split_loss(model, dataset.X["train"], dataset.Y["train"], progress=progress), **losses}, n
-    rows = train_sample_rows(dataset, limit)
-    Xs, Ys = dataset.X["train"][rows], dataset.Y["train"][rows]
-    return {"train": split_loss(model, Xs, Ys, progress=progress), **losses}, limit
+    return (None, n) if n <= limit else (train_sample_rows(dataset, limit), limit)
 
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS,
