@@ -1,4 +1,4 @@
-"""Evaluation in chunks: bounded memory, the same loss whatever the chunk."""
+"""Evaluation: bounded memory, the same exact loss whatever the path (chunks, buckets, the prefix tree), the end-of-run train estimate."""
 
 from __future__ import annotations
 
