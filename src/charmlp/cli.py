@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, distributed
 from .config import (
+    DEFAULT_MAX_ITEM_LEN,
     DEFAULT_MAX_LEN,
     DEFAULT_SAMPLE_SEED,
     DEVICES,
@@ -73,6 +74,9 @@ def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) ->
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
                    help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
+    p.add_argument("--max-item-len", type=int, default=DEFAULT_MAX_ITEM_LEN, metavar="N",
+                   help=f"skip lines longer than N characters, with a note naming them (default {DEFAULT_MAX_ITEM_LEN}; "
+                        "0: no limit)")
 
 
 def _block_defaults() -> str:
@@ -251,14 +255,15 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
-    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                max_item_len=args.max_item_len), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import escaped, load_dataset
 
     check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
-    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
+    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size, max_item_len=args.max_item_len)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -348,9 +353,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if distributed.rank() != 0:  # rank 0 reports the run
         return 0
     s = result.summary
+    estimate = f" (estimate on {s['train_loss_items']:,} items)" if s["train_loss_estimate"] else ""
     print(
         ("fitted in closed form, no steps" if s["init_loss"] is None else f"step-0 loss {s['init_loss']:.4f}")
-        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
+        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f}{estimate} "
         f"| val {s['val_loss']:.4f} | test {s['test_loss']:.4f} | {s['steps']} steps in {s['seconds']:.1f} s"
     )
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
@@ -372,9 +378,14 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .evaluate import evaluate_run
 
-    losses = evaluate_run(args.run)
+    splits = ("train", "val", "test")  # data.SPLITS (the CLI starts without numpy)
+    # a bar on stderr while a terminal watches (tqdm's disable=None), counted in predicted characters
+    with tqdm(desc="eval", unit="char", unit_scale=True, disable=None, mininterval=0.5, leave=False) as bar:
+        losses = evaluate_run(args.run, tuple(s for s in splits if s in (args.split or splits)), progress=bar.update)
     if args.json:
         print(json.dumps(losses))
     else:
@@ -558,7 +569,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                        max_item_len=args.max_item_len)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1
@@ -699,6 +711,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("--json", action="store_true", help='print {"train": …, "val": …, "test": …}')
+    p.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="evaluate only this split (repeatable; default all three, each exact, the whole split)")
     p.set_defaults(func=cmd_eval)
 
 
