@@ -6,8 +6,8 @@ a checker for hand-written layers, and the same checks as a notebook API.
     ex.check(dlogprobs=dlogprobs)    # Report: .ok, .rows, text / HTML table
 """
 
+from ..verdict import Report, Row
 from .backprop import ATOMS, Backprop
-from .report import Report, Row
 
 __all__ = ["ATOMS", "Backprop", "Report", "Row", "check_file", "check_layer", "write_starter"]
 

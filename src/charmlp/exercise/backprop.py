@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import LECTURE_SEED, DataConfig
 from ..errors import CharmlpError
-from ..gradcheck import ATOMIC_ROWS, BN_EPS, exercise_parameters
-from .report import Report, Row
+from ..models.mlp_atoms import BRANCHES, LOCAL, MLP_CHAIN, ORDER, PARAMS, parameters
+from ..verdict import Report, Row
 
-ATOMS = ATOMIC_ROWS  # the exercise's order: logprobs … C
-PARAMS = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")
-FORWARD = (
-    "emb", "embcat", "hprebn", "bnmeani", "bndiff", "bndiff2", "bnvar", "bnvar_inv", "bnraw", "hpreact", "h",
-    "logits", "logit_maxes", "norm_logits", "counts", "counts_sum", "counts_sum_inv", "probs", "logprobs", "loss",
-)
+ATOMS = ORDER  # the exercise's order: logprobs … C
+FORWARD = MLP_CHAIN.atoms  # emb … logprobs, loss
+__all__ = ["ATOMS", "FORWARD", "PARAMS", "Backprop", "diagnose"]
 # which atoms each part checks (part 4 is a training loop, checked by its losses)
 PART_ATOMS = {1: ATOMS, 2: ("logits",), 3: ("hprebn",)}
 REL_TOL = 1e-5  # approximate: max|g − r| ≤ 1e-5·max|r|, as `charmlp gradcheck` in float32
@@ -43,80 +39,6 @@ def _names():
     from ..data import load_dataset
 
     return load_dataset(DataConfig())
-
-
-def forward(P: dict[str, torch.Tensor], Xb: torch.Tensor, Yb: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The lecture model's forward, one atom at a time (BatchNorm with Bessel's n − 1)."""
-    n = Xb.shape[0]
-    T: dict[str, torch.Tensor] = {}
-    T["emb"] = P["C"][Xb]
-    T["embcat"] = T["emb"].view(n, -1)
-    T["hprebn"] = T["embcat"] @ P["W1"] + P["b1"]
-    T["bnmeani"] = T["hprebn"].sum(0, keepdim=True) / n
-    T["bndiff"] = T["hprebn"] - T["bnmeani"]
-    T["bndiff2"] = T["bndiff"] ** 2
-    T["bnvar"] = T["bndiff2"].sum(0, keepdim=True) / (n - 1)
-    T["bnvar_inv"] = (T["bnvar"] + BN_EPS) ** -0.5
-    T["bnraw"] = T["bndiff"] * T["bnvar_inv"]
-    T["hpreact"] = P["bngain"] * T["bnraw"] + P["bnbias"]
-    T["h"] = torch.tanh(T["hpreact"])
-    T["logits"] = T["h"] @ P["W2"] + P["b2"]
-    T["logit_maxes"] = T["logits"].max(1, keepdim=True).values
-    T["norm_logits"] = T["logits"] - T["logit_maxes"]
-    T["counts"] = T["norm_logits"].exp()
-    T["counts_sum"] = T["counts"].sum(1, keepdim=True)
-    T["counts_sum_inv"] = T["counts_sum"] ** -1
-    T["probs"] = T["counts"] * T["counts_sum_inv"]
-    T["logprobs"] = T["probs"].log()
-    T["loss"] = -T["logprobs"][torch.arange(n), Yb].mean()
-    return T
-
-
-# ── each atom's own chain-rule step, from the gradients of the atoms it feeds ─────────────────────
-# F: forward tensors and parameters (+ n, Yb); U: gradients of the consumers. Where an atom feeds two
-# others, BRANCHES holds each contribution; the atom's gradient is their sum.
-
-def _one_hot_max(F_):
-    return F.one_hot(F_["logits"].max(1).indices, F_["logits"].shape[1]).to(F_["logits"].dtype)
-
-
-BRANCHES: dict[str, dict[str, Callable]] = {
-    "counts": {"probs": lambda F_, U: F_["counts_sum_inv"] * U["probs"],
-               "counts_sum": lambda F_, U: torch.ones_like(F_["counts"]) * U["counts_sum"]},
-    "logits": {"norm_logits": lambda F_, U: U["norm_logits"].clone(),
-               "logit_maxes": lambda F_, U: _one_hot_max(F_) * U["logit_maxes"]},
-    "bndiff": {"bnraw": lambda F_, U: F_["bnvar_inv"] * U["bnraw"],
-               "bndiff2": lambda F_, U: 2.0 * F_["bndiff"] * U["bndiff2"]},
-    "hprebn": {"bndiff": lambda F_, U: U["bndiff"].clone(),
-               "bnmeani": lambda F_, U: torch.ones_like(F_["hprebn"]) * U["bnmeani"] / F_["n"]},
-}
-
-LOCAL: dict[str, tuple[tuple[str, ...], Callable]] = {
-    "probs": (("logprobs",), lambda F_, U: U["logprobs"] / F_["probs"]),
-    "counts_sum_inv": (("probs",), lambda F_, U: (F_["counts"] * U["probs"]).sum(1, keepdim=True)),
-    "counts_sum": (("counts_sum_inv",), lambda F_, U: -F_["counts_sum"] ** -2 * U["counts_sum_inv"]),
-    "norm_logits": (("counts",), lambda F_, U: F_["counts"] * U["counts"]),
-    "logit_maxes": (("norm_logits",), lambda F_, U: -U["norm_logits"].sum(1, keepdim=True)),
-    "h": (("logits",), lambda F_, U: U["logits"] @ F_["W2"].T),
-    "W2": (("logits",), lambda F_, U: F_["h"].T @ U["logits"]),
-    "b2": (("logits",), lambda F_, U: U["logits"].sum(0)),
-    "hpreact": (("h",), lambda F_, U: torch.addcmul(torch.ones_like(F_["h"]), F_["h"], F_["h"], value=-1.0) * U["h"]),
-    "bngain": (("hpreact",), lambda F_, U: (F_["bnraw"] * U["hpreact"]).sum(0, keepdim=True)),
-    "bnbias": (("hpreact",), lambda F_, U: U["hpreact"].sum(0, keepdim=True)),
-    "bnraw": (("hpreact",), lambda F_, U: F_["bngain"] * U["hpreact"]),
-    "bnvar_inv": (("bnraw",), lambda F_, U: (F_["bndiff"] * U["bnraw"]).sum(0, keepdim=True)),
-    "bnvar": (("bnvar_inv",), lambda F_, U: -0.5 * (F_["bnvar"] + BN_EPS) ** -1.5 * U["bnvar_inv"]),
-    "bndiff2": (("bnvar",), lambda F_, U: torch.ones_like(F_["bndiff2"]) * U["bnvar"] / (F_["n"] - 1)),
-    "bnmeani": (("bndiff",), lambda F_, U: -U["bndiff"].sum(0, keepdim=True)),
-    "embcat": (("hprebn",), lambda F_, U: U["hprebn"] @ F_["W1"].T),
-    "W1": (("hprebn",), lambda F_, U: F_["embcat"].T @ U["hprebn"]),
-    "b1": (("hprebn",), lambda F_, U: U["hprebn"].sum(0)),
-    "emb": (("embcat",), lambda F_, U: U["embcat"].view(F_["emb"].shape)),
-    "C": (("emb",), lambda F_, U: torch.zeros_like(F_["C"]).index_add_(
-        0, F_["Xb"].reshape(-1), U["emb"].reshape(-1, F_["C"].shape[1]))),
-}
-for _atom, _br in BRANCHES.items():
-    LOCAL[_atom] = (tuple(_br), lambda F_, U, _br=_br: sum(f(F_, U) for f in _br.values()))
 
 
 def _known_slips(atom: str, F_: dict, R: dict) -> list[tuple[str, str, torch.Tensor]]:
@@ -324,7 +246,7 @@ class Backprop:
             raise CharmlpError(f"batch_size must be between 3 and 4096, got {batch_size}")
         ds = _names()
         g = torch.Generator().manual_seed(seed)
-        P = exercise_parameters(ds.vocab.size, ds.block_size, n_embd, n_hidden, g)
+        P = parameters(ds.vocab.size, ds.block_size, n_embd, n_hidden, g)
         P["bngain"], P["bnbias"] = P["bngain"].view(1, -1), P["bnbias"].view(1, -1)  # (1, n_hidden) as in the lecture
         ix = torch.randint(0, len(ds.Y["train"]), (batch_size,), generator=g)
         self.seed, self.n = seed, batch_size
@@ -332,13 +254,7 @@ class Backprop:
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = ds.vocab.size, ds.block_size, n_embd, n_hidden
         self.params = P
         # autograd's gradient of every atom (retained) is the reference
-        Pg = {k: v.clone().requires_grad_(True) for k, v in P.items()}
-        T = forward(Pg, self.Xb, self.Yb)
-        for k in FORWARD[:-1]:
-            T[k].retain_grad()
-        T["loss"].backward()
-        self.grads = {**{k: T[k].grad for k in FORWARD[:-1]}, **{k: p.grad for k, p in Pg.items()}}
-        self.forward_tensors = {k: v.detach() for k, v in T.items()}
+        self.forward_tensors, self.grads = MLP_CHAIN.reference({"Xb": self.Xb, "Yb": self.Yb, "n": self.n, **P})
         for k, v in {**P, **self.forward_tensors}.items():
             setattr(self, k, v)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CharmlpError
-from .backprop import PARAMS, Backprop
-from .report import Report, Row
+from ..verdict import Report, Row
+from .backprop import ATOMS, PARAMS, Backprop
 
 PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
@@ -157,20 +157,25 @@ def _raise_on_limit(err: dict | None, path: Path) -> None:
 
 
 def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -> Report:
-    """`FILE:ClassName`: check the learner's layer class in a time-limited child process."""
-    from .layers import KINDS
+    """`FILE:ClassName`: run the learner's layer class through the probes of `kind` in a time-limited child
+    process, and diagnose its raw results here, in charmlp's own process."""
+    from safetensors.torch import load_file, save_file
+
+    from .layers import check_kind, diagnose, plan
 
     path_s, sep, cls_name = target.rpartition(":")
     if not sep or not path_s or not cls_name.isidentifier():
         raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
-    if kind not in KINDS:
-        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+    check_kind(kind)
     path = Path(path_s)
     if not path.is_file():
         raise CharmlpError(f"{path}: no such file")
     title = f"layer check: {cls_name} as {kind} · {path.name}"
+    probes, tensors = plan(kind)
     with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
-        proc = run_child(["--layer", str(path.resolve()), cls_name, kind, wd], timeout)
+        Path(wd, "probes.json").write_text(json.dumps(probes), encoding="utf-8")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(wd, "probes.safetensors"))
+        proc = run_child(["--layer", str(path.resolve()), cls_name, wd], timeout)
         if proc is None:
             return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
         res = Path(wd, "result.json")
@@ -178,15 +183,15 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return Report(title, error=f"{path.name} stopped Python itself: {last}")
         out = json.loads(res.read_text(encoding="utf-8"))
+        results = load_file(os.path.join(wd, "results.safetensors")) if out["records"] is not None else {}
     _raise_on_limit(out["error"], path)
     if out["error"]:
         return Report(title, error=_error_line(out["error"], path))
-    r = out["report"]
-    rows = [Row(**{**d, "shape": None if d["shape"] is None else tuple(d["shape"]),
-                   "got_shape": None if d["got_shape"] is None else tuple(d["got_shape"]),
-                   "maxdiff": d["maxdiff"] if d["maxdiff"] is not None or d["status"] != "wrong" else float("inf")})
-            for d in r["rows"]]
-    return Report(title, rows, notes=r["notes"])
+    for rec in out["records"]:
+        _raise_on_limit(rec["error"], path)
+        for r in rec["results"].values():
+            _raise_on_limit(r.get("error"), path)
+    return Report(title, diagnose(kind, out["records"], tensors, results))
 
 
 def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int | None = None,
@@ -248,9 +253,9 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
                 rep = Report(title, [diagnose_losses(rec.get("losses"), ref)])
             else:
                 grads = load_file(os.path.join(wd, f"out{p}.safetensors")) if Path(wd, f"out{p}.safetensors").is_file() else {}
-                grads = {k: v for k, v in grads.items() if k[1:] in ex.grads}
+                grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
                 for k, typ in rec.get("other", {}).items():
-                    if k[1:] in ex.grads:
+                    if k[1:] in ATOMS:
                         grads[k] = _NotATensor(typ)
                 rep = ex.check(part=p, **grads)
                 rep.title = title
