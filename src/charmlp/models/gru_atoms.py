@@ -86,7 +86,11 @@ def h_branches(t: int) -> dict:
 BRANCHES = {"h1": h_branches(1)}
 # h0 (H,) feeds step 1 the way h1 feeds step 2, summed over the batch it is broadcast over
 H0_BRANCHES = {k: v for k, v in h_branches(0).items() if k != "hs"}
-BRANCHES["h0"] = {k: (lambda f: lambda F_, U: f(F_, U).sum(0))(f) for k, f in H0_BRANCHES.items()}
+def batch_sum(f):
+    return lambda F_, U: f(F_, U).sum(0)
+
+
+BRANCHES["h0"] = {k: batch_sum(f) for k, f in H0_BRANCHES.items()}
 
 
 def _step_rules(t: int) -> dict:
@@ -123,7 +127,11 @@ LOCAL = {
     "Wxc": (("xc",), lambda F_, U: linear_weight(F_["emb"], U["xc"])),
 }
 # emb feeds the three input projections: demb = dxz·Wxzᵀ + dxr·Wxrᵀ + dxc·Wxcᵀ
-BRANCHES["emb"] = {x: (lambda x: lambda F_, U: linear_input(U[x], F_["W" + x]))(x) for x in ("xz", "xr", "xc")}
+def projection_input(x: str):
+    return lambda F_, U: linear_input(U[x], F_["W" + x])
+
+
+BRANCHES["emb"] = {x: projection_input(x) for x in ("xz", "xr", "xc")}
 LOCAL["emb"] = (tuple(BRANCHES["emb"]), branch_sum(BRANCHES["emb"]))
 LOCAL["C"] = (("emb",), lambda F_, U: embedding_backward(F_["C"], F_["Xb"], U["emb"]))
 

@@ -43,12 +43,12 @@ def da(F_: dict, U: dict, t: int) -> torch.Tensor:
     return tanh_backward(F_[f"h{t}"], U[f"h{t}"])
 
 
-BRANCHES = {
-    # h_t feeds hs (its output at t: dhs[:, t − 1]) and step t + 1 (a_{t+1} = … + h_t·Wh: da_{t+1}·Whᵀ)
-    f"h{t}": {"hs": (lambda t: lambda F_, U: U["hs"][:, t - 1].clone())(t),
-              f"h{t + 1}": (lambda t: lambda F_, U: da(F_, U, t + 1) @ F_["Wh"].T)(t)}
-    for t in (1, 2)
-}
+def h_branches(t: int) -> dict:
+    """h_t feeds hs (its output at t: dhs[:, t − 1]) and step t + 1 (a_{t+1} = … + h_t·Wh: da_{t+1}·Whᵀ)."""
+    return {"hs": lambda F_, U: U["hs"][:, t - 1].clone(), f"h{t + 1}": lambda F_, U: da(F_, U, t + 1) @ F_["Wh"].T}
+
+
+BRANCHES = {f"h{t}": h_branches(t) for t in (1, 2)}
 
 LOCAL = {
     "logits": (("loss",), lambda F_, U: cross_entropy_backward(F_["logits"], F_["Yb"]) * U["loss"]),
