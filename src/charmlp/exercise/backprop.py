@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..config import LECTURE_SEED, DataConfig
 from ..errors import CharmlpError
-from ..models.mlp_atoms import BRANCHES, LOCAL, MLP_CHAIN, ORDER, PARAMS, parameters
+from ..models.atoms import AtomChain
+from ..models.mlp_atoms import MLP_CHAIN, ORDER, PARAMS, parameters
 from ..verdict import Report, Row
 
 ATOMS = ORDER  # the exercise's order: logprobs … C
@@ -87,8 +88,10 @@ def _ratio_name(k: float, n: int) -> str | None:
     return None
 
 
-def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None) -> Row:
-    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom)."""
+def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None, chain: AtomChain = MLP_CHAIN) -> Row:
+    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom);
+    `chain`: the exercise's atoms and their chain-rule steps (the MLP's unless given)."""
+    LOCAL = chain.local
     r = R[atom]
     name, shape = "d" + atom, tuple(r.shape)
     if g is None:
@@ -122,7 +125,7 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
     if torch.equal(g, r):
         return row(status="exact")
     if _close(g, r, REL_TOL, s):
-        return row(status="approximate", **_approx_note(atom, L, R))
+        return row(status="approximate", **_approx_note(atom, L, R, chain))
 
     # the learner's own upstream gradients, where they gave them with the right shape
     ups, fn = LOCAL.get(atom, ((), None))
@@ -142,10 +145,10 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
         if mine is not None and _close(g, mine, MATCH_TOL):
             us = " and ".join("d" + u for u in odd)
             return row(status="wrong", diagnosis=f"correct for your {us}, whose shape is wrong: fix {us} first", kind="inherited")
-    found = _mistake(atom, g, r, F_, {**R, **U}, s, R)
+    found = _mistake(atom, g, r, F_, {**R, **U}, s, R, chain)
     if found is None and fn is not None and wrong_up:  # a mistake of its own on top of an inherited one
         base = fn(F_, U)
-        found = _mistake(atom, g, base, F_, {**R, **U}, base.abs().max().item(), {**R, **U})
+        found = _mistake(atom, g, base, F_, {**R, **U}, base.abs().max().item(), {**R, **U}, chain)
         if found is not None:
             us = " and ".join("d" + u for u in wrong_up)
             found = (found[0], f"{found[1]} (relative to what your {us} gives; {us} {_is(wrong_up)} wrong too)")
@@ -157,22 +160,32 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
                f"that makes {atom}", kind="unknown")
 
 
+def _times(k: int) -> str:
+    return "twice" if k == 2 else f"{k} times"
+
+
 def _is(names) -> str:
     return "is" if len(names) == 1 else "are"
 
 
-def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: float, R: dict) -> tuple[str, str] | None:
+def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: float, R: dict,
+             chain: AtomChain = MLP_CHAIN) -> tuple[str, str] | None:
     """(kind, message) of the first common mistake that turns the right gradient `r` into `g`; U: upstream gradients."""
     if _close(g, -r, MATCH_TOL, s):
         return "sign", "the sign is flipped"
     if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g.T, r, MATCH_TOL, s):
         return "transposed", "transposed: you have the transpose of the gradient (W.T where W belongs)"
-    parts = {via: f(F_, U) for via, f in BRANCHES.get(atom, {}).items()}
+    parts = {via: f(F_, U) for via, f in chain.branches.get(atom, {}).items()}
     for via, part in parts.items():
         if _close(g, part, MATCH_TOL, s):
             other = " and ".join(v for v in parts if v != via)
-            return "branch", (f"only the contribution through {via}: {atom} is used twice in the forward (also by {other}), "
-                              f"so d{atom} is the sum of both branches")
+            return "branch", (f"only the contribution through {via}: {atom} is used {_times(len(parts))} in the forward "
+                              f"(also by {other}), so d{atom} is the sum of {'both' if len(parts) == 2 else 'all its'} branches")
+    # used three times or more: every branch but one (with two, that is the single branch above)
+    for via, part in parts.items():
+        if len(parts) > 2 and _close(g, sum(p for v, p in parts.items() if v != via), MATCH_TOL, s):
+            return "branch", (f"the contribution through {via} is missing: {atom} is used {len(parts)} times in the forward "
+                              f"({', '.join(parts)}), so d{atom} is the sum of all {len(parts)} branches")
     # both branches there, one of them off by a constant factor: g − (the others) = k·(this branch)
     for via, part in parts.items():
         rest = g - sum(p for v, p in parts.items() if v != via)
@@ -180,7 +193,7 @@ def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: 
         k = (rest * part).sum().item() / pp if pp > 0 else 0.0
         if k not in (0.0, 1.0) and _close(rest, k * part, MATCH_TOL, abs(k) * part.abs().max().item()):
             return "factor", f"the contribution through {via} is wrong: " + (_ratio_name(k, F_["n"]) or f"off by a factor {k:.6g}")
-    for kind, msg, cand in _known_slips(atom, F_, R):
+    for kind, msg, cand in (_known_slips(atom, F_, R) if chain is MLP_CHAIN else ()):  # the MLP's own slips
         if _close(g, cand, MATCH_TOL):
             return kind, msg
     rr = (r * r).sum().item()
@@ -195,11 +208,11 @@ def _usable(g, r: torch.Tensor) -> bool:
     return isinstance(g, torch.Tensor) and tuple(g.shape) == tuple(r.shape) and bool(torch.isfinite(g).all())
 
 
-def _approx_note(atom: str, L: dict, R: dict) -> dict:
-    if atom == "hpreact":
+def _approx_note(atom: str, L: dict, R: dict, chain: AtomChain = MLP_CHAIN) -> dict:
+    if atom == "hpreact" and chain is MLP_CHAIN:
         return {"kind": "rounding", "diagnosis": "approximate only because (1 − h**2) rounds twice; autograd computes 1 − h² as "
                 "one fused multiply-add: torch.addcmul(torch.ones_like(h), h, h, value=-1) * dh gives its bits. Nothing to fix"}
-    ups = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.equal(L[u], R[u])]
+    ups = [u for u in chain.local.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.equal(L[u], R[u])]
     if ups:
         return {"kind": "rounding", "diagnosis": f"approximate: inherits the round-off of d{ups[0]}"}
     return {"kind": "rounding", "diagnosis": "approximate: round-off (operations grouped differently from autograd's)"}
