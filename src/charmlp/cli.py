@@ -502,7 +502,7 @@ def _add_gradcheck(p: argparse.ArgumentParser) -> None:
 def cmd_exercise_init(args: argparse.Namespace) -> int:
     from .exercise.starter import write_starter
 
-    out = write_starter(args.out, args.part)
+    out = write_starter(args.out, args.part, args.model)
     print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
     return 0
 
@@ -534,6 +534,8 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", default="backprop_exercise.py", metavar="FILE",
                    help="the starter file to write (default backprop_exercise.py)")
     q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.add_argument("--model", default="mlp", choices=("mlp", "wavenet", "rnn", "gru", "transformer"),
+                   help="whose backward to derive, in lecture order (default mlp)")
     q.set_defaults(func=cmd_exercise_init)
     q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
     q.add_argument("file", metavar="FILE", help="your exercise file (from `charmlp exercise init`)")

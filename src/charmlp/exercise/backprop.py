@@ -182,7 +182,7 @@ def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: 
             return "branch", (f"only the contribution through {via}: {atom} is used {_times(len(parts))} in the forward "
                               f"(also by {other}), so d{atom} is the sum of {'both' if len(parts) == 2 else 'all its'} branches")
     # used three times or more: every branch but one (with two, that is the single branch above)
-    for via, part in parts.items():
+    for via in parts:
         if len(parts) > 2 and _close(g, sum(p for v, p in parts.items() if v != via), MATCH_TOL, s):
             return "branch", (f"the contribution through {via} is missing: {atom} is used {len(parts)} times in the forward "
                               f"({', '.join(parts)}), so d{atom} is the sum of all {len(parts)} branches")

@@ -114,15 +114,19 @@ class Exercise:
         """Everything a learner's function may ask for by name: batch, n, parameters, forward tensors."""
         return {"Xb": self.Xb, "Yb": self.Yb, "n": self.n, **self.params, **self.forward_tensors}
 
-    def check(self, **grads) -> Report:
-        """Check the gradients given (dX for atom or parameter X), in the exercise's order."""
+    def check(self, part: int | None = None, **grads) -> Report:
+        """Check the gradients given (dX for atom or parameter X), in the exercise's order; `part` 1:
+        a row for every gradient of the exercise, those not given as missing."""
+        if part not in (None, 1):
+            raise CharmlpError(f"the {self.model} exercise has one part (1), got {part}")
         unknown = [k for k in grads if k not in self.names]
         if unknown:
             raise CharmlpError(f"unknown gradient name(s) {', '.join(unknown)}; the {self.model} exercise's are "
                                + ", ".join(self.names))
         L = {k[1:]: v for k, v in grads.items() if v is not None}
         F_ = self.tensors()
-        rows = [diagnose(a, L.get(a), F_, self.grads, L, chain=self.chain) for a in self.chain.order if "d" + a in grads]
+        rows = [diagnose(a, L.get(a), F_, self.grads, L, chain=self.chain) for a in self.chain.order
+                if part == 1 or "d" + a in grads]
         return Report(f"{self.model} backprop exercise (seed {self.seed}, batch {self.n})", rows)
 
     def reference(self) -> dict[str, torch.Tensor]:

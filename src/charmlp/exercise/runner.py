@@ -209,6 +209,11 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             raise CharmlpError(f"--part must be one of 1, 2, 3, 4, got {p}")
     if not timeout > 0:
         raise CharmlpError(f"--timeout must be positive, got {timeout}")
+    from .exercises import model_of
+
+    model = model_of(path) or "mlp"  # the mark `init` writes; an unmarked file is the MLP exercise
+    if model != "mlp":
+        return check_chain_file(path, model, parts, seed, timeout, batch_size)
     ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
     asked = tuple(parts or PARTS)
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
@@ -276,3 +281,47 @@ class _NotATensor:
 
     def __repr__(self) -> str:
         return self.typ
+
+
+def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed: int | None, timeout: float,
+                     batch_size: int = 32) -> list[Report]:
+    """`check` of a file marked for `model` (any but the MLP): part1 run confined as the MLP's, its
+    gradients diagnosed by the model's Exercise (one checker, the model's chain)."""
+    from safetensors.torch import load_file, save_file
+
+    from .exercises import exercise_for
+
+    if parts not in (None, (1,)):
+        raise CharmlpError(f"the {model} exercise has one part: --part 1 (or leave --part out)")
+    ex = exercise_for(model, seed, batch_size)
+    title = f"part 1: every atom's gradient ({model}) · {path.name} (seed {ex.seed}, batch {ex.n})"
+    with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
+        save_file({k: v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)},
+                  os.path.join(wd, "inputs.safetensors"))
+        Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": 0, "lr": 0.0, "params": list(ex.params)}))
+        proc = run_child([str(path.resolve()), wd, "1"], timeout)
+        if proc is None:
+            return [Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")]
+        res_file = Path(wd, "result.json")
+        if not res_file.is_file():
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return [Report(title, error=f"{path.name} stopped Python itself: {last}")]
+        result = json.loads(res_file.read_text(encoding="utf-8"))
+        rec = result["parts"].get("1", {})
+        for err in (result["import_error"], rec.get("error")):
+            _raise_on_limit(err, path)
+        if result["import_error"]:
+            return [Report(title, error=_error_line(result["import_error"], path))]
+        if not rec.get("defined"):
+            return [Report(title, error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")]
+        out = Path(wd, "out1.safetensors")
+        grads = {k: v for k, v in (load_file(str(out)) if out.is_file() else {}).items() if k in ex.names}
+    grads.update({k: _NotATensor(typ) for k, typ in rec.get("other", {}).items() if k in ex.names})
+    rep = ex.check(part=1, **grads)
+    rep.title = title
+    if rec.get("returned"):
+        rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part1 returned {rec['returned']}: end it with "
+                               "`return locals()` so charmlp gets its variables", kind="return"))
+    if rec["error"]:
+        rep.error = _error_line(rec["error"], path)
+    return [rep]
