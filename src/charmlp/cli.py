@@ -527,6 +527,26 @@ def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_exercise_status(args: argparse.Namespace) -> int:
+    from .exercise.status import format_text, status
+
+    statuses = status(args.dir, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({"dir": str(args.dir), "files": [s.to_dict() for s in statuses]}, ensure_ascii=False))
+    else:
+        print(format_text(statuses, args.dir))
+    return 0
+
+
+def cmd_exercise_hint(args: argparse.Namespace) -> int:
+    from .exercise.hints import hint
+
+    if args.step is None and not args.reset:
+        raise CharmlpError("name the step to hint at (e.g. dprobs), or give --reset")
+    print(hint(args.file, args.step or "", reveal=args.reveal, reset=args.reset))
+    return 0
+
+
 def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
@@ -544,6 +564,18 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("status", help="progress of every exercise file in a directory (re-checked as `check` does)")
+    q.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where the exercise files are (default: here)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit per file (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_status)
+    q = esub.add_parser("hint", help="the next hint for one step (shape and lines, the rule, branches and shapes)")
+    q.add_argument("file", metavar="FILE", help="your exercise file")
+    q.add_argument("step", nargs="?", metavar="STEP", help="the gradient, e.g. dprobs or dh1")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--reveal", action="store_true", help="print the reference expression")
+    how.add_argument("--reset", action="store_true", help="forget the hints used on FILE (deletes FILE.hints.json)")
+    q.set_defaults(func=cmd_exercise_hint)
     q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
     q.add_argument("target", metavar="FILE:CLASS", help="your file and the layer class in it")
     which = q.add_mutually_exclusive_group(required=True)  # the old --kind counts as --layer

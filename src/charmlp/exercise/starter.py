@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import CharmlpError
 
 HEADER = '''\
+# charmlp-exercise: model=mlp
 """Backprop by hand, checked by charmlp.
 
 Fill in the functions below, then run

@@ -45,7 +45,12 @@ def da(F_: dict, U: dict, t: int) -> torch.Tensor:
 
 def h_branches(t: int) -> dict:
     """h_t feeds hs (its output at t: dhs[:, t − 1]) and step t + 1 (a_{t+1} = … + h_t·Wh: da_{t+1}·Whᵀ)."""
-    return {"hs": lambda F_, U: U["hs"][:, t - 1].clone(), f"h{t + 1}": lambda F_, U: da(F_, U, t + 1) @ F_["Wh"].T}
+    return {
+        # hs = stack(h1, h2, h3)  →  h_t's share is its slice dhs[:, t − 1]
+        "hs": lambda F_, U: U["hs"][:, t - 1].clone(),
+        # a_{t+1} = xp[:, t] + h_t·Wh  →  h_t's share is da_{t+1}·Whᵀ (the hidden state carried)
+        f"h{t + 1}": lambda F_, U: da(F_, U, t + 1) @ F_["Wh"].T,
+    }
 
 
 BRANCHES = {f"h{t}": h_branches(t) for t in (1, 2)}
