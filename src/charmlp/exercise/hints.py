@@ -62,8 +62,8 @@ def _comments_above(fn) -> list[str]:
     while j >= 0 and lines[j].strip().startswith("#"):
         out.insert(0, lines[j].strip()[1:].strip())
         j -= 1
-    if "#" in lines[i] and lines[i].lstrip().startswith(("def ", "lambda")) is False and "# " in lines[i]:
-        out.append(lines[i].split("# ", 1)[1].strip())
+    if "  # " in lines[i]:  # a comment ending the step's own line
+        out.append(lines[i].split("  # ", 1)[1].strip())
     return out
 
 
@@ -131,7 +131,8 @@ def _shape_note(x: str, shape: tuple[int, ...], f: str, fs: tuple[int, ...]) -> 
     if len(pad) == len(fs) and all(a in (1, b) for a, b in zip(pad, fs)):
         dims = tuple(i for i, (a, b) in enumerate(zip(pad, fs)) if a == 1 and b != 1)
         keep = ", keepdim=True" if len(shape) == len(fs) else ""
-        return where + f"{x} is broadcast along dim {dims if len(dims) > 1 else dims[0]}: sum over it (.sum({dims if len(dims) > 1 else dims[0]}{keep}))"
+        axes = dims if len(dims) > 1 else dims[0]
+        return where + f"{x} is broadcast along dim {axes}: sum over it (.sum({axes}{keep}))"
     n_x, n_f = _numel(shape), _numel(fs)
     if n_x == n_f:
         return where + f"the same numbers, another shape: view the gradient back as {_fmt(shape)}"
@@ -215,7 +216,7 @@ def hint(path: str | Path, step: str, reveal: bool = False, reset: bool = False)
         text = f"reveal, d{x} (the step charmlp's by-hand walk runs):\n" + hint_text(chain, x, LEVELS + 1, F_)
     else:
         rec["level"] = min(int(rec.get("level", 0)) + 1, LEVELS)
-        more = "" if rec["level"] < LEVELS else f"  (the last level; `--reveal` shows the expression)"
+        more = "" if rec["level"] < LEVELS else "  (the last level; `--reveal` shows the expression)"
         text = f"hint {rec['level']} of {LEVELS}, d{x}{more}:\n" + hint_text(chain, x, rec["level"], F_)
     ledger["d" + x] = rec
     _write_ledger(path, ledger)
