@@ -13,6 +13,7 @@ from charmlp.errors import CharmlpError
 from charmlp.exercise import GRUBackprop, RNNBackprop, TransformerBackprop, WaveNetBackprop
 from charmlp.exercise.chain_starter import starter_text
 from charmlp.exercise.exercises import CLASSES, model_of
+from charmlp.exercise.runner import check_chain_file
 
 MODELS = tuple(CLASSES)
 
@@ -136,3 +137,40 @@ def test_notebook_classes_render_html(cls):
     ex = cls(seed=1, batch_size=5)
     html = ex.check(**{ex.names[0]: ex.reference()[ex.names[0]]})._repr_html_()
     assert "<table" in html and ex.names[0] in html
+
+
+def filled(model: str, spoil: str = "") -> str:
+    """The model's starter with part1 filled by the chain's own steps (and `spoil`, a line run after them)."""
+    text = starter_text(model, "f.py")
+    chain = CLASSES[model]().chain
+    mod = {"wavenet": "wavenet_atoms", "rnn": "rnn_atoms", "gru": "gru_atoms", "transformer": "transformer_atoms"}[model]
+    name = f"{model.upper()}_CHAIN"
+    body = (f"    from charmlp.models.{mod} import {name}\n"
+            f"    _d = {{'d' + k: v for k, v in {name}.by_hand(dict(locals())).items()}}\n"
+            + (f"    {spoil}\n" if spoil else "")
+            + f"    return {{k: _d[k] for k in {['d' + a for a in chain.order]!r}}}\n")
+    start = text.index("    d" + chain.order[0] + " = None")
+    end = text.index("    return locals()", start) + len("    return locals()\n")
+    return text[:start] + body + text[end:]
+
+
+def test_training_part_matches_the_engine_and_names_the_parameter(tmp_path):
+    """A few steps in the suite (the 200 of `check` are in the slow test below)."""
+    f = tmp_path / "f.py"
+    f.write_text(filled("rnn"))
+    p1, p2 = check_chain_file(f, "rnn", None, None, 60.0, train_steps=5)
+    assert p1.ok and p2.ok and p2.rows[0].status in ("exact", "approximate"), (p1.format_text(), p2.format_text())
+    f.write_text(filled("rnn", "_d['dWh'] = _d['dWh'] * 2"))
+    p1, p2 = check_chain_file(f, "rnn", None, None, 60.0, train_steps=5)
+    assert [r.name for r in p1.rows if r.status == "wrong"] == ["dWh"]
+    assert not p2.ok and "the parameter whose gradient differs: dWh" in p2.rows[0].diagnosis, p2.format_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_reference_answers_train_to_the_engines_losses(tmp_path, model):
+    """`charmlp exercise check` on a starter filled with the reference steps: part 1 right, 200 steps of
+    training on them within float32 round-off of charmlp's manual engine."""
+    f = tmp_path / "f.py"
+    f.write_text(filled(model))
+    assert cli.main(["exercise", "check", str(f)]) == 0

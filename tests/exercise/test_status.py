@@ -23,7 +23,8 @@ def test_status_counts_parts_next_step_hints_and_a_syntax_error(tmp_path, capsys
     rnn = files["rnn.py"]
     assert rnn["parts"][0]["approximate"] + rnn["parts"][0]["exact"] == 1
     assert rnn["parts"][0]["wrong"] == 1 and rnn["parts"][0]["missing"] == 12 and rnn["next"] == "dhs"
-    assert rnn["hints"] == 1 and "1 of 14 right, next: dhs; 1 hint, 0 reveals" in rnn["summary"]
+    assert rnn["parts"][1]["missing"] == 1  # part 2 trains once part 1 is complete
+    assert rnn["hints"] == 1 and "1 of 15 right, next: dhs; 1 hint, 0 reveals" in rnn["summary"]
     assert "SyntaxError" in files["broken.py"]["error"] and not files["broken.py"]["parts"]
     assert cli.main(["exercise", "status", str(tmp_path)]) == 0
     text = capsys.readouterr().out.splitlines()

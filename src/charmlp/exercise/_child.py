@@ -130,6 +130,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         return 0
     base = {k: v for k, v in inputs.items() if not k.startswith(("batch_", "ref_"))}
     base["n"] = int(meta["n"])
+    train = int(meta.get("train_part", 4))  # the part that trains on the learner's gradients (the MLP's part4)
     for part in map(int, parts.split(",")):
         fn = getattr(module, f"part{part}", None)
         if not callable(fn):
@@ -138,7 +139,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         available = dict(base)
         if part == 3:
             available["dhpreact"] = inputs["ref_hpreact"].clone()
-        if part == 4:
+        if part == train:
             steps = int(meta["steps"])
             available = {"params": {k: inputs[k].clone() for k in meta["params"]}, "lr": float(meta["lr"]),
                          "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]}
@@ -147,7 +148,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         with contextlib.redirect_stdout(out):
             local, ret, err = _call(fn, available)
         rec: dict = {"defined": True, "error": None if err is None else (err if isinstance(err, dict) else _where(err, path))}
-        if part == 4:
+        if part == train:
             try:
                 if isinstance(ret, (str, bytes, dict)):
                     raise TypeError(f"got a {type(ret).__name__}")

@@ -7,9 +7,11 @@ The file's first line marks it (`exercises.MARK`): `check` and `status` read the
 
 from __future__ import annotations
 
+import inspect
 import textwrap
 
 from .exercises import MARK, exercise_for
+from .training import TRAIN_STEPS
 
 HEADER = '''\
 {mark}{model}
@@ -60,5 +62,46 @@ def starter_text(model: str, name: str) -> str:
         note = f"  # {a} is used {uses} times in the forward: the sum of every branch" if uses > 1 else ""
         body.append(f"    d{a} = None{note}")
     rule = "─" * 80
+    fwd_sig = textwrap.fill(f"def forward({', '.join(chain.inputs)}):", 104, subsequent_indent="            ")
+    forward = "\n".join(f"    {c}" for c in code)
     return (text + f"\n\n# ── part 1: backpropagate through every atom, from d{chain.order[0]} down to d{chain.order[-1]} {rule}"[:102]
-            + f"\n{sig}\n" + "\n".join(body) + "\n    return locals()\n")
+            + f"\n{sig}\n" + "\n".join(body) + "\n    return locals()\n"
+            + PART2.format(rule=rule, forward_sig=fwd_sig, forward=forward, params=", ".join(chain.params),
+                           steps=TRAIN_STEPS, helpers=_forward_helpers(chain)))
+
+
+def _forward_helpers(chain) -> str:
+    """The module-level names the forward uses beyond torch and F (a constant, a mask function), as source."""
+    out = []
+    for k in chain.forward.__code__.co_names:
+        v = chain.forward.__globals__.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.append(f"{k} = {v}\n")
+        elif inspect.isfunction(v):
+            out.append("\n" + inspect.getsource(v) + "\n")
+    return "".join(out)
+
+
+PART2 = """
+
+# ── part 2: train with your own gradients ─────────────────────────────────────────────────────────
+# The forward above as a function, and a training loop that calls your part1 at every step: once part 1
+# is right, charmlp runs it on {steps} batches (plain SGD) and compares every step's loss with its own
+# hand-written engine trained from the same parameters; when they part, it names the parameter whose
+# gradient differs. Nothing to write here unless you want to (the update must stay in place: p -= ...).
+{helpers}{forward_sig}
+{forward}
+    return locals()
+
+
+def part2(params, batches, lr):
+    # params: {params}
+    losses = []
+    for Xb, Yb in batches:
+        atoms = forward(Xb, Yb, len(Xb), **params)
+        losses.append(atoms["loss"].item())
+        grads = part1(**atoms)  # the forward's locals: the batch, the parameters and every atom
+        for k, p in params.items():
+            p -= lr * grads["d" + k]
+    return losses
+"""

@@ -135,6 +135,16 @@ class Exercise:
         return {"d" + a: d[a] for a in self.chain.order}
 
 
+def training_batches(ex: Exercise, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` batches of ex.n windows (and targets, every position's for the sequence models), from a
+    generator seeded with ex.seed: what the training part runs on."""
+    ds = _windows(ex.spec.positions)
+    g = torch.Generator().manual_seed(ex.seed)
+    ix = torch.randint(0, len(ds.Y["train"]), (steps, ex.n), generator=g)
+    X, Y = ds.X["train"][ix].long(), ds.Y["train"][ix].long()
+    return X, (torch.cat((X[..., 1:], Y[..., None]), -1) if ex.spec.per_position else Y)
+
+
 class WaveNetBackprop(Exercise):
     """The hierarchical WaveNet's exercise: FlattenConsecutive and BatchNorm over (B, T, C)."""
 
