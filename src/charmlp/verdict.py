@@ -178,7 +178,9 @@ class Report:
         return None
 
     def table_lines(self, rows: list[Row], width: int) -> list[str]:
-        cols = [COLUMNS[c](w) for c, w in self.columns]
+        # the shape column grows for a shape longer than its width (a 5-D gradient), one space kept
+        cols = [COLUMNS[c](max(w, *(len(shape_text(r.shape)) + 1 for r in rows)) if c == "shape" and rows else w)
+                for c, w in self.columns]
         head = "".join(f"{h:>{w}}" if h in ("maxdiff", "rel_err") else f"{h:<{w}}" for h, w, _ in cols)
         lines = [f"{'name':<{width}}{head}{self.text_heading}"]
         for r in rows:
