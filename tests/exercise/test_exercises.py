@@ -42,7 +42,7 @@ MISTAKES = {
     "wavenet": [
         ("dbngain1", lambda ex, d: d["dbngain1"].view(1, 1, -1), "keepdim", "keepdim"),
         ("db3", lambda ex, d: d["db3"] * ex.n, "factor", "1/n of the mean"),
-        ("dh1", lambda ex, d: -d["dh1"], "sign", "sign"),
+        ("da1", lambda ex, d: d["da1"] * (2 * ex.n - 1) / (2 * ex.n), "factor", "divides by N − 1 = 63"),  # over B·T rows
     ],
     "rnn": [
         ("dh2", lambda ex, d: branch(ex, "h2", "hs"), "branch", "only the contribution through hs"),

@@ -73,13 +73,14 @@ def _close(g: torch.Tensor, r: torch.Tensor, tol: float, scale: float | None = N
     return (g - r).abs().max().item() <= tol * max(s, 1e-30)
 
 
-def _ratio_name(k: float, n: int) -> str | None:
-    table = [(n, f"n = {n} times too large: did you forget the 1/n of the mean?"),
-             (1 / n, f"n = {n} times too small: one division by n too many (the mean's 1/n enters once, in dlogprobs)"),
-             (n / (n - 1), f"n/(n − 1) too large (Bessel's correction): the forward divides by n − 1 = {n - 1}; your 1/n "
-                           "should be 1/(n − 1)"),
-             ((n - 1) / n, f"(n − 1)/n too small (Bessel's correction): the forward divides by n − 1 = {n - 1}, not n"),
-             (n - 1, f"n − 1 = {n - 1} times too large: did you forget the 1/(n − 1) of the variance?"),
+def _ratio_name(k: float, n: int, s: str = "n") -> str | None:
+    """The name of a factor k against a count n (`s`: how the message writes it: n, the batch; N, rows)."""
+    table = [(n, f"{s} = {n} times too large: did you forget the 1/{s} of the mean?"),
+             (1 / n, f"{s} = {n} times too small: one division by {s} too many (the mean's 1/{s} enters once, in dlogprobs)"),
+             (n / (n - 1), f"{s}/({s} − 1) too large (Bessel's correction): the forward divides by {s} − 1 = {n - 1}; your 1/{s} "
+                           f"should be 1/({s} − 1)"),
+             ((n - 1) / n, f"({s} − 1)/{s} too small (Bessel's correction): the forward divides by {s} − 1 = {n - 1}, not {s}"),
+             (n - 1, f"{s} − 1 = {n - 1} times too large: did you forget the 1/({s} − 1) of the variance?"),
              (2.0, "twice too large: is a factor 2 counted twice?"),
              (0.5, "half of it: d(x²)/dx = 2x — a factor 2 missing?")]
     for v, msg in table:
@@ -160,6 +161,15 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
                f"that makes {atom}", kind="unknown")
 
 
+def _ratio(k: float, F_: dict, r: torch.Tensor, chain: AtomChain) -> str | None:
+    """The name of a factor k: against the batch n, or (the other models) against the rows N of the atom,
+    every dimension but the last (a BatchNorm over (B, T, C) averages over N = B·T rows)."""
+    name = _ratio_name(k, F_["n"])
+    if name is None and chain is not MLP_CHAIN and r.dim() >= 2 and r.numel() // r.shape[-1] > F_["n"]:
+        name = _ratio_name(k, r.numel() // r.shape[-1], "N")
+    return name
+
+
 def _times(k: int) -> str:
     return "twice" if k == 2 else f"{k} times"
 
@@ -192,7 +202,7 @@ def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: 
         pp = (part * part).sum().item()
         k = (rest * part).sum().item() / pp if pp > 0 else 0.0
         if k not in (0.0, 1.0) and _close(rest, k * part, MATCH_TOL, abs(k) * part.abs().max().item()):
-            return "factor", f"the contribution through {via} is wrong: " + (_ratio_name(k, F_["n"]) or f"off by a factor {k:.6g}")
+            return "factor", f"the contribution through {via} is wrong: " + (_ratio(k, F_, r, chain) or f"off by a factor {k:.6g}")
     for kind, msg, cand in (_known_slips(atom, F_, R) if chain is MLP_CHAIN else ()):  # the MLP's own slips
         if _close(g, cand, MATCH_TOL):
             return kind, msg
@@ -200,7 +210,7 @@ def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: 
     if rr > 0:
         k = (g * r).sum().item() / rr
         if k != 0 and _close(g, k * r, MATCH_TOL, abs(k) * s):
-            return "factor", _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
+            return "factor", _ratio(k, F_, r, chain) or f"off by a constant factor {k:.6g}"
     return None
 
 
