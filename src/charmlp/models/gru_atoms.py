@@ -72,6 +72,7 @@ def h_branches(t: int) -> dict:
     """What h_t = h_{t−1} + … receives from step t + 1, by the atom it feeds (their sum is dh_t, with dhs[:, t − 1])."""
     s = t + 1
     return {
+        # hs = stack(h1, h2)  →  h_t's share is its slice dhs[:, t − 1]
         "hs": lambda F_, U: U["hs"][:, t - 1].clone(),
         # h' = h + z⊙(c − h)  →  dh gets dh'⊙(1 − z) directly
         f"h{s}": lambda F_, U: U[f"h{s}"] * (1.0 - F_[f"z{s}"]),
