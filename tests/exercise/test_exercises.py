@@ -174,3 +174,13 @@ def test_reference_answers_train_to_the_engines_losses(tmp_path, model):
     f = tmp_path / "f.py"
     f.write_text(filled(model))
     assert cli.main(["exercise", "check", str(f)]) == 0
+
+
+def test_parts_the_model_does_not_have_are_user_errors(tmp_path, capsys):
+    f = tmp_path / "g.py"
+    assert cli.main(["exercise", "init", "--model", "gru", "--out", str(f), "--part", "3"]) == 2
+    assert not f.exists()
+    f.write_text(starter_text("gru", f.name))
+    assert cli.main(["exercise", "check", str(f), "--part", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("error:") for e in err) and "parts 1 and 2" in err[1]

@@ -8,6 +8,7 @@ import json
 from charmlp import cli
 from charmlp.exercise.chain_starter import starter_text
 from charmlp.exercise.hints import hint
+from charmlp.exercise.status import file_status, format_text
 
 
 def test_status_counts_parts_next_step_hints_and_a_syntax_error(tmp_path, capsys):
@@ -26,7 +27,14 @@ def test_status_counts_parts_next_step_hints_and_a_syntax_error(tmp_path, capsys
     assert rnn["parts"][1]["missing"] == 1  # part 2 trains once part 1 is complete
     assert rnn["hints"] == 1 and "1 of 15 right, next: dhs; 1 hint, 0 reveals" in rnn["summary"]
     assert "SyntaxError" in files["broken.py"]["error"] and not files["broken.py"]["parts"]
+    # the text: the file that does not parse is one line (re-checked on its own: one child process, not two)
+    text = format_text([file_status(tmp_path / "broken.py")], tmp_path).splitlines()
+    assert len(text) == 1 and text[0].startswith("broken.py (gru): error: broken.py, line 2") and "Traceback" not in text[0]
+
+
+def test_an_empty_directory_and_a_missing_one(tmp_path, capsys):
     assert cli.main(["exercise", "status", str(tmp_path)]) == 0
-    text = capsys.readouterr().out.splitlines()
-    broken = [line for line in text if "broken.py" in line]
-    assert len(broken) == 1 and "line 2" in broken[0] and "Traceback" not in "".join(text)
+    assert "no exercise files in" in capsys.readouterr().out
+    assert cli.main(["exercise", "status", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no such directory" in err and len(err.splitlines()) == 1
