@@ -31,6 +31,9 @@ def test_level_three_names_the_reduction(tmp_path):
     hint(f, "dwpe")
     hint(f, "dwpe")
     assert ".sum(0)" in hint(f, "dwpe")
+    # the residual stream's two branches, each step written with the atoms' own names
+    reveal = hint(f, "dx1", reveal=True)
+    assert "dx1 = dx2.clone()    # through x2" in reveal and "dx1 + layernorm_backward(x1, ln2w, dln2)    # through ln2" in reveal
 
 
 def test_reveal_is_the_chains_step_and_reset_clears(tmp_path, capsys):

@@ -53,7 +53,7 @@ def _write_ledger(path: Path, data: dict) -> None:
 def _comments_above(fn) -> list[str]:
     """The `#` lines right above where `fn` is written, and a comment ending that line."""
     try:
-        lines, start = inspect.findsource(fn)
+        lines, _ = inspect.findsource(fn)
     except (OSError, TypeError):
         return []
     i = fn.__code__.co_firstlineno - 1
@@ -102,8 +102,12 @@ def _expression(fn) -> str:
         return "?"
     text = " ".join(ast.get_source_segment(src, best.body).split())
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):  # a step written for position t: t's value
-        if isinstance(cell.cell_contents, int) and name != "F_":
-            text = re.sub(rf"\b{name}\b", str(cell.cell_contents), text)
+        v = cell.cell_contents
+        if isinstance(v, int) and not isinstance(v, bool):
+            text = re.sub(rf"\b{name}\b", str(v), text)
+        elif isinstance(v, str):  # a step written for an atom named by a variable
+            text = re.sub(rf"F_\[{name}\]", v, text)
+            text = re.sub(rf"U\[{name}\]", "d" + v, text)
     text = re.sub(r"\b(\d+) ([+-]) (\d+)\b", lambda m: str(int(m[1]) + (1 if m[2] == "+" else -1) * int(m[3])), text)
     text = re.sub(r'f"(\w*)\{(\d+)\}"', r'"\1\2"', text)
     text = text.replace("(F_, U, ", "(").replace("(F_, U)", "()")
@@ -167,11 +171,14 @@ def hint_text(chain: AtomChain, x: str, level: int, F_: dict) -> str:
         return "\n".join([f"d{x} has the shape of {x}: {_fmt(shape)}. It comes from", *made, "and flows back from", *used])
     fns = _rule_fns(chain, x)
     if level == 2:
-        out = []
+        rules: dict[str, list[str]] = {}  # the rule's words → the branches it is written for
+        last: list[str] = []
         for via, fn in fns.items():
-            words = _comments_above(fn) + [c for h in _helpers(fn) for c in _body_comments(h)]
-            out.append(f"through {via}: " + ("; ".join(dict.fromkeys(words)) or "the chain rule through that line"))
-        return "\n".join(out)
+            # a branch without its own comment shares the one above it (one comment for the atom's branches)
+            words = (_comments_above(fn) or last) + [c for h in _helpers(fn) for c in _body_comments(h)]
+            last = words or last
+            rules.setdefault("; ".join(dict.fromkeys(words)) or "the chain rule through that line", []).append(via)
+        return "\n".join(f"through {', '.join(vias)}: {words}" for words, vias in rules.items())
     if level == 3:
         if len(fns) > 1:
             head = f"{x} is used {len(fns)} times: d{x} is the sum of the branches through {', '.join(fns)}"

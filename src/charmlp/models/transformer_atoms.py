@@ -97,10 +97,6 @@ def _ln_weight(x: str, y: str):  # dγ = Σ_rows dy·x̂
     return lambda F_, U: rows(U[y] * xhat_rstd(F_[x])[0]).sum(0)
 
 
-def _scale(F_: dict) -> float:
-    return F_["q"].shape[-1] ** -0.5  # 1/√D
-
-
 BRANCHES = {
     # the residual stream: x1 feeds x2 = x1 + mlp (×1) and ln2; x0 feeds x1 = x0 + attn (×1) and ln1
     "x1": {"x2": lambda F_, U: U["x2"].clone(), "ln2": _ln("x1", "ln2w", "ln2")},
@@ -139,8 +135,8 @@ LOCAL = {
     # masked = scores with −∞ above the diagonal (constants)  →  dscores = dmasked, 0 where masked
     "scores": (("masked",), lambda F_, U: U["masked"].masked_fill(causal(F_["scores"]), 0.0)),
     # scores = q·kᵀ/√D  →  dq = dscores·k/√D, dk = dscoresᵀ·q/√D
-    "q": (("scores",), lambda F_, U: U["scores"] @ F_["k"] * _scale(F_)),
-    "k": (("scores",), lambda F_, U: U["scores"].transpose(-2, -1) @ F_["q"] * _scale(F_)),
+    "q": (("scores",), lambda F_, U: U["scores"] @ F_["k"] * F_["q"].shape[-1] ** -0.5),
+    "k": (("scores",), lambda F_, U: U["scores"].transpose(-2, -1) @ F_["q"] * F_["q"].shape[-1] ** -0.5),
     # heads = (q, k, v) stacked  →  dheads = stack(dq, dk, dv)
     "heads": (("q", "k", "v"), lambda F_, U: torch.stack((U["q"], U["k"], U["v"]))),
     # heads = qkv split (B, T, 3C) → (3, B, H, T, D)  →  dqkv = dheads put back: (B, T, 3, H, D) → (B, T, 3C)
