@@ -48,6 +48,7 @@ MISTAKES = {
         ("dh2", lambda ex, d: branch(ex, "h2", "hs"), "branch", "only the contribution through hs"),
         ("dh1", lambda ex, d: branch(ex, "h1", "h2"), "branch", "only the contribution through h2"),
         ("dWh", lambda ex, d: d["dWh"].T, "transposed", "transpose"),
+        ("dlogits", lambda ex, d: d["dlogits"] * 3, "factor", "mean over all N = 96 targets"),
     ],
     "gru": [
         ("dh1", lambda ex, d: d["dh1"] - branch(ex, "h1", "z2"), "branch", "through z2 is missing"),

@@ -166,7 +166,10 @@ def _ratio(k: float, F_: dict, r: torch.Tensor, chain: AtomChain) -> str | None:
     every dimension but the last (a BatchNorm over (B, T, C) averages over N = B·T rows)."""
     name = _ratio_name(k, F_["n"])
     if name is None and chain is not MLP_CHAIN and r.dim() >= 2 and r.numel() // r.shape[-1] > F_["n"]:
-        name = _ratio_name(k, r.numel() // r.shape[-1], "N")
+        N, n = r.numel() // r.shape[-1], F_["n"]
+        name = _ratio_name(k, N, "N")
+        if name is None and abs(k - N / n) <= 1e-3 * N / n:  # a per-position loss divided by the batch only
+            name = f"{N // n} times too large: the loss is the mean over all N = {N} targets (n·T), not over n = {n}"
     return name
 
 
