@@ -593,7 +593,7 @@ def _add_gradcheck(p: argparse.ArgumentParser) -> None:
 def cmd_exercise_init(args: argparse.Namespace) -> int:
     from .exercise.starter import write_starter
 
-    out = write_starter(args.out, args.part)
+    out = write_starter(args.out, args.part, args.model)
     print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
     return 0
 
@@ -618,6 +618,26 @@ def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_exercise_status(args: argparse.Namespace) -> int:
+    from .exercise.status import format_text, status
+
+    statuses = status(args.dir, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({"dir": str(args.dir), "files": [s.to_dict() for s in statuses]}, ensure_ascii=False))
+    else:
+        print(format_text(statuses, args.dir))
+    return 0
+
+
+def cmd_exercise_hint(args: argparse.Namespace) -> int:
+    from .exercise.hints import hint
+
+    if args.step is None and not args.reset:
+        raise CharmlpError("name the step to hint at (e.g. dprobs), or give --reset")
+    print(hint(args.file, args.step or "", reveal=args.reveal, reset=args.reset))
+    return 0
+
+
 def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
@@ -625,6 +645,8 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", default="backprop_exercise.py", metavar="FILE",
                    help="the starter file to write (default backprop_exercise.py)")
     q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.add_argument("--model", default="mlp", choices=("mlp", "wavenet", "rnn", "gru", "transformer"),
+                   help="whose backward to derive, in lecture order (default mlp)")
     q.set_defaults(func=cmd_exercise_init)
     q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
     q.add_argument("file", metavar="FILE", help="your exercise file (from `charmlp exercise init`)")
@@ -633,6 +655,18 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("status", help="progress of every exercise file in a directory (re-checked as `check` does)")
+    q.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where the exercise files are (default: here)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit per file (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_status)
+    q = esub.add_parser("hint", help="the next hint for one step (shape and lines, the rule, branches and shapes)")
+    q.add_argument("file", metavar="FILE", help="your exercise file")
+    q.add_argument("step", nargs="?", metavar="STEP", help="the gradient, e.g. dprobs or dh1")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--reveal", action="store_true", help="print the reference expression")
+    how.add_argument("--reset", action="store_true", help="forget the hints used on FILE (deletes FILE.hints.json)")
+    q.set_defaults(func=cmd_exercise_hint)
     q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
     q.add_argument("target", metavar="FILE:CLASS", help="your file and the layer class in it")
     which = q.add_mutually_exclusive_group(required=True)  # the old --kind counts as --layer
