@@ -295,7 +295,7 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
 
     for p in parts or ():
         if p not in (1, 2):
-            raise CharmlpError(f"the {model} exercise has parts 1 and 2, got --part {p}")
+            raise CharmlpError(f"--part must be 1 or 2 for the {model} exercise (it has parts 1 and 2), got {p}")
     asked = tuple(parts or (1, 2))
     ex = exercise_for(model, seed, batch_size)
     titles = {1: f"part 1: every atom's gradient ({model})", 2: f"part 2: training on your gradients ({model})"}
