@@ -28,6 +28,7 @@ from .config import (
     RunConfig,
     TrainConfig,
     check_range,
+    parse_duration,
 )
 from .errors import CharmlpError, TrainingInterrupted, flag, value_origins
 from .lock import RunDirLock
@@ -157,7 +158,7 @@ PRESET_ABOUT = {
     "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
     "quick": "a short demo run",
     "fast": "the lectures' val loss in a fraction of their time",
-    "best": "the lowest val loss found within a 10-minute budget",
+    "best": "the lowest val loss in 10 minutes (rnn, gru, transformer: --budget 10m)",
 }
 
 
@@ -171,6 +172,9 @@ def _train_options() -> dict[str, tuple[str, dict]]:
         "--preset": (opt, {"choices": presets, "default": "seed", "help": "each model's own: " + "; ".join(
             f"{n}: {PRESET_ABOUT[n]}" for n in sorted(presets, key=list(PRESET_ABOUT).index)) + " (default seed)"}),
         "--steps": (opt, {"type": int, "metavar": "N", "help": "optimizer steps"}),
+        "--budget": (opt, {"metavar": "T", "help": "train the best this model does in T of wall time (30s, 10m, 1.5h): "
+                           "the `best` preset's settings unless --preset is given, steps (and for rnn, gru, transformer "
+                           "the ensemble and dropout) planned from the data and a calibration of this machine"}),
         "--batch-size": (opt, {"type": int, "metavar": "B", "help": "examples per minibatch (default 32)"}),
         "--lr": (opt, {"type": float, "metavar": "LR", "help": "learning rate (default 0.1)"}),
         "--lr-final": (opt, {"type": float, "metavar": "LR", "help": "learning rate after decay (default 0.01)"}),
@@ -237,16 +241,24 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The model's preset first, then every flag the user set."""
     from .models import preset
 
-    train_preset, model_preset = preset(args.model, args.preset)
+    budget = getattr(args, "budget", None)
     origins = getattr(args, "origins", {})
+    if budget is not None:
+        if args.steps is not None:
+            raise CharmlpError("--steps and --budget both set the length of the run; give one of them")
+        if origins.get("--preset") == "the default":  # --budget alone: the `best` preset's settings
+            args.preset = "best"
+    train_preset, model_preset = preset(args.model, args.preset)
     for name in (*train_preset, *(model_preset or {})):  # a message names these as the preset's, not the user's
         if origins.get(opt := "--" + name.replace("_", "-")) == "the default":
             origins[opt] = f"the `{args.preset}` preset's"
     tc = dataclasses.replace(TrainConfig(), **train_preset)
     # a command without a flag (lr-find has no --eval-every) leaves the preset's value
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a, None) is not None})
-    if args.steps is not None:  # a step count given outranks a preset's budget of positions
-        tc = dataclasses.replace(tc, positions=0)
+    if args.steps is not None:  # a step count given outranks a preset's budget of positions or time
+        tc = dataclasses.replace(tc, positions=0, budget=0.0)
+    if budget is not None:
+        tc = dataclasses.replace(tc, budget=parse_duration(budget))
     if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)

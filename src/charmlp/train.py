@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .budget import plan_budget
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
-from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
 from .engines.eager import EagerStep
 from .engines.fast import StepFn, make_train_step
@@ -56,10 +57,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate for `step` (0-based) under the configured schedule."""
     if cfg.schedule == "constant":
         return cfg.lr
+    span = cfg.schedule_steps or cfg.steps  # a run its time limit stopped early keeps its planned schedule
     if cfg.schedule == "step":  # the lectures: lr until decay_at·steps, then lr_final
-        return cfg.lr if step < cfg.decay_at * cfg.steps else cfg.lr_final
+        return cfg.lr if step < cfg.decay_at * span else cfg.lr_final
     # cosine from lr to lr_final over the run
-    t = step / max(1, cfg.steps - 1)
+    t = step / max(1, span - 1)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
 
 
@@ -98,6 +100,10 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True, members: int
         (cfg.eval_every >= -1, f"--eval-every must be ≥ 0 (0: never), got {cfg.eval_every}"),
         (0 <= cfg.checkpoint_every <= 100_000_000, f"--checkpoint-every must be ≥ 0, got {cfg.checkpoint_every}"),
         (0 <= cfg.sync_every <= 1_000_000, f"--sync-every must be between 0 and 1000000, got {cfg.sync_every}"),
+        (cfg.budget == 0 or MIN_BUDGET <= cfg.budget <= MAX_BUDGET,
+         f"--budget must be between {MIN_BUDGET:g} s and 7 days, got {cfg.budget} s"),
+        (0 <= cfg.time_limit <= MAX_BUDGET, f"time_limit must be between 0 and 7 days, got {cfg.time_limit}"),
+        (0 <= cfg.schedule_steps <= 100_000_000, f"schedule_steps must be between 0 and 100000000, got {cfg.schedule_steps}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (cfg.engine in ENGINES, f"unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}"),
@@ -226,8 +232,12 @@ def train(
     """
     if resume and out_dir is None:
         raise CharmlpError("resuming needs the run directory")
-    cfg, dataset, device = _prepared(cfg or RunConfig(), dataset)
     t0 = time.perf_counter()
+    cfg, dataset, device = _prepared(cfg or RunConfig(), dataset)
+    budget = cfg.train.budget if not resume else 0.0
+    if budget:  # plan steps and shape for the budget; config.json records the plan
+        cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, len(dataset.Y["val"])))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0))
     g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
@@ -246,6 +256,7 @@ def train(
         # Built after the restore: the fast step holds views of the optimizer's state tensors.
         train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
         Xval, Yval = dataset.X["val"], dataset.Y["val"]
+        t_loop = time.perf_counter()
         TrainLoop(
             tc, train_step, state, model, saver,
             eval_every=resolve_eval_every(tc, len(Yval)),  # 0 for an empty val split
@@ -255,6 +266,12 @@ def train(
             bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not progress, mininterval=0.5,
                      dynamic_ncols=True),
         ).run()
+        loop_seconds = time.perf_counter() - t_loop
+        if state.step < tc.steps:  # the time limit stopped the loop: a finished run of the steps taken
+            cfg, state = _stopped_early(cfg, state)
+            tc = cfg.train
+            if run_dir is not None:
+                run_dir.cfg = cfg
         train_seconds = time.perf_counter() - t0
         calibrate = bool(model.batchnorms()) and tc.calibrate_bn
         if calibrate:
@@ -265,10 +282,31 @@ def train(
         summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
         summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
-                       device=str(device), bn_calibrated=calibrate)
-        if run_dir is not None:
-            _write_run(run_dir, state, summary, model, keep_config=resume)
+                       device=str(device), bn_calibrated=calibrate, loop_seconds=loop_seconds)
+        if run_dir is not None:  # a run stopped early rewrites config.json: it records the steps taken
+            _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
+        if budget:  # what the budget's clock counted, the run directory written; start-up before it
+            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
+                           startup_seconds=budget_start - t0, time_limit=tc.time_limit)
+            if run_dir is not None:
+                write_json(run_dir.path / SUMMARY, summary)
     return TrainResult(model, dataset, cfg, state.losses.tolist(), summary, None if run_dir is None else run_dir.path)
+
+
+def _n_evals(tc: TrainConfig, n_val: int) -> int:
+    """How many val evaluations the loop makes in `tc.steps` steps (the last step's included)."""
+    every = resolve_eval_every(tc, n_val)
+    return 0 if every == 0 else tc.steps // every + (tc.steps % every != 0)
+
+
+def _stopped_early(cfg: RunConfig, state: TrainState) -> tuple[RunConfig, TrainState]:
+    """A run the time limit stopped after `state.step` steps, as a run of that many steps planned so:
+    its learning-rate schedule still the one planned (`schedule_steps`), the loss records cut there."""
+    tc = cfg.train
+    tc = dataclasses.replace(tc, steps=state.step, schedule_steps=tc.schedule_steps or tc.steps)
+    state = dataclasses.replace(state, losses=state.losses[: state.step].clone(),
+                                val_losses=state.val_losses[: state.step].clone())
+    return dataclasses.replace(cfg, train=tc), state
 
 
 def _prepared(cfg: RunConfig, dataset: Dataset | None) -> tuple[RunConfig, Dataset, torch.device]:
@@ -373,9 +411,14 @@ class TrainLoop:
         """From `state.step` to the last step; a caught Ctrl-C/SIGTERM stops cleanly at a window's end."""
         st, tc, window = self.state, self.tc, self.window
         checked_step, after_window = self._checked_step, self._after_window  # bound once: the loop is hot
+        clock = time.perf_counter
+        deadline = clock() + tc.time_limit if tc.time_limit else math.inf
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
                 while st.step < tc.steps:
+                    if clock() >= deadline:  # the time limit: the run ends after this step, finished
+                        self._stop_on_time()
+                        break
                     first = st.step
                     if window == 1 or (end := self._window_end(first)) == first + 1:
                         st.lr = lr = lr_at(tc, first)
@@ -389,6 +432,13 @@ class TrainLoop:
                 if not self.bar.disable:
                     self.bar.update(st.step - self.bar.n)
                 self.bar.close()
+
+    def _stop_on_time(self) -> None:
+        """The end of a run its time limit stops: the val loss of its last step, as the last step
+        of every run has one."""
+        st, last = self.state, self.state.step - 1
+        if self.eval_every and last >= 0 and math.isnan(st.val_losses[last].item()):
+            st.val_losses[last] = self.val_loss()
 
     def _checked_step(self, step: int, lr: float) -> None:
         """One step whose loss is read back at once: a non-finite one stops the run before it updates anything."""
