@@ -153,8 +153,8 @@ def test_a_budget_of_positions_sets_the_steps_from_the_data(tmp_path):
 def test_steps_flag_outranks_a_presets_positions(tmp_path):
     from charmlp.cli import build_parser, run_config_from_args
 
-    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best", "--steps", "5"])
+    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "fast", "--steps", "5"])
     tc = run_config_from_args(args).train
     assert tc.steps == 5 and tc.positions == 0
-    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best"])
-    assert run_config_from_args(args).train.positions == 12000 * 256 * 16
+    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "fast"])
+    assert run_config_from_args(args).train.positions == 4000 * 64 * 16
