@@ -641,6 +641,41 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """The search, then its one-screen summary."""
+    seconds = parse_duration(args.budget)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+
+    from .engines.threads import auto_threads, set_threads
+    from .tune import STUDY_DB, format_summary, tune
+
+    set_threads(auto_threads(True) if args.threads is None else args.threads)
+    try:
+        result = tune(args.data, seconds, args.out, models=models, trials=args.trials, seed=args.seed,
+                      device=args.device, progress=not args.no_progress)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        raise TrainingInterrupted(f"stopped; every finished trial is kept in {Path(args.out) / STUDY_DB}: "
+                                  "run the same command to go on", signum=getattr(e, "signum", signal.SIGINT)) from None
+    print(format_summary(result))
+    return 0
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p, block_default=None)
+    p.add_argument("--budget", required=True, metavar="T", help="wall time of the whole search: 30s, 10m, 1.5h")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the study (study.db, resumable), a run directory per trial, summary.json and search.png")
+    p.add_argument("--models", default="gru,transformer", metavar="M,M",
+                   help="models to search among: rnn, gru, transformer (default gru,transformer)")
+    p.add_argument("--trials", type=int, metavar="N", help="trials in all, each of budget ÷ N (default: as many of a "
+                   "tenth of the budget each as fit)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sampler and of every trial's run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when available")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
+
+
 # command → (one line for `charmlp --help`, the function that adds its arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "data": ("vocabulary and examples per split of a data file", _add_data),
@@ -652,6 +687,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "gradcheck": ("check every hand-written gradient against autograd (exit 1 on a mismatch)", _add_gradcheck),
     "exercise": ("the backprop exercise: a starter file, and checks of your own gradients and layers", _add_exercise),
     "runs": ("compare run directories: options that differ, losses, wall time, loss curves", _add_runs),
+    "tune": ("search model kind and sizes for a time budget (Optuna), a run directory per trial", _add_tune),
 }
 
 

@@ -33,7 +33,9 @@ from .optim import make_optimizer
 from .resume import CheckpointSaver, RunDirectory, resume_run_config
 
 # called after the optimizer step: hook(step, model, lr, loss); at every step, or where its
-# optional `wants(step)` says (a GPU loop then need not read every loss back)
+# optional `wants(step)` says (a GPU loop then need not read every loss back). A hook's optional
+# `on_val(step, steps, val_loss) -> bool` sees each val evaluation; True ends the run after that
+# step, as a finished run of the steps taken (a search's pruner)
 StepHook = Callable[[int, LanguageModel, float, torch.Tensor], None]
 
 
@@ -406,6 +408,8 @@ class TrainLoop:
         self.eval_every, self.val_loss, self.hooks, self.window, self.bar = eval_every, val_loss, hooks, window, bar
         signals = None if saver is None else saver.signals  # without a run directory no signal is caught
         self._stop_asked = (lambda: False) if signals is None else (lambda: signals.pending is not None)
+        self._val_hooks = [h.on_val for h in hooks if hasattr(h, "on_val")]
+        self._hook_stop = False  # a hook's on_val asked to end the run
 
     def run(self) -> None:
         """From `state.step` to the last step; a caught Ctrl-C/SIGTERM stops cleanly at a window's end."""
@@ -416,7 +420,7 @@ class TrainLoop:
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
                 while st.step < tc.steps:
-                    if clock() >= deadline:  # the time limit: the run ends after this step, finished
+                    if self._hook_stop or clock() >= deadline:  # the time limit: the run ends here, finished
                         self._stop_on_time()
                         break
                     first = st.step
@@ -486,8 +490,10 @@ class TrainLoop:
         final, or on a caught Ctrl-C/SIGTERM: saved, then `TrainingInterrupted`)."""
         st = self.state
         if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == self.tc.steps):
-            st.val_losses[last] = self.val_loss()
-            st.postfix["val"] = f"{st.val_losses[last].item():.4f}"
+            st.val_losses[last] = val = self.val_loss()
+            st.postfix["val"] = f"{val:.4f}"
+            for on_val in self._val_hooks:
+                self._hook_stop |= bool(on_val(last, self.tc.steps, val))
         for hook in self.hooks:  # windows end at the steps hooks want
             if wants(hook, last):
                 hook(last, self.model, st.lr, st.losses[last])
