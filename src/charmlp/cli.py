@@ -645,9 +645,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """The search, then its one-screen summary."""
     seconds = parse_duration(args.budget)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    from .tune import STUDY_DB, check_search, format_summary, tune
 
+    check_search(models, args.trials)  # flag errors before torch loads
     from .engines.threads import auto_threads, set_threads
-    from .tune import STUDY_DB, format_summary, tune
 
     set_threads(auto_threads(True) if args.threads is None else args.threads)
     try:

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import write_json
 from .config import DataConfig, RunConfig, TrainConfig
-from .data import load_dataset
 from .errors import CharmlpError
 from .models import get_spec, model_config, preset
-from .train import train
+
+# torch loads on first use (in `tune`): `check_search` and the CLI's flag errors start without it
 
 STUDY_DB = "study.db"
 STUDY_NAME = "charmlp-tune"
@@ -109,6 +108,17 @@ class TuneResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def check_search(models: tuple[str, ...], trials: int | None) -> None:
+    """A user error for a model without a search space, or a number of trials out of range."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        for m in unknown:
+            get_spec(m)  # an unknown name: the registry's message
+        raise CharmlpError(f"tune searches {', '.join(MODELS)}; drop {', '.join(unknown) or 'nothing'} from --models")
+    if trials is not None and not 1 <= trials <= 10_000:
+        raise CharmlpError(f"--trials must be between 1 and 10000, got {trials}")
+
+
 def _optuna() -> Any:
     try:
         import optuna
@@ -124,13 +134,10 @@ def tune(data: str | None, budget: float, out: str | Path, models: tuple[str, ..
     """Search for `budget` seconds (over every process of the study in `out`; each trial's budget
     clock, see budget.py), a trial at a time, each of `budget / trials` seconds (default: a tenth
     of the budget, at least MIN_TRIAL)."""
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        for m in unknown:
-            get_spec(m)  # an unknown name: the registry's message
-        raise CharmlpError(f"tune searches {', '.join(MODELS)}; drop {', '.join(unknown) or 'nothing'} from --models")
-    if trials is not None and not 1 <= trials <= 10_000:
-        raise CharmlpError(f"--trials must be between 1 and 10000, got {trials}")
+    check_search(models, trials)
+    from .data import load_dataset
+    from .train import train
+
     load_dataset(DataConfig(path=data))  # a bad file is reported before the study is made
     optuna = _optuna()
     out = Path(out)
@@ -152,7 +159,10 @@ def tune(data: str | None, budget: float, out: str | Path, models: tuple[str, ..
     def spent() -> float:
         return sum(t.user_attrs.get("seconds", 0.0) for t in study.get_trials(deepcopy=False))
 
+    ran: list[int] = []  # the numbers of this process's trials
+
     def objective(trial: Any) -> float:
+        ran.append(trial.number)
         kind = trial.suggest_categorical("model", list(models))
         cfg = trial_config(kind, _space(trial, kind), data, min(trial_budget, budget - spent()), seed, device)
         run_dir = out / f"trial-{trial.number:03d}"
@@ -175,7 +185,7 @@ def tune(data: str | None, budget: float, out: str | Path, models: tuple[str, ..
     # a trial starts while half its budget is left; the last one gets what is left
     while budget - spent() >= max(MIN_TRIAL, 0.5 * trial_budget) and (trials is None or _done(study) < trials):
         study.optimize(objective, n_trials=1, catch=(CharmlpError,))  # a diverged trial fails alone
-        r = _row(study.trials[-1])  # stored: a Ctrl-C from here on loses nothing
+        r = _row(study.trials[ran[-1]])  # stored: a Ctrl-C from here on loses nothing
         log(f"trial {r['trial']}: {r['model']} {r['state']}, val {_num(r['val_loss']).strip()} in {_num(r['seconds'], 0, 1)} s")
     return _finish(study, out, budget, spent())
 
@@ -204,6 +214,8 @@ def _finish(study: Any, out: Path, budget: float, seconds: float) -> TuneResult:
     plot = _plot(study, out / PLOT) if complete else None
     summary = {"budget_seconds": budget, "seconds": seconds, "best": best, "trials": rows,
                "plot": None if plot is None else plot.name}
+    from .checkpoint import write_json
+
     write_json(out / SUMMARY_JSON, json.loads(json.dumps(summary, default=str)))
     return TuneResult(rows, best, out, plot, seconds, budget, summary)
 
