@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .budget import plan_budget
+from .budget import end_losses, end_rows, plan_budget
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
@@ -280,7 +280,7 @@ def train(
             calibrate_batchnorm(model, Xtr)
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
-        split_losses = evaluate(model, dataset)
+        split_losses = end_losses(model, dataset) if budget else evaluate(model, dataset)  # a budget's: train in part
         summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
         summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
@@ -288,7 +288,8 @@ def train(
         if run_dir is not None:  # a run stopped early rewrites config.json: it records the steps taken
             _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
         if budget:  # what the budget's clock counted, the run directory written; start-up before it
-            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
+            summary.update(budget_seconds=budget, train_loss_rows=end_rows(dataset)["train"],
+                           budget_used=time.perf_counter() - budget_start,
                            startup_seconds=budget_start - t0, time_limit=tc.time_limit)
             if run_dir is not None:
                 write_json(run_dir.path / SUMMARY, summary)
