@@ -662,7 +662,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _add_tune(p: argparse.ArgumentParser) -> None:
-    _add_data_args(p, block_default=None)
+    p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--budget", required=True, metavar="T", help="wall time of the whole search: 30s, 10m, 1.5h")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="the study (study.db, resumable), a run directory per trial, summary.json and search.png")
