@@ -130,7 +130,8 @@ def charmlp_run(data: str | None, seconds: float, model: str, threads: int) -> d
         s = json.loads((out / "summary.json").read_text())
         c = json.loads((out / "config.json").read_text())
     keep = ("test_loss", "val_loss", "train_loss", "steps", "budget_used", "startup_seconds", "loop_seconds", "n_params")
-    return {**{k: s[k] for k in keep}, "process_seconds": wall,
+    return {**{k: s[k] for k in keep}, "process_seconds": wall, "time_limit": c["train"]["time_limit"],
+            "schedule_steps": c["train"]["schedule_steps"],  # 0: every planned step ran before the guard
             "members": c["model"].get("members", 1), "dropout": c["model"].get("dropout", 0.0)}
 
 
