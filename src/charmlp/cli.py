@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, distributed
 from .config import (
     DEFAULT_MAX_LEN,
     DEFAULT_SAMPLE_SEED,
@@ -30,7 +30,8 @@ from .config import (
     check_range,
     parse_duration,
 )
-from .errors import CharmlpError, TrainingInterrupted, flag, value_origins
+from .distributed import TIMEOUT_S
+from .errors import CharmlpError, ReportedElsewhere, TrainingInterrupted, flag, value_origins
 from .lock import RunDirLock
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "eval_every": "eval_every", "sync_every": "sync_every",
 }
 # what `train --resume` may change: nothing that alters a number of the run
-_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress")
+_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress", "nproc", "rank_timeout")
 
 
 def model_config_from_args(args: argparse.Namespace, model_preset: dict | None = None) -> ModelConfig:
@@ -296,7 +297,8 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         if changed:
             raise CharmlpError(
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
-                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every and --no-progress may be given)"
+                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every, --no-progress, "
+                "--nproc and --rank-timeout may be given)"
             )
     else:
         cfg = run_config_from_args(args)
@@ -328,13 +330,21 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         recorder = DiagnosticsRecorder(every)
         hooks.append(recorder)
     result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks), force=args.force)
-    if recorder is not None:
+    if recorder is not None and distributed.rank() == 0:  # the one rank that ran the hooks
         with RunDirLock(result.out_dir, "charmlp train"):
             recorder.save(result.out_dir)
     return result, recorder
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:  # the launcher starts N ranks of this very command, less --nproc
+        if not 1 <= args.nproc <= 1024:
+            raise CharmlpError(f"--nproc must be between 1 and 1024, got {args.nproc}")
+        if distributed.launched():
+            raise CharmlpError("--nproc starts its own processes: drop it when running under torchrun")
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    if args.rank_timeout is not None:
+        distributed.set_timeout(args.rank_timeout)
     run_dir = args.resume if args.resume is not None else args.out
     try:
         result, recorder = _train_or_resume(args)
@@ -347,6 +357,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"stopped; the last checkpoint in {run_dir} is kept: continue with `charmlp train --resume {run_dir}`",
             signum=signal.SIGINT,
         ) from None
+    if distributed.rank() != 0:  # rank 0 reports the run
+        return 0
     s = result.summary
     print(
         ("fitted in closed form, no steps" if s["init_loss"] is None else f"step-0 loss {s['init_loss']:.4f}")
@@ -356,6 +368,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
           + (f" or `charmlp diagnose {result.out_dir}`" if recorder is not None else ""))
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc N (or --nproc=N)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -372,27 +397,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Print the samples batch by batch as they are drawn (memory independent of -n); --json
-    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed."""
-    from .sampling import sample_run_stream
+    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed. With filters
+    (--unique, --novel, --exclude, --min-len) that found fewer than N within the draw bound: a
+    line saying how many, exit 1."""
+    from .data import read_items
+    from .sampling import draw_bound, sample_run_stream
 
+    exclude = read_items(args.exclude, flag="--exclude") if args.exclude is not None else ()
     stream = sample_run_stream(
         args.run, n=args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-        prefix=args.prefix, max_len=args.max_len,
+        prefix=args.prefix, max_len=args.max_len, unique=args.unique, novel=args.novel, exclude=exclude,
+        min_len=args.min_len,
     )
     out = sys.stdout
     if args.json:
         out.write('{"samples": [')
-    for i, batch in enumerate(stream):
-        if args.json:
-            out.write((", " if i else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
-        else:
+    wrote = False  # a filtered batch may be empty: the separator goes between items, never first
+    for batch in stream:
+        if args.json and batch:
+            out.write((", " if wrote else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
+            wrote = True
+        elif not args.json:
             out.write("".join(s + "\n" for s in batch))
         out.flush()
     if args.json:
         out.write("], " + json.dumps(stream.stats())[1:] + "\n")  # the statistics after the samples, as to_dict orders them
-        return 0
-    if stream.novel_fraction is not None:
+    elif stream.novel_fraction is not None:
         print(f"# {stream.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
+    if stream.count < args.n:
+        wanted = [w for w, on in (("distinct", args.unique), ("novel", args.novel), ("not excluded", bool(exclude)),
+                                  (f"at least {args.min_len} character" + "s" * (args.min_len > 1) + " long", args.min_len > len(args.prefix))) if on]
+        print(f"# found {stream.count} of {args.n} items ({', '.join(wanted)}) in {stream.draws} draws, the most it "
+              f"makes (10 × N + 10000 = {draw_bound(args.n)}); exit 1", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """One row per item (or a per-character table per item, or JSON); exit 1 if any item was
+    not scorable (a character outside the run's vocabulary)."""
+    from .data import escaped, items_from_bytes, read_items
+    from .scoring import score
+
+    items = list(args.items)
+    if args.file == "-":
+        items += items_from_bytes(sys.stdin.buffer.read(), "stdin")
+    elif args.file is not None:
+        items += read_items(args.file, flag="--file")
+    if not items:
+        raise CharmlpError("give the items to score: `charmlp score DIR ITEM…`, or a file of them with --file F (- for stdin)")
+    scores = score(args.run, items, per_char=args.per_char)
+    if args.sort:
+        scores = scores.sorted()
+    if args.json:
+        print(json.dumps(scores.to_dict(), ensure_ascii=False))
+    elif args.per_char:
+        for i, s in enumerate(scores.items):
+            print(("\n" if i else "") + escaped(s.item) + "  " + (s.problem and f"not scorable: {s.problem}" or
+                  f"log-likelihood {s.log_likelihood:.4f} | nll/char {s.nll_per_char:.4f} | perplexity {s.perplexity:.3f}"))
+            if s.per_char is None:
+                continue
+            w = max(7, max(len(escaped(c.context)) for c in s.per_char))
+            print(f"{'pos':>4}  {'context':<{w}}  char  {'prob':>8}  {'log-prob':>9}  {'rank':>4}")
+            for c in s.per_char:
+                print(f"{c.position:>4}  {escaped(c.context):<{w}}  {escaped(c.char):<4}  {c.prob:>8.4g}  "
+                      f"{c.logprob:>9.4f}  {c.rank:>4}")
+    else:
+        w = min(40, max(4, *(len(escaped(s.item)) for s in scores.items)))
+        print(f"{'item':<{w}}  {'log-likelihood':>14}  {'nll/char':>8}  {'perplexity':>10}")
+        for s in scores.items:
+            print(f"{escaped(s.item):<{w}}  " + (f"not scorable: {s.problem}" if s.problem else
+                  f"{s.log_likelihood:>14.4f}  {s.nll_per_char:>8.4f}  {s.perplexity:>10.3f}"))
+    if bad := len(scores.not_scorable):
+        sys.stdout.flush()
+        print(f"# {bad} of {len(items)} items not scorable: characters outside the run's vocabulary; exit 1", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -618,6 +697,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                       help="record update ratios and tanh statistics while training (diagnostics.json)")
     diag.add_argument("--diagnostics-every", type=int, metavar="N",
                       help="with --diagnostics: sample the statistics every N steps (default: about 1000 samples per run)")
+    ranks = p.add_argument_group("processes (data-parallel, see docs/distributed.md)")
+    ranks.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel in N processes on this machine (torch's elastic launcher, as "
+                            "torchrun --standalone --nproc-per-node N; --batch-size stays the global batch)")
+    ranks.add_argument("--rank-timeout", type=float, metavar="S",
+                       help=f"under torchrun: stop the run when a rank has not answered for S seconds "
+                            f"(default {TIMEOUT_S:g})")
     dests = {a.dest for a in p._actions} - {"help", "out", "resume", "force"}
     p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
@@ -637,7 +723,15 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="", metavar="TEXT", help="every sample starts with this text")
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, metavar="N",
                    help=f"longest item, prefix included (default {DEFAULT_MAX_LEN})")
-    p.add_argument("--json", action="store_true", help="print a JSON object with samples and novel_fraction")
+    p.add_argument("--min-len", type=int, default=0, metavar="N",
+                   help="shortest item, prefix included: shorter samples are drawn again (default 0)")
+    only = p.add_argument_group("only new items (each refused sample is drawn again; the draws stop at 10 × N + 10000, "
+                                "then a line says how many it found and the exit code is 1)")
+    only.add_argument("--unique", action="store_true", help="N distinct items")
+    only.add_argument("--novel", action="store_true", help="no item of the run's data file (found from its config.json)")
+    only.add_argument("--exclude", metavar="FILE", help="no item of this file (one per line); with --novel, it stands "
+                                                       "for a data file that moved")
+    p.add_argument("--json", action="store_true", help="print a JSON object with samples, novel_fraction and draws")
     p.set_defaults(func=cmd_sample)
 
 
@@ -677,12 +771,24 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+def _add_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="DIR", help="run directory")
+    p.add_argument("items", nargs="*", metavar="ITEM", help="items to score")
+    p.add_argument("--file", metavar="F", help="also score the items of this file, one per line (- : stdin)")
+    p.add_argument("--sort", action="store_true", help="most to least likely (items not scorable last)")
+    p.add_argument("--per-char", action="store_true", help="a table per item: position, context, character, "
+                                                          "probability, log-probability, rank among the vocabulary")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a row per item")
+    p.set_defaults(func=cmd_score)
+
+
 # command → (one line for `charmlp --help`, the function that adds its arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "data": ("vocabulary and examples per split of a data file", _add_data),
     "train": ("train a model and write a run directory", _add_train),
     "eval": ("loss per split of a saved run", _add_eval),
     "sample": ("generate new items from a saved run", _add_sample),
+    "score": ("log-likelihood, NLL per character and perplexity of given items under a saved run", _add_score),
     "lr-find": ("sweep the learning rate over one fresh model and suggest one", _add_lr_find),
     "diagnose": ("write DIR/report.html: losses, init check, statistics and pictures", _add_diagnose),
     "gradcheck": ("check every hand-written gradient against autograd (exit 1 on a mismatch)", _add_gradcheck),
@@ -732,12 +838,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with value_origins(default_origins(parser, args.command, argv)) as origins:
             args.origins = origins  # run_config_from_args adds the preset's values
+            args.argv = argv
             return args.func(args)
+    except ReportedElsewhere:  # another rank printed the line
+        return 2
     except CharmlpError as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        if distributed.rank() == 0:  # every rank stopped at the same step; rank 0 says so
+            print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -745,6 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`charmlp sample RUN | head`): stop quietly, as SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
         return 128 + 13  # SIGPIPE's number on Linux and macOS (Windows has no such signal)
+    finally:
+        distributed.shutdown()  # a data-parallel rank leaves its process group
 
 
 if __name__ == "__main__":

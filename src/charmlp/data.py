@@ -60,8 +60,9 @@ def parse_items(text: str) -> list[str]:
     return [s for s in items if s]
 
 
-def read_items(path: str | Path | None = None) -> list[str]:
-    """Read and validate the items of a UTF-8 text file (default: embedded names.txt)."""
+def read_items(path: str | Path | None = None, flag: str = "--data") -> list[str]:
+    """Read and validate the items of a UTF-8 text file (default: embedded names.txt); `flag`
+    names the option that gave the path, in the message when it does not exist."""
     p = resolve_data_path(path)
     try:
         if p.is_dir():
@@ -70,23 +71,28 @@ def read_items(path: str | Path | None = None) -> list[str]:
             raise CharmlpError(f"{p} is not a regular file; pass a text file with one item per line")
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise CharmlpError(f"data file {p} does not exist; check the path given to --data") from None
+        raise CharmlpError(f"data file {p} does not exist; check the path given to {flag}") from None
     except OSError as e:
         raise CharmlpError(f"cannot read data file {p}: {e.strerror}; check its permissions") from None
+    return items_from_bytes(raw, str(p))
+
+
+def items_from_bytes(raw: bytes, where: str) -> list[str]:
+    """The items of UTF-8 text read from `where` (a file's name, "stdin"), validated as `read_items` does."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise CharmlpError(
-            f"{p} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
+            f"{where} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
             "save the file as UTF-8"
         ) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
-        raise CharmlpError(f"{p} contains a NUL byte on line {line}; it looks like a binary file, not text")
+        raise CharmlpError(f"{where} contains a NUL byte on line {line}; it looks like a binary file, not text")
     items = parse_items(text)
     if not items:
-        raise CharmlpError(f"{p} has no items: every line is empty; put one item per line")
+        raise CharmlpError(f"{where} has no items: every line is empty; put one item per line")
     return items
 
 
@@ -122,15 +128,16 @@ class Vocab:
         return {s: i for i, s in enumerate(self.itos)}
 
     @property
-    def index_dtype(self) -> torch.dtype:
+    def index_np_dtype(self) -> np.dtype:
         """The smallest integer dtype that holds every id."""
+        return np.dtype(np.uint8 if self.size <= 256 else np.int16 if self.size <= 2**15 else np.int32)
+
+    @property
+    def index_dtype(self) -> torch.dtype:
+        """`index_np_dtype` as a torch dtype."""
         import torch
 
-        if self.size <= 256:
-            return torch.uint8
-        if self.size <= 2**15:
-            return torch.int16
-        return torch.int32
+        return {1: torch.uint8, 2: torch.int16, 4: torch.int32}[self.index_np_dtype.itemsize]
 
     def encode(self, s: str) -> list[int]:
         stoi = self.stoi
@@ -202,7 +209,16 @@ def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray
 
 
 def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Context windows of `block_size` ids padded with the boundary, and the next id.
+    """`example_arrays` as torch tensors."""
+    import torch
+
+    X, Y = example_arrays(items, vocab, block_size)
+    return torch.from_numpy(X), torch.from_numpy(Y)
+
+
+def example_arrays(items: list[str], vocab: Vocab, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context windows of `block_size` ids padded with the boundary, and the next id (NumPy, in
+    the smallest integer dtype that holds every id), item after item in order.
 
     For `emma` at block 3: `...→e, ..e→m, .em→m, emm→a, mma→.`.
     Layout trick: F = [0]*k + item₀ + [0]*k + item₁ + … + [0]*k. The targets are every item
@@ -210,16 +226,13 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     context is F[p − k : p]. All of it is a few whole-array operations: no per-item or
     per-character Python work.
     """
-    import torch
-
     if block_size < 1:
         raise CharmlpError(f"block size must be at least 1, got {block_size}")
     ids, lengths = encode_items(items, vocab)
     n, k = len(items), block_size
-    dtype = vocab.index_dtype
+    np_dtype = vocab.index_np_dtype
     if n == 0:
-        return torch.zeros(0, k, dtype=dtype), torch.zeros(0, dtype=dtype)
-    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        return np.zeros((0, k), np_dtype), np.zeros(0, np_dtype)
     # is_char over F: k padding positions, then len_w item positions, for every item, then k more
     counts = np.empty(2 * n + 1, np.int64)
     counts[0::2], counts[1::2] = k, lengths
@@ -236,7 +249,7 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     X = np.empty((int(np.count_nonzero(tk)), k), np_dtype)
     for j in range(k):
         X[:, j] = flat[j : len(flat) - k + j][tk]
-    return torch.from_numpy(X), torch.from_numpy(flat[k:][tk])
+    return X, flat[k:][tk]
 
 
 def build_sequences(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,18 +20,29 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .budget import end_losses, end_rows, plan_budget
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
-from .data import Dataset, default_data_path, load_dataset
-from .engines.eager import EagerStep
+from .data import SPLITS, Dataset, default_data_path, load_dataset
+from .engines.eager import EagerStep, Shard
 from .engines.fast import StepFn, make_train_step
-from .errors import CharmlpError, flag
+from .engines.support import unsupported_reason
+from .errors import CharmlpError, ReportedElsewhere, flag
 from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
+from .nn.losses import IGNORE
 from .optim import make_optimizer
-from .resume import CheckpointSaver, RunDirectory, resume_run_config
+from .resume import (
+    AgreedStopSignals,
+    Checkpoint,
+    CheckpointSaver,
+    RunDirectory,
+    data_fingerprint,
+    read_checkpoint,
+    resume_run_config,
+)
 
 # called after the optimizer step: hook(step, model, lr, loss); at every step, or where its
 # optional `wants(step)` says (a GPU loop then need not read every loss back). A hook's optional
@@ -147,11 +159,16 @@ STATS_ROWS = 8192  # rows converted to float64 at a time by calibrate_batchnorm
 def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
     """Set each BatchNorm's statistics to the mean and (n − 1) variance of its input over
     all of X, layer by layer (each layer sees inputs normalised by the ones before it); a
-    (B, T, C) input counts its B·T rows, as BatchNorm1d does."""
+    (B, T, C) input counts its B·T rows, as BatchNorm1d does. Across data-parallel ranks each
+    sums its slice of X and the float64 sums are all-reduced."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     chunk = eval_chunk(model, X, chunk)
+    world = distributed.world()
+    if world is not None:  # data-parallel: each rank its contiguous slice of X, the sums all-reduced
+        per = -(-len(X) // world.size)
+        X = X[world.rank * per : (world.rank + 1) * per]
     layers = list(model.layers)
     for i, bn in enumerate(layers):
         if not isinstance(bn, BatchNorm1d):
@@ -171,6 +188,9 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
                 s += b.sum(0)
                 s2 += b.square_().sum(0)
             n += len(h)
+        if distributed.world() is not None:  # each rank summed its slice of the rows
+            sums = distributed.all_reduce_sum(torch.cat([s, s2, s.new_full((1,), n)]))
+            s, s2, n = sums[: len(s)], sums[len(s) : -1], int(sums[-1])
         mean = s / n
         var = (s2 - n * mean * mean) / max(1, n - 1)
         bn.set_statistics(mean.float(), var.clamp_min(0).float())
@@ -234,8 +254,20 @@ def train(
     """
     if resume and out_dir is None:
         raise CharmlpError("resuming needs the run directory")
+    cfg = cfg or RunConfig()
+    world = distributed.init_world(resolve_device(cfg.train.device).type)  # None outside torchrun
+    error, prepared = None, None
+    try:
+        prepared = _prepared(cfg, dataset)
+    except CharmlpError as e:
+        error = e
+    distributed.agree(error, "load its data or check its options")  # one rank's bad input stops every rank
+    assert prepared is not None
+    cfg, dataset, device = prepared
+    if world is not None:
+        _check_world(cfg, dataset, world)
+    lead = world is None or world.rank == 0  # the one rank that writes, shows progress and runs the hooks
     t0 = time.perf_counter()
-    cfg, dataset, device = _prepared(cfg or RunConfig(), dataset)
     budget = cfg.train.budget if not resume else 0.0
     if budget:  # plan steps and shape for the budget; config.json records the plan
         cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, len(dataset.Y["val"])))
@@ -249,25 +281,33 @@ def train(
     tc = cfg.train
     state = TrainState(0, torch.empty(tc.steps), torch.full((tc.steps,), math.nan, dtype=torch.float64))
     run_dir = None if out_dir is None else RunDirectory(out_dir, cfg, dataset)
-    saver = None if run_dir is None else CheckpointSaver(run_dir, model, optimizer, g, state.losses, state.val_losses)
-    with contextlib.nullcontext() if run_dir is None else run_dir.holding():  # one writer, first file to last
+    saver = None if run_dir is None else CheckpointSaver(run_dir, model, optimizer, g, state.losses, state.val_losses,
+                                                         writes=lead)
+    with contextlib.nullcontext() if run_dir is None or not lead else run_dir.holding():  # one writer, first file to last
         if saver is not None:
-            state.step = saver.restore(saver.run_dir.begin(resume, force))
+            state.step = saver.restore(_begin(saver, resume, force, lead))
         start = state.step
         # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
         # Built after the restore: the fast step holds views of the optimizer's state tensors.
-        train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
+        train_step, engine = make_train_step(_world_engine(tc.engine, model, optimizer, world, lead), model, optimizer,
+                                             Xtr, Ytr, tc.batch_size, g)
+        reducer = None if world is None else _shard(train_step, model, saver)
         Xval, Yval = dataset.X["val"], dataset.Y["val"]
         t_loop = time.perf_counter()
-        TrainLoop(
+        loop = TrainLoop(
             tc, train_step, state, model, saver,
             eval_every=resolve_eval_every(tc, len(Yval)),  # 0 for an empty val split
-            val_loss=lambda: split_loss(model, Xval, Yval),
-            hooks=hooks,
+            val_loss=lambda: sharded_split_loss(model, Xval, Yval),
+            hooks=hooks if lead else tuple(_Mirror(h) for h in hooks),
             window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
-            bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not progress, mininterval=0.5,
+            bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), mininterval=0.5,
                      dynamic_ncols=True),
-        ).run()
+        )
+        t_loop = time.perf_counter()
+        if world is None:
+            loop.run()
+        else:
+            _run_across_ranks(loop, saver, lead)
         loop_seconds = time.perf_counter() - t_loop
         if state.step < tc.steps:  # the time limit stopped the loop: a finished run of the steps taken
             cfg, state = _stopped_early(cfg, state)
@@ -280,12 +320,19 @@ def train(
             calibrate_batchnorm(model, Xtr)
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
-        split_losses = end_losses(model, dataset) if budget else evaluate(model, dataset)  # a budget's: train in part
+        if world is None:  # a budget's: the train split in part
+            split_losses = end_losses(model, dataset) if budget else evaluate(model, dataset)
+        else:  # each rank a slice of every split, the sums all-reduced
+            split_losses = {s: sharded_split_loss(model, dataset.X[s], dataset.Y[s]) for s in SPLITS}
         summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
         summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
                        device=str(device), bn_calibrated=calibrate, loop_seconds=loop_seconds)
-        if run_dir is not None:  # a run stopped early rewrites config.json: it records the steps taken
+        size = 1 if world is None else world.size
+        summary.update(world_size=size, rank_batch_size=tc.batch_size // size)
+        if reducer is not None and reducer.calls:
+            summary["allreduce_seconds_per_step"] = reducer.seconds / reducer.calls
+        if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
             _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
         if budget:  # what the budget's clock counted, the run directory written; start-up before it
             summary.update(budget_seconds=budget, train_loss_rows=end_rows(dataset)["train"],
@@ -310,6 +357,122 @@ def _stopped_early(cfg: RunConfig, state: TrainState) -> tuple[RunConfig, TrainS
     state = dataclasses.replace(state, losses=state.losses[: state.step].clone(),
                                 val_losses=state.val_losses[: state.step].clone())
     return dataclasses.replace(cfg, train=tc), state
+
+
+def _check_world(cfg: RunConfig, dataset: Dataset, world: distributed.World) -> None:
+    """What data-parallel training needs: a global batch that splits evenly, no ensemble (its
+    members split the batch among themselves), and every rank with the same run configuration
+    and data (a hash, compared across ranks; the data file's path may differ between machines)."""
+    facts = dataclasses.asdict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=None)))
+    distributed.check_same(json.dumps(facts, sort_keys=True, default=str) + data_fingerprint(dataset),
+                           "run configuration or data")  # first: every rank then checks the same options
+    B, W = cfg.train.batch_size, world.size
+    if B % W:
+        raise distributed.refuse(f"{flag('--batch-size', B)} does not split evenly across {W} processes; "
+                                 f"pass a multiple of {W} (--batch-size is the global batch)")
+    if cfg.train.budget or cfg.train.time_limit:
+        raise distributed.refuse("--budget trains in one process only: each rank would time its own steps; "
+                                 "give --steps, or train without torchrun")
+    if getattr(cfg.model, "members", 1) > 1:
+        raise distributed.refuse("an ensemble (--members) trains in one process only: its members split the batch "
+                                 "among themselves; drop --members or train without torchrun")
+
+
+def _begin(saver: CheckpointSaver, resume: bool, force: bool, lead: bool) -> Checkpoint | None:
+    """The run directory begun by the writing rank (see `RunDirectory.begin`); every rank waits for
+    it, and a resumed rank other than 0 reads the checkpoint rank 0 checked."""
+    error, ck = None, None
+    if lead:
+        try:
+            ck = saver.run_dir.begin(resume, force)
+        except CharmlpError as e:
+            error = e
+    distributed.agree(error, "begin the run directory")
+    if not lead and resume:
+        ck = read_checkpoint(saver.run_dir.path)
+    return ck
+
+
+def _world_engine(engine: str, model: LanguageModel, optimizer: torch.optim.Optimizer,
+                  world: distributed.World | None, lead: bool) -> str:
+    """The engine to build: across ranks the fused step (no all-reduce inside) gives way to the
+    manual engine, its own math, with one line on rank 0 where the fused step would have run."""
+    if world is None or engine not in ("auto", "fast") or unsupported_reason(model, optimizer) is not None:
+        return engine
+    if lead:
+        print(f"note: {world.size} processes train with the manual engine (the fused step has no all-reduce)",
+              file=sys.stderr)
+    return "manual"
+
+
+def _shard(train_step: StepFn, model: LanguageModel, saver: CheckpointSaver | None) -> distributed.GradientReducer:
+    """Make the eager step a data-parallel rank's: its rows of each batch, its gradients summed
+    across ranks with the loss and the stop flag (a Ctrl-C/SIGTERM on any rank stops every rank
+    after the same step)."""
+    assert isinstance(train_step, EagerStep)
+    signals = None
+    if saver is not None:
+        signals = saver.signals = AgreedStopSignals()
+    reducer = distributed.GradientReducer(list(model.parameters()),
+                                          stop_local=lambda: None if signals is None else signals.local)
+    world = distributed.world()
+    assert world is not None
+
+    def reduce(loss: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+        loss = reducer(loss, count)
+        if signals is not None:
+            signals.agreed = reducer.stop
+        return loss
+
+    train_step.shard = Shard(world.rows, reduce)
+    return reducer
+
+
+class _Mirror:
+    """A rank other than 0's stand-in for one of rank 0's hooks: it runs nothing, but wants the same
+    steps, so every rank's windows end where rank 0's do (a replayed window then replays alike)."""
+
+    def __init__(self, hook: StepHook) -> None:
+        self.hook = hook
+
+    def wants(self, step: int) -> bool:
+        return wants(self.hook, step)
+
+    def __call__(self, step: int, model: LanguageModel, lr: float, loss: torch.Tensor) -> None:
+        pass
+
+
+def _run_across_ranks(loop: TrainLoop, saver: CheckpointSaver | None, lead: bool) -> None:
+    """The loop on one rank of several: a lost rank is one line with the checkpoint left to resume;
+    what every rank sees alike (a non-finite loss) is said by rank 0 alone."""
+    try:
+        loop.run()
+    except distributed.LostRank as e:
+        where = "no checkpoint was written yet"
+        if saver is not None and saver.last_saved >= 0:
+            where = (f"the checkpoint after {saver.last_saved} steps in {saver.run_dir.path} is intact: continue "
+                     f"with `charmlp train --resume {saver.run_dir.path}`")
+        raise distributed.LostRank(f"{e} at step {loop.state.step} of {loop.tc.steps}; {where}") from None
+    except CharmlpError as e:
+        if lead:
+            raise
+        raise ReportedElsewhere(str(e)) from None
+
+
+@torch.no_grad()
+def sharded_split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> float:
+    """`split_loss` over (X, Y), each data-parallel rank taking a contiguous slice of the rows:
+    L = Σ_r L_r·n_r / Σ_r n_r (n_r: the slice's real targets), one float64 all-reduce. One process: split_loss."""
+    world = distributed.world()
+    if world is None:
+        return split_loss(model, X, Y)
+    per = -(-len(Y) // world.size)
+    rows = slice(world.rank * per, (world.rank + 1) * per)
+    Xr, Yr = X[rows], Y[rows]
+    n = int((Yr != IGNORE).sum()) if model.cfg.sequence else len(Yr)
+    sums = torch.tensor([split_loss(model, Xr, Yr) * n if n else 0.0, n], dtype=torch.float64, device=world.device)
+    distributed.all_reduce_sum(sums)
+    return float(sums[0] / sums[1]) if sums[1] else float("nan")
 
 
 def _prepared(cfg: RunConfig, dataset: Dataset | None) -> tuple[RunConfig, Dataset, torch.device]:
