@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import CharmlpError
+from .errors import CharmlpError, flag
 
 # the seed used throughout the makemore lectures
 LECTURE_SEED = 2147483647
@@ -124,7 +124,7 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * (scale or 1.0)
     except ValueError:
-        raise CharmlpError(f"--budget {text!r} is not a duration; write it as 30s, 10m or 1.5h") from None
+        raise CharmlpError(f"{flag('--budget', repr(text))} is not a duration; write it as 30s, 10m or 1.5h") from None
     if not (math.isfinite(seconds) and MIN_BUDGET <= seconds <= MAX_BUDGET):
         raise CharmlpError(f"--budget must be between {MIN_BUDGET:g} s and 7 days, got {text!r}")
     return seconds
