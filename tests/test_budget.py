@@ -99,6 +99,8 @@ def test_a_tiny_budget_run_ends_on_time(tiny_data, tmp_path):
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["budget_seconds"] == 3.0 and on_disk["steps"] == s["steps"]
     assert s["train_loss_rows"] == 30  # the final train loss over as many rows as val has (tiny: 300 items)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["val_loss"] == s["val_loss"]  # the loop's last evaluation is the final val loss, not a second pass
     recorded = read_run_config(tmp_path / "run")[0].train
     assert recorded.budget == 0.0 and recorded.steps == s["steps"] and math.isfinite(s["test_loss"])
 

@@ -11,8 +11,8 @@ The plan, made once at the start of a run (`plan_budget`):
    epochs) with the rule's dropout; below it, one model trained for all the budget. An ensemble is
    calibrated again. `--members` or `--dropout` given: the rule leaves both alone.
 3. **Plan the steps**: the loop's time L = budget − what the calibration spent − the end of the run
-   (the final evaluation of every split, estimated from the val pass), less the periodic val
-   evaluations; steps = rate × L × `PLAN_SLACK`. The learning-rate schedule spans those steps.
+   (`end_losses`, estimated from the val pass); steps = rate × (L − the periodic val evaluations)
+   × `PLAN_SLACK`. The learning-rate schedule spans those steps.
 4. **Guard**: `time_limit` = L stops the loop at L, the run then ends as a finished run whose
    config.json records the steps taken (and `schedule_steps`, the steps its schedule spanned).
 
@@ -140,8 +140,8 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
     loop = _loop_seconds(cfg, dataset, cal, started)
     steps = _steps(cal.steps_per_s * loop * PLAN_SLACK)
     n_evals = evals(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)))
-    loop = max(0.0, loop - n_evals * cal.val_seconds)  # the periodic evaluations run inside the loop
-    steps = _steps(cal.steps_per_s * loop * PLAN_SLACK)
+    stepping = max(0.0, loop - n_evals * cal.val_seconds)  # the periodic evaluations run inside the loop's time
+    steps = _steps(cal.steps_per_s * stepping * PLAN_SLACK)
     return dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, steps=steps, positions=0, schedule_steps=0, time_limit=max(loop, 1e-3))), started
 
@@ -158,10 +158,13 @@ def end_rows(dataset: Dataset) -> dict[str, int]:
             "val": len(dataset.Y["val"]), "test": len(dataset.Y["test"])}
 
 
-def end_losses(model: torch.nn.Module, dataset: Dataset) -> dict[str, float]:
-    """A budget run's final losses per split, over `end_rows`."""
+def end_losses(model: torch.nn.Module, dataset: Dataset, val: float | None = None) -> dict[str, float]:
+    """A budget run's final losses per split, over `end_rows`; `val`: the final model's val loss, when
+    the loop's last evaluation has it already (a val pass can cost seconds)."""
     rows = end_rows(dataset)
-    losses = evaluate(model, dataset, splits=("val", "test"))
+    losses = evaluate(model, dataset, splits=("test",) if val is not None else ("val", "test"))
+    if val is not None:
+        losses["val"] = val
     return {"train": split_loss(model, dataset.X["train"][: rows["train"]], dataset.Y["train"][: rows["train"]]),
             **losses}
 

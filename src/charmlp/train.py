@@ -321,7 +321,10 @@ def train(
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
         if world is None:  # a budget's: the train split in part
-            split_losses = end_losses(model, dataset) if budget else evaluate(model, dataset)
+            last_val = state.val_losses[-1].item() if len(state.val_losses) and not calibrate else math.nan
+            # the loop's last val loss is the final model's unless BatchNorm was calibrated after it
+            split_losses = (end_losses(model, dataset, None if math.isnan(last_val) else last_val) if budget
+                            else evaluate(model, dataset))
         else:  # each rank a slice of every split, the sums all-reduced
             split_losses = {s: sharded_split_loss(model, dataset.X[s], dataset.Y[s]) for s in SPLITS}
         summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
