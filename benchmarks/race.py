@@ -125,8 +125,8 @@ def charmlp_run(data: str | None, seconds: float, model: str, threads: int) -> d
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
-        if proc.returncode:
-            raise SystemExit(f"charmlp failed: {proc.stderr.strip()}")
+        if proc.returncode:  # a budget too short for the data is refused with a message: recorded
+            return {"error": proc.stderr.strip(), "process_seconds": wall}
         s = json.loads((out / "summary.json").read_text())
         c = json.loads((out / "config.json").read_text())
     keep = ("test_loss", "val_loss", "train_loss", "steps", "budget_used", "startup_seconds", "loop_seconds", "n_params")
@@ -141,6 +141,10 @@ def table(results: dict) -> str:
     for _, r in sorted(results["cases"].items()):
         c, p = r.get("charmlp"), r.get("peer")
         if not (c and p):
+            continue
+        if "error" in c:
+            lines.append(f"| {r['list']} | {r['items']} | {r['minutes']:g} min | refused: {c['error']} | — | "
+                         f"{p['test_loss']:.4f} | | |")
             continue
         lines.append(f"| {r['list']} | {r['items']} | {r['minutes']:g} min | {c['model']} (×{c['members']}) | "
                      f"{c['test_loss']:.4f} | {p['test_loss']:.4f} | {p['test_loss'] - c['test_loss']:+.4f} | "

@@ -119,3 +119,14 @@ def test_budget_flags(tmp_path):
     assert cfg_of("--model", "gru", "--preset", "best", "--steps", "50").train.budget == 0.0  # steps outrank it
     assert_user_error(run_cli("train", "--out", tmp_path / "x", "--budget", "3x"), "not a duration")
     assert_user_error(run_cli("train", "--out", tmp_path / "x", "--budget", "3s", "--steps", "9"), "--budget")
+
+
+def test_a_budget_the_evaluation_alone_would_spend_is_refused(monkeypatch, tiny_data):
+    def slow_val(cfg, dataset, device, seconds):  # a val pass of 40 s: the end of the run costs ~120 s
+        return budget.Calibration(10.0, val_seconds=40.0, eval_fixed=0.0, setup_seconds=0.0, ready=time.perf_counter())
+    monkeypatch.setattr(budget, "calibrate", slow_val)
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16),
+                    TrainConfig(batch_size=8, budget=100.0, optimizer="adamw", lr=0.005))
+    cfg, dataset = prepare_data(cfg)
+    with pytest.raises(CharmlpError, match=r"--budget 100s leaves 0\.0 s to train.*give --budget 24\ds or more"):
+        budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)

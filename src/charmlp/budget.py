@@ -23,6 +23,7 @@ The steps planned depend on timing, so two budget runs differ; the run directory
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from .config import RunConfig
 from .data import Dataset
 from .engines.fast import make_train_step
+from .errors import CharmlpError, flag
 from .evaluate import evaluate, split_loss
 from .models import build_model
 from .optim import make_optimizer
@@ -44,6 +46,7 @@ WARMUP_STEPS = 3  # untimed steps first (allocations, kernels' first calls)
 # the cosine schedule is then cut at ~83 % of its span, where lr is lr_final + 7 % of (lr − lr_final)
 PLAN_SLACK = 1.2
 END_FIXED = 0.1  # seconds for writing the run directory and the rest of the end of a run
+MIN_LOOP_SHARE = 0.25  # a budget that leaves the loop less than this share of it is refused
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
     rule = RULES.get(cfg.model.kind)
     if rule is not None and getattr(cfg.model, "members", 1) == 1 and getattr(cfg.model, "dropout", 0.0) == 0.0:
         loop = _loop_seconds(cfg, dataset, cal, started)
-        epochs = cal.steps_per_s * loop * cfg.train.batch_size / max(1, rows)
+        epochs = cal.steps_per_s * max(0.0, loop) * cfg.train.batch_size / max(1, rows)
         members = max(1, min(rule.max_members, int(epochs // rule.fit_epochs)))
         if members > 1:
             model = dataclasses.replace(cfg.model, members=members, dropout=rule.dropout)
@@ -138,6 +141,13 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
             cfg = dataclasses.replace(cfg, model=model, train=train)
             cal = calibrate(cfg, dataset, device, _calibration_seconds(budget))
     loop = _loop_seconds(cfg, dataset, cal, started)
+    if loop < MIN_LOOP_SHARE * budget:  # a run of a few steps is no model: say what the budget needs
+        need = (budget - loop) / (1 - 2 * MIN_LOOP_SHARE)  # the loop then gets half of it
+        raise CharmlpError(
+            f"{flag('--budget', f'{budget:g}s')} leaves {max(0.0, loop):.1f} s to train: on this data and machine the calibration "
+            f"and the final evaluation (val, test and a sample of train: {sum(end_rows(dataset).values())} rows) take the "
+            f"rest; give "
+            f"--budget {math.ceil(need)}s or more")
     steps = _steps(cal.steps_per_s * loop * PLAN_SLACK)
     n_evals = evals(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)))
     stepping = max(0.0, loop - n_evals * cal.val_seconds)  # the periodic evaluations run inside the loop's time
@@ -175,4 +185,4 @@ def _loop_seconds(cfg: RunConfig, dataset: Dataset, cal: Calibration, started: f
     per_row = (cal.val_seconds - cal.eval_fixed) / max(1, len(dataset.Y["val"]))
     end = sum(cal.eval_fixed + per_row * n for n in end_rows(dataset).values()) + END_FIXED
     spent = time.perf_counter() - started
-    return max(0.0, cfg.train.budget - spent - cal.setup_seconds - end)
+    return cfg.train.budget - spent - cal.setup_seconds - end  # < 0: the budget does not cover even that
