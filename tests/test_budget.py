@@ -128,5 +128,5 @@ def test_a_budget_the_evaluation_alone_would_spend_is_refused(monkeypatch, tiny_
     cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16),
                     TrainConfig(batch_size=8, budget=100.0, optimizer="adamw", lr=0.005))
     cfg, dataset = prepare_data(cfg)
-    with pytest.raises(CharmlpError, match=r"--budget 100s leaves 0\.0 s to train.*give --budget 24\ds or more"):
+    with pytest.raises(CharmlpError, match=r"--budget 100s leaves 0\.0 s to train.*give `--budget 24\ds` or more"):
         budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)

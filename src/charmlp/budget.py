@@ -146,8 +146,7 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
         raise CharmlpError(
             f"{flag('--budget', f'{budget:g}s')} leaves {max(0.0, loop):.1f} s to train: on this data and machine the calibration "
             f"and the final evaluation (val, test and a sample of train: {sum(end_rows(dataset).values())} rows) take the "
-            f"rest; give "
-            f"--budget {math.ceil(need)}s or more")
+            f"rest; give `--budget {math.ceil(need)}s` or more")
     steps = _steps(cal.steps_per_s * loop * PLAN_SLACK)
     n_evals = evals(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)))
     stepping = max(0.0, loop - n_evals * cal.val_seconds)  # the periodic evaluations run inside the loop's time
