@@ -87,18 +87,19 @@ def test_a_budget_that_overfits_one_model_buys_an_ensemble(monkeypatch, tiny_dat
 
 
 def test_a_tiny_budget_run_ends_on_time(tiny_data, tmp_path):
-    """3 s on 2 busy cores: the loop's own time within ±10 % of the time it was planned, and the
-    budget's clock (start-up excluded, see budget.py) within ±10 % of the budget plus 0.5 s."""
+    """3 s on 2 busy cores: the loop's own time within ±10 % (and 0.3 s) of the time it was planned,
+    and the budget's clock (start-up excluded, see budget.py) within ±10 % of the budget and 0.5 s."""
     torch.set_num_threads(1)
     cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=32),
                     TrainConfig(batch_size=16, budget=3.0, optimizer="adamw", lr=0.005, device="cpu"))
     s = train(cfg, out_dir=tmp_path / "run", progress=False).summary
     assert s["time_limit"] > 0.5 * 3.0  # the plan gives the loop most of the budget
-    assert 0.9 * s["time_limit"] <= s["loop_seconds"] <= 1.1 * s["time_limit"], s
+    # ±10 %, and 0.3 s for a step or an evaluation that a test running beside this one slowed
+    assert 0.9 * s["time_limit"] - 0.3 <= s["loop_seconds"] <= 1.1 * s["time_limit"] + 0.3, s
     assert 0.9 * 3.0 - 0.5 <= s["budget_used"] <= 1.1 * 3.0 + 0.5, s
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["budget_seconds"] == 3.0 and on_disk["steps"] == s["steps"]
-    assert s["train_loss_rows"] == 30  # the final train loss over as many rows as val has (tiny: 300 items)
+    assert s["train_loss_items"] == 30 and s["train_loss_estimate"]  # a train sample the size of val (tiny: 300 items)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["val_loss"] == s["val_loss"]  # the loop's last evaluation is the final val loss, not a second pass
     recorded = read_run_config(tmp_path / "run")[0].train

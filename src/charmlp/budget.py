@@ -11,7 +11,7 @@ The plan, made once at the start of a run (`plan_budget`):
    epochs) with the rule's dropout; below it, one model trained for all the budget. An ensemble is
    calibrated again. `--members` or `--dropout` given: the rule leaves both alone.
 3. **Plan the steps**: the loop's time L = budget − what the calibration spent − the end of the run
-   (`end_losses`, estimated from the val pass); steps = rate × (L − the periodic val evaluations)
+   (`final_losses` with `budget_train_items`, estimated from the val pass); steps = rate × (L − the periodic val evaluations)
    × `PLAN_SLACK`. The learning-rate schedule spans those steps.
 4. **Guard**: `time_limit` = L stops the loop at L, the run then ends as a finished run whose
    config.json records the steps taken (and `schedule_steps`, the steps its schedule spanned).
@@ -34,7 +34,7 @@ from .config import RunConfig
 from .data import Dataset
 from .engines.fast import make_train_step
 from .errors import CharmlpError, flag
-from .evaluate import evaluate, split_loss
+from .evaluate import split_loss, train_rows
 from .models import build_model
 from .optim import make_optimizer
 
@@ -159,28 +159,23 @@ def _steps(n: float) -> int:
     return max(1, min(100_000_000, int(n)))
 
 
+def budget_train_items(dataset: Dataset) -> int:
+    """Items of the train split a budget run's final train loss reads: as many as val has (a seeded
+    sample, `evaluate.final_losses`). A whole train split can cost more than the training a short
+    budget buys: 69 000 Spanish words, a minute."""
+    return max(1, len(dataset.items["val"]))
+
+
 def end_rows(dataset: Dataset) -> dict[str, int]:
-    """Rows of each split a budget run's final losses read: val and test whole; of the train split
-    as many as val has (its first ones; the split is shuffled). A whole train split can cost more
-    than the training a short budget buys: 69 000 Spanish words, a minute."""
-    return {"train": min(len(dataset.Y["train"]), max(1, len(dataset.Y["val"]))),
+    """Rows of each split a budget run's final losses read (`final_losses` with `budget_train_items`)."""
+    rows, _ = train_rows(dataset, budget_train_items(dataset))
+    return {"train": len(dataset.Y["train"]) if rows is None else len(rows),
             "val": len(dataset.Y["val"]), "test": len(dataset.Y["test"])}
-
-
-def end_losses(model: torch.nn.Module, dataset: Dataset, val: float | None = None) -> dict[str, float]:
-    """A budget run's final losses per split, over `end_rows`; `val`: the final model's val loss, when
-    the loop's last evaluation has it already (a val pass can cost seconds)."""
-    rows = end_rows(dataset)
-    losses = evaluate(model, dataset, splits=("test",) if val is not None else ("val", "test"))
-    if val is not None:
-        losses["val"] = val
-    return {"train": split_loss(model, dataset.X["train"][: rows["train"]], dataset.Y["train"][: rows["train"]]),
-            **losses}
 
 
 def _loop_seconds(cfg: RunConfig, dataset: Dataset, cal: Calibration, started: float) -> float:
     """What the budget leaves the training loop: less what is spent, the run's own set-up and its end
-    (`end_losses`: a pass's fixed cost and the val pass's cost per row; the files written)."""
+    (`end_rows`: a pass's fixed cost and the val pass's cost per row; the files written)."""
     per_row = (cal.val_seconds - cal.eval_fixed) / max(1, len(dataset.Y["val"]))
     end = sum(cal.eval_fixed + per_row * n for n in end_rows(dataset).values()) + END_FIXED
     spent = time.perf_counter() - started

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, distributed
 from .config import (
+    DEFAULT_MAX_ITEM_LEN,
     DEFAULT_MAX_LEN,
     DEFAULT_SAMPLE_SEED,
     DEVICES,
@@ -74,6 +75,9 @@ def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) ->
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
                    help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
+    p.add_argument("--max-item-len", type=int, default=DEFAULT_MAX_ITEM_LEN, metavar="N",
+                   help=f"skip lines longer than N characters, with a note naming them (default {DEFAULT_MAX_ITEM_LEN}; "
+                        "0: no limit)")
 
 
 def _block_defaults() -> str:
@@ -263,14 +267,15 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
-    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                max_item_len=args.max_item_len), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import escaped, load_dataset
 
     check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
-    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
+    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size, max_item_len=args.max_item_len)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -360,9 +365,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if distributed.rank() != 0:  # rank 0 reports the run
         return 0
     s = result.summary
+    estimate = f" (estimate on {s['train_loss_items']:,} items)" if s["train_loss_estimate"] else ""
     print(
         ("fitted in closed form, no steps" if s["init_loss"] is None else f"step-0 loss {s['init_loss']:.4f}")
-        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
+        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f}{estimate} "
         f"| val {s['val_loss']:.4f} | test {s['test_loss']:.4f} | {s['steps']} steps in {s['seconds']:.1f} s"
     )
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
@@ -384,9 +390,14 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .evaluate import evaluate_run
 
-    losses = evaluate_run(args.run)
+    splits = ("train", "val", "test")  # data.SPLITS (the CLI starts without numpy)
+    # a bar on stderr while a terminal watches (tqdm's disable=None), counted in predicted characters
+    with tqdm(desc="eval", unit="char", unit_scale=True, disable=None, mininterval=0.5, leave=False) as bar:
+        losses = evaluate_run(args.run, tuple(s for s in splits if s in (args.split or splits)), progress=bar.update)
     if args.json:
         print(json.dumps(losses))
     else:
@@ -570,7 +581,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                        max_item_len=args.max_item_len)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1
@@ -593,7 +605,7 @@ def _add_gradcheck(p: argparse.ArgumentParser) -> None:
 def cmd_exercise_init(args: argparse.Namespace) -> int:
     from .exercise.starter import write_starter
 
-    out = write_starter(args.out, args.part)
+    out = write_starter(args.out, args.part, args.model)
     print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
     return 0
 
@@ -618,6 +630,26 @@ def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_exercise_status(args: argparse.Namespace) -> int:
+    from .exercise.status import format_text, status
+
+    statuses = status(args.dir, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({"dir": str(args.dir), "files": [s.to_dict() for s in statuses]}, ensure_ascii=False))
+    else:
+        print(format_text(statuses, args.dir))
+    return 0
+
+
+def cmd_exercise_hint(args: argparse.Namespace) -> int:
+    from .exercise.hints import hint
+
+    if args.step is None and not args.reset:
+        raise CharmlpError("name the step to hint at (e.g. dprobs), or give --reset")
+    print(hint(args.file, args.step or "", reveal=args.reveal, reset=args.reset))
+    return 0
+
+
 def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
@@ -625,6 +657,8 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", default="backprop_exercise.py", metavar="FILE",
                    help="the starter file to write (default backprop_exercise.py)")
     q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.add_argument("--model", default="mlp", choices=("mlp", "wavenet", "rnn", "gru", "transformer"),
+                   help="whose backward to derive, in lecture order (default mlp)")
     q.set_defaults(func=cmd_exercise_init)
     q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
     q.add_argument("file", metavar="FILE", help="your exercise file (from `charmlp exercise init`)")
@@ -633,6 +667,18 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("status", help="progress of every exercise file in a directory (re-checked as `check` does)")
+    q.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where the exercise files are (default: here)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit per file (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_status)
+    q = esub.add_parser("hint", help="the next hint for one step (shape and lines, the rule, branches and shapes)")
+    q.add_argument("file", metavar="FILE", help="your exercise file")
+    q.add_argument("step", nargs="?", metavar="STEP", help="the gradient, e.g. dprobs or dh1")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--reveal", action="store_true", help="print the reference expression")
+    how.add_argument("--reset", action="store_true", help="forget the hints used on FILE (deletes FILE.hints.json)")
+    q.set_defaults(func=cmd_exercise_hint)
     q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
     q.add_argument("target", metavar="FILE:CLASS", help="your file and the layer class in it")
     which = q.add_mutually_exclusive_group(required=True)  # the old --kind counts as --layer
@@ -711,6 +757,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("--json", action="store_true", help='print {"train": …, "val": …, "test": …}')
+    p.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="evaluate only this split (repeatable; default all three, each exact, the whole split)")
     p.set_defaults(func=cmd_eval)
 
 

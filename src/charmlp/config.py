@@ -17,6 +17,7 @@ LECTURE_SEED = 2147483647
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10  # charmlp sample's
 DEFAULT_MAX_LEN = 64  # charmlp sample's longest item
 MAX_BLOCK_SIZE = 1024  # the longest context a model may have
+DEFAULT_MAX_ITEM_LEN = 256  # longer lines of a data file are skipped (--max-item-len; 0: no limit)
 DTYPE_NAMES = ("float32", "float64")  # gradcheck's
 
 
@@ -31,6 +32,7 @@ class DataConfig:
     sequence: bool = False  # rows of whole items (X, Y: (items, block)) instead of context windows
     split_seed: int = 42  # random.seed(42); random.shuffle(words)
     split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points
+    max_item_len: int = DEFAULT_MAX_ITEM_LEN  # characters; a longer line is skipped, with a note (0: no limit)
 
 
 @dataclass
@@ -163,6 +165,8 @@ def config_from_dict(cls: type, d: Any, where: str) -> Any:
             raise CharmlpError(f"{where}.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
     if cls is DataConfig and "split" in kwargs:
         kwargs["split"] = tuple(kwargs["split"])
+    if cls is DataConfig:  # a config.json written before --max-item-len: its run kept every line
+        kwargs.setdefault("max_item_len", 0)
     return cls(**kwargs)
 
 

@@ -21,15 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .budget import end_losses, end_rows, plan_budget
+from .budget import budget_train_items, plan_budget
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
-from .data import SPLITS, Dataset, default_data_path, load_dataset
+from .data import Dataset, default_data_path, load_dataset
 from .engines.eager import EagerStep, Shard
 from .engines.fast import StepFn, make_train_step
 from .engines.support import unsupported_reason
 from .errors import CharmlpError, ReportedElsewhere, flag
-from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
+from .evaluate import EVAL_CHUNK, eval_chunk, final_losses, split_loss, train_rows
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
 from .nn.losses import IGNORE
@@ -82,17 +82,20 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 EVAL_BUDGET = 0.05  # the default --eval-every spends at most about this share of the training work on val
 
 
-def resolve_eval_every(cfg: TrainConfig, n_val: int) -> int:
+def resolve_eval_every(cfg: TrainConfig, val_positions: int, row_positions: float = 1.0) -> int:
     """Steps between val evaluations: `eval_every` as given, 0 for never; by default (−1) about 20
-    per run, fewer where evaluating the `n_val` val rows that often would cost more than ~5 % of the
-    training's work (a forward pass over a row costs about what a training step spends per row,
-    the backward and update included, for these small models). It depends only on the configuration
-    and the data, never on timing, so a run's files stay reproducible."""
+    per run, fewer where evaluating the val split's `val_positions` targets that often would cost
+    more than ~5 % of the training's work, steps × batch × `row_positions` (a training row's mean
+    targets: 1 for context windows, the mean item length + 1 for whole items) positions. Positions,
+    not rows: evaluation costs what it reads (a forward pass over a position costs about what a
+    training step spends per position, the backward and update included, for these small models).
+    It depends only on the configuration and the data, never on timing, so a run's files stay
+    reproducible."""
     if cfg.eval_every >= 0:
         return cfg.eval_every
-    if n_val == 0:
+    if val_positions == 0:
         return 0
-    n = max(1, min(20, int(EVAL_BUDGET * cfg.steps * cfg.batch_size / n_val)))
+    n = max(1, min(20, int(EVAL_BUDGET * cfg.steps * cfg.batch_size * row_positions / val_positions)))
     return max(1, cfg.steps // n)
 
 
@@ -270,7 +273,7 @@ def train(
     t0 = time.perf_counter()
     budget = cfg.train.budget if not resume else 0.0
     if budget:  # plan steps and shape for the budget; config.json records the plan
-        cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, len(dataset.Y["val"])))
+        cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0))
     g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
@@ -296,7 +299,7 @@ def train(
         t_loop = time.perf_counter()
         loop = TrainLoop(
             tc, train_step, state, model, saver,
-            eval_every=resolve_eval_every(tc, len(Yval)),  # 0 for an empty val split
+            eval_every=resolve_eval_every(tc, *eval_positions(dataset)),  # 0 for an empty val split
             val_loss=lambda: sharded_split_loss(model, Xval, Yval),
             hooks=hooks if lead else tuple(_Mirror(h) for h in hooks),
             window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
@@ -320,14 +323,22 @@ def train(
             calibrate_batchnorm(model, Xtr)
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
-        if world is None:  # a budget's: the train split in part
-            last_val = state.val_losses[-1].item() if len(state.val_losses) and not calibrate else math.nan
-            # the loop's last val loss is the final model's unless BatchNorm was calibrated after it
-            split_losses = (end_losses(model, dataset, None if math.isnan(last_val) else last_val) if budget
-                            else evaluate(model, dataset))
-        else:  # each rank a slice of every split, the sums all-reduced
-            split_losses = {s: sharded_split_loss(model, dataset.X[s], dataset.Y[s]) for s in SPLITS}
-        summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
+        if world is None:
+            with tqdm(desc="eval", unit="char", unit_scale=True, disable=not progress, mininterval=0.5,
+                      dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
+                # the loop's evaluation after the last step saw these weights, unless calibration changed them
+                last_val = None if calibrate or not len(state.val_losses) else state.val_losses[-1].item()
+                split_losses, train_items = final_losses(  # a budget run's train loss: on a sample the size of val
+                    model, dataset, progress=bar.update, exact_items=budget_train_items(dataset) if budget else None,
+                    val=None if last_val is None or math.isnan(last_val) else last_val)
+        else:  # each rank a slice of every split (train: of its rows `final_losses` reads), the sums all-reduced
+            rows, train_items = train_rows(dataset)
+            Xt, Yt = (dataset.X["train"], dataset.Y["train"]) if rows is None else (dataset.X["train"][rows],
+                                                                                   dataset.Y["train"][rows])
+            split_losses = {"train": sharded_split_loss(model, Xt, Yt),
+                            **{s: sharded_split_loss(model, dataset.X[s], dataset.Y[s]) for s in ("val", "test")}}
+        summary = _summary(model, dataset, split_losses, train_items, state.losses,
+                           seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
         summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
                        device=str(device), bn_calibrated=calibrate, loop_seconds=loop_seconds)
@@ -338,17 +349,24 @@ def train(
         if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
             _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
         if budget:  # what the budget's clock counted, the run directory written; start-up before it
-            summary.update(budget_seconds=budget, train_loss_rows=end_rows(dataset)["train"],
-                           budget_used=time.perf_counter() - budget_start,
+            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
                            startup_seconds=budget_start - t0, time_limit=tc.time_limit)
             if run_dir is not None:
                 write_json(run_dir.path / SUMMARY, summary)
     return TrainResult(model, dataset, cfg, state.losses.tolist(), summary, None if run_dir is None else run_dir.path)
 
 
-def _n_evals(tc: TrainConfig, n_val: int) -> int:
+def eval_positions(dataset: Dataset) -> tuple[int, float]:
+    """The val split's targets, and a training row's mean targets (`resolve_eval_every`'s units)."""
+    Ytr, Yval = dataset.Y["train"], dataset.Y["val"]
+    if not dataset.sequence:
+        return len(Yval), 1.0
+    return int((Yval != IGNORE).sum()), float((Ytr != IGNORE).sum()) / max(1, len(Ytr))
+
+
+def _n_evals(tc: TrainConfig, dataset: Dataset) -> int:
     """How many val evaluations the loop makes in `tc.steps` steps (the last step's included)."""
-    every = resolve_eval_every(tc, n_val)
+    every = resolve_eval_every(tc, *eval_positions(dataset))
     return 0 if every == 0 else tc.steps // every + (tc.steps % every != 0)
 
 
@@ -497,13 +515,16 @@ def _fit_closed_form(cfg: RunConfig, model: LanguageModel, Xtr: torch.Tensor, Yt
     return cfg
 
 
-def _summary(model: LanguageModel, dataset: Dataset, split_losses: dict[str, float], losses: torch.Tensor,
-             seconds: float, train_seconds: float, steps_per_s: float) -> dict:
+def _summary(model: LanguageModel, dataset: Dataset, split_losses: dict[str, float], train_items: int,
+             losses: torch.Tensor, seconds: float, train_seconds: float, steps_per_s: float) -> dict:
     """summary.json's figures: the first minibatch loss, each split's loss of the final (eval-mode)
-    model, the steps, the wall times (those of the processes before a resume included), the size."""
+    model (train's an estimate on `train_items` items where that is fewer than the split's), the
+    steps, the wall times (those of the processes before a resume included), the size."""
     return {
         "init_loss": losses[0].item() if len(losses) else None,  # None (null): fitted in closed form, no step
         "train_loss": split_losses["train"],
+        "train_loss_estimate": train_items < len(dataset.items["train"]),  # True: on a seeded sample of items
+        "train_loss_items": train_items,
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
         "steps": len(losses),

@@ -117,3 +117,17 @@ def test_layer_check_is_confined_too(tmp_path, caller_cwd, monkeypatch):
     rep = check_layer_file(f"{f}:Tanh", "tanh")
     assert rep.ok, rep.format_text()
     assert not (f.parent / "escape.txt").exists() and not (caller_cwd / "escape.txt").exists()
+
+
+def test_the_verdict_is_made_outside_the_learners_process(tmp_path):
+    """The child returns raw values only: a file that rewires charmlp's comparison in its own process
+    cannot make a wrong layer pass (check-layer) or a wrong gradient pass (check)."""
+    lecture = (Path(__file__).parent / "layers_lecture.py").read_text()
+    rewire = ("import charmlp.verdict as _v\n_v.judge = lambda *a, **k: ('exact', 0.0, 0.0)\n"
+              "_v.Report.ok = property(lambda self: True)\n")
+    f = learner(tmp_path, rewire + lecture.replace("self.out = torch.tanh(x)", "self.out = torch.tanh(x) * 2"))
+    rep = check_layer_file(f"{f}:Tanh", "tanh")
+    assert not rep.ok and rep.row("output").status == "wrong"
+    g = learner(tmp_path, rewire + "def part2(logits, Yb, n):\n    dlogits = logits * 0 + 1\n    return locals()\n")
+    (rep,) = check_file(g)
+    assert not rep.ok and rep.row("dlogits").status == "wrong"

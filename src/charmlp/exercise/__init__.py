@@ -4,12 +4,15 @@ a checker for hand-written layers, and the same checks as a notebook API.
     from charmlp.exercise import Backprop, check_layer
     ex = Backprop(seed=42)           # batch, parameters and every forward tensor by its exercise name
     ex.check(dlogprobs=dlogprobs)    # Report: .ok, .rows, text / HTML table
+    RNNBackprop().check(dh2=dh2)     # likewise WaveNetBackprop, GRUBackprop, TransformerBackprop
 """
 
+from ..verdict import Report, Row
 from .backprop import ATOMS, Backprop
-from .report import Report, Row
+from .exercises import GRUBackprop, RNNBackprop, TransformerBackprop, WaveNetBackprop
 
-__all__ = ["ATOMS", "Backprop", "Report", "Row", "check_file", "check_layer", "write_starter"]
+__all__ = ["ATOMS", "Backprop", "GRUBackprop", "RNNBackprop", "Report", "Row", "TransformerBackprop", "WaveNetBackprop",
+           "check_file", "check_layer", "write_starter"]
 
 
 def __getattr__(name: str):  # the CLI-side pieces load on first use

@@ -1,7 +1,7 @@
 """Runs a learner's exercise file in its own process (started by `runner.run_child`).
 
     python _child.py --limits AS,FSIZE,CPU LEARNER_FILE WORKDIR PARTS
-    python _child.py --limits AS,FSIZE,CPU --layer LEARNER_FILE CLASS KIND WORKDIR
+    python _child.py --limits AS,FSIZE,CPU --layer LEARNER_FILE CLASS WORKDIR
 
 The limits (address space and file size in bytes, CPU seconds) are set with setrlimit once torch is
 imported and before the learner's file is; see docs/exercise-sandbox.md.
@@ -9,7 +9,9 @@ imported and before the learner's file is; see docs/exercise-sandbox.md.
 Reads WORKDIR/inputs.safetensors and WORKDIR/meta.json, calls the file's part<N> functions with the
 tensors they name, and writes the variables d<atom> each function leaves behind (read when it returns,
 or where it raised) to WORKDIR/out<N>.safetensors, and WORKDIR/result.json: per part the error (line,
-message) if any, non-tensor gradients, and part 4's losses. Imports only torch and safetensors.
+message) if any, non-tensor gradients, and part 4's losses. With --layer, runs the probes of
+WORKDIR/probes.json on the class and writes their raw results (`run_probes`). Either way only raw
+values come back: the parent diagnoses. Imports only torch and safetensors.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         return 0
     base = {k: v for k, v in inputs.items() if not k.startswith(("batch_", "ref_"))}
     base["n"] = int(meta["n"])
+    train = int(meta.get("train_part", 4))  # the part that trains on the learner's gradients (the MLP's part4)
     for part in map(int, parts.split(",")):
         fn = getattr(module, f"part{part}", None)
         if not callable(fn):
@@ -136,7 +139,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         available = dict(base)
         if part == 3:
             available["dhpreact"] = inputs["ref_hpreact"].clone()
-        if part == 4:
+        if part == train:
             steps = int(meta["steps"])
             available = {"params": {k: inputs[k].clone() for k in meta["params"]}, "lr": float(meta["lr"]),
                          "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]}
@@ -145,7 +148,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         with contextlib.redirect_stdout(out):
             local, ret, err = _call(fn, available)
         rec: dict = {"defined": True, "error": None if err is None else (err if isinstance(err, dict) else _where(err, path))}
-        if part == 4:
+        if part == train:
             try:
                 if isinstance(ret, (str, bytes, dict)):
                     raise TypeError(f"got a {type(ret).__name__}")
@@ -173,16 +176,148 @@ def main(path: str, workdir: str, parts: str) -> int:
     return 0
 
 
-def layer_main(path: str, cls_name: str, kind: str, workdir: str) -> int:
-    """`check-layer`: import the learner's file, run charmlp's layer check on the class, write result.json."""
+# ── check-layer: the learner's class run through the parent's probes, raw results only ─────────────
+# A probe is one fresh instance of the class: built with the probe's arguments, its parameters found by
+# attribute (aliases, dotted paths allowed) and set to the probe's values, then driven step by step
+# (train/eval, call, read attributes, backward, read each parameter's .grad). Only the raw results come
+# back; charmlp's parent process compares them with its reference layers and diagnoses
+# (exercise/layers.py), so nothing the learner's code does in this process can touch the verdict.
+
+
+def _lookup(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _find_param(layer, aliases: list[str]):
+    for name in aliases:
+        try:
+            return name, _lookup(layer, name)
+        except AttributeError:
+            continue
+    return None, None
+
+
+def _encode(value, key: str, out: dict):
+    """A JSON stand-in for a learner's value; its tensors go into `out` under `key`."""
     import torch
 
-    from charmlp.errors import CharmlpError
-    from charmlp.exercise.layers import check_layer
+    if value is None:
+        return {"none": True}
+    if isinstance(value, torch.Tensor):
+        out[key] = value.detach().clone().contiguous()
+        return {"tensor": key}
+    if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) or v is None for v in value):
+        return {"tuple": [_encode(v, f"{key}.{i}", out) for i, v in enumerate(value)]}
+    return {"type": type(value).__name__}
+
+
+def _n_args(method, given: int) -> int:
+    """How many of the `given` positional arguments to pass: at least the required ones."""
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return given
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return given
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(p.default is inspect.Parameter.empty for p in positional)
+    return max(required, min(given, len(positional)))
+
+
+def _learner_error(exc: BaseException, path: str | None) -> dict:
+    if path:
+        return _where(exc, path)
+    msg = " ".join(str(exc).split())
+    return {"line": None, "text": "", "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
+            "limit": _limit(exc)}
+
+
+def run_probes(cls, probes: list[dict], tensors: dict, path: str | None = None) -> tuple[list[dict], dict]:
+    """Run every probe on a fresh instance of `cls` (in this process, under torch.no_grad()).
+
+    Returns (one record per probe, the tensors the records name). A record: `error` (the constructor
+    raised), `params` (per parameter: the attribute found, or None), `n_parameters` (len(parameters()),
+    or an error), `has_backward`, and `results` by the name each step gave (a value stand-in from
+    `_encode`, or {"error": …}); the steps after one that raised do not run."""
+    import torch
+
+    records, out = [], {}
+    for i, probe in enumerate(probes):
+        rec: dict = {"error": None, "params": [], "n_parameters": None, "has_backward": False, "results": {}}
+        records.append(rec)
+        try:
+            layer = cls(*probe.get("args", ()), **probe.get("kwargs", {}))
+        except BaseException as e:  # noqa: BLE001 — the learner's code
+            rec["error"] = _learner_error(e, path)
+            continue
+        found, names, sets = [], [], probe.get("set") or []
+        for j, aliases in enumerate(probe.get("params", ())):
+            name, p = _find_param(layer, aliases)
+            if not isinstance(p, torch.Tensor):
+                name, p = None, None
+            found.append(p)
+            names.append(name)
+            value = sets[j] if j < len(sets) else None
+            if p is not None and value is not None and p.numel() == tensors[value].numel():
+                with torch.no_grad():
+                    p.copy_(tensors[value].reshape(p.shape))
+        try:
+            ps = layer.parameters() if callable(getattr(layer, "parameters", None)) else None
+            rec["n_parameters"] = None if ps is None else len(list(ps))
+        except BaseException as e:  # noqa: BLE001
+            rec["n_parameters"] = {"error": _learner_error(e, path)}
+        rec["has_backward"] = callable(getattr(layer, "backward", None))
+        # the values the learner's layer holds (after the probe set them)
+        rec["params"] = [None if p is None else {"name": n, "value": _encode(p, f"{i}.param{j}", out)}
+                         for j, (n, p) in enumerate(zip(names, found))]
+        for step in probe.get("steps", ()):
+            op, name = step["op"], step.get("as")
+            try:
+                with torch.no_grad():
+                    if op in ("train", "eval"):
+                        if isinstance(layer, torch.nn.Module):
+                            layer.train(op == "train")
+                        else:
+                            layer.training = op == "train"
+                        continue
+                    if op == "zero_grads":
+                        for p in found:
+                            if p is not None:
+                                p.grad = None
+                        continue
+                    if op == "call":
+                        args = [tensors[k].clone() for k in step["args"]]
+                        value = layer(*args)
+                    elif op == "backward":
+                        args = [tensors[k].clone() for k in step["args"]]
+                        value = layer.backward(*args[: _n_args(layer.backward, len(args))])
+                    elif op == "read":
+                        value = [_find_param(layer, aliases)[1] for aliases in step["attrs"]]
+                        value = [v if isinstance(v, torch.Tensor) else None for v in value]
+                    elif op == "grads":
+                        value = [None if p is None else p.grad for p in found]
+                    else:
+                        raise ValueError(f"unknown probe step {op!r}")
+            except BaseException as e:  # noqa: BLE001 — the learner's code
+                rec["results"][name] = {"error": _learner_error(e, path)}
+                break
+            rec["results"][name] = _encode(value, f"{i}.{name}", out)
+    return records, out
+
+
+def layer_main(path: str, cls_name: str, workdir: str) -> int:
+    """`check-layer`: import the learner's file, run the parent's probes (WORKDIR/probes.json and
+    probes.safetensors) on the class, write the raw results (result.json, results.safetensors)."""
+    import torch
+    from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(1)
     path = os.path.abspath(path)
-    out: dict = {"error": None, "report": None}
+    probes = json.load(open(os.path.join(workdir, "probes.json"), encoding="utf-8"))
+    tensors = load_file(os.path.join(workdir, "probes.safetensors"))
+    result: dict = {"error": None, "records": None}
     try:
         spec = importlib.util.spec_from_file_location("learner_layers", path)
         module = importlib.util.module_from_spec(spec)
@@ -191,14 +326,15 @@ def layer_main(path: str, cls_name: str, kind: str, workdir: str) -> int:
             spec.loader.exec_module(module)
             cls = getattr(module, cls_name, None)
             if cls is None:
-                out["error"] = {"line": None, "text": "", "message": f"no class {cls_name} in the file"}
+                result["error"] = {"line": None, "text": "", "message": f"no class {cls_name} in the file"}
+            elif not callable(cls):
+                result["error"] = {"line": None, "text": "", "message": f"{cls_name} is not a class"}
             else:
-                out["report"] = check_layer(cls, kind).to_dict()
-    except CharmlpError as e:
-        out["error"] = {"line": None, "text": "", "message": str(e)}
+                result["records"], out = run_probes(cls, probes, tensors, path)
+                save_file(out, os.path.join(workdir, "results.safetensors"))
     except BaseException as e:  # noqa: BLE001
-        out["error"] = _where(e, path)
-    json.dump(out, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
+        result["error"] = _where(e, path)
+    json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
     return 0
 
 
@@ -208,5 +344,5 @@ if __name__ == "__main__":
     _set_limits(sys.argv[2])
     args = sys.argv[3:]
     if args[0] == "--layer":
-        sys.exit(layer_main(*args[1:5]))
+        sys.exit(layer_main(*args[1:4]))
     sys.exit(main(*args[:3]))

@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import LECTURE_SEED, DataConfig
 from ..errors import CharmlpError
-from ..gradcheck import ATOMIC_ROWS, BN_EPS, exercise_parameters
-from .report import Report, Row
+from ..models.atoms import AtomChain
+from ..models.mlp_atoms import MLP_CHAIN, ORDER, PARAMS, parameters
+from ..verdict import Report, Row
 
-ATOMS = ATOMIC_ROWS  # the exercise's order: logprobs … C
-PARAMS = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")
-FORWARD = (
-    "emb", "embcat", "hprebn", "bnmeani", "bndiff", "bndiff2", "bnvar", "bnvar_inv", "bnraw", "hpreact", "h",
-    "logits", "logit_maxes", "norm_logits", "counts", "counts_sum", "counts_sum_inv", "probs", "logprobs", "loss",
-)
+ATOMS = ORDER  # the exercise's order: logprobs … C
+FORWARD = MLP_CHAIN.atoms  # emb … logprobs, loss
+__all__ = ["ATOMS", "FORWARD", "PARAMS", "Backprop", "diagnose"]
 # which atoms each part checks (part 4 is a training loop, checked by its losses)
 PART_ATOMS = {1: ATOMS, 2: ("logits",), 3: ("hprebn",)}
 REL_TOL = 1e-5  # approximate: max|g − r| ≤ 1e-5·max|r|, as `charmlp gradcheck` in float32
@@ -43,80 +40,6 @@ def _names():
     from ..data import load_dataset
 
     return load_dataset(DataConfig())
-
-
-def forward(P: dict[str, torch.Tensor], Xb: torch.Tensor, Yb: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The lecture model's forward, one atom at a time (BatchNorm with Bessel's n − 1)."""
-    n = Xb.shape[0]
-    T: dict[str, torch.Tensor] = {}
-    T["emb"] = P["C"][Xb]
-    T["embcat"] = T["emb"].view(n, -1)
-    T["hprebn"] = T["embcat"] @ P["W1"] + P["b1"]
-    T["bnmeani"] = T["hprebn"].sum(0, keepdim=True) / n
-    T["bndiff"] = T["hprebn"] - T["bnmeani"]
-    T["bndiff2"] = T["bndiff"] ** 2
-    T["bnvar"] = T["bndiff2"].sum(0, keepdim=True) / (n - 1)
-    T["bnvar_inv"] = (T["bnvar"] + BN_EPS) ** -0.5
-    T["bnraw"] = T["bndiff"] * T["bnvar_inv"]
-    T["hpreact"] = P["bngain"] * T["bnraw"] + P["bnbias"]
-    T["h"] = torch.tanh(T["hpreact"])
-    T["logits"] = T["h"] @ P["W2"] + P["b2"]
-    T["logit_maxes"] = T["logits"].max(1, keepdim=True).values
-    T["norm_logits"] = T["logits"] - T["logit_maxes"]
-    T["counts"] = T["norm_logits"].exp()
-    T["counts_sum"] = T["counts"].sum(1, keepdim=True)
-    T["counts_sum_inv"] = T["counts_sum"] ** -1
-    T["probs"] = T["counts"] * T["counts_sum_inv"]
-    T["logprobs"] = T["probs"].log()
-    T["loss"] = -T["logprobs"][torch.arange(n), Yb].mean()
-    return T
-
-
-# ── each atom's own chain-rule step, from the gradients of the atoms it feeds ─────────────────────
-# F: forward tensors and parameters (+ n, Yb); U: gradients of the consumers. Where an atom feeds two
-# others, BRANCHES holds each contribution; the atom's gradient is their sum.
-
-def _one_hot_max(F_):
-    return F.one_hot(F_["logits"].max(1).indices, F_["logits"].shape[1]).to(F_["logits"].dtype)
-
-
-BRANCHES: dict[str, dict[str, Callable]] = {
-    "counts": {"probs": lambda F_, U: F_["counts_sum_inv"] * U["probs"],
-               "counts_sum": lambda F_, U: torch.ones_like(F_["counts"]) * U["counts_sum"]},
-    "logits": {"norm_logits": lambda F_, U: U["norm_logits"].clone(),
-               "logit_maxes": lambda F_, U: _one_hot_max(F_) * U["logit_maxes"]},
-    "bndiff": {"bnraw": lambda F_, U: F_["bnvar_inv"] * U["bnraw"],
-               "bndiff2": lambda F_, U: 2.0 * F_["bndiff"] * U["bndiff2"]},
-    "hprebn": {"bndiff": lambda F_, U: U["bndiff"].clone(),
-               "bnmeani": lambda F_, U: torch.ones_like(F_["hprebn"]) * U["bnmeani"] / F_["n"]},
-}
-
-LOCAL: dict[str, tuple[tuple[str, ...], Callable]] = {
-    "probs": (("logprobs",), lambda F_, U: U["logprobs"] / F_["probs"]),
-    "counts_sum_inv": (("probs",), lambda F_, U: (F_["counts"] * U["probs"]).sum(1, keepdim=True)),
-    "counts_sum": (("counts_sum_inv",), lambda F_, U: -F_["counts_sum"] ** -2 * U["counts_sum_inv"]),
-    "norm_logits": (("counts",), lambda F_, U: F_["counts"] * U["counts"]),
-    "logit_maxes": (("norm_logits",), lambda F_, U: -U["norm_logits"].sum(1, keepdim=True)),
-    "h": (("logits",), lambda F_, U: U["logits"] @ F_["W2"].T),
-    "W2": (("logits",), lambda F_, U: F_["h"].T @ U["logits"]),
-    "b2": (("logits",), lambda F_, U: U["logits"].sum(0)),
-    "hpreact": (("h",), lambda F_, U: torch.addcmul(torch.ones_like(F_["h"]), F_["h"], F_["h"], value=-1.0) * U["h"]),
-    "bngain": (("hpreact",), lambda F_, U: (F_["bnraw"] * U["hpreact"]).sum(0, keepdim=True)),
-    "bnbias": (("hpreact",), lambda F_, U: U["hpreact"].sum(0, keepdim=True)),
-    "bnraw": (("hpreact",), lambda F_, U: F_["bngain"] * U["hpreact"]),
-    "bnvar_inv": (("bnraw",), lambda F_, U: (F_["bndiff"] * U["bnraw"]).sum(0, keepdim=True)),
-    "bnvar": (("bnvar_inv",), lambda F_, U: -0.5 * (F_["bnvar"] + BN_EPS) ** -1.5 * U["bnvar_inv"]),
-    "bndiff2": (("bnvar",), lambda F_, U: torch.ones_like(F_["bndiff2"]) * U["bnvar"] / (F_["n"] - 1)),
-    "bnmeani": (("bndiff",), lambda F_, U: -U["bndiff"].sum(0, keepdim=True)),
-    "embcat": (("hprebn",), lambda F_, U: U["hprebn"] @ F_["W1"].T),
-    "W1": (("hprebn",), lambda F_, U: F_["embcat"].T @ U["hprebn"]),
-    "b1": (("hprebn",), lambda F_, U: U["hprebn"].sum(0)),
-    "emb": (("embcat",), lambda F_, U: U["embcat"].view(F_["emb"].shape)),
-    "C": (("emb",), lambda F_, U: torch.zeros_like(F_["C"]).index_add_(
-        0, F_["Xb"].reshape(-1), U["emb"].reshape(-1, F_["C"].shape[1]))),
-}
-for _atom, _br in BRANCHES.items():
-    LOCAL[_atom] = (tuple(_br), lambda F_, U, _br=_br: sum(f(F_, U) for f in _br.values()))
 
 
 def _known_slips(atom: str, F_: dict, R: dict) -> list[tuple[str, str, torch.Tensor]]:
@@ -150,13 +73,14 @@ def _close(g: torch.Tensor, r: torch.Tensor, tol: float, scale: float | None = N
     return (g - r).abs().max().item() <= tol * max(s, 1e-30)
 
 
-def _ratio_name(k: float, n: int) -> str | None:
-    table = [(n, f"n = {n} times too large: did you forget the 1/n of the mean?"),
-             (1 / n, f"n = {n} times too small: one division by n too many (the mean's 1/n enters once, in dlogprobs)"),
-             (n / (n - 1), f"n/(n − 1) too large (Bessel's correction): the forward divides by n − 1 = {n - 1}; your 1/n "
-                           "should be 1/(n − 1)"),
-             ((n - 1) / n, f"(n − 1)/n too small (Bessel's correction): the forward divides by n − 1 = {n - 1}, not n"),
-             (n - 1, f"n − 1 = {n - 1} times too large: did you forget the 1/(n − 1) of the variance?"),
+def _ratio_name(k: float, n: int, s: str = "n") -> str | None:
+    """The name of a factor k against a count n (`s`: how the message writes it: n, the batch; N, rows)."""
+    table = [(n, f"{s} = {n} times too large: did you forget the 1/{s} of the mean?"),
+             (1 / n, f"{s} = {n} times too small: one division by {s} too many (the mean's 1/{s} enters once, in dlogprobs)"),
+             (n / (n - 1), f"{s}/({s} − 1) too large (Bessel's correction): the forward divides by {s} − 1 = {n - 1}; your 1/{s} "
+                           f"should be 1/({s} − 1)"),
+             ((n - 1) / n, f"({s} − 1)/{s} too small (Bessel's correction): the forward divides by {s} − 1 = {n - 1}, not {s}"),
+             (n - 1, f"{s} − 1 = {n - 1} times too large: did you forget the 1/({s} − 1) of the variance?"),
              (2.0, "twice too large: is a factor 2 counted twice?"),
              (0.5, "half of it: d(x²)/dx = 2x — a factor 2 missing?")]
     for v, msg in table:
@@ -165,8 +89,10 @@ def _ratio_name(k: float, n: int) -> str | None:
     return None
 
 
-def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None) -> Row:
-    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom)."""
+def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None, chain: AtomChain = MLP_CHAIN) -> Row:
+    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom);
+    `chain`: the exercise's atoms and their chain-rule steps (the MLP's unless given)."""
+    LOCAL = chain.local
     r = R[atom]
     name, shape = "d" + atom, tuple(r.shape)
     if g is None:
@@ -200,7 +126,7 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
     if torch.equal(g, r):
         return row(status="exact")
     if _close(g, r, REL_TOL, s):
-        return row(status="approximate", **_approx_note(atom, L, R))
+        return row(status="approximate", **_approx_note(atom, L, R, chain))
 
     # the learner's own upstream gradients, where they gave them with the right shape
     ups, fn = LOCAL.get(atom, ((), None))
@@ -220,10 +146,10 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
         if mine is not None and _close(g, mine, MATCH_TOL):
             us = " and ".join("d" + u for u in odd)
             return row(status="wrong", diagnosis=f"correct for your {us}, whose shape is wrong: fix {us} first", kind="inherited")
-    found = _mistake(atom, g, r, F_, {**R, **U}, s, R)
+    found = _mistake(atom, g, r, F_, {**R, **U}, s, R, chain)
     if found is None and fn is not None and wrong_up:  # a mistake of its own on top of an inherited one
         base = fn(F_, U)
-        found = _mistake(atom, g, base, F_, {**R, **U}, base.abs().max().item(), {**R, **U})
+        found = _mistake(atom, g, base, F_, {**R, **U}, base.abs().max().item(), {**R, **U}, chain)
         if found is not None:
             us = " and ".join("d" + u for u in wrong_up)
             found = (found[0], f"{found[1]} (relative to what your {us} gives; {us} {_is(wrong_up)} wrong too)")
@@ -235,37 +161,59 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
                f"that makes {atom}", kind="unknown")
 
 
+def _ratio(k: float, F_: dict, r: torch.Tensor, chain: AtomChain) -> str | None:
+    """The name of a factor k: against the batch n, or (the other models) against the rows N of the atom,
+    every dimension but the last (a BatchNorm over (B, T, C) averages over N = B·T rows)."""
+    name = _ratio_name(k, F_["n"])
+    if name is None and chain is not MLP_CHAIN and r.dim() >= 2 and r.numel() // r.shape[-1] > F_["n"]:
+        N, n = r.numel() // r.shape[-1], F_["n"]
+        name = _ratio_name(k, N, "N")
+        if name is None and abs(k - N / n) <= 1e-3 * N / n:  # a per-position loss divided by the batch only
+            name = f"{N // n} times too large: the loss is the mean over all N = {N} targets (n·T), not over n = {n}"
+    return name
+
+
+def _times(k: int) -> str:
+    return "twice" if k == 2 else f"{k} times"
+
+
 def _is(names) -> str:
     return "is" if len(names) == 1 else "are"
 
 
-def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: float, R: dict) -> tuple[str, str] | None:
+def _mistake(atom: str, g: torch.Tensor, r: torch.Tensor, F_: dict, U: dict, s: float, R: dict,
+             chain: AtomChain = MLP_CHAIN) -> tuple[str, str] | None:
     """(kind, message) of the first common mistake that turns the right gradient `r` into `g`; U: upstream gradients."""
     if _close(g, -r, MATCH_TOL, s):
         return "sign", "the sign is flipped"
     if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g.T, r, MATCH_TOL, s):
         return "transposed", "transposed: you have the transpose of the gradient (W.T where W belongs)"
-    parts = {via: f(F_, U) for via, f in BRANCHES.get(atom, {}).items()}
+    parts = {via: f(F_, U) for via, f in chain.branches.get(atom, {}).items()}
     for via, part in parts.items():
         if _close(g, part, MATCH_TOL, s):
             other = " and ".join(v for v in parts if v != via)
-            return "branch", (f"only the contribution through {via}: {atom} is used twice in the forward (also by {other}), "
-                              f"so d{atom} is the sum of both branches")
+            return "branch", (f"only the contribution through {via}: {atom} is used {_times(len(parts))} in the forward "
+                              f"(also by {other}), so d{atom} is the sum of {'both' if len(parts) == 2 else 'all its'} branches")
+    # used three times or more: every branch but one (with two, that is the single branch above)
+    for via in parts:
+        if len(parts) > 2 and _close(g, sum(p for v, p in parts.items() if v != via), MATCH_TOL, s):
+            return "branch", (f"the contribution through {via} is missing: {atom} is used {len(parts)} times in the forward "
+                              f"({', '.join(parts)}), so d{atom} is the sum of all {len(parts)} branches")
     # both branches there, one of them off by a constant factor: g − (the others) = k·(this branch)
     for via, part in parts.items():
         rest = g - sum(p for v, p in parts.items() if v != via)
         pp = (part * part).sum().item()
         k = (rest * part).sum().item() / pp if pp > 0 else 0.0
         if k not in (0.0, 1.0) and _close(rest, k * part, MATCH_TOL, abs(k) * part.abs().max().item()):
-            return "factor", f"the contribution through {via} is wrong: " + (_ratio_name(k, F_["n"]) or f"off by a factor {k:.6g}")
-    for kind, msg, cand in _known_slips(atom, F_, R):
+            return "factor", f"the contribution through {via} is wrong: " + (_ratio(k, F_, r, chain) or f"off by a factor {k:.6g}")
+    for kind, msg, cand in (_known_slips(atom, F_, R) if chain is MLP_CHAIN else ()):  # the MLP's own slips
         if _close(g, cand, MATCH_TOL):
             return kind, msg
     rr = (r * r).sum().item()
     if rr > 0:
         k = (g * r).sum().item() / rr
         if k != 0 and _close(g, k * r, MATCH_TOL, abs(k) * s):
-            return "factor", _ratio_name(k, F_["n"]) or f"off by a constant factor {k:.6g}"
+            return "factor", _ratio(k, F_, r, chain) or f"off by a constant factor {k:.6g}"
     return None
 
 
@@ -273,11 +221,11 @@ def _usable(g, r: torch.Tensor) -> bool:
     return isinstance(g, torch.Tensor) and tuple(g.shape) == tuple(r.shape) and bool(torch.isfinite(g).all())
 
 
-def _approx_note(atom: str, L: dict, R: dict) -> dict:
-    if atom == "hpreact":
+def _approx_note(atom: str, L: dict, R: dict, chain: AtomChain = MLP_CHAIN) -> dict:
+    if atom == "hpreact" and chain is MLP_CHAIN:
         return {"kind": "rounding", "diagnosis": "approximate only because (1 − h**2) rounds twice; autograd computes 1 − h² as "
                 "one fused multiply-add: torch.addcmul(torch.ones_like(h), h, h, value=-1) * dh gives its bits. Nothing to fix"}
-    ups = [u for u in LOCAL.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.equal(L[u], R[u])]
+    ups = [u for u in chain.local.get(atom, ((),))[0] if isinstance(L.get(u), torch.Tensor) and not torch.equal(L[u], R[u])]
     if ups:
         return {"kind": "rounding", "diagnosis": f"approximate: inherits the round-off of d{ups[0]}"}
     return {"kind": "rounding", "diagnosis": "approximate: round-off (operations grouped differently from autograd's)"}
@@ -324,7 +272,7 @@ class Backprop:
             raise CharmlpError(f"batch_size must be between 3 and 4096, got {batch_size}")
         ds = _names()
         g = torch.Generator().manual_seed(seed)
-        P = exercise_parameters(ds.vocab.size, ds.block_size, n_embd, n_hidden, g)
+        P = parameters(ds.vocab.size, ds.block_size, n_embd, n_hidden, g)
         P["bngain"], P["bnbias"] = P["bngain"].view(1, -1), P["bnbias"].view(1, -1)  # (1, n_hidden) as in the lecture
         ix = torch.randint(0, len(ds.Y["train"]), (batch_size,), generator=g)
         self.seed, self.n = seed, batch_size
@@ -332,13 +280,7 @@ class Backprop:
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = ds.vocab.size, ds.block_size, n_embd, n_hidden
         self.params = P
         # autograd's gradient of every atom (retained) is the reference
-        Pg = {k: v.clone().requires_grad_(True) for k, v in P.items()}
-        T = forward(Pg, self.Xb, self.Yb)
-        for k in FORWARD[:-1]:
-            T[k].retain_grad()
-        T["loss"].backward()
-        self.grads = {**{k: T[k].grad for k in FORWARD[:-1]}, **{k: p.grad for k, p in Pg.items()}}
-        self.forward_tensors = {k: v.detach() for k, v in T.items()}
+        self.forward_tensors, self.grads = MLP_CHAIN.reference({"Xb": self.Xb, "Yb": self.Yb, "n": self.n, **P})
         for k, v in {**P, **self.forward_tensors}.items():
             setattr(self, k, v)
 

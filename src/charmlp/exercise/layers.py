@@ -1,20 +1,29 @@
 """`check_layer`: a learner's layer class (the lectures' style: `__call__`, `parameters()`, `training`,
-running buffers) against charmlp's reference, on seeded inputs, in training and eval mode."""
+running buffers) against charmlp's reference, on seeded inputs, in training and eval mode.
+
+Two halves, on either side of the process boundary: `plan(kind)` builds the probes (constructor
+arguments, parameter values, inputs, the calls to make), `_child.run_probes` runs them on the learner's
+class and returns only raw results, and `diagnose(kind, …)` — always in charmlp's own process —
+compares them with the reference and names the mistakes. `check_layer` runs all three in this process
+(a notebook); `charmlp exercise check-layer` runs the middle one in the sandboxed child.
+"""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 
 from ..errors import CharmlpError
-from .report import Report, Row
+from ..verdict import Report, Row
+from ._child import run_probes
 
 KINDS = ("batchnorm1d", "linear", "tanh", "embedding")
 TOL = 1e-5  # relative to the largest entry, as the gradient checks in float32
 DIM, N = 20, 32  # features and batch of the seeded inputs
 MOMENTUM, EPS = 0.1, 1e-5
+FAN_IN, FAN_OUT = 30, 20
+VOCAB, EMBD = 27, 10
 
 
 def _close(a, b, tol: float = TOL) -> bool:
@@ -33,7 +42,7 @@ def _row(name: str, got, want: torch.Tensor, candidates: list[tuple[str, str, to
          fallback: str = "") -> Row:
     """Compare `got` with `want`; if wrong, name the first candidate mistake `got` matches."""
     if not isinstance(got, torch.Tensor):
-        return Row(name, "wrong", tuple(want.shape), diagnosis=f"not a tensor: got {type(got).__name__}", kind="type")
+        return Row(name, "wrong", tuple(want.shape), diagnosis=f"not a tensor: got {got!r}", kind="type")
     got = got.detach().to(want.dtype)
     if tuple(got.shape) != tuple(want.shape):
         return Row(name, "wrong shape", tuple(want.shape), tuple(got.shape),
@@ -53,73 +62,133 @@ def _row(name: str, got, want: torch.Tensor, candidates: list[tuple[str, str, to
                "unknown")
 
 
-def _params(layer) -> list:
-    try:
-        return list(layer.parameters())
-    except Exception as e:  # noqa: BLE001 — the learner's code
-        raise CharmlpError(f"{type(layer).__name__}.parameters() raised {type(e).__name__}: {e}") from None
+# ── the plan: what to run on the learner's class ────────────────────────────────────────────────────
+
+PARAMS = {  # per kind: each parameter's attribute names, charmlp's first
+    "batchnorm1d": (["gamma", "weight"], ["beta", "bias"]),
+    "linear": (["weight", "W"], ["bias", "b"]),
+    "tanh": (),
+    "embedding": (["weight"],),
+}
 
 
-def _find(layer, *names: str):
-    for n in names:
-        if hasattr(layer, n):
-            return getattr(layer, n)
-    return None
-
-
-def _make(cls, *args):
-    try:
-        return cls(*args)
-    except Exception as e:  # noqa: BLE001
-        raise CharmlpError(f"{cls.__name__}{args} raised {type(e).__name__}: {e}") from None
-
-
-def _call(layer, x: torch.Tensor, what: str):
-    try:
-        return layer(x), None
-    except Exception as e:  # noqa: BLE001
-        return None, Row(what, "wrong", diagnosis=f"raised {type(e).__name__}: {' '.join(str(e).split())}", kind="exception")
-
-
-def _bn_rows(cls) -> list[Row]:
+def plan(kind: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The probes for `kind` and the tensors they name (seeded: the same every time)."""
     g = torch.Generator().manual_seed(0)
-    layer = _make(cls, DIM)
-    gamma, beta = _find(layer, "gamma", "weight"), _find(layer, "beta", "bias")
+    T: dict[str, torch.Tensor] = {}
+    if kind == "batchnorm1d":
+        T["gamma"] = 1 + 0.3 * torch.randn(DIM, generator=g)  # off 1 and 0, so a forgotten γ or β cannot hide
+        T["beta"] = 0.3 * torch.randn(DIM, generator=g)
+        T["x"] = torch.randn(N, DIM, generator=g) * (1 + 2 * torch.rand(DIM, generator=g)) + 3 * torch.randn(DIM, generator=g)
+        T["x2"] = torch.randn(N, DIM, generator=g) * 2 + 1
+        T["dout"] = torch.randn(N, DIM, generator=torch.Generator().manual_seed(1))
+        stats = {"op": "read", "attrs": [["running_mean"], ["running_var"]]}
+        steps = [{**stats, "as": "stats0"}, {"op": "train"}, {"op": "call", "args": ["x"], "as": "train_out"},
+                 {**stats, "as": "stats1"}, {"op": "eval"}, {"op": "call", "args": ["x2"], "as": "eval_out"},
+                 {**stats, "as": "stats2"}, {"op": "train"}, {"op": "call", "args": ["x"], "as": "again"},
+                 {"op": "backward", "args": ["dout"], "as": "dx"}]
+        return [{"args": [DIM], "params": PARAMS[kind], "set": ["gamma", "beta"], "steps": steps}], T
+    if kind == "linear":
+        T["bias"] = torch.randn(FAN_OUT, generator=g)  # off 0, so a forgotten bias shows
+        T["x"] = torch.randn(N, FAN_IN, generator=g)
+        T["dout"] = torch.randn(N, FAN_OUT, generator=torch.Generator().manual_seed(1))
+        steps = [{"op": "train"}, {"op": "call", "args": ["x"], "as": "out"}, {"op": "backward", "args": ["dout"], "as": "dx"}]
+        return [{"args": [FAN_IN, FAN_OUT], "params": PARAMS[kind], "set": [None, "bias"], "steps": steps}], T
+    if kind == "tanh":
+        T["x"] = 2 * torch.randn(N, DIM, generator=g)
+        T["dout"] = torch.randn(N, DIM, generator=torch.Generator().manual_seed(1))
+        steps = [{"op": "train"}, {"op": "call", "args": ["x"], "as": "out"}, {"op": "backward", "args": ["dout"], "as": "dx"}]
+        return [{"args": [], "params": (), "steps": steps}], T
+    T["idx"] = torch.randint(0, VOCAB, (N, 3), generator=g)
+    return [{"args": [VOCAB, EMBD], "params": PARAMS[kind], "steps": [{"op": "call", "args": ["idx"], "as": "out"}]}], T
+
+
+# ── the diagnosis: raw results against charmlp's reference ──────────────────────────────────────────
+
+
+def _value(enc, R: dict):
+    """The learner's value from its stand-in: a tensor, a tuple, None, or the stand-in of an error/other type."""
+    if enc is None or "none" in enc:
+        return None
+    if "tensor" in enc:
+        return R[enc["tensor"]]
+    if "tuple" in enc:
+        return tuple(_value(e, R) for e in enc["tuple"])
+    return enc
+
+
+def _raised(name: str, enc: dict) -> Row:
+    e = enc["error"]
+    where = f" at line {e['line']} ({e['text']})" if e.get("line") and e.get("text") else (f" at line {e['line']}" if e.get("line") else "")
+    return Row(name, "wrong", diagnosis=f"raised {e['message']}{where}", kind="exception")
+
+
+def _result(rec: dict, name: str, R: dict):
+    """(value, None) of a step's result, or (None, the row saying it raised / did not run)."""
+    enc = rec["results"].get(name)
+    if enc is None:
+        return None, None
+    if "error" in enc:
+        return None, _raised(name, enc)
+    return _value(enc, R), None
+
+
+def _param_values(rec: dict, R: dict) -> list:
+    return [None if p is None else _value(p["value"], R) for p in rec["params"]]
+
+
+def _count_row(rec: dict, want: int, names: str) -> Row:
+    n = rec["n_parameters"]
+    if isinstance(n, dict):
+        e = n["error"]
+        return Row("parameters()", "wrong", diagnosis=f"parameters() raised {e['message']}", kind="params")
+    if n is None or n == want:
+        return Row("parameters()", "exact")
+    return Row("parameters()", "wrong", diagnosis=f"expected {names}, got {n} tensors", kind="params")
+
+
+def _backward_rows(rec: dict, R: dict, want_dx: torch.Tensor | None) -> list[Row]:
+    if not rec["has_backward"]:
+        return [Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check")]
+    enc = rec["results"].get("dx") or rec["results"].get("again")
+    if enc is not None and "error" in enc:
+        return [_raised("backward", enc)]
+    got, _ = _result(rec, "dx", R)
+    return [_row("backward (dx)", got, want_dx, [("sign", "the sign is flipped", -want_dx)])]
+
+
+def _bn_rows(rec: dict, T: dict, R: dict) -> list[Row]:
+    gamma, beta = _param_values(rec, R)
     if gamma is None or beta is None:
-        ps = _params(layer)
-        if len(ps) != 2:
-            return [Row("parameters()", "wrong", diagnosis=f"expected [gamma, beta], got {len(ps)} tensors", kind="params")]
-        gamma, beta = ps
-    with torch.no_grad():  # off 1 and 0, so a forgotten γ or β cannot hide
-        gamma.copy_((1 + 0.3 * torch.randn(DIM, generator=g)).view(gamma.shape))
-        beta.copy_((0.3 * torch.randn(DIM, generator=g)).view(beta.shape))
-    G, B = gamma.detach().reshape(-1).clone(), beta.detach().reshape(-1).clone()
-    rm0, rv0 = _find(layer, "running_mean"), _find(layer, "running_var")
-    if rm0 is None or rv0 is None:
+        if rec["n_parameters"] != 2:
+            return [Row("parameters()", "wrong", diagnosis=f"expected [gamma, beta], got {rec['n_parameters']} tensors",
+                        kind="params")]
+        return [Row("parameters()", "wrong", diagnosis="no .gamma/.weight and .beta/.bias attributes", kind="params")]
+    G, B = gamma.reshape(-1), beta.reshape(-1)
+    stats0, err = _result(rec, "stats0", R)
+    if stats0 is None or any(s is None for s in stats0):
         return [Row("running buffers", "wrong", diagnosis="no running_mean / running_var attributes", kind="buffers")]
-    rm0, rv0 = rm0.detach().reshape(-1).clone(), rv0.detach().reshape(-1).clone()
-    x = torch.randn(N, DIM, generator=g) * (1 + 2 * torch.rand(DIM, generator=g)) + 3 * torch.randn(DIM, generator=g)
+    rm0, rv0 = (s.reshape(-1) for s in stats0)
+    x = T["x"]
     mean, var, bvar = x.mean(0), x.var(0), x.var(0, unbiased=False)
     std = (var + EPS).sqrt()
     want = G * (x - mean) / std + B
-    rows = []
-    layer.training = True
-    out, err = _call(layer, x.clone(), "training output")
+    out, err = _result(rec, "train_out", R)
     if err:
-        return [err]
-    rows.append(_row("training output", out, want, [
+        return [Row("training output", "wrong", diagnosis=err.diagnosis, kind="exception")]
+    rows = [_row("training output", out, want, [
         ("precedence", "the output's batch mean is not β: did you write x − mean/std instead of (x − mean)/std?",
          G * (x - mean / std) + B),
         ("biased", "biased variance (1/n): the lectures' BatchNorm uses x.var(0), with Bessel's 1/(n − 1)",
          G * (x - mean) / (bvar + EPS).sqrt() + B),
         ("sqrt", "divided by the variance, not by its square root", G * (x - mean) / (var + EPS) + B),
         ("gamma-beta", "γ and β not applied: out = gamma * xhat + beta", (x - mean) / std),
-    ], fallback="wrong: out should be gamma·(x − mean)/√(var + eps) + beta over the batch dimension"))
+    ], fallback="wrong: out should be gamma·(x − mean)/√(var + eps) + beta over the batch dimension")]
     if isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(want.shape) and rows[-1].kind == "unknown":
-        om = out.detach().mean(0)
-        if not torch.allclose(om, B, atol=1e-4):
+        if not torch.allclose(out.mean(0), B, atol=1e-4):
             rows[-1].diagnosis = "the output's batch mean is not β: the mean is not fully subtracted before dividing"
-    rm, rv = _find(layer, "running_mean").reshape(-1), _find(layer, "running_var").reshape(-1)
+    stats1, _ = _result(rec, "stats1", R)
+    rm, rv = (s.reshape(-1) for s in stats1)
     rows.append(_row("running_mean", rm, (1 - MOMENTUM) * rm0 + MOMENTUM * mean, [
         ("not-updated", "running_mean not updated in training mode", rm0),
         ("momentum", "momentum applied the wrong way round: running = (1 − momentum)·running + momentum·batch",
@@ -133,106 +202,86 @@ def _bn_rows(cls) -> list[Row]:
          (1 - MOMENTUM) * rv0 + MOMENTUM * bvar),
     ]))
     # eval: the running statistics (the learner's own, so one mistake is not counted twice), no update
-    rm1, rv1 = rm.detach().clone(), rv.detach().clone()
-    layer.training = False
-    x2 = torch.randn(N, DIM, generator=g) * 2 + 1
-    out2, err = _call(layer, x2.clone(), "eval output")
+    x2 = T["x2"]
+    out2, err = _result(rec, "eval_out", R)
     if err:
-        return rows + [err]
-    want2 = G * (x2 - rm1) / (rv1 + EPS).sqrt() + B
+        return rows + [Row("eval output", "wrong", diagnosis=err.diagnosis, kind="exception")]
+    want2 = G * (x2 - rm) / (rv + EPS).sqrt() + B
     rows.append(_row("eval output", out2, want2, [
         ("eval-batch", "in eval mode the output must use the running statistics, not the batch's",
          G * (x2 - x2.mean(0)) / (x2.var(0) + EPS).sqrt() + B),
-        ("precedence", "did you write x − mean/std instead of (x − mean)/std?", G * (x2 - rm1 / (rv1 + EPS).sqrt()) + B),
+        ("precedence", "did you write x − mean/std instead of (x − mean)/std?", G * (x2 - rm / (rv + EPS).sqrt()) + B),
     ]))
-    rm2, rv2 = _find(layer, "running_mean").reshape(-1), _find(layer, "running_var").reshape(-1)
-    moved = not (torch.equal(rm2, rm1) and torch.equal(rv2, rv1))
+    stats2, _ = _result(rec, "stats2", R)
+    moved = not (torch.equal(stats2[0].reshape(-1), rm) and torch.equal(stats2[1].reshape(-1), rv))
     rows.append(Row("eval leaves running stats", "wrong" if moved else "exact",
                     diagnosis="running statistics updated in eval mode: update them only when self.training" if moved else "",
                     kind="eval-update" if moved else ""))
-    rows += _backward_rows(layer, lambda t: G * (t - t.mean(0)) / (t.var(0) + EPS).sqrt() + B, x)
-    return rows
-
-
-def _backward_rows(layer, ref_fn, x: torch.Tensor) -> list[Row]:
-    """If the class has a hand-written backward(dout) -> dx, check it against autograd (training mode)."""
-    if not callable(getattr(layer, "backward", None)):
-        return [Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check")]
-    layer.training = True
-    g = torch.Generator().manual_seed(1)
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)
-        out = ref_fn(xr)
-        dout = torch.randn(out.shape, generator=g)
-        (dx,) = torch.autograd.grad(out, xr, dout)
-    with torch.no_grad():
-        _call(layer, x.clone(), "backward")
-        try:
-            got = layer.backward(dout.clone())
-        except Exception as e:  # noqa: BLE001
-            return [Row("backward", "wrong", diagnosis=f"raised {type(e).__name__}: {e}", kind="exception")]
-    return [_row("backward (dx)", got, dx, [("sign", "the sign is flipped", -dx)])]
+        (dx,) = torch.autograd.grad(G * (xr - xr.mean(0)) / (xr.var(0) + EPS).sqrt() + B, xr, T["dout"])
+    return rows + _backward_rows(rec, R, dx)
 
 
-def _linear_rows(cls) -> list[Row]:
-    fan_in, fan_out = 30, 20
-    layer = _make(cls, fan_in, fan_out)
-    ps = _params(layer)
-    W, b = _find(layer, "weight", "W"), _find(layer, "bias", "b")
-    rows = [Row("parameters()", "exact" if len(ps) == 2 else "wrong",
-                diagnosis="" if len(ps) == 2 else f"expected [weight, bias], got {len(ps)} tensors", kind="" if len(ps) == 2 else "params")]
+def _linear_rows(rec: dict, T: dict, R: dict) -> list[Row]:
+    W, b = _param_values(rec, R)
+    rows = [_count_row(rec, 2, "[weight, bias]")]
     if W is None:
         return rows + [Row("weight", "wrong", diagnosis="no .weight attribute", kind="params")]
-    if tuple(W.shape) != (fan_in, fan_out):
-        rows.append(Row("weight", "wrong shape", (fan_in, fan_out), tuple(W.shape),
-                        diagnosis="the lectures' layout is (fan_in, fan_out), so that out = x @ W + b", kind="shape"))
-        return rows
-    g = torch.Generator().manual_seed(0)
-    if b is not None:
-        with torch.no_grad():
-            b.copy_(torch.randn(fan_out, generator=g).view(b.shape))  # off 0, so a forgotten bias shows
-    x = torch.randn(N, fan_in, generator=g)
-    want = x @ W.detach() + (b.detach() if b is not None else 0)
-    out, err = _call(layer, x, "output")
-    rows.append(err or _row("output", out, want, [("bias", "the bias is not added", x @ W.detach())]))
-    return rows + _backward_rows(layer, lambda t: t @ W.detach() + (b.detach() if b is not None else 0), x)
+    if tuple(W.shape) != (FAN_IN, FAN_OUT):
+        return rows + [Row("weight", "wrong shape", (FAN_IN, FAN_OUT), tuple(W.shape),
+                           diagnosis="the lectures' layout is (fan_in, fan_out), so that out = x @ W + b", kind="shape")]
+    x = T["x"]
+    bias = b if b is not None else 0
+    out, err = _result(rec, "out", R)
+    rows.append(err and Row("output", "wrong", diagnosis=err.diagnosis, kind="exception")
+                or _row("output", out, x @ W + bias, [("bias", "the bias is not added", x @ W)]))
+    return rows + _backward_rows(rec, R, T["dout"] @ W.T)
 
 
-def _tanh_rows(cls) -> list[Row]:
-    layer = _make(cls)
-    ps = _params(layer)
-    g = torch.Generator().manual_seed(0)
-    x = 2 * torch.randn(N, DIM, generator=g)
-    out, err = _call(layer, x, "output")
-    rows = [Row("parameters()", "exact" if not ps else "wrong", diagnosis="" if not ps else "tanh has no parameters: return []",
-                kind="" if not ps else "params"),
-            err or _row("output", out, torch.tanh(x))]
-    return rows + _backward_rows(layer, torch.tanh, x)
+def _tanh_rows(rec: dict, T: dict, R: dict) -> list[Row]:
+    n = rec["n_parameters"]
+    rows = [Row("parameters()", "exact" if not n else "wrong", diagnosis="" if not n else "tanh has no parameters: return []",
+                kind="" if not n else "params")]
+    x = T["x"]
+    out, err = _result(rec, "out", R)
+    rows.append(err and Row("output", "wrong", diagnosis=err.diagnosis, kind="exception") or _row("output", out, torch.tanh(x)))
+    h = torch.tanh(x)
+    return rows + _backward_rows(rec, R, torch.addcmul(torch.ones_like(h), h, h, value=-1.0) * T["dout"])
 
 
-def _embedding_rows(cls) -> list[Row]:
-    V, E = 27, 10
-    layer = _make(cls, V, E)
-    ps = _params(layer)
-    W = _find(layer, "weight")
-    rows = [Row("parameters()", "exact" if len(ps) == 1 else "wrong",
-                diagnosis="" if len(ps) == 1 else f"expected [weight], got {len(ps)} tensors", kind="" if len(ps) == 1 else "params")]
-    if W is None or tuple(W.shape) != (V, E):
-        return rows + [Row("weight", "wrong", (V, E), None if W is None else tuple(W.shape),
+def _embedding_rows(rec: dict, T: dict, R: dict) -> list[Row]:
+    (W,) = _param_values(rec, R)
+    rows = [_count_row(rec, 1, "[weight]")]
+    if W is None or tuple(W.shape) != (VOCAB, EMBD):
+        return rows + [Row("weight", "wrong", (VOCAB, EMBD), None if W is None else tuple(W.shape),
                            diagnosis="expected .weight of shape (num_embeddings, embedding_dim)", kind="shape")]
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, V, (N, 3), generator=g)
-    out, err = _call(layer, idx, "output")
-    return rows + [err or _row("output", out, W.detach()[idx])]
+    out, err = _result(rec, "out", R)
+    return rows + [err and Row("output", "wrong", diagnosis=err.diagnosis, kind="exception") or _row("output", out, W[T["idx"]])]
+
+
+def diagnose(kind: str, records: list[dict], tensors: dict[str, torch.Tensor], results: dict[str, torch.Tensor]) -> list[Row]:
+    """The rows of a layer check from the probes' raw results (charmlp's process only)."""
+    (rec,) = records
+    if rec["error"]:
+        e = rec["error"]
+        raise CharmlpError(f"the class raised {e['message']} when built" + (f" (line {e['line']})" if e.get("line") else ""))
+    fn = {"batchnorm1d": _bn_rows, "linear": _linear_rows, "tanh": _tanh_rows, "embedding": _embedding_rows}[kind]
+    with torch.no_grad():
+        return fn(rec, tensors, results)
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
 def check_layer(cls: type, kind: str) -> Report:
-    """Run the learner's layer class `cls` against charmlp's reference `kind` and diagnose the differences."""
-    if kind not in KINDS:
-        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+    """Run the learner's layer class `cls` against charmlp's reference `kind` and diagnose the differences
+    (all in this process: the notebook's way; `charmlp exercise check-layer` runs the class in a child)."""
+    check_kind(kind)
     if not callable(cls):
         raise CharmlpError(f"{cls!r} is not a class")
-    fn = {"batchnorm1d": _bn_rows, "linear": _linear_rows, "tanh": _tanh_rows, "embedding": _embedding_rows}[kind]
-    with torch.no_grad():
-        rows = fn(copy.copy(cls))
-    return Report(f"layer check: {getattr(cls, '__name__', cls)} as {kind}", rows)
+    probes, tensors = plan(kind)
+    records, results = run_probes(cls, probes, tensors)
+    return Report(f"layer check: {getattr(cls, '__name__', cls)} as {kind}", diagnose(kind, records, tensors, results))

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CharmlpError
-from .backprop import PARAMS, Backprop
-from .report import Report, Row
+from ..verdict import Report, Row
+from .backprop import ATOMS, PARAMS, Backprop
 
 PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
@@ -157,20 +157,25 @@ def _raise_on_limit(err: dict | None, path: Path) -> None:
 
 
 def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -> Report:
-    """`FILE:ClassName`: check the learner's layer class in a time-limited child process."""
-    from .layers import KINDS
+    """`FILE:ClassName`: run the learner's layer class through the probes of `kind` in a time-limited child
+    process, and diagnose its raw results here, in charmlp's own process."""
+    from safetensors.torch import load_file, save_file
+
+    from .layers import check_kind, diagnose, plan
 
     path_s, sep, cls_name = target.rpartition(":")
     if not sep or not path_s or not cls_name.isidentifier():
         raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
-    if kind not in KINDS:
-        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+    check_kind(kind)
     path = Path(path_s)
     if not path.is_file():
         raise CharmlpError(f"{path}: no such file")
     title = f"layer check: {cls_name} as {kind} · {path.name}"
+    probes, tensors = plan(kind)
     with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
-        proc = run_child(["--layer", str(path.resolve()), cls_name, kind, wd], timeout)
+        Path(wd, "probes.json").write_text(json.dumps(probes), encoding="utf-8")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(wd, "probes.safetensors"))
+        proc = run_child(["--layer", str(path.resolve()), cls_name, wd], timeout)
         if proc is None:
             return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
         res = Path(wd, "result.json")
@@ -178,15 +183,15 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return Report(title, error=f"{path.name} stopped Python itself: {last}")
         out = json.loads(res.read_text(encoding="utf-8"))
+        results = load_file(os.path.join(wd, "results.safetensors")) if out["records"] is not None else {}
     _raise_on_limit(out["error"], path)
     if out["error"]:
         return Report(title, error=_error_line(out["error"], path))
-    r = out["report"]
-    rows = [Row(**{**d, "shape": None if d["shape"] is None else tuple(d["shape"]),
-                   "got_shape": None if d["got_shape"] is None else tuple(d["got_shape"]),
-                   "maxdiff": d["maxdiff"] if d["maxdiff"] is not None or d["status"] != "wrong" else float("inf")})
-            for d in r["rows"]]
-    return Report(title, rows, notes=r["notes"])
+    for rec in out["records"]:
+        _raise_on_limit(rec["error"], path)
+        for r in rec["results"].values():
+            _raise_on_limit(r.get("error"), path)
+    return Report(title, diagnose(kind, out["records"], tensors, results))
 
 
 def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int | None = None,
@@ -204,6 +209,11 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             raise CharmlpError(f"--part must be one of 1, 2, 3, 4, got {p}")
     if not timeout > 0:
         raise CharmlpError(f"--timeout must be positive, got {timeout}")
+    from .exercises import model_of
+
+    model = model_of(path) or "mlp"  # the mark `init` writes; an unmarked file is the MLP exercise
+    if model != "mlp":
+        return check_chain_file(path, model, parts, seed, timeout, batch_size)
     ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
     asked = tuple(parts or PARTS)
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
@@ -248,9 +258,9 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
                 rep = Report(title, [diagnose_losses(rec.get("losses"), ref)])
             else:
                 grads = load_file(os.path.join(wd, f"out{p}.safetensors")) if Path(wd, f"out{p}.safetensors").is_file() else {}
-                grads = {k: v for k, v in grads.items() if k[1:] in ex.grads}
+                grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
                 for k, typ in rec.get("other", {}).items():
-                    if k[1:] in ex.grads:
+                    if k[1:] in ATOMS:
                         grads[k] = _NotATensor(typ)
                 rep = ex.check(part=p, **grads)
                 rep.title = title
@@ -271,3 +281,74 @@ class _NotATensor:
 
     def __repr__(self) -> str:
         return self.typ
+
+
+def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed: int | None, timeout: float,
+                     batch_size: int = 32, train_steps: int | None = None) -> list[Report]:
+    """`check` of a file marked for `model` (any but the MLP): part1 (every gradient) and part2 (training
+    on them, against charmlp's engine) run confined as the MLP's parts, diagnosed here with the model's
+    Exercise (one checker, the model's chain)."""
+    from safetensors.torch import load_file, save_file
+
+    from .exercises import exercise_for, training_batches
+    from .training import TRAIN_LR, TRAIN_STEPS, engine_losses, name_parameter
+
+    for p in parts or ():
+        if p not in (1, 2):
+            raise CharmlpError(f"the {model} exercise has parts 1 and 2, got --part {p}")
+    asked = tuple(parts or (1, 2))
+    ex = exercise_for(model, seed, batch_size)
+    titles = {1: f"part 1: every atom's gradient ({model})", 2: f"part 2: training on your gradients ({model})"}
+    title = {p: f"{titles[p]} · {path.name} (seed {ex.seed}, batch {ex.n})" for p in asked}
+    X, Y = training_batches(ex, train_steps or TRAIN_STEPS) if 2 in asked else (torch.zeros(0, ex.n, 1, dtype=torch.long),) * 2
+
+    def whole_file(error: str) -> list[Report]:
+        return [Report(title[p], error=error) for p in asked]
+
+    with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
+        tensors = {k: v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
+        save_file({**tensors, "batch_X": X.contiguous(), "batch_Y": Y.contiguous()}, os.path.join(wd, "inputs.safetensors"))
+        Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X), "lr": TRAIN_LR, "params": list(ex.params),
+                                                     "train_part": 2}))
+        proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
+        if proc is None:
+            return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop?")
+        res_file = Path(wd, "result.json")
+        if not res_file.is_file():
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return whole_file(f"{path.name} stopped Python itself: {last}")
+        result = json.loads(res_file.read_text(encoding="utf-8"))
+        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values())]:
+            _raise_on_limit(err, path)
+        if result["import_error"]:
+            return whole_file(_error_line(result["import_error"], path))
+        out = Path(wd, "out1.safetensors")
+        grads = {k: v for k, v in (load_file(str(out)) if out.is_file() else {}).items() if k in ex.names}
+    reports: dict[int, Report] = {}
+    rec = result["parts"].get("1")
+    if rec is not None:
+        if not rec.get("defined"):
+            reports[1] = Report(title[1], error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")
+        else:
+            grads.update({k: _NotATensor(typ) for k, typ in rec.get("other", {}).items() if k in ex.names})
+            rep = reports[1] = ex.check(part=1, **grads)
+            rep.title = title[1]
+            if rec.get("returned"):
+                rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part1 returned {rec['returned']}: end it with "
+                                       "`return locals()` so charmlp gets its variables", kind="return"))
+            if rec["error"]:
+                rep.error = _error_line(rec["error"], path)
+    rec2 = result["parts"].get("2")
+    if rec2 is not None:
+        part1 = reports.get(1)
+        if not rec2.get("defined"):
+            reports[2] = Report(title[2], error=f"{path.name} has no function part2")
+        elif part1 is not None and any(r.status == "missing" for r in part1.rows):
+            # training needs every gradient: not started yet, not an error
+            reports[2] = Report(title[2], [Row("losses", "missing", (len(X),), diagnosis="trains once part 1 is complete")])
+        else:
+            row = diagnose_losses(rec2.get("losses"), engine_losses(model, ex.params, X, Y, TRAIN_LR))
+            reports[2] = Report(title[2], [name_parameter(row, part1, ex.chain.params)])
+            if rec2["error"]:
+                reports[2].error = _error_line(rec2["error"], path)
+    return [reports[p] for p in asked if p in reports]

@@ -1,4 +1,8 @@
-"""`charmlp exercise init`: the starter file of the backprop exercise, one function per part."""
+"""`charmlp exercise init`: the starter file of the backprop exercise, one function per part.
+
+The header's listing of the forward is generated from the one place the atoms are written
+(`models/mlp_atoms.forward`), each line with the shape its atom has in the exercise.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 from ..errors import CharmlpError
 
 HEADER = '''\
+# charmlp-exercise: model=mlp
 """Backprop by hand, checked by charmlp.
 
 Fill in the functions below, then run
@@ -22,26 +27,7 @@ charmlp runs each function on a seeded batch of n = 32 names and passes, by name
 function's parameters ask for: the batch (Xb, Yb, n), the parameters, and the forward pass below,
 one atom per line:
 
-    emb = C[Xb]                                   # n x 3 x 10
-    embcat = emb.view(n, -1)                      # n x 30
-    hprebn = embcat @ W1 + b1                     # n x 64
-    bnmeani = hprebn.sum(0, keepdim=True) / n
-    bndiff = hprebn - bnmeani
-    bndiff2 = bndiff**2
-    bnvar = bndiff2.sum(0, keepdim=True) / (n - 1)
-    bnvar_inv = (bnvar + 1e-5) ** -0.5
-    bnraw = bndiff * bnvar_inv
-    hpreact = bngain * bnraw + bnbias             # bngain, bnbias: 1 x 64
-    h = torch.tanh(hpreact)
-    logits = h @ W2 + b2                          # n x 27
-    logit_maxes = logits.max(1, keepdim=True).values
-    norm_logits = logits - logit_maxes
-    counts = norm_logits.exp()
-    counts_sum = counts.sum(1, keepdim=True)
-    counts_sum_inv = counts_sum**-1
-    probs = counts * counts_sum_inv
-    logprobs = probs.log()
-    loss = -logprobs[range(n), Yb].mean()
+{listing}
 
 For every atom X, dX is d(loss)/dX and has the shape of X. charmlp reads the variables dX a function
 leaves behind (`return locals()` hands them over; a gradient still None counts as not done yet) and
@@ -125,18 +111,45 @@ def part4(params, batches, lr):
 PART_TEXT = {1: PART1, 2: PART2, 3: PART3, 4: PART4}
 
 
+def _dims(shape: tuple[int, ...], n: int) -> str:
+    return " x ".join("n" if d == n else str(d) for d in shape) or "scalar"
+
+
+def forward_listing() -> str:
+    """The forward's lines, as `models/mlp_atoms.forward` writes them, each with its atom's shape."""
+    from ..models.mlp_atoms import MLP_CHAIN
+    from .backprop import Backprop
+
+    ex = Backprop()
+    code = MLP_CHAIN.listing()
+    width = max(46, *(len(c) + 2 for c in code))
+    lines = [f"    {c:<{width}}# {_dims(tuple(ex.forward_tensors[atom].shape), ex.n)}" for c, atom in zip(code, MLP_CHAIN.atoms)]
+    params = ", ".join(f"{k} {_dims(tuple(ex.params[k].shape), ex.n)}" for k in MLP_CHAIN.params)
+    return "\n".join(lines) + f"\n\nThe parameters' shapes: {params}."
+
+
 def starter_text(name: str = "backprop_exercise.py", part: int | None = None) -> str:
     """The starter file: the header and one function per part (or only `part`)."""
     if part is not None and part not in PART_TEXT:
         raise CharmlpError(f"--part must be one of 1, 2, 3, 4, got {part}")
     parts = [part] if part else list(PART_TEXT)
-    return HEADER.format(name=name) + "".join(PART_TEXT[p] for p in parts)
+    return HEADER.format(name=name, listing=forward_listing()) + "".join(PART_TEXT[p] for p in parts)
 
 
-def write_starter(out: str | Path = "backprop_exercise.py", part: int | None = None) -> Path:
-    """Write the starter file to `out`; refuses to overwrite anything there. Returns the path."""
+def write_starter(out: str | Path = "backprop_exercise.py", part: int | None = None, model: str = "mlp") -> Path:
+    """Write the starter file of `model`'s exercise to `out`; refuses to overwrite anything there. Returns the path."""
     out = Path(out)
-    text = starter_text(out.name, part)
+    if model == "mlp":
+        text = starter_text(out.name, part)
+    else:
+        from .chain_starter import starter_text as chain_starter_text
+        from .exercises import MODELS
+
+        if model not in MODELS:
+            raise CharmlpError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+        if part not in (None, 1):
+            raise CharmlpError(f"the {model} exercise has one part (part 1); leave --part out")
+        text = chain_starter_text(model, out.name)
     if out.exists() or out.is_symlink():
         raise CharmlpError(f"{out} already exists; charmlp will not overwrite it (choose another --out)")
     if not out.parent.is_dir():

@@ -91,6 +91,31 @@ def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
     head.bias.zero_()
 
 
+class RecurrentStepper:
+    """The model one position at a time from a state h (N, H) (`models.base.Stepper`), for
+    evaluation (eval mode: dropout is the identity). The embedding and the cell's input projection
+    fold into one table, x·Wx + b = C[id]·Wx + b = (C·Wx + b)[id] (V rows of gates·H): a gather per
+    step instead of a matmul; the step keeps nothing for a backward (`Cell.infer_step`)."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        import torch
+
+        emb, rec, self.head = (m for m in model.layers if not isinstance(m, nn.Dropout))
+        self.cell, self.h0 = rec.cell, rec.h0
+        self.table = torch.addmm(rec.cell.b, emb.weight, rec.cell.Wx)
+
+    def start(self) -> torch.Tensor:
+        return self.h0[None]
+
+    def step(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        xp = self.table.index_select(0, ids)  # (N, gates·H), ours to overwrite
+        out = xp if self.cell.gates == 1 else torch.empty_like(xp[:, : self.cell.hidden_size])
+        h_new = self.cell.infer_step(xp, h, out)
+        return h_new, self.head.infer(h_new)
+
+
 # Presets, measured on names (README "Model zoo: bigram, rnn, gru"). None holds a name-specific
 # constant: the context is the data's longest item + 1 and the vocabulary the data's own, and
 # all but `seed` set a budget of positions (steps × batch × row length), not steps, so a file of
@@ -133,6 +158,7 @@ RNN_SPEC = ModelSpec(
     config=RNNConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
+    stepper=RecurrentStepper,
     about="recurrent: Embedding → tanh RNN cell unrolled over the item (BPTT by hand) → Linear at every position",
     presets=RNN_PRESETS,
 )
@@ -142,6 +168,7 @@ GRU_SPEC = ModelSpec(
     config=GRUConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
+    stepper=RecurrentStepper,
     about="recurrent: Embedding → GRU cell (update/reset gates) unrolled over the item (BPTT by hand) → Linear at every position",
     presets=GRU_PRESETS,
 )
