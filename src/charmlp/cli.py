@@ -29,6 +29,7 @@ from .config import (
     RunConfig,
     TrainConfig,
     check_range,
+    parse_duration,
 )
 from .distributed import TIMEOUT_S
 from .errors import CharmlpError, ReportedElsewhere, TrainingInterrupted, flag, value_origins
@@ -162,7 +163,7 @@ PRESET_ABOUT = {
     "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
     "quick": "a short demo run",
     "fast": "the lectures' val loss in a fraction of their time",
-    "best": "the lowest val loss found within a 10-minute budget",
+    "best": "the lowest val loss in 10 minutes (rnn, gru, transformer: --budget 10m)",
 }
 
 
@@ -176,6 +177,9 @@ def _train_options() -> dict[str, tuple[str, dict]]:
         "--preset": (opt, {"choices": presets, "default": "seed", "help": "each model's own: " + "; ".join(
             f"{n}: {PRESET_ABOUT[n]}" for n in sorted(presets, key=list(PRESET_ABOUT).index)) + " (default seed)"}),
         "--steps": (opt, {"type": int, "metavar": "N", "help": "optimizer steps"}),
+        "--budget": (opt, {"metavar": "T", "help": "train the best this model does in T of wall time (30s, 10m, 1.5h): "
+                           "the `best` preset's settings unless --preset is given, steps (and for rnn, gru, transformer "
+                           "the ensemble and dropout) planned from the data and a calibration of this machine"}),
         "--batch-size": (opt, {"type": int, "metavar": "B", "help": "examples per minibatch (default 32)"}),
         "--lr": (opt, {"type": float, "metavar": "LR", "help": "learning rate (default 0.1)"}),
         "--lr-final": (opt, {"type": float, "metavar": "LR", "help": "learning rate after decay (default 0.01)"}),
@@ -242,16 +246,24 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The model's preset first, then every flag the user set."""
     from .models import preset
 
-    train_preset, model_preset = preset(args.model, args.preset)
+    budget = getattr(args, "budget", None)
     origins = getattr(args, "origins", {})
+    if budget is not None:
+        if args.steps is not None:
+            raise CharmlpError("--steps and --budget both set the length of the run; give one of them")
+        if origins.get("--preset") == "the default":  # --budget alone: the `best` preset's settings
+            args.preset = "best"
+    train_preset, model_preset = preset(args.model, args.preset)
     for name in (*train_preset, *(model_preset or {})):  # a message names these as the preset's, not the user's
         if origins.get(opt := "--" + name.replace("_", "-")) == "the default":
             origins[opt] = f"the `{args.preset}` preset's"
     tc = dataclasses.replace(TrainConfig(), **train_preset)
     # a command without a flag (lr-find has no --eval-every) leaves the preset's value
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a, None) is not None})
-    if args.steps is not None:  # a step count given outranks a preset's budget of positions
-        tc = dataclasses.replace(tc, positions=0)
+    if args.steps is not None:  # a step count given outranks a preset's budget of positions or time
+        tc = dataclasses.replace(tc, positions=0, budget=0.0)
+    if budget is not None:
+        tc = dataclasses.replace(tc, budget=parse_duration(budget))
     if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
@@ -771,6 +783,42 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """The search, then its one-screen summary."""
+    seconds = parse_duration(args.budget)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    from .tune import STUDY_DB, check_search, format_summary, tune
+
+    check_search(models, args.trials)  # flag errors before torch loads
+    from .engines.threads import auto_threads, set_threads
+
+    set_threads(auto_threads(True) if args.threads is None else args.threads)
+    try:
+        result = tune(args.data, seconds, args.out, models=models, trials=args.trials, seed=args.seed,
+                      device=args.device, progress=not args.no_progress)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        raise TrainingInterrupted(f"stopped; every finished trial is kept in {Path(args.out) / STUDY_DB}: "
+                                  "run the same command to go on", signum=getattr(e, "signum", signal.SIGINT)) from None
+    print(format_summary(result))
+    return 0
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
+    p.add_argument("--budget", required=True, metavar="T", help="wall time of the whole search: 30s, 10m, 1.5h")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the study (study.db, resumable), a run directory per trial, summary.json and search.png")
+    p.add_argument("--models", default="gru,transformer", metavar="M,M",
+                   help="models to search among: rnn, gru, transformer (default gru,transformer)")
+    p.add_argument("--trials", type=int, metavar="N", help="trials in all, each of budget ÷ N (default: as many of a "
+                   "tenth of the budget each as fit)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sampler and of every trial's run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when available")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
+
+
 def _add_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("items", nargs="*", metavar="ITEM", help="items to score")
@@ -794,6 +842,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "gradcheck": ("check every hand-written gradient against autograd (exit 1 on a mismatch)", _add_gradcheck),
     "exercise": ("the backprop exercise: a starter file, and checks of your own gradients and layers", _add_exercise),
     "runs": ("compare run directories: options that differ, losses, wall time, loss curves", _add_runs),
+    "tune": ("search model kind and sizes for a time budget (Optuna), a run directory per trial", _add_tune),
 }
 
 

@@ -21,8 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .budget import budget_train_items, plan_budget
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
-from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
 from .engines.eager import EagerStep, Shard
 from .engines.fast import StepFn, make_train_step
@@ -44,7 +45,9 @@ from .resume import (
 )
 
 # called after the optimizer step: hook(step, model, lr, loss); at every step, or where its
-# optional `wants(step)` says (a GPU loop then need not read every loss back)
+# optional `wants(step)` says (a GPU loop then need not read every loss back). A hook's optional
+# `on_val(step, steps, val_loss) -> bool` sees each val evaluation; True ends the run after that
+# step, as a finished run of the steps taken (a search's pruner)
 StepHook = Callable[[int, LanguageModel, float, torch.Tensor], None]
 
 
@@ -68,10 +71,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate for `step` (0-based) under the configured schedule."""
     if cfg.schedule == "constant":
         return cfg.lr
+    span = cfg.schedule_steps or cfg.steps  # a run its time limit stopped early keeps its planned schedule
     if cfg.schedule == "step":  # the lectures: lr until decay_at·steps, then lr_final
-        return cfg.lr if step < cfg.decay_at * cfg.steps else cfg.lr_final
+        return cfg.lr if step < cfg.decay_at * span else cfg.lr_final
     # cosine from lr to lr_final over the run
-    t = step / max(1, cfg.steps - 1)
+    t = step / max(1, span - 1)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
 
 
@@ -113,6 +117,10 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True, members: int
         (cfg.eval_every >= -1, f"--eval-every must be ≥ 0 (0: never), got {cfg.eval_every}"),
         (0 <= cfg.checkpoint_every <= 100_000_000, f"--checkpoint-every must be ≥ 0, got {cfg.checkpoint_every}"),
         (0 <= cfg.sync_every <= 1_000_000, f"--sync-every must be between 0 and 1000000, got {cfg.sync_every}"),
+        (cfg.budget == 0 or MIN_BUDGET <= cfg.budget <= MAX_BUDGET,
+         f"--budget must be between {MIN_BUDGET:g} s and 7 days, got {cfg.budget} s"),
+        (0 <= cfg.time_limit <= MAX_BUDGET, f"time_limit must be between 0 and 7 days, got {cfg.time_limit}"),
+        (0 <= cfg.schedule_steps <= 100_000_000, f"schedule_steps must be between 0 and 100000000, got {cfg.schedule_steps}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (cfg.engine in ENGINES, f"unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}"),
@@ -263,6 +271,10 @@ def train(
         _check_world(cfg, dataset, world)
     lead = world is None or world.rank == 0  # the one rank that writes, shows progress and runs the hooks
     t0 = time.perf_counter()
+    budget = cfg.train.budget if not resume else 0.0
+    if budget:  # plan steps and shape for the budget; config.json records the plan
+        cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0))
     g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
@@ -284,6 +296,7 @@ def train(
                                              Xtr, Ytr, tc.batch_size, g)
         reducer = None if world is None else _shard(train_step, model, saver)
         Xval, Yval = dataset.X["val"], dataset.Y["val"]
+        t_loop = time.perf_counter()
         loop = TrainLoop(
             tc, train_step, state, model, saver,
             eval_every=resolve_eval_every(tc, *eval_positions(dataset)),  # 0 for an empty val split
@@ -293,10 +306,17 @@ def train(
             bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), mininterval=0.5,
                      dynamic_ncols=True),
         )
+        t_loop = time.perf_counter()
         if world is None:
             loop.run()
         else:
             _run_across_ranks(loop, saver, lead)
+        loop_seconds = time.perf_counter() - t_loop
+        if state.step < tc.steps:  # the time limit stopped the loop: a finished run of the steps taken
+            cfg, state = _stopped_early(cfg, state)
+            tc = cfg.train
+            if run_dir is not None:
+                run_dir.cfg = cfg
         train_seconds = time.perf_counter() - t0
         calibrate = bool(model.batchnorms()) and tc.calibrate_bn
         if calibrate:
@@ -308,8 +328,9 @@ def train(
                       dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
                 # the loop's evaluation after the last step saw these weights, unless calibration changed them
                 last_val = None if calibrate or not len(state.val_losses) else state.val_losses[-1].item()
-                split_losses, train_items = final_losses(model, dataset, progress=bar.update,
-                                                         val=None if last_val is None or math.isnan(last_val) else last_val)
+                split_losses, train_items = final_losses(  # a budget run's train loss: on a sample the size of val
+                    model, dataset, progress=bar.update, exact_items=budget_train_items(dataset) if budget else None,
+                    val=None if last_val is None or math.isnan(last_val) else last_val)
         else:  # each rank a slice of every split (train: of its rows `final_losses` reads), the sums all-reduced
             rows, train_items = train_rows(dataset)
             Xt, Yt = (dataset.X["train"], dataset.Y["train"]) if rows is None else (dataset.X["train"][rows],
@@ -320,13 +341,18 @@ def train(
                            seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
         summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
-                       device=str(device), bn_calibrated=calibrate)
+                       device=str(device), bn_calibrated=calibrate, loop_seconds=loop_seconds)
         size = 1 if world is None else world.size
         summary.update(world_size=size, rank_batch_size=tc.batch_size // size)
         if reducer is not None and reducer.calls:
             summary["allreduce_seconds_per_step"] = reducer.seconds / reducer.calls
-        if run_dir is not None and lead:
-            _write_run(run_dir, state, summary, model, keep_config=resume)
+        if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
+            _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
+        if budget:  # what the budget's clock counted, the run directory written; start-up before it
+            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
+                           startup_seconds=budget_start - t0, time_limit=tc.time_limit)
+            if run_dir is not None:
+                write_json(run_dir.path / SUMMARY, summary)
     return TrainResult(model, dataset, cfg, state.losses.tolist(), summary, None if run_dir is None else run_dir.path)
 
 
@@ -336,6 +362,22 @@ def eval_positions(dataset: Dataset) -> tuple[int, float]:
     if not dataset.sequence:
         return len(Yval), 1.0
     return int((Yval != IGNORE).sum()), float((Ytr != IGNORE).sum()) / max(1, len(Ytr))
+
+
+def _n_evals(tc: TrainConfig, dataset: Dataset) -> int:
+    """How many val evaluations the loop makes in `tc.steps` steps (the last step's included)."""
+    every = resolve_eval_every(tc, *eval_positions(dataset))
+    return 0 if every == 0 else tc.steps // every + (tc.steps % every != 0)
+
+
+def _stopped_early(cfg: RunConfig, state: TrainState) -> tuple[RunConfig, TrainState]:
+    """A run the time limit stopped after `state.step` steps, as a run of that many steps planned so:
+    its learning-rate schedule still the one planned (`schedule_steps`), the loss records cut there."""
+    tc = cfg.train
+    tc = dataclasses.replace(tc, steps=state.step, schedule_steps=tc.schedule_steps or tc.steps)
+    state = dataclasses.replace(state, losses=state.losses[: state.step].clone(),
+                                val_losses=state.val_losses[: state.step].clone())
+    return dataclasses.replace(cfg, train=tc), state
 
 
 def _check_world(cfg: RunConfig, dataset: Dataset, world: distributed.World) -> None:
@@ -349,6 +391,9 @@ def _check_world(cfg: RunConfig, dataset: Dataset, world: distributed.World) -> 
     if B % W:
         raise distributed.refuse(f"{flag('--batch-size', B)} does not split evenly across {W} processes; "
                                  f"pass a multiple of {W} (--batch-size is the global batch)")
+    if cfg.train.budget or cfg.train.time_limit:
+        raise distributed.refuse("--budget trains in one process only: each rank would time its own steps; "
+                                 "give --steps, or train without torchrun")
     if getattr(cfg.model, "members", 1) > 1:
         raise distributed.refuse("an ensemble (--members) trains in one process only: its members split the batch "
                                  "among themselves; drop --members or train without torchrun")
@@ -551,14 +596,21 @@ class TrainLoop:
         self.eval_every, self.val_loss, self.hooks, self.window, self.bar = eval_every, val_loss, hooks, window, bar
         signals = None if saver is None else saver.signals  # without a run directory no signal is caught
         self._stop_asked = (lambda: False) if signals is None else (lambda: signals.pending is not None)
+        self._val_hooks = [h.on_val for h in hooks if hasattr(h, "on_val")]
+        self._hook_stop = False  # a hook's on_val asked to end the run
 
     def run(self) -> None:
         """From `state.step` to the last step; a caught Ctrl-C/SIGTERM stops cleanly at a window's end."""
         st, tc, window = self.state, self.tc, self.window
         checked_step, after_window = self._checked_step, self._after_window  # bound once: the loop is hot
+        clock = time.perf_counter
+        deadline = clock() + tc.time_limit if tc.time_limit else math.inf
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
                 while st.step < tc.steps:
+                    if self._hook_stop or clock() >= deadline:  # the time limit: the run ends here, finished
+                        self._stop_on_time()
+                        break
                     first = st.step
                     if window == 1 or (end := self._window_end(first)) == first + 1:
                         st.lr = lr = lr_at(tc, first)
@@ -572,6 +624,13 @@ class TrainLoop:
                 if not self.bar.disable:
                     self.bar.update(st.step - self.bar.n)
                 self.bar.close()
+
+    def _stop_on_time(self) -> None:
+        """The end of a run its time limit stops: the val loss of its last step, as the last step
+        of every run has one."""
+        st, last = self.state, self.state.step - 1
+        if self.eval_every and last >= 0 and math.isnan(st.val_losses[last].item()):
+            st.val_losses[last] = self.val_loss()
 
     def _checked_step(self, step: int, lr: float) -> None:
         """One step whose loss is read back at once: a non-finite one stops the run before it updates anything."""
@@ -619,8 +678,10 @@ class TrainLoop:
         final, or on a caught Ctrl-C/SIGTERM: saved, then `TrainingInterrupted`)."""
         st = self.state
         if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == self.tc.steps):
-            st.val_losses[last] = self.val_loss()
-            st.postfix["val"] = f"{st.val_losses[last].item():.4f}"
+            st.val_losses[last] = val = self.val_loss()
+            st.postfix["val"] = f"{val:.4f}"
+            for on_val in self._val_hooks:
+                self._hook_stop |= bool(on_val(last, self.tc.steps, val))
         for hook in self.hooks:  # windows end at the steps hooks want
             if wants(hook, last):
                 hook(last, self.model, st.lr, st.losses[last])
