@@ -114,10 +114,14 @@ def test_budget_flags(tmp_path):
         args.origins = {"--preset": "the default"} if "--preset" not in argv else {}
         return run_config_from_args(args)
 
-    best = cfg_of("--model", "gru", "--preset", "best")
-    assert best.train.budget == 600.0 and best.model.members == 1  # the rule, not a constant, sizes it
-    assert cfg_of("--model", "transformer", "--budget", "90s").train.budget == 90.0  # `best`'s settings
-    assert cfg_of("--model", "gru", "--preset", "best", "--steps", "50").train.budget == 0.0  # steps outrank it
+    planned = cfg_of("--model", "gru", "--preset", "budget")
+    assert planned.train.budget == 600.0 and planned.model.members == 1  # the rule, not a constant, sizes it
+    best = cfg_of("--model", "gru", "--preset", "best")  # the constant, measured names preset
+    assert best.train.budget == 0.0 and best.model.members == 4 and best.train.positions > 0
+    alone = cfg_of("--model", "transformer", "--budget", "90s")  # the `budget` preset's settings
+    assert alone.train.budget == 90.0 and alone.train.batch_size == 32 and alone.model.members == 1
+    assert cfg_of("--model", "mlp", "--budget", "90s").train.budget == 90.0  # no `budget` preset: `best`'s
+    assert cfg_of("--model", "gru", "--preset", "budget", "--steps", "50").train.budget == 0.0  # steps outrank it
     assert_user_error(run_cli("train", "--out", tmp_path / "x", "--budget", "3x"), "not a duration")
     assert_user_error(run_cli("train", "--out", tmp_path / "x", "--budget", "3s", "--steps", "9"), "--budget")
 

@@ -163,7 +163,9 @@ PRESET_ABOUT = {
     "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
     "quick": "a short demo run",
     "fast": "the lectures' val loss in a fraction of their time",
-    "best": "the lowest val loss in 10 minutes (rnn, gru, transformer: --budget 10m)",
+    "best": "the lowest val loss found on names within a 10-minute budget",
+    "budget": "what --budget T starts from (rnn, gru, transformer; T = 10m unless given): steps, ensemble and dropout "
+              "planned from the data and this machine",
 }
 
 
@@ -178,7 +180,8 @@ def _train_options() -> dict[str, tuple[str, dict]]:
             f"{n}: {PRESET_ABOUT[n]}" for n in sorted(presets, key=list(PRESET_ABOUT).index)) + " (default seed)"}),
         "--steps": (opt, {"type": int, "metavar": "N", "help": "optimizer steps"}),
         "--budget": (opt, {"metavar": "T", "help": "train the best this model does in T of wall time (30s, 10m, 1.5h): "
-                           "the `best` preset's settings unless --preset is given, steps (and for rnn, gru, transformer "
+                           "the `budget` preset's settings (mlp, wavenet, bigram: `best`'s) unless --preset is given, "
+                           "steps (and for rnn, gru, transformer "
                            "the ensemble and dropout) planned from the data and a calibration of this machine"}),
         "--batch-size": (opt, {"type": int, "metavar": "B", "help": "examples per minibatch (default 32)"}),
         "--lr": (opt, {"type": float, "metavar": "LR", "help": "learning rate (default 0.1)"}),
@@ -251,8 +254,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if budget is not None:
         if args.steps is not None:
             raise CharmlpError("--steps and --budget both set the length of the run; give one of them")
-        if origins.get("--preset") == "the default":  # --budget alone: the `best` preset's settings
-            args.preset = "best"
+        if origins.get("--preset") == "the default":  # --budget alone: the `budget` preset's settings, else `best`'s
+            from .models import get_spec
+            args.preset = "budget" if "budget" in get_spec(args.model).presets else "best"
     train_preset, model_preset = preset(args.model, args.preset)
     for name in (*train_preset, *(model_preset or {})):  # a message names these as the preset's, not the user's
         if origins.get(opt := "--" + name.replace("_", "-")) == "the default":

@@ -3,7 +3,7 @@
 Each trial is a `--budget` run (budget.py plans its steps, ensemble and dropout) written as a normal
 run directory `OUT/trial-NNN`, so `charmlp runs OUT` compares them. Optuna's TPE sampler proposes
 the model, its width (and the transformer's depth), the learning rate and the weight decay; the
-first trial of each model is its `best` preset as it stands (the rule's choice). A successive-
+first trial of each model is its `budget` preset as it stands (the rule's choice). A successive-
 halving pruner reads the val loss at every evaluation (reported at the share of the run done) and
 ends a trial that is behind; its run directory is then a finished, shorter run.
 
@@ -53,8 +53,8 @@ def _space(trial: Any, kind: str) -> dict[str, Any]:
 
 
 def _preset_params(kind: str) -> dict[str, Any]:
-    """The `best` preset of `kind` as the search's parameters: the first trial of that model."""
-    train_preset, model_preset = preset(kind, "best")
+    """The `budget` preset of `kind` as the search's parameters: the first trial of that model."""
+    train_preset, model_preset = preset(kind, "budget")
     mc = model_config(kind, **model_preset)
     params: dict[str, Any] = {"model": kind, f"{kind}.lr": train_preset["lr"],
                               f"{kind}.weight_decay": train_preset["weight_decay"]}
@@ -67,8 +67,8 @@ def _preset_params(kind: str) -> dict[str, Any]:
 
 def trial_config(kind: str, proposal: dict[str, Any], data: str | None, budget: float, seed: int,
                  device: str) -> RunConfig:
-    """A trial's run: the model's `best` preset, the proposal over it, `budget` seconds."""
-    train_preset, model_preset = preset(kind, "best")
+    """A trial's run: the model's `budget` preset, the proposal over it, `budget` seconds."""
+    train_preset, model_preset = preset(kind, "budget")
     tc = replace(TrainConfig(), **train_preset)
     tc = replace(tc, budget=budget, seed=seed, device=device, positions=0,
                  **{k: v for k, v in proposal.items() if k != "model"})
