@@ -226,10 +226,18 @@ def _n_args(method, given: int) -> int:
 
 
 def _learner_error(exc: BaseException, path: str | None) -> dict:
+    """`_where` in the learner's file; in this process (no file given), the deepest frame outside charmlp
+    and torch, which is the learner's."""
     if path:
         return _where(exc, path)
     msg = " ".join(str(exc).split())
-    return {"line": None, "text": "", "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    line, text = None, ""
+    for fs in traceback.extract_tb(exc.__traceback__):
+        f = os.path.abspath(fs.filename)
+        if not f.startswith(here) and f"{os.sep}torch{os.sep}" not in f:
+            line, text = fs.lineno, (fs.line or "").strip()
+    return {"line": line, "text": text, "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
             "limit": _limit(exc)}
 
 
@@ -290,12 +298,16 @@ def run_probes(cls, probes: list[dict], tensors: dict, path: str | None = None) 
                         args = [tensors[k].clone() for k in step["args"]]
                         value = layer(*args)
                     elif op == "backward":
+                        if not rec["has_backward"]:
+                            continue
                         args = [tensors[k].clone() for k in step["args"]]
                         value = layer.backward(*args[: _n_args(layer.backward, len(args))])
                     elif op == "read":
                         value = [_find_param(layer, aliases)[1] for aliases in step["attrs"]]
                         value = [v if isinstance(v, torch.Tensor) else None for v in value]
                     elif op == "grads":
+                        if not rec["has_backward"]:
+                            continue
                         value = [None if p is None else p.grad for p in found]
                     else:
                         raise ValueError(f"unknown probe step {op!r}")

@@ -161,20 +161,20 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
     process, and diagnose its raw results here, in charmlp's own process."""
     from safetensors.torch import load_file, save_file
 
-    from .layers import check_kind, diagnose, plan
+    from .layers import _notes, check_kind, diagnose, plan
 
     path_s, sep, cls_name = target.rpartition(":")
     if not sep or not path_s or not cls_name.isidentifier():
         raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
-    check_kind(kind)
+    spec = check_kind(kind)
     path = Path(path_s)
     if not path.is_file():
         raise CharmlpError(f"{path}: no such file")
     title = f"layer check: {cls_name} as {kind} · {path.name}"
-    probes, tensors = plan(kind)
+    p = plan(kind)
     with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
-        Path(wd, "probes.json").write_text(json.dumps(probes), encoding="utf-8")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(wd, "probes.safetensors"))
+        Path(wd, "probes.json").write_text(json.dumps(p.probes), encoding="utf-8")
+        save_file({k: v.contiguous() for k, v in p.tensors.items()}, os.path.join(wd, "probes.safetensors"))
         proc = run_child(["--layer", str(path.resolve()), cls_name, wd], timeout)
         if proc is None:
             return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
@@ -191,7 +191,10 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
         _raise_on_limit(rec["error"], path)
         for r in rec["results"].values():
             _raise_on_limit(r.get("error"), path)
-    return Report(title, diagnose(kind, out["records"], tensors, results))
+    if out["records"][0]["error"]:
+        return Report(title, error=_error_line(out["records"][0]["error"], path))
+    rows, error = diagnose(p, out["records"], results)
+    return Report(title, rows, error, _notes(spec))
 
 
 def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int | None = None,

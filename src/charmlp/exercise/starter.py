@@ -138,7 +138,20 @@ def starter_text(name: str = "backprop_exercise.py", part: int | None = None) ->
 def write_starter(out: str | Path = "backprop_exercise.py", part: int | None = None) -> Path:
     """Write the starter file to `out`; refuses to overwrite anything there. Returns the path."""
     out = Path(out)
-    text = starter_text(out.name, part)
+    return _write_new(out, starter_text(out.name, part))
+
+
+def write_layer_template(kind: str, out: str | Path) -> Path:
+    """Write the ready-to-fill template of layer kind `kind` to `out` (never overwrites). Returns the path."""
+    from .catalog import KINDS, template
+
+    if kind not in KINDS:
+        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+    out = Path(out)
+    return _write_new(out, template(kind, out.name))
+
+
+def _write_new(out: Path, text: str) -> Path:
     if out.exists() or out.is_symlink():
         raise CharmlpError(f"{out} already exists; charmlp will not overwrite it (choose another --out)")
     if not out.parent.is_dir():
