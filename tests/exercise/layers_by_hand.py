@@ -89,3 +89,100 @@ class BatchNorm1d:
 
     def parameters(self):
         return [self.gamma, self.beta]
+
+
+class FlattenConsecutive:
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, x):
+        B, T, C = x.shape
+        self.in_shape = x.shape
+        x = x.view(B, T // self.n, C * self.n)
+        if x.shape[1] == 1:
+            x = x.squeeze(1)
+        self.out = x
+        return self.out
+
+    def backward(self, dout):
+        return dout.view(self.in_shape)
+
+    def parameters(self):
+        return []
+
+
+class LayerNorm:
+    def __init__(self, dim, eps=1e-5):
+        self.eps = eps
+        self.gamma, self.beta = torch.ones(dim), torch.zeros(dim)
+
+    def __call__(self, x):
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, keepdim=True, unbiased=False)
+        self.rstd = (var + self.eps) ** -0.5
+        self.xhat = (x - mean) * self.rstd
+        self.out = self.gamma * self.xhat + self.beta
+        return self.out
+
+    def backward(self, dout):
+        rows = tuple(range(dout.ndim - 1))
+        self.gamma.grad = (dout * self.xhat).sum(rows)
+        self.beta.grad = dout.sum(rows)
+        dxhat = self.gamma * dout
+        return self.rstd * (dxhat - dxhat.mean(-1, keepdim=True) - self.xhat * (dxhat * self.xhat).mean(-1, keepdim=True))
+
+    def parameters(self):
+        return [self.gamma, self.beta]
+
+
+class GELU:
+    def __call__(self, x):
+        self.x = x
+        self.cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+        self.out = x * self.cdf
+        return self.out
+
+    def backward(self, dout):
+        pdf = torch.exp(-0.5 * self.x**2) / math.sqrt(2 * math.pi)
+        return dout * (self.cdf + self.x * pdf)
+
+    def parameters(self):
+        return []
+
+
+class Dropout:
+    def __init__(self, p):
+        self.p, self.training = p, True
+
+    def __call__(self, x):
+        if not self.training:
+            self.out = x
+            return x
+        self.mask = (torch.rand(x.shape) >= self.p).float() / (1 - self.p)
+        self.out = x * self.mask
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.mask
+
+    def parameters(self):
+        return []
+
+
+class CrossEntropy:
+    def __call__(self, logits, targets):
+        self.logits, self.targets = logits, targets
+        shifted = logits - logits.max(1, keepdim=True).values
+        logprobs = shifted - shifted.exp().sum(1, keepdim=True).log()
+        self.out = -logprobs[range(len(targets)), targets].mean()
+        return self.out
+
+    def backward(self):
+        n = len(self.targets)
+        dlogits = torch.softmax(self.logits, 1)
+        dlogits[range(n), self.targets] -= 1
+        return dlogits / n
+
+    def parameters(self):
+        return []
+

@@ -149,3 +149,77 @@ def test_a_backward_with_the_batch_size_written_in_fails_at_the_second_batch(tmp
     assert cli.main(["exercise", "check-layer", f"{f}:Linear", "--layer", "linear"]) == 1
     out = capsys.readouterr().out
     assert "bias.grad" in out and "right at batch 32 but wrong at batch 13" in out and "not a literal" in out
+
+
+GROUP2 = [("flatten_consecutive", "FlattenConsecutive"), ("layernorm", "LayerNorm"), ("gelu", "GELU"), ("dropout", "Dropout"),
+          ("cross_entropy", "CrossEntropy")]
+GROUP3 = []
+PARAMS = {"layernorm": ["gamma.grad", "beta.grad"], "rnn_cell": ["Wx.grad", "Wh.grad", "b.grad"],
+          "gru_cell": ["Wx.grad", "Wh.grad", "Wc.grad", "b.grad"],
+          "causal_self_attention": ["qkv.weight.grad", "qkv.bias.grad", "proj.weight.grad", "proj.bias.grad"]}
+
+
+@pytest.mark.parametrize("kind,cls", GROUP2 + GROUP3)
+def test_every_other_kind_passes_when_right(kind, cls):
+    rep = check_layer(by_hand()[cls], kind)
+    assert rep.ok and all(r.status in ("exact", "approximate") for r in rep.rows), rep
+    assert [r.name for r in rep.rows if r.name.endswith(".grad")] == PARAMS.get(kind, [])
+
+
+MISTAKES23 = [  # (kind, class, old, new, row, diagnosis kind, words)
+    ("flatten_consecutive", "FlattenConsecutive", "        if x.shape[1] == 1:\n            x = x.squeeze(1)\n", "", "output",
+     "squeeze", "x.squeeze(1)"),
+    ("flatten_consecutive", "FlattenConsecutive", "x = x.view(B, T // self.n, C * self.n)",
+     "x = x.transpose(1, 2).reshape(B, T // self.n, C * self.n)", "output", "order", "wrong order"),
+    ("flatten_consecutive", "FlattenConsecutive", "return dout.view(self.in_shape)", "return dout", "backward (dx)", "reshape",
+     ".view(32, 8, 10)"),
+    ("layernorm", "LayerNorm", "var = x.var(-1, keepdim=True, unbiased=False)", "var = x.var(-1, keepdim=True)", "output",
+     "unbiased", "biased one"),
+    ("layernorm", "LayerNorm", "(dxhat - dxhat.mean(-1, keepdim=True) - self.xhat", "(dxhat - self.xhat", "backward (dx)", "branch",
+     "mean's term is missing"),
+    ("layernorm", "LayerNorm", " - self.xhat * (dxhat * self.xhat).mean(-1, keepdim=True))", ")", "backward (dx)", "branch",
+     "variance's term is missing"),
+    ("layernorm", "LayerNorm", "self.gamma.grad = (dout * self.xhat).sum(rows)", "self.gamma.grad = (dout * self.xhat).sum(0)",
+     "gamma.grad", "broadcast", ".sum((0, 1))"),
+    ("gelu", "GELU", "return dout * (self.cdf + self.x * pdf)", "return dout * self.cdf", "backward (dx)", "branch",
+     "second term x·φ(x)"),
+    ("gelu", "GELU", "self.cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))",
+     "self.cdf = 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))", "output", "tanh-approx",
+     "tanh approximation"),
+    ("dropout", "Dropout", "self.mask = (torch.rand(x.shape) >= self.p).float() / (1 - self.p)",
+     "self.mask = (torch.rand(x.shape) >= self.p).float()", "training output", "unscaled", "1 − p"),
+    ("dropout", "Dropout", "self.mask = (torch.rand(x.shape) >= self.p).float() / (1 - self.p)",
+     "self.mask = (torch.rand(x.shape) < self.p).float() / (1 - self.p)", "drop rate", "rate", "probability to drop"),
+    ("dropout", "Dropout", "return dout * self.mask", "return dout * (torch.rand(dout.shape) >= self.p).float() / (1 - self.p)",
+     "backward (dx)", "mask", "the mask the forward drew"),
+    ("dropout", "Dropout", "        if not self.training:\n            self.out = x\n            return x\n", "", "eval output",
+     "eval", "identity"),
+    ("cross_entropy", "CrossEntropy", "return dlogits / n", "return dlogits", "backward (dlogits)", "factor", "1/n of the mean"),
+    ("cross_entropy", "CrossEntropy", "dlogits[range(n), self.targets] -= 1", "pass", "backward (dlogits)", "onehot",
+     "subtract 1 at the target"),
+    ("cross_entropy", "CrossEntropy", "shifted = logits - logits.max(1, keepdim=True).values", "shifted = logits", "loss",
+     "overflow", "subtract each row's max"),
+]
+
+
+@pytest.mark.parametrize("kind,cls,old,new,row,diag,words", MISTAKES23, ids=[f"{m[0]}-{m[5]}-{m[4]}" for m in MISTAKES23])
+def test_one_mistake_of_every_other_kind_is_named(kind, cls, old, new, row, diag, words):
+    rep = check_layer(by_hand(old, new)[cls], kind)
+    r = rep.row(row)
+    assert not rep.ok and r.kind == diag and words in r.diagnosis, (r.kind, r.diagnosis)
+    own = [x.name for x in rep.rows if not x.ok and x.kind != "inherited"]
+    assert own[0] == row, own  # the first row to fix is the planted one (a slip may show on the rows below it too)
+
+
+@pytest.mark.parametrize("kind", sorted(check_layer.__globals__["SPECS"]))
+def test_every_template_checks_as_not_written_yet(kind, tmp_path, capsys):
+    """`exercise init --layer K` writes a file the checker reads: every row missing (exit 0), none an error."""
+    from charmlp.exercise.catalog import CLASS_NAMES
+
+    f = tmp_path / f"{kind}.py"
+    assert cli.main(["exercise", "init", "--layer", kind, "--out", str(f)]) == 0
+    capsys.readouterr()
+    ns: dict = {}
+    exec(compile(f.read_text(), str(f), "exec"), ns)
+    rep = check_layer(ns[CLASS_NAMES[kind]], kind)
+    assert rep.error is None and {r.status for r in rep.rows} <= {"missing", "exact", "skipped"}, rep

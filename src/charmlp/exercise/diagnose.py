@@ -63,7 +63,8 @@ class Clues:
     missing: str = ""  # the diagnosis of a gradient never given (".grad never set")
     unknown: str = "wrong, and not one of the common mistakes"
     nonfinite: str = "a division by zero, or log/exp of an extreme value?"
-    shape_hint: str = ""  # appended to a shape diagnosis that found nothing better
+    shape_hint: str = ""  # what to do about a wrong shape, where the caller knows better than the generic advice
+    shape_kind: str = ""  # the kind of a shape diagnosis that used `shape_hint`
     approx: Callable[[torch.Tensor], tuple[str, str]] | None = None  # (kind, diagnosis) of an approximate row
     inherited_shape: Callable[[torch.Tensor], str | None] | None = None
     inherited_nonfinite: Callable[[torch.Tensor], str | None] | None = None
@@ -245,6 +246,8 @@ def shape_diagnosis(g, r: torch.Tensor, c: Clues) -> tuple[str, str]:
         right = known and close(g.reshape(rs), r, c.match)
         values = "the values are right; " if right else ("and the values are wrong; " if known else "")
         if [d for d in gs if d != 1] == [d for d in rs if d != 1]:
+            if c.shape_hint and c.shape_kind:
+                return f"{values}the shape should be {shape_text(rs)}: {c.shape_hint}", c.shape_kind
             if len(gs) > len(rs):  # a size-1 dimension too many: keepdim where the shape has none
                 extra = [i for i in range(len(gs)) if gs[i] == 1][: len(gs) - len(rs)]
                 return (f"{values}the shape should be {shape_text(rs)}: sum without keepdim=True (or .view({_args(rs)})); "
@@ -280,7 +283,7 @@ def _dims(ds: list[int]) -> str:
 # ── one gradient over several inputs ───────────────────────────────────────────────────────────────
 
 # diagnoses that say what is wrong whatever the shape: kept as they are when another input passes
-KEEP_KINDS = ("inherited", "accumulate", "nonfinite", "overflow", "repeated", "mask", "eval-update")
+KEEP_KINDS = ("inherited", "accumulate", "nonfinite", "overflow", "repeated", "mask", "eval-update", "squeeze", "dims")
 
 
 def combine(name: str, verdicts: list[tuple[str, Row]], ndims: dict[str, int] | None = None) -> Row:

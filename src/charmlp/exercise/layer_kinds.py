@@ -15,11 +15,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .. import nn
 from ..verdict import Row
-from .diagnose import Clues, Part, Slip, norm_parts, repeated_index, sum_of
+from .diagnose import Clues, Part, Slip, norm_parts, repeated_index
 
 EPS, MOMENTUM = 1e-5, 0.1
 
@@ -154,12 +153,28 @@ class Kind:
         """The rows a batch statistic or the loss's mean runs over."""
         return math.prod(case.shape[:-1])
 
-    def forward_slips(self, P: dict, call: Call, ref: Ref) -> list[Slip]:
+    def forward_variants(self, P: dict, call: Call) -> list[tuple[str, str, object]]:
+        """The forward's known mistakes as functions: (kind, sentence, fn(inputs, P) -> the output it gives).
+        Each gives a slip of the output row, and — differentiated by autograd — the backward that is right
+        for that wrong forward, so that a backward consistent with it is said to follow from it."""
         return []
+
+    def forward_slips(self, P: dict, call: Call, ref: Ref) -> list[Slip]:
+        """Slips of the output row that are not a differentiable forward (tests, values)."""
+        return []
+
+    def forward_clues(self, P: dict, call: Call, ref: Ref) -> Clues:
+        """The clues of the output row: the forward's variants and slips."""
+        return Clues(slips=[Slip(k, m, fn(call.inputs, P)) for k, m, fn in self.forward_variants(P, call)]
+                     + self.forward_slips(P, call, ref))
 
     def backward_clues(self, row: str, P: dict, call: Call, ref: Ref, case: Case) -> Clues:
         """The clues of a backward row: "backward (dx)" (and a cell's "backward (dh_prev)") or a parameter's name."""
         return Clues()
+
+    def param_clues(self, name: str, P: dict, calls: list[Call], refs: list[Ref], case: Case) -> Clues:
+        """The clues of a parameter's .grad row (summed over the calls of a sequence)."""
+        return self.backward_clues(name, P, calls[0], refs[0], case)
 
     def extra_rows(self, case: Case, P: dict, calls: list[Call], results: dict) -> list[tuple[str, object]]:
         """Rows a kind adds from its extra steps: (name, Row)."""
@@ -182,9 +197,8 @@ class Linear(Kind):
     def reference_layer(self):
         return nn.Linear(*self.args)
 
-    def forward_slips(self, P, call, ref):
-        x = call.inputs["x"]
-        return [Slip("bias", "the bias is not added: out = x @ W + b", x @ P["weight"])]
+    def forward_variants(self, P, call):
+        return [("bias", "the bias is not added: out = x @ W + b", lambda i, p: i["x"] @ p["weight"])]
 
     def backward_clues(self, row, P, call, ref, case):
         return Clues(what={"weight": "weight", "bias": "bias"}.get(row, "x"))
@@ -274,20 +288,35 @@ class BatchNorm1d(Kind):
         x2 = x.reshape(-1, x.shape[-1])
         return x2.mean(0), x2.var(0), x2.var(0, unbiased=False)
 
-    def forward_slips(self, P, call, ref):
-        G, B, x = P["gamma"], P["beta"], call.inputs["x"]
-        mean, var, bvar = self._stats(x)
-        std = (var + EPS).sqrt()
-        out = [Slip("precedence", "the output's batch mean is not β: did you write x − mean/std instead of (x − mean)/std?",
-                    G * (x - mean / std) + B),
-               Slip("biased", "biased variance (1/n): the lectures' BatchNorm uses x.var(0), with Bessel's 1/(n − 1)",
-                    G * (x - mean) / (bvar + EPS).sqrt() + B),
-               Slip("sqrt", "divided by the variance, not by its square root", G * (x - mean) / (var + EPS) + B),
-               Slip("gamma-beta", "γ and β not applied: out = gamma * xhat + beta", (x - mean) / std)]
-        if x.dim() == 3:  # statistics over B only, per position
-            out.append(Slip("dims", "for a (B, T, C) input the statistics run over B and T (dims (0, 1)), every position of "
-                                    "every row, as the lectures' WaveNet fix: not over dim 0 alone",
-                            G * (x - x.mean(0)) / (x.var(0) + EPS).sqrt() + B))
+    def forward_variants(self, P, call):
+        def stats(x):
+            mean, var, bvar = self._stats(x)
+            return mean, var, bvar, (var + EPS).sqrt()
+
+        def precedence(i, p):
+            mean, _, _, std = stats(i["x"])
+            return p["gamma"] * (i["x"] - mean / std) + p["beta"]
+
+        def biased(i, p):
+            mean, _, bvar, _ = stats(i["x"])
+            return p["gamma"] * (i["x"] - mean) / (bvar + EPS).sqrt() + p["beta"]
+
+        def no_sqrt(i, p):
+            mean, var, _, _ = stats(i["x"])
+            return p["gamma"] * (i["x"] - mean) / (var + EPS) + p["beta"]
+
+        def plain(i, p):
+            mean, _, _, std = stats(i["x"])
+            return (i["x"] - mean) / std + 0 * p["gamma"]
+
+        out = [("precedence", "the output's batch mean is not β: did you write x − mean/std instead of (x − mean)/std?", precedence),
+               ("biased", "biased variance (1/n): the lectures' BatchNorm uses x.var(0), with Bessel's 1/(n − 1)", biased),
+               ("sqrt", "divided by the variance, not by its square root", no_sqrt),
+               ("gamma-beta", "γ and β not applied: out = gamma * xhat + beta", plain)]
+        if call.inputs["x"].dim() == 3:  # statistics over B only, per position
+            out.append(("dims", "for a (B, T, C) input the statistics run over B and T (dims (0, 1)), every position of "
+                                "every row, as the lectures' WaveNet fix: not over dim 0 alone",
+                        lambda i, p: p["gamma"] * (i["x"] - i["x"].mean(0)) / (i["x"].var(0) + EPS).sqrt() + p["beta"]))
         return out
 
     def backward_clues(self, row, P, call, ref, case):
@@ -322,6 +351,8 @@ class BatchNorm1d(Kind):
         rm0, rv0 = (s.reshape(-1).float() for s in stats0)
         mean, var, bvar = self._stats(x)
         rows = []
+        if results.get("out0") is None:  # the forward is not written yet: nor are its statistics
+            return [(name, Row(name, "missing")) for name in ("running_mean", "running_var")]
         if not isinstance(stats1, tuple | list) or any(s is None for s in stats1):
             return rows
         if any(s.numel() != 20 for s in stats1):
@@ -369,4 +400,241 @@ def _exact(name: str) -> Row:
     return Row(name, "exact")
 
 
-KINDS_IN_ORDER: tuple[type[Kind], ...] = (Linear, Embedding, Tanh, BatchNorm1d)
+# ── flatten_consecutive, layernorm, gelu, dropout, cross_entropy ──────────────────────────────────
+
+
+class FlattenConsecutive(Kind):
+    name = "flatten_consecutive"
+    args = (2,)
+    cases = (Case("input 32×8×10", 0, (32, 8, 10)), Case("input 13×6×10", 1, (13, 6, 10)), Case("input 7×2×10", 2, (7, 2, 10)))
+
+    def out_shape(self, case):
+        B, T, C = case.shape
+        return (B, C * 2) if T == 2 else (B, T // 2, C * 2)
+
+    def reference_layer(self):
+        return nn.FlattenConsecutive(*self.args)
+
+    def forward_slips(self, P, call, ref):
+        x = call.inputs["x"]
+        B, T, C = x.shape
+        wrong = x.transpose(1, 2).reshape(B, T // 2, 2 * C)
+        return [Slip("order", "the entries are in the wrong order: out[b, t] is x[b, 2t] followed by x[b, 2t + 1], which "
+                              "x.view(B, T // n, n * C) gives without any transpose", wrong.squeeze(1) if T == 2 else wrong)]
+
+    def forward_clues(self, P, call, ref):
+        return Clues(slips=self.forward_slips(P, call, ref), shape_kind="squeeze", shape_hint="a length-1 time dimension is "
+                     "dropped, (B, 1, n·C) → (B, n·C), as charmlp's FlattenConsecutive does: x.squeeze(1) when T == n")
+
+    def backward_clues(self, row, P, call, ref, case):
+        return Clues(what="x", shape_hint="a reshape's backward is dout viewed back in the input's shape: "
+                     "dout.view(x.shape)")
+
+
+class LayerNorm(Kind):
+    name = "layernorm"
+    args = (20,)
+    params = (Param("gamma", ("gamma", "weight"), (20,), "weight"), Param("beta", ("beta", "bias"), (20,), "bias"))
+    cases = (Case("batch 32", 0, (32, 20)), Case("input 13×5×20", 1, (13, 5, 20)))
+
+    def param_values(self, g):
+        return {"gamma": 1 + 0.3 * torch.randn(20, generator=g), "beta": 0.3 * torch.randn(20, generator=g)}
+
+    def make_x(self, case, g):
+        return torch.randn(case.shape, generator=g) * 2 + 1
+
+    def reference_layer(self):
+        return nn.LayerNorm(*self.args)
+
+    def forward_variants(self, P, call):
+        def norm(x, var, dims=-1):
+            return (x - x.mean(dims, keepdim=True)) / (var + EPS).sqrt()
+
+        return [("unbiased", "LayerNorm's variance is the biased one, 1/C: x.var(-1, keepdim=True, unbiased=False)",
+                 lambda i, p: p["gamma"] * norm(i["x"], i["x"].var(-1, keepdim=True)) + p["beta"]),
+                ("dims", "LayerNorm normalises each row over its last dimension (the features), not over the batch",
+                 lambda i, p: p["gamma"] * norm(i["x"], i["x"].var(0, keepdim=True, unbiased=False), 0) + p["beta"]),
+                ("gamma-beta", "γ and β not applied: out = gamma * xhat + beta",
+                 lambda i, p: norm(i["x"], i["x"].var(-1, keepdim=True, unbiased=False)) + 0 * p["gamma"])]
+
+    def backward_clues(self, row, P, call, ref, case):
+        x, dy = call.inputs["x"], call.dout
+        if row in ("gamma", "beta"):
+            return Clues(what=row, shape_hint="sum over every row, B and T: .sum((0, 1))" if x.dim() == 3 else "")
+        C = x.shape[-1]
+        mean = x.mean(-1, keepdim=True)
+        rstd = (x.var(-1, keepdim=True, unbiased=False) + EPS).rsqrt()
+        xhat, dxhat = (x - mean) * rstd, P["gamma"] * dy
+        direct, mean_t = rstd * dxhat, -rstd * dxhat.mean(-1, keepdim=True).expand_as(dxhat)
+        var_t = -rstd * xhat * (dxhat * xhat).mean(-1, keepdim=True)
+        return Clues(what="x", parts=norm_parts(direct, mean_t, var_t, "row's"), slips=[
+            Slip("unbiased", "LayerNorm's variance is the biased one (1/C): no Bessel's C/(C − 1) in its backward",
+                 direct + mean_t + var_t * C / (C - 1)),
+            Slip("dims", "LayerNorm's statistics are per row, over the last dimension: its backward's means are too "
+                         "(.mean(-1, keepdim=True)), not over the batch",
+                 rstd * (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0)))])
+
+
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + torch.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+
+
+class GELU(Kind):
+    name = "gelu"
+    cases = (Case("batch 32", 0, (32, 20)), Case("batch 13", 1, (13, 20)))
+
+    def make_x(self, case, g):
+        return 1.5 * torch.randn(case.shape, generator=g)
+
+    def reference_layer(self):
+        layer = nn.GELU()
+        layer.fused = False  # the tensor operations (autograd differentiates charmlp's own forward either way)
+        return layer
+
+    def forward_variants(self, P, call):
+        return [("tanh-approx", "this is GELU's tanh approximation (GPT-2's); charmlp's GELU is the exact one, x·Φ(x) with "
+                                "Φ(x) = ½(1 + erf(x/√2)), torch.nn.functional.gelu's default", lambda i, p: _gelu_tanh(i["x"])),
+                ("cdf", "x·Φ(x) with Φ(x) = ½(1 + erf(x/√2)): the erf's argument is x/√2, not x",
+                 lambda i, p: i["x"] * 0.5 * (1 + torch.erf(i["x"])))]
+
+    def backward_clues(self, row, P, call, ref, case):
+        x, dy = call.inputs["x"], call.dout
+        cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+        pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        with torch.enable_grad():
+            xr = x.clone().requires_grad_(True)
+            (approx,) = torch.autograd.grad(_gelu_tanh(xr), xr, dy)
+        return Clues(what="x", parts=[
+            Part("Φ(x)·dout", dy * cdf, only="only Φ(x)·dout: GELU = x·Φ(x) is a product, so its derivative has a second term "
+                 "x·φ(x), φ(x) = exp(−x²/2)/√(2π)"),
+            Part("x·φ(x)·dout", dy * x * pdf, only="only x·φ(x)·dout: the product rule's other term, Φ(x)·dout, is missing")],
+            slips=[Slip("tanh-approx", "the derivative of GELU's tanh approximation; charmlp's GELU is the exact x·Φ(x): "
+                                       "dx = dout·(Φ(x) + x·φ(x))", approx)])
+
+
+class Dropout(Kind):
+    name = "dropout"
+    args = (0.2,)
+    cases = (Case("batch 32", 0, (32, 20)), Case("batch 13", 1, (13, 20)))
+    output_row = "training output"
+
+    def make_x(self, case, g):  # no entry near 0, so out / x reads the mask back
+        x = torch.randn(case.shape, generator=g)
+        return x + 0.5 * x.sign()
+
+    def extra_steps(self, case):
+        return [], [{"op": "eval"}, {"op": "call", "args": ["x"], "as": "eval_out"}]
+
+    def extra_inputs(self, case, g):
+        return {}
+
+    @staticmethod
+    def mask(learned: dict, x: torch.Tensor, p: float) -> torch.Tensor:
+        """The mask the learner's forward drew, read back from its output: kept where out ≠ 0, scaled 1/(1 − p)."""
+        out = learned.get("out0")
+        kept = (out != 0) if isinstance(out, torch.Tensor) and out.shape == x.shape else torch.ones_like(x, dtype=torch.bool)
+        return kept.to(x.dtype) / (1 - p)
+
+    def reference(self, P, call, learned):
+        x, p = call.inputs["x"], self.args[0]
+        m = self.mask(learned, x, p)
+        return Ref(x * m, {"x": call.dout * m})
+
+    def forward_slips(self, P, call, ref):
+        x = call.inputs["x"]
+        kept = ref.out != 0
+        return [Slip("unscaled", "the kept entries are not scaled: inverted dropout divides them by 1 − p, so that E[out] = x",
+                     x * kept),
+                Slip("mask", "out = x · mask where each entry is kept (×1/(1 − p)) or dropped (0): some entries are neither",
+                     test=lambda g: True)]
+
+    def backward_clues(self, row, P, call, ref, case):
+        dy = call.dout
+        m = ref.dinputs["x"] / dy
+        kept = (m != 0)
+
+        def other_mask(g):
+            return bool(((g != 0) != kept).float().mean() > 0.05)
+
+        return Clues(what="x", slips=[
+            Slip("mask", "dx = dout · mask with the mask the forward drew (keep it, e.g. self.mask): this is another mask",
+                 test=other_mask),
+            Slip("unscaled", "the forward scales the kept entries by 1/(1 − p), so the backward does too: dx = dout · mask "
+                             "/ (1 − p)", dy * kept)])
+
+    def extra_rows(self, case, P, calls, results):
+
+        x, p = calls[0].inputs["x"], self.args[0]
+        rows = []
+        train = results.get("out0")
+        if isinstance(train, torch.Tensor) and train.shape == x.shape:  # the rate the forward drops at
+            frac, sd = (train == 0).float().mean().item(), math.sqrt(p * (1 - p) / x.numel())
+            if abs(frac - p) <= 5 * sd:
+                rows.append(("drop rate", Row("drop rate", "exact", diagnosis=f"{frac:.0%} of the entries dropped (p = {p})")))
+            else:
+                flip = abs(frac - (1 - p)) <= 5 * sd
+                rows.append(("drop rate", Row("drop rate", "wrong", kind="rate", diagnosis=(
+                    f"drops {frac:.0%} of the entries, about 1 − p: p is the probability to drop, keep = torch.rand(x.shape) >= p"
+                    if flip else f"drops {frac:.0%} of the entries where p = {p} drops about {p:.0%}"))))
+        out = results.get("eval_out")
+        if isinstance(out, Raised):
+            return rows + [("eval output", out.row("eval output"))]
+        return rows + self._eval_row(out, x)
+
+    def _eval_row(self, out, x):
+        from .diagnose import diagnose
+
+        return [("eval output", diagnose("eval output", out, x, Clues(missing="your forward returned None in eval mode", slips=[
+            Slip("eval", "in eval mode dropout is the identity: out = x (if not self.training: return x)", test=lambda g: True)])))]
+
+    def rows_n(self, case):
+        return None
+
+
+class CrossEntropy(Kind):
+    name = "cross_entropy"
+    inputs = ("logits", "targets")
+    grad_of = ("logits",)
+    backward_rows = ("backward (dlogits)",)
+    output_row = "loss"
+    cases = (Case("batch 32", 0, (32, 27)), Case("batch 13, large logits", 1, (13, 27)))
+    n_in_factor = True
+
+    def calls(self, case, g):
+        logits = torch.randn(case.shape, generator=g) * (40.0 if "large" in case.label else 2.0)
+        targets = torch.randint(0, case.shape[1], (case.shape[0],), generator=g)
+        return [Call({"logits": logits, "targets": targets}, torch.ones(()))]
+
+    def reference(self, P, call, learned):
+        with torch.enable_grad():
+            logits = call.inputs["logits"].clone().requires_grad_(True)
+            loss = nn.cross_entropy(logits, call.inputs["targets"])
+            (d,) = torch.autograd.grad(loss, logits)
+        return Ref(loss.detach(), {"logits": d})
+
+    def forward_slips(self, P, call, ref):
+        n = len(call.inputs["targets"])
+        return [Slip("overflow", "exp of a large logit overflows: subtract each row's max first "
+                                 "(logits - logits.max(1, keepdim=True).values), which does not change the softmax",
+                     test=lambda g: not torch.isfinite(g).all()),
+                Slip("factor", f"the sum over the batch, n = {n} times the mean: the loss is the mean over the rows",
+                     ref.out * n)]
+
+    def backward_clues(self, row, P, call, ref, case):
+        logits, t = call.inputs["logits"], call.inputs["targets"]
+        n = len(t)
+        soft = torch.softmax(logits, 1)
+        return Clues(what="logits", n=n, slips=[
+            Slip("overflow", "exp of a large logit overflows: subtract each row's max before exp (softmax does not change)",
+                 test=lambda g: not torch.isfinite(g).all()),
+            Slip("onehot", "forgot to subtract 1 at the target: dlogits = (softmax(logits) − onehot(targets)) / n", soft / n)])
+
+    def rows_n(self, case):
+        return case.shape[0]
+
+
+KINDS_IN_ORDER: tuple[type[Kind], ...] = (Linear, Embedding, Tanh, BatchNorm1d, FlattenConsecutive, LayerNorm, GELU, Dropout,
+                                          CrossEntropy)

@@ -23,7 +23,7 @@ from ..errors import CharmlpError
 from ..verdict import Report, Row, shape_text
 from . import catalog
 from ._child import run_probes
-from .diagnose import Clues, Slip, combine, shape_diagnosis
+from .diagnose import Slip, combine, shape_diagnosis
 from .diagnose import diagnose as engine_diagnose
 from .layer_kinds import KINDS_IN_ORDER, Call, Case, Kind, Raised
 
@@ -70,7 +70,7 @@ def plan(kind: str) -> Plan:
             out.tensors[f"{i}.{t}.dout"] = call.dout
             steps += [{"op": "call", "args": [f"{i}.{t}.{k}" for k in spec.inputs], "as": f"out{t}"},
                       {"op": "backward", "args": [f"{i}.{t}.dout"], "as": f"back{t}"}]
-        for k, v in calls[0].extra.items():
+        for k, v in {**calls[0].inputs, **calls[0].extra}.items():  # what the extra steps name
             out.tensors[f"{i}.{k}"] = v
         steps += [{"op": "grads", "as": "grads"}] + _prefixed(after, f"{i}.")
         out.probes.append({"args": list(spec.args), "params": [list(p.aliases) for p in spec.params],
@@ -165,6 +165,23 @@ def _grad_of_wrong_shape(back: Raised, spec: Kind, names: list[str], P: dict) ->
     return spec.params[i], names[i], got
 
 
+def _inherited_slips(spec: Kind, P: dict, call: Call) -> dict[str, list[Slip]]:
+    """Per backward row and parameter: the gradients each known wrong forward has (autograd through it), as
+    slips saying that a backward right for that forward follows from it."""
+    out: dict[str, list[Slip]] = {}
+    for _kind, msg, fn in spec.forward_variants(P, call):
+        with torch.enable_grad():
+            xs = {k: v.clone().requires_grad_(k in spec.grad_of) for k, v in call.inputs.items()}
+            ps = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+            wrt = [xs[k] for k in spec.grad_of] + list(ps.values())
+            grads = torch.autograd.grad(fn(xs, ps), wrt, call.dout, allow_unused=True)
+        text = f"right for your forward, which has a mistake ({msg}): fix the forward first"
+        for name, g in zip([*spec.backward_rows, *P], grads):
+            if g is not None:
+                out.setdefault(name, []).append(Slip("inherited", text, g.reshape(P[name].shape) if name in P else g))
+    return out
+
+
 def _first_bad(rows: list[Row]) -> Row:
     return next((r for r in rows if not r.ok), next((r for r in rows if r.status == "approximate"), rows[0]))
 
@@ -184,15 +201,16 @@ def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R
             break
         if f"out{t}" not in res:
             break
-        outs.append(engine_diagnose(spec.output_row, _float(got), ref.out, Clues(
-            slips=spec.forward_slips(P, call, ref), missing="your forward returned None (not written yet?)",
-            unknown="wrong, and not one of the common mistakes")))
+        clues = spec.forward_clues(P, call, ref)
+        clues.missing = clues.missing or "your forward returned None (not written yet?)"
+        outs.append(engine_diagnose(spec.output_row, _float(got), ref.out, clues))
     if outs:
         rows.append((spec.output_row, _first_bad(outs)))
     rows += spec.extra_rows(case, P, calls, res)
     if not rec["has_backward"]:
         return rows + [("backward", Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check"))]
-    # the backward, at every call
+    # the backward, at every call; a backward that is right for a known wrong forward follows from it
+    inherited = _inherited_slips(spec, P, calls[0]) if len(calls) == 1 else {}
     per_row: dict[str, list[Row]] = {name: [] for name in spec.backward_rows}
     ran = True
     for t, (call, ref) in enumerate(zip(calls, refs)):
@@ -220,9 +238,14 @@ def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R
         got = back if isinstance(back, tuple) else (back,)
         for j, (name, inp) in enumerate(zip(spec.backward_rows, spec.grad_of)):
             value = got[j] if j < len(got) else None
+            if value is None and j >= len(got) and back is not None:
+                per_row[name].append(Row(name, "wrong", tuple(ref.dinputs[inp].shape), diagnosis=f"backward returned "
+                                         f"{len(got)} value(s); it returns ({', '.join('d' + g for g in spec.grad_of)})",
+                                         kind="return"))
+                continue
             clues = spec.backward_clues(name, P, call, ref, case)
-            clues.missing = clues.missing or ("backward returned None (not written yet?)" if j == 0 else
-                                              f"backward returned {len(got)} value(s): it returns ({', '.join(spec.grad_of)})")
+            clues.slips = [*inherited.get(name, []), *clues.slips]
+            clues.missing = clues.missing or "backward returned None (not written yet?)"
             per_row[name].append(engine_diagnose(name, _float(value), ref.dinputs[inp], clues))
     rows += [(name, _first_bad(rs)) for name, rs in per_row.items() if rs]
     if not ran:
@@ -232,7 +255,8 @@ def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R
         want = sum(ref.dparams[p.ref_name] for ref in refs).reshape(P[p.name].shape)
         learner_shape = _value(rec["params"][spec.params.index(p)]["value"], R).shape
         want = want.reshape(learner_shape)
-        clues = spec.backward_clues(p.name, P, calls[0], refs[0], case)
+        clues = spec.param_clues(p.name, P, calls, refs, case)
+        clues.slips = [*inherited.get(p.name, []), *clues.slips]
         clues.missing = f".grad never set: backward must leave dL/d{name} in self.{name}.grad"
         if len(calls) > 1:  # a sequence: each step's share must add up
             clues.slips = [*clues.slips, *(Slip("accumulate", f"only one time step's share: {name}.grad must add up over the "

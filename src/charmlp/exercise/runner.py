@@ -174,7 +174,7 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
     p = plan(kind)
     with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
         Path(wd, "probes.json").write_text(json.dumps(p.probes), encoding="utf-8")
-        save_file({k: v.contiguous() for k, v in p.tensors.items()}, os.path.join(wd, "probes.safetensors"))
+        save_file({k: v.clone().contiguous() for k, v in p.tensors.items()}, os.path.join(wd, "probes.safetensors"))
         proc = run_child(["--layer", str(path.resolve()), cls_name, wd], timeout)
         if proc is None:
             return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
