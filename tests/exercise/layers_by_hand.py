@@ -186,3 +186,104 @@ class CrossEntropy:
     def parameters(self):
         return []
 
+
+class RNNCell:
+    def __init__(self, input_size, hidden_size):
+        self.Wx = torch.randn((input_size, hidden_size)) / input_size**0.5
+        self.Wh = torch.randn((hidden_size, hidden_size)) / hidden_size**0.5
+        self.b = torch.zeros(hidden_size)
+
+    def __call__(self, x, h):
+        self.x, self.h = x, h
+        self.out = torch.tanh(x @ self.Wx + h @ self.Wh + self.b)
+        return self.out
+
+    def backward(self, dh_new):
+        da = (1 - self.out**2) * dh_new
+        for p, g in ((self.Wx, self.x.T @ da), (self.Wh, self.h.T @ da), (self.b, da.sum(0))):
+            p.grad = g if p.grad is None else p.grad + g
+        return da @ self.Wx.T, da @ self.Wh.T
+
+    def parameters(self):
+        return [self.Wx, self.Wh, self.b]
+
+
+class GRUCell:
+    def __init__(self, input_size, hidden_size):
+        H = self.H = hidden_size
+        self.Wx = torch.randn((input_size, 3 * H)) / input_size**0.5
+        self.Wh = torch.randn((H, 2 * H)) / H**0.5
+        self.Wc = torch.randn((H, H)) / H**0.5
+        self.b = torch.zeros(3 * H)
+
+    def __call__(self, x, h):
+        H = self.H
+        self.x, self.h = x, h
+        zr = torch.sigmoid(x @ self.Wx[:, : 2 * H] + h @ self.Wh + self.b[: 2 * H])
+        self.z, self.r = zr[:, :H], zr[:, H:]
+        self.c = torch.tanh(x @ self.Wx[:, 2 * H :] + (self.r * h) @ self.Wc + self.b[2 * H :])
+        self.out = (1 - self.z) * h + self.z * self.c
+        return self.out
+
+    def backward(self, dh_new):
+        x, h, z, r, c = self.x, self.h, self.z, self.r, self.c
+        da_c = (1 - c**2) * dh_new * z
+        drh = da_c @ self.Wc.T
+        da_z = (c - h) * dh_new * z * (1 - z)
+        da_r = drh * h * r * (1 - r)
+        da_zr = torch.cat([da_z, da_r], 1)
+        dxp = torch.cat([da_z, da_r, da_c], 1)
+        dh = dh_new * (1 - z) + drh * r + da_zr @ self.Wh.T
+        for p, g in ((self.Wx, x.T @ dxp), (self.Wh, h.T @ da_zr), (self.Wc, (r * h).T @ da_c), (self.b, dxp.sum(0))):
+            p.grad = g if p.grad is None else p.grad + g
+        return dxp @ self.Wx.T, dh
+
+    def parameters(self):
+        return [self.Wx, self.Wh, self.Wc, self.b]
+
+
+class _Linear:
+    def __init__(self, fan_in, fan_out):
+        self.weight = torch.randn((fan_in, fan_out)) / fan_in**0.5
+        self.bias = torch.zeros(fan_out)
+
+    def __call__(self, x):
+        self.x = x
+        return x @ self.weight + self.bias
+
+    def backward(self, dout):
+        C = self.weight.shape[0]
+        self.weight.grad = self.x.reshape(-1, C).T @ dout.reshape(-1, dout.shape[-1])
+        self.bias.grad = dout.reshape(-1, dout.shape[-1]).sum(0)
+        return dout @ self.weight.T
+
+
+class CausalSelfAttention:
+    def __init__(self, n_embd, n_head):
+        self.n_head = n_head
+        self.qkv = _Linear(n_embd, 3 * n_embd)
+        self.proj = _Linear(n_embd, n_embd)
+
+    def __call__(self, x):
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(D)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        self.q, self.k, self.v, self.att = q, k, v, torch.softmax(scores, -1)
+        y = (self.att @ v).transpose(1, 2).reshape(B, T, C)
+        self.out = self.proj(y)
+        return self.out
+
+    def backward(self, dout):
+        q, k, v, att = self.q, self.k, self.v, self.att
+        B, H, T, D = q.shape
+        dy = self.proj.backward(dout).view(B, T, H, D).transpose(1, 2)
+        datt, dv = dy @ v.transpose(-2, -1), att.transpose(-2, -1) @ dy
+        dscores = att * (datt - (datt * att).sum(-1, keepdim=True))
+        dq, dk = dscores @ k / math.sqrt(D), dscores.transpose(-2, -1) @ q / math.sqrt(D)
+        dqkv = torch.stack([dq, dk, dv]).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)
+        return self.qkv.backward(dqkv)
+
+    def parameters(self):
+        return [self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias]

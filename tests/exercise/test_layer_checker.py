@@ -153,7 +153,7 @@ def test_a_backward_with_the_batch_size_written_in_fails_at_the_second_batch(tmp
 
 GROUP2 = [("flatten_consecutive", "FlattenConsecutive"), ("layernorm", "LayerNorm"), ("gelu", "GELU"), ("dropout", "Dropout"),
           ("cross_entropy", "CrossEntropy")]
-GROUP3 = []
+GROUP3 = [("rnn_cell", "RNNCell"), ("gru_cell", "GRUCell"), ("causal_self_attention", "CausalSelfAttention")]
 PARAMS = {"layernorm": ["gamma.grad", "beta.grad"], "rnn_cell": ["Wx.grad", "Wh.grad", "b.grad"],
           "gru_cell": ["Wx.grad", "Wh.grad", "Wc.grad", "b.grad"],
           "causal_self_attention": ["qkv.weight.grad", "qkv.bias.grad", "proj.weight.grad", "proj.bias.grad"]}
@@ -199,6 +199,26 @@ MISTAKES23 = [  # (kind, class, old, new, row, diagnosis kind, words)
      "subtract 1 at the target"),
     ("cross_entropy", "CrossEntropy", "shifted = logits - logits.max(1, keepdim=True).values", "shifted = logits", "loss",
      "overflow", "subtract each row's max"),
+    ("rnn_cell", "RNNCell", "da = (1 - self.out**2) * dh_new", "da = (1 - self.out) * dh_new", "backward (dx)", "tanh",
+     "1 − tanh(a)²"),
+    ("rnn_cell", "RNNCell", "            p.grad = g if p.grad is None else p.grad + g\n        return da", "            p.grad = g\n"
+     "        return da", "Wx.grad", "accumulate", "add up over the 3 steps"),
+    ("rnn_cell", "RNNCell", "return da @ self.Wx.T, da @ self.Wh.T", "return da @ self.Wx.T, da @ self.Wh", "backward (dh_prev)",
+     "transposed", "da @ Wh.T"),
+    ("gru_cell", "GRUCell", "dh = dh_new * (1 - z) + drh * r + da_zr @ self.Wh.T", "dh = dh_new * (1 - z) + drh * r",
+     "backward (dh_prev)", "branch", "through the gates is missing"),
+    ("gru_cell", "GRUCell", "dh = dh_new * (1 - z) + drh * r + da_zr @ self.Wh.T", "dh = dh_new * (1 - z)", "backward (dh_prev)",
+     "branch", "only the direct path"),
+    ("gru_cell", "GRUCell", "            p.grad = g if p.grad is None else p.grad + g\n        return dxp",
+     "            p.grad = g\n        return dxp", "Wx.grad", "accumulate", "add up over the 3 steps"),
+    ("gru_cell", "GRUCell", "self.out = (1 - self.z) * h + self.z * self.c", "self.out = self.z * h + (1 - self.z) * self.c",
+     "output", "convention", "PyTorch's"),
+    ("causal_self_attention", "CausalSelfAttention", "dq, dk = dscores @ k / math.sqrt(D), dscores.transpose(-2, -1) @ q / math.sqrt(D)",
+     "dq, dk = dscores @ k, dscores.transpose(-2, -1) @ q", "backward (dx)", "scale", "1/√D"),
+    ("causal_self_attention", "CausalSelfAttention", "        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool)"
+     ".triu(1), float(\"-inf\"))\n", "", "output", "mask", "causal mask is missing"),
+    ("causal_self_attention", "CausalSelfAttention", "dscores = att * (datt - (datt * att).sum(-1, keepdim=True))",
+     "dscores = att * datt", "backward (dx)", "unknown", "not one of the common mistakes"),
 ]
 
 
@@ -209,6 +229,25 @@ def test_one_mistake_of_every_other_kind_is_named(kind, cls, old, new, row, diag
     assert not rep.ok and r.kind == diag and words in r.diagnosis, (r.kind, r.diagnosis)
     own = [x.name for x in rep.rows if not x.ok and x.kind != "inherited"]
     assert own[0] == row, own  # the first row to fix is the planted one (a slip may show on the rows below it too)
+
+
+def test_a_backward_right_for_a_wrong_forward_follows_from_it():
+    rep = check_layer(by_hand("        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float(\"-inf\"))\n",
+                              "")["CausalSelfAttention"], "causal_self_attention")
+    assert rep.row("output").kind == "mask" and rep.row("backward (dx)").kind == "inherited"
+    assert "fix: output (the" in rep.summary
+
+
+@pytest.mark.parametrize("kind", ["rnn_cell", "causal_self_attention"])
+def test_kinds_through_the_sandbox(kind, tmp_path, capsys):
+    f = tmp_path / "mine.py"
+    f.write_text(BY_HAND)
+    cls = dict(GROUP3)[kind]
+    assert cli.main(["exercise", "check-layer", f"{f}:{cls}", "--layer", kind, "--json"]) == 0
+    import json
+
+    d = json.loads(capsys.readouterr().out)
+    assert d["ok"] and {r["name"] for r in d["rows"]} >= set(PARAMS[kind])
 
 
 @pytest.mark.parametrize("kind", sorted(check_layer.__globals__["SPECS"]))

@@ -18,7 +18,7 @@ import torch
 
 from .. import nn
 from ..verdict import Row
-from .diagnose import Clues, Part, Slip, norm_parts, repeated_index
+from .diagnose import Clues, Part, Slip, norm_parts, repeated_index, sum_of
 
 EPS, MOMENTUM = 1e-5, 0.1
 
@@ -636,5 +636,191 @@ class CrossEntropy(Kind):
         return case.shape[0]
 
 
+# ── rnn_cell, gru_cell, causal_self_attention ───────────────────────────────────────────────────────
+
+
+class _Cell(Kind):
+    """One step of a recurrent cell, h' = layer(x, h), backward(dh') -> (dx, dh). The second case runs
+    three steps the way backprop through time does — each step's forward, then its backward, last step
+    first — so the weights' .grad must add up over the steps."""
+
+    args = (10, 16)
+    inputs = ("x", "h")
+    grad_of = ("x", "h")
+    backward_rows = ("backward (dx)", "backward (dh_prev)")
+    cases = (Case("batch 32, 1 step", 0, (32, 10)), Case("batch 13, 3 steps", 1, (13, 10), steps=3))
+
+    def param_values(self, g):
+        return {p.name: 0.4 * torch.randn(p.shape, generator=g) for p in self.params}
+
+    def calls(self, case, g):
+        B, E = case.shape
+        H = self.args[1]
+        steps = [Call({"x": torch.randn(B, E, generator=g), "h": torch.tanh(torch.randn(B, H, generator=g))},
+                      torch.randn(B, H, generator=g)) for _ in range(case.steps)]
+        return steps[::-1]  # the last time step's call first, as backprop through time runs
+
+    def reference_layer(self):
+        return self.ref_cls(*self.args)
+
+    def manual(self, P: dict, call: Call, **slip) -> dict[str, torch.Tensor]:
+        """The step's gradients written out (x, h and every parameter), with a known slip switched on."""
+        raise NotImplementedError
+
+    def slip_grads(self) -> list[tuple[str, str, dict]]:
+        """(kind, sentence, the `manual` switches) of this cell's known backward slips."""
+        return []
+
+    def backward_clues(self, row, P, call, ref, case):
+        key = {"backward (dx)": "x", "backward (dh_prev)": "h"}.get(row, row)
+        slips = [Slip(k, m, self.manual(P, call, **sw)[key]) for k, m, sw in self.slip_grads()]
+        return Clues(what=key, parts=self.parts(row, P, call), slips=slips)
+
+    def parts(self, row, P, call) -> list[Part]:
+        return []
+
+    def param_clues(self, name, P, calls, refs, case):
+        return Clues(what=name, slips=[Slip(k, m, sum_of(self.manual(P, c, **sw)[name] for c in calls))
+                                       for k, m, sw in self.slip_grads()])
+
+
+class RNNCell(_Cell):
+    name = "rnn_cell"
+    ref_cls = nn.RNNCell
+    params = (Param("Wx", ("Wx",), (10, 16), layout="Wx is (input_size, hidden_size): a = x @ Wx + h @ Wh + b"),
+              Param("Wh", ("Wh",), (16, 16)), Param("b", ("b",), (16,)))
+
+    def forward_variants(self, P, call):
+        return [("tanh", "h' = tanh(x @ Wx + h @ Wh + b): the tanh is missing",
+                 lambda i, p: i["x"] @ p["Wx"] + i["h"] @ p["Wh"] + p["b"]),
+                ("transposed", "h @ Wh, not h @ Wh.T: charmlp's weights are (fan_in, fan_out)",
+                 lambda i, p: torch.tanh(i["x"] @ p["Wx"] + i["h"] @ p["Wh"].T + p["b"]))]
+
+    def manual(self, P, call, tanh_slip=False, untransposed=False):
+        x, h, d = call.inputs["x"], call.inputs["h"], call.dout
+        hn = torch.tanh(x @ P["Wx"] + h @ P["Wh"] + P["b"])
+        da = ((1 - hn) if tanh_slip else (1 - hn**2)) * d
+        return {"x": da @ P["Wx"].T, "h": da @ (P["Wh"] if untransposed else P["Wh"].T), "Wx": x.T @ da, "Wh": h.T @ da,
+                "b": da.sum(0)}
+
+    def slip_grads(self):
+        return [("tanh", "d tanh(a)/da = 1 − tanh(a)², i.e. (1 − h'**2) · dh'; you have (1 − h') · dh'", {"tanh_slip": True}),
+                ("transposed", "dh = da @ Wh.T (a = … + h @ Wh), not da @ Wh", {"untransposed": True})]
+
+
+class GRUCell(_Cell):
+    name = "gru_cell"
+    ref_cls = nn.GRUCell
+    params = (Param("Wx", ("Wx",), (10, 48), layout="Wx is (input_size, 3·hidden): the z, r and c blocks side by side"),
+              Param("Wh", ("Wh",), (16, 32), layout="Wh is (hidden, 2·hidden): the z and r blocks"),
+              Param("Wc", ("Wc",), (16, 16)), Param("b", ("b",), (48,)))
+
+    @staticmethod
+    def _gates(P, x, h):
+        H = 16
+        zr = torch.sigmoid(x @ P["Wx"][:, : 2 * H] + h @ P["Wh"] + P["b"][: 2 * H])
+        z, r = zr[:, :H], zr[:, H:]
+        c = torch.tanh(x @ P["Wx"][:, 2 * H :] + (r * h) @ P["Wc"] + P["b"][2 * H :])
+        return z, r, c
+
+    def forward_variants(self, P, call):
+        def torch_convention(i, p):
+            z, _, c = self._gates(p, i["x"], i["h"])
+            return z * i["h"] + (1 - z) * c
+
+        return [("convention", "charmlp's GRU (makemore's) is h' = (1 − z)·h + z·c; you have PyTorch's z·h + (1 − z)·c",
+                 torch_convention)]
+
+    def _dh_parts(self, P, x, h, d):
+        z, r, c = self._gates(P, x, h)
+        da_c = (1 - c**2) * d * z
+        drh = da_c @ P["Wc"].T
+        da_zr = torch.cat([(c - h) * d * z * (1 - z), drh * h * r * (1 - r)], 1)
+        return {"direct": d * (1 - z), "rh": drh * r, "gates": da_zr @ P["Wh"].T}
+
+    def parts(self, row, P, call):
+        if row != "backward (dh_prev)":
+            return []
+        p = self._dh_parts(P, call.inputs["x"], call.inputs["h"], call.dout)
+        return [Part("the direct path dh'·(1 − z)", p["direct"],
+                     only="only the direct path dh'·(1 − z): h also feeds the gates z and r (through Wh) and the candidate "
+                          "(through r·h and Wc), and dh is the sum of all three paths"),
+                Part("the path through r·h (the candidate)", p["rh"],
+                     missing="the path through the candidate is missing: c uses r·h, so dh gets d(r·h)·r"),
+                Part("the path through the gates (h @ Wh)", p["gates"],
+                     missing="the path through the gates is missing: z and r use h @ Wh, so dh gets [da_z, da_r] @ Wh.T")]
+
+
+class CausalSelfAttention(Kind):
+    name = "causal_self_attention"
+    args = (24, 2)
+    params = (Param("qkv.weight", ("qkv.weight", "c_attn.weight", "attn.weight"), (24, 72), "qkv.weight",
+                    layout="qkv.weight is (n_embd, 3·n_embd): the q, k and v blocks side by side, each n_head heads"),
+              Param("qkv.bias", ("qkv.bias", "c_attn.bias", "attn.bias"), (72,), "qkv.bias"),
+              Param("proj.weight", ("proj.weight", "c_proj.weight"), (24, 24), "proj.weight"),
+              Param("proj.bias", ("proj.bias", "c_proj.bias"), (24,), "proj.bias"))
+    cases = (Case("input 32×5×24", 0, (32, 5, 24)), Case("input 13×7×24", 1, (13, 7, 24)))
+
+    def param_values(self, g):
+        return {p.name: 0.3 * torch.randn(p.shape, generator=g) for p in self.params}
+
+    def reference_layer(self):
+        return nn.CausalSelfAttention(*self.args)
+
+    def attend(self, P, x, scale: float | None = None, mask: bool = True):
+        B, T, C = x.shape
+        H = self.args[1]
+        q, k, v = (x @ P["qkv.weight"] + P["qkv.bias"]).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        s = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(C // H) if scale is None else scale)
+        if mask:
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        y = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(B, T, C)
+        return y @ P["proj.weight"] + P["proj.bias"]
+
+    def forward_variants(self, P, call):
+        D = self.args[0] // self.args[1]
+        return [("mask", "the causal mask is missing: position t must attend to positions 0..t only (scores above the "
+                         "diagonal set to −inf before the softmax)", lambda i, p: self.attend(p, i["x"], mask=False)),
+                ("scale", "the scores are not scaled by 1/√D (D = n_embd / n_head, the head size)",
+                 lambda i, p: self.attend(p, i["x"], scale=1.0)),
+                ("scale", "the scores are scaled by 1/D: the scale is 1/√D (D the head size)",
+                 lambda i, p: self.attend(p, i["x"], scale=1 / D))]
+
+    def manual(self, P, x, dout, scale_bw: bool = True, mask_bw: bool = True) -> dict[str, torch.Tensor]:
+        """The backward written out, with the 1/√D or the mask left out of it (the forward has both)."""
+        B, T, C = x.shape
+        H = self.args[1]
+        D = C // H
+        s = 1 / math.sqrt(D)
+        qkv = (x @ P["qkv.weight"] + P["qkv.bias"]).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv
+        scores = (q @ k.transpose(-2, -1)) * s
+        future = torch.ones(T, T, dtype=torch.bool).triu(1)
+        att = torch.softmax(scores.masked_fill(future, float("-inf")), -1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        d2 = dout.reshape(-1, C)
+        dproj_w, dproj_b = y.reshape(-1, C).T @ d2, d2.sum(0)
+        dy = (dout @ P["proj.weight"].T).view(B, T, H, D).transpose(1, 2)
+        datt, dv = dy @ v.transpose(-2, -1), att.transpose(-2, -1) @ dy
+        a = att if mask_bw else torch.softmax(scores, -1)
+        dscores = a * (datt - (datt * a).sum(-1, keepdim=True))
+        sb = s if scale_bw else 1.0
+        dq, dk = dscores @ k * sb, dscores.transpose(-2, -1) @ q * sb
+        dqkv = torch.stack([dq, dk, dv]).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
+        d3 = dqkv.reshape(-1, 3 * C)
+        return {"x": dqkv @ P["qkv.weight"].T, "qkv.weight": x.reshape(-1, C).T @ d3, "qkv.bias": d3.sum(0),
+                "proj.weight": dproj_w, "proj.bias": dproj_b}
+
+    SLIPS = (("scale", "the backward leaves out the forward's 1/√D: dq = dscores @ k / √D and dk = dscoresᵀ @ q / √D",
+              {"scale_bw": False}),
+             ("mask", "the backward's softmax is not the masked one: use the att the forward kept (0 above the diagonal), "
+                      "or mask the scores there too", {"mask_bw": False}))
+
+    def backward_clues(self, row, P, call, ref, case):
+        key = "x" if row == "backward (dx)" else row
+        x, d = call.inputs["x"], call.dout
+        return Clues(what=key, slips=[Slip(k, m, self.manual(P, x, d, **sw)[key]) for k, m, sw in self.SLIPS])
+
+
 KINDS_IN_ORDER: tuple[type[Kind], ...] = (Linear, Embedding, Tanh, BatchNorm1d, FlattenConsecutive, LayerNorm, GELU, Dropout,
-                                          CrossEntropy)
+                                          CrossEntropy, RNNCell, GRUCell, CausalSelfAttention)
