@@ -7,9 +7,10 @@ The limits (address space and file size in bytes, CPU seconds) are set with setr
 imported and before the learner's file is; see docs/exercise-sandbox.md.
 
 Reads WORKDIR/inputs.safetensors and WORKDIR/meta.json, calls the file's part<N> functions with the
-tensors they name, and writes the variables d<atom> each function leaves behind (read when it returns,
-or where it raised) to WORKDIR/out<N>.safetensors, and WORKDIR/result.json: per part the error (line,
-message) if any, non-tensor gradients, and part 4's losses. With --layer, runs the probes of
+tensors they name — once per input set (the lectures' batch of 32, then a second batch of another size
+and seed) — and writes the variables d<atom> each function leaves behind (read when it returns, or
+where it raised) to WORKDIR/out<N><set>.safetensors, and WORKDIR/result.json: per part and set the error
+(line, message) if any, non-tensor gradients, and part 4's losses and one-step parameters. With --layer, runs the probes of
 WORKDIR/probes.json on the class and writes their raw results (`run_probes`). Either way only raw
 values come back: the parent diagnoses. Imports only torch and safetensors.
 """
@@ -128,26 +129,28 @@ def main(path: str, workdir: str, parts: str) -> int:
         result["import_error"] = _where(e, path)
         json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
         return 0
-    base = {k: v for k, v in inputs.items() if not k.startswith(("batch_", "ref_"))}
-    base["n"] = int(meta["n"])
+    sets = meta["sets"]  # {"a": n, "b": n}: the lectures' batch and a second one (another size and seed)
+    base = {s: {**{k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith(s + ".") and ".ref_" not in "." + k},
+                "n": int(n)} for s, n in sets.items()}
+
+    def run(fn, available):
+        with contextlib.redirect_stdout(out):
+            local, ret, err = _call(fn, available)
+        return local, ret, None if err is None else (err if isinstance(err, dict) else _where(err, path))
+
     for part in map(int, parts.split(",")):
         fn = getattr(module, f"part{part}", None)
         if not callable(fn):
             result["parts"][str(part)] = {"defined": False}
             continue
-        available = dict(base)
-        if part == 3:
-            available["dhpreact"] = inputs["ref_hpreact"].clone()
+        rec: dict = {"defined": True, "sets": {}}
         if part == 4:
+            # the whole loop on the lectures' batches (its losses), then one step from each set's parameters and
+            # batch, whose updated parameters tell each one's gradient
             steps = int(meta["steps"])
-            available = {"params": {k: inputs[k].clone() for k in meta["params"]}, "lr": float(meta["lr"]),
-                         "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]}
-        else:
-            available = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in available.items()}
-        with contextlib.redirect_stdout(out):
-            local, ret, err = _call(fn, available)
-        rec: dict = {"defined": True, "error": None if err is None else (err if isinstance(err, dict) else _where(err, path))}
-        if part == 4:
+            params = {k: inputs[f"a.{k}"].clone() for k in meta["params"]}
+            _, ret, rec["error"] = run(fn, {"params": params, "lr": float(meta["lr"]),
+                                            "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]})
             try:
                 if isinstance(ret, (str, bytes, dict)):
                     raise TypeError(f"got a {type(ret).__name__}")
@@ -155,11 +158,24 @@ def main(path: str, workdir: str, parts: str) -> int:
             except (TypeError, ValueError) as e:
                 rec["losses"], rec["error"] = None, rec["error"] or {"line": None, "text": "", "message":
                                                                      f"part4 must return its list of losses: {e}"}
-        else:
+            for s in sets:
+                params = {k: inputs[f"{s}.{k}"].clone() for k in meta["params"]}
+                _, _, err = run(fn, {"params": params, "lr": float(meta["lr"]), "batches": [(inputs[f"{s}.Xb"], inputs[f"{s}.Yb"])]})
+                after = {k: v.detach().float().contiguous().clone() for k, v in params.items() if isinstance(v, torch.Tensor)}
+                save_file(after, os.path.join(workdir, f"out4{s}.safetensors"))
+                rec["sets"][s] = {"error": err}
+            result["parts"][str(part)] = rec
+            continue
+        for s in sets:
+            available = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in base[s].items()}
+            if part == 3:
+                available["dhpreact"] = inputs[f"{s}.ref_hpreact"].clone()
+            local, ret, err = run(fn, available)
+            srec: dict = {"error": err}
             if isinstance(ret, dict):
                 local.update(ret)
             elif err is None:  # the parts end with `return locals()`
-                rec["returned"] = "None" if ret is None else f"a {type(ret).__name__}"
+                srec["returned"] = "None" if ret is None else f"a {type(ret).__name__}"
             grads, other = {}, {}
             for k, v in local.items():
                 if not (k.startswith("d") and len(k) > 1) or v is None:
@@ -168,8 +184,9 @@ def main(path: str, workdir: str, parts: str) -> int:
                     grads[k] = (v.detach() if v.is_floating_point() else v.detach().float()).contiguous().clone()
                 else:
                     other[k] = type(v).__name__
-            save_file(grads, os.path.join(workdir, f"out{part}.safetensors"))
-            rec["other"] = other
+            save_file(grads, os.path.join(workdir, f"out{part}{s}.safetensors"))
+            srec["other"] = other
+            rec["sets"][s] = srec
         result["parts"][str(part)] = rec
     json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
     return 0

@@ -85,7 +85,8 @@ def _is(names) -> str:
     return "is" if len(names) == 1 else "are"
 
 
-def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None) -> Row:
+def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None, rel: float = REL_TOL,
+             match: float = MATCH_TOL) -> Row:
     """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom).
 
     The engine is the shared one (`diagnose.py`); what is particular to a chain of atoms is said here: a
@@ -139,7 +140,7 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
                   only=f"only the contribution through {via}: {atom} is used twice in the forward (also by {others(via)}), "
                        f"so d{atom} is the sum of both branches")
              for via, f in BRANCHES.get(atom, {}).items()]
-    clues = Clues(n=F_["n"], what=atom, parts=parts, slips=_known_slips(atom, F_, FU), scale=scale,
+    clues = Clues(n=F_["n"], what=atom, parts=parts, slips=_known_slips(atom, F_, FU), scale=scale, rel=rel, match=match,
                   unknown=f"wrong, and not one of the common mistakes: derive it again from the forward line that makes {atom}",
                   nonfinite="a division by zero, or log/exp of an extreme value? (probs can be tiny: use counts_sum_inv as in "
                             "the forward)",

@@ -15,6 +15,7 @@ a literal size in the code.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -314,10 +315,24 @@ def combine(name: str, verdicts: list[tuple[str, Row]], ndims: dict[str, int] | 
         right = " and ".join(lb for lb, _ in done)
         wrong = ", ".join(lb for lb, _ in bad)
         why = f" ({r.diagnosis})" if r.kind not in ("unknown", "") and r.diagnosis else ""
+        literal = _literal(r, done[0][0], lab)
         return Row(name, r.status, r.shape, r.got_shape, r.maxdiff,
-                   f"right at {right} but wrong at {wrong}{why}: it depends on the input's size — use the input's "
+                   f"right at {right} but wrong at {wrong}{literal or why}: it depends on the input's size — use the input's "
                    "shape (x.shape[0], n), not a literal", "batch-size", r.rel_err, r.section, r.note)
     lab, r = next(((lb, rr) for lb, rr in bad if rr.kind not in ("unknown", "")), (lab, r))
     if len(verdicts) > 1 and (done or lab != verdicts[0][0]):
         r = Row(**{**r.__dict__, "diagnosis": f"at {lab}: {r.diagnosis}" if r.diagnosis else f"at {lab}"})
     return r
+
+
+def _literal(r: Row, right: str, wrong: str) -> str:
+    """" (off by 13/32: …)" when a wrong row's constant factor is the ratio of the two batch sizes."""
+    k = re.search(r"constant factor (-?[\d.e+-]+)", r.diagnosis)
+    a, b = (re.search(r"batch (\d+)", lab) for lab in (right, wrong))
+    if not (k and a and b and r.kind == "factor"):
+        return ""
+    k, na, nb = float(k.group(1)), int(a.group(1)), int(b.group(1))
+    for num, den in ((nb, na), (na, nb)):
+        if abs(k - num / den) <= 1e-3 * num / den:
+            return f" (off by {num}/{den}: {na} is written in where the batch size belongs)"
+    return ""

@@ -22,6 +22,7 @@ import torch
 from ..errors import CharmlpError
 from ..verdict import Report, Row
 from .backprop import ATOMS, PARAMS, Backprop
+from .diagnose import MATCH_TOL, REL_TOL, combine
 
 PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
@@ -213,15 +214,21 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
     if not timeout > 0:
         raise CharmlpError(f"--timeout must be positive, got {timeout}")
     ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
+    # the second set: another batch size (odd, not 32) and seed, so that a literal 32 or a fixed n shows
+    ex2 = Backprop(seed=(ex.seed + 1) % 2**63, batch_size=SECOND_BATCH if batch_size != SECOND_BATCH else SECOND_BATCH + 4)
+    sets = {"a": ex, "b": ex2}
     asked = tuple(parts or PARTS)
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
         from safetensors.torch import save_file
 
         X4, Y4 = part4_batches(ex) if 4 in asked else (torch.zeros(0, ex.n, 3, dtype=torch.long),) * 2
-        tensors = {k: v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
-        tensors.update(ref_hpreact=ex.grads["hpreact"].contiguous(), batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
+        tensors = {f"{s}.{k}": v.clone().contiguous() for s, e in sets.items() for k, v in e.tensors().items()
+                   if isinstance(v, torch.Tensor)}
+        tensors.update({f"{s}.ref_hpreact": e.grads["hpreact"].contiguous() for s, e in sets.items()})
+        tensors.update(batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
         save_file(tensors, os.path.join(wd, "inputs.safetensors"))
-        Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X4), "lr": PART4_LR, "params": list(PARAMS)}))
+        Path(wd, "meta.json").write_text(json.dumps({"sets": {s: e.n for s, e in sets.items()}, "steps": len(X4),
+                                                     "lr": PART4_LR, "params": list(PARAMS)}))
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
         def whole_file(error: str) -> list[Report]:  # the file as a whole failed: one report
             titles = [TITLES[p] for p in parts] if parts else ["exercise check"]
@@ -235,40 +242,107 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return whole_file(f"{path.name} stopped Python itself: {last}")
         result = json.loads(res_file.read_text(encoding="utf-8"))
-        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values())]:
+        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
+                    *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
             _raise_on_limit(err, path)
         if result["import_error"]:
             return whole_file(_error_line(result["import_error"], path))
         if parts is None and not any(r["defined"] for r in result["parts"].values()):
             raise CharmlpError(f"{path} defines none of part1 … part4: start from `charmlp exercise init`")
-        from safetensors.torch import load_file
 
         reports = []
         for p in asked:
             rec = result["parts"][str(p)]
-            title = f"{TITLES[p]} · {path.name} (seed {ex.seed}, batch {ex.n})"
+            title = f"{TITLES[p]} · {path.name} (seed {ex.seed}, batch {ex.n}; again at batch {ex2.n}, seed {ex2.seed})"
             if not rec["defined"]:
                 if parts is not None:
                     reports.append(Report(title, error=f"{path.name} has no function part{p}"))
                 continue
-            if p == 4:
-                ref = reference_losses(ex.params, X4, Y4, PART4_LR)
-                rep = Report(title, [diagnose_losses(rec.get("losses"), ref)])
-            else:
-                grads = load_file(os.path.join(wd, f"out{p}.safetensors")) if Path(wd, f"out{p}.safetensors").is_file() else {}
-                grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
-                for k, typ in rec.get("other", {}).items():
-                    if k[1:] in ATOMS:
-                        grads[k] = _NotATensor(typ)
-                rep = ex.check(part=p, **grads)
-                rep.title = title
-                if rec.get("returned"):  # not its variables: the rows above come from what it left in its locals
-                    rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part{p} returned {rec['returned']}: "
-                                           "end it with `return locals()` so charmlp gets its variables", kind="return"))
-            if rec["error"]:
+            rep = _part4_report(title, rec, sets, X4, Y4, wd) if p == 4 else _part_report(title, p, rec, sets, wd)
+            errs = {s: sr.get("error") for s, sr in rec.get("sets", {}).items()}
+            if p == 4 and rec.get("error"):
                 rep.error = _error_line(rec["error"], path)
+            elif errs.get("a"):
+                rep.error = _error_line(errs["a"], path)
+            elif errs.get("b"):  # right at the lectures' batch, raised at the second one
+                rep.error = (f"at batch {ex2.n} only (seed {ex2.seed}): {_error_line(errs['b'], path)} — it depends on the "
+                             "batch size: use n (or x.shape[0]), not a literal 32")
             reports.append(rep)
         return reports
+
+
+SECOND_BATCH = 13  # the second set's batch: odd, and none of the exercise's other sizes (3, 10, 27, 30, 64)
+
+
+def _learner_grads(wd: str, name: str, other: dict) -> dict:
+    from safetensors.torch import load_file
+
+    f = Path(wd, name)
+    grads = load_file(str(f)) if f.is_file() else {}
+    grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
+    for k, typ in other.items():
+        if k[1:] in ATOMS:
+            grads[k] = _NotATensor(typ)
+    return grads
+
+
+def _labels(sets: dict) -> dict[str, str]:
+    return {s: f"batch {e.n}" for s, e in sets.items()}
+
+
+def _part_report(title: str, p: int, rec: dict, sets: dict, wd: str) -> Report:
+    """Parts 1–3: each set's rows from the shared diagnosis, one row per atom over both sets (`combine`)."""
+    labels = _labels(sets)
+    per_set = {s: e.check(part=p, **_learner_grads(wd, f"out{p}{s}.safetensors", rec["sets"][s].get("other", {})))
+               for s, e in sets.items()}
+    first = per_set["a"]
+    rows = [combine(r.name, [(labels[s], per_set[s].row(r.name)) for s in sets]) for r in first.rows]
+    rep = Report(title, rows)
+    returned = rec["sets"]["a"].get("returned")
+    if returned:  # not its variables: the rows above come from what it left in its locals
+        rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part{p} returned {returned}: "
+                               "end it with `return locals()` so charmlp gets its variables", kind="return"))
+    return rep
+
+
+def _part4_report(title: str, rec: dict, sets: dict, X4, Y4, wd: str) -> Report:
+    """Part 4: the losses of the whole loop, then each parameter's first update, read back as the gradient it
+    used (p₀ − p₁)/lr and diagnosed as part 1's rows are, at both sets."""
+    from safetensors.torch import load_file
+
+    ex = sets["a"]
+    rows = [diagnose_losses(rec.get("losses"), reference_losses(ex.params, X4, Y4, PART4_LR))]
+    labels = _labels(sets)
+    per: dict[str, list] = {}
+    for s, e in sets.items():
+        f = Path(wd, f"out4{s}.safetensors")
+        after = load_file(str(f)) if f.is_file() else {}
+        for k in PARAMS:
+            per.setdefault(k, []).append((labels[s], _update_row(e, k, after.get(k))))
+    rows += [combine(f"d{k} (step 1)", v) for k, v in per.items()]
+    return Report(title, rows, notes=["dX (step 1): the gradient your first update used, (X before − X after) / lr, "
+                                      "against the true one at that batch"])
+
+
+def _update_row(ex: Backprop, k: str, after) -> Row:
+    """The gradient the learner's first update of parameter `k` used, diagnosed against the true one."""
+    from .backprop import diagnose as atom_diagnose
+
+    p0, r = ex.params[k], ex.grads[k]
+    name = f"d{k} (step 1)"
+    if not isinstance(after, torch.Tensor) or after.numel() != p0.numel():
+        return Row(name, "missing", tuple(r.shape), diagnosis=f"params[{k!r}] is gone or has another shape after part4")
+    g = (p0 - after.reshape(p0.shape)) / PART4_LR
+    scale = ex.grads["hprebn"].abs().sum(0).max().item() if k == "b1" else r.abs().max().item()
+    # the update rounds p₁ = p₀ − lr·dp to float32: what the gradient read back from it can be off by
+    slack = 4 * torch.finfo(torch.float32).eps * p0.abs().max().item() / PART4_LR
+    rel = REL_TOL + slack / max(scale, 1e-30)
+    row = atom_diagnose(k, g, ex.tensors(), ex.grads, {k: g}, scale, rel=rel, match=max(MATCH_TOL, 4 * rel))
+    row.name = name
+    if not row.ok and not g.any():
+        row.kind, row.diagnosis = "no-update", (f"{k} did not change: update it in place (p -= lr * dp, or p.data -= …); "
+                                                "rebinding a name leaves params untouched")
+    return row
 
 
 class _NotATensor:
