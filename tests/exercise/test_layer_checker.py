@@ -113,6 +113,11 @@ MISTAKES1 = [  # (kind, class, old, new, row, diagnosis kind, words)
     ("embedding", "Embedding", "self.weight.grad = dW", "self.weight.grad = 2 * dW", "weight.grad", "factor", "twice"),
     ("tanh", "Tanh", "return (1 - self.out**2) * dout", "return (1 - self.out) * dout", "backward (dx)", "tanh", "1 − tanh(x)²"),
     ("tanh", "Tanh", "return (1 - self.out**2) * dout", "return -(1 - self.out**2) * dout", "backward (dx)", "sign", "sign"),
+    ("tanh", "Tanh", "return (1 - self.out**2) * dout", "return (1 - torch.tanh(self.out) ** 2) * dout", "backward (dx)", "tanh",
+     "applies tanh twice"),
+    ("batchnorm1d", "BatchNorm1d", "dxhat = self.gamma * dout", "dxhat = dout", "backward (dx)", "gamma", "forgets γ"),
+    ("batchnorm1d", "BatchNorm1d", "self.gamma.grad = (dout * self.xhat).sum(dims)", "self.gamma.grad = dout.sum(dims)",
+     "gamma.grad", "swapped", "this is dβ"),
     ("batchnorm1d", "BatchNorm1d", "- n / (n - 1) * self.xhat", "- self.xhat", "backward (dx)", "factor", "Bessel"),
     ("batchnorm1d", "BatchNorm1d", "n * dxhat - dxhat.sum(dims, keepdim=True)", "n * dxhat", "backward (dx)", "branch",
      "mean's term is missing"),
@@ -213,12 +218,20 @@ MISTAKES23 = [  # (kind, class, old, new, row, diagnosis kind, words)
      "            p.grad = g\n        return dxp", "Wx.grad", "accumulate", "add up over the 3 steps"),
     ("gru_cell", "GRUCell", "self.out = (1 - self.z) * h + self.z * self.c", "self.out = self.z * h + (1 - self.z) * self.c",
      "output", "convention", "PyTorch's"),
+    ("layernorm", "LayerNorm", "self.beta.grad = dout.sum(rows)", "self.beta.grad = (dout * self.xhat).sum(rows)", "beta.grad",
+     "swapped", "this is dγ"),
+    ("dropout", "Dropout", "return dout * self.mask", "return dout", "backward (dx)", "mask", "the mask is missing"),
+    ("gru_cell", "GRUCell", "da_c = (1 - c**2) * dh_new * z", "da_c = (1 - c) * dh_new * z", "backward (dx)", "tanh", "1 − c²"),
+    ("gru_cell", "GRUCell", "da_z = (c - h) * dh_new * z * (1 - z)", "da_z = (c - h) * dh_new * z", "backward (dx)", "sigmoid",
+     "z·(1 − z), not z"),
+    ("causal_self_attention", "CausalSelfAttention", "datt, dv = dy @ v.transpose(-2, -1), att.transpose(-2, -1) @ dy",
+     "datt, dv = dy @ v.transpose(-2, -1), att @ dy", "backward (dx)", "transposed", "dv = att.transpose(-2, -1) @ dy"),
     ("causal_self_attention", "CausalSelfAttention", "dq, dk = dscores @ k / math.sqrt(D), dscores.transpose(-2, -1) @ q / math.sqrt(D)",
      "dq, dk = dscores @ k, dscores.transpose(-2, -1) @ q", "backward (dx)", "scale", "1/√D"),
     ("causal_self_attention", "CausalSelfAttention", "        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool)"
      ".triu(1), float(\"-inf\"))\n", "", "output", "mask", "causal mask is missing"),
     ("causal_self_attention", "CausalSelfAttention", "dscores = att * (datt - (datt * att).sum(-1, keepdim=True))",
-     "dscores = att * datt", "backward (dx)", "unknown", "not one of the common mistakes"),
+     "dscores = att * datt", "backward (dx)", "softmax", "the sum over the row is missing"),
 ]
 
 

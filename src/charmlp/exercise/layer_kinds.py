@@ -249,7 +249,9 @@ class Tanh(Kind):
         return Clues(what="x", approx=_tanh_approx, slips=[
             Slip("tanh", "d tanh(x)/dx = 1 − tanh(x)², i.e. (1 − out**2) · dout; you have (1 − out) · dout", (1 - out) * dout),
             Slip("tanh", "1 − tanh² uses the output out = tanh(x), not x itself: (1 − out**2) · dout", (1 - x**2) * dout),
-            Slip("tanh", "d tanh(x)/dx = 1 − tanh(x)², not tanh(x)²", out**2 * dout)])
+            Slip("tanh", "d tanh(x)/dx = 1 − tanh(x)², not tanh(x)²", out**2 * dout),
+            Slip("tanh", "1 − tanh(out)² applies tanh twice: out is tanh(x) already, so dx = (1 − out**2) · dout",
+                 (1 - torch.tanh(out) ** 2) * dout)])
 
 
 def _tanh_approx(_g):
@@ -322,13 +324,15 @@ class BatchNorm1d(Kind):
     def backward_clues(self, row, P, call, ref, case):
         x, dy = call.inputs["x"], call.dout
         n = self.rows_n(case)
-        if row in ("gamma", "beta"):
-            return Clues(what=row, n=n, shape_hint="for a (B, T, C) input, over B and T: .sum((0, 1))" if x.dim() == 3 else "")
         x2, d2 = x.reshape(-1, 20), dy.reshape(-1, 20)
         mean, var, _ = self._stats(x)
         rstd = (var + EPS).rsqrt()
         xhat, k = (x2 - mean) * rstd, P["gamma"] * rstd
+        if row in ("gamma", "beta"):
+            return Clues(what=row, n=n, shape_hint="for a (B, T, C) input, over B and T: .sum((0, 1))" if x.dim() == 3 else "",
+                         slips=_affine_swapped(row, (d2 * xhat).sum(0), d2.sum(0)))
         parts = norm_parts(k * d2, (-k * d2.mean(0)).expand_as(d2), -k * xhat * (d2 * xhat).sum(0) / (n - 1), "batch")
+        g1 = rstd / n * (n * d2 - d2.sum(0) - n / (n - 1) * xhat * (d2 * xhat).sum(0))  # γ = 1
         slips = []
         if x.dim() == 3:
             with torch.enable_grad():
@@ -337,6 +341,8 @@ class BatchNorm1d(Kind):
                 (per_t,) = torch.autograd.grad(y, xr, dy)
             slips.append(Slip("dims", "the backward's statistics must run over B and T (dims (0, 1)), as the forward's: "
                                       "n is B·T rows, not B", per_t))
+        slips.append(Slip("gamma", "the backward forgets γ: the gradient reaching x̂ is γ·dout (out = γ·x̂ + β)",
+                          g1.reshape(x.shape)))
         return Clues(what="x", n=n, parts=[Part(p.what, p.value.reshape(x.shape), p.only, p.missing) for p in parts],
                      slips=slips)
 
@@ -390,6 +396,13 @@ class BatchNorm1d(Kind):
                          "eval mode: update them only when self.training", "eval-update") if moved else
                          _exact("eval leaves running stats")))
         return rows
+
+
+def _affine_swapped(row: str, dgamma: torch.Tensor, dbeta: torch.Tensor) -> list[Slip]:
+    """out = γ·x̂ + β: dγ = Σ dout·x̂, dβ = Σ dout — the one given for the other."""
+    if row == "gamma":
+        return [Slip("swapped", "this is dβ = Σ dout; dγ = Σ dout·x̂ (out = γ·x̂ + β)", dbeta)]
+    return [Slip("swapped", "this is dγ = Σ dout·x̂; dβ = Σ dout (out = γ·x̂ + β)", dgamma)]
 
 
 def _wrong(name: str, diagnosis: str, kind: str) -> Row:
@@ -459,12 +472,14 @@ class LayerNorm(Kind):
 
     def backward_clues(self, row, P, call, ref, case):
         x, dy = call.inputs["x"], call.dout
-        if row in ("gamma", "beta"):
-            return Clues(what=row, shape_hint="sum over every row, B and T: .sum((0, 1))" if x.dim() == 3 else "")
         C = x.shape[-1]
         mean = x.mean(-1, keepdim=True)
         rstd = (x.var(-1, keepdim=True, unbiased=False) + EPS).rsqrt()
         xhat, dxhat = (x - mean) * rstd, P["gamma"] * dy
+        if row in ("gamma", "beta"):
+            d2, xh2 = dy.reshape(-1, C), xhat.reshape(-1, C)
+            return Clues(what=row, shape_hint="sum over every row, B and T: .sum((0, 1))" if x.dim() == 3 else "",
+                         slips=_affine_swapped(row, (d2 * xh2).sum(0), d2.sum(0)))
         direct, mean_t = rstd * dxhat, -rstd * dxhat.mean(-1, keepdim=True).expand_as(dxhat)
         var_t = -rstd * xhat * (dxhat * xhat).mean(-1, keepdim=True)
         return Clues(what="x", parts=norm_parts(direct, mean_t, var_t, "row's"), slips=[
@@ -472,7 +487,9 @@ class LayerNorm(Kind):
                  direct + mean_t + var_t * C / (C - 1)),
             Slip("dims", "LayerNorm's statistics are per row, over the last dimension: its backward's means are too "
                          "(.mean(-1, keepdim=True)), not over the batch",
-                 rstd * (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0)))])
+                 rstd * (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0))),
+            Slip("gamma", "the backward forgets γ: the gradient reaching x̂ is γ·dout (out = γ·x̂ + β)",
+                 rstd * (dy - dy.mean(-1, keepdim=True) - xhat * (dy * xhat).mean(-1, keepdim=True)))])
 
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -560,6 +577,7 @@ class Dropout(Kind):
             return bool(((g != 0) != kept).float().mean() > 0.05)
 
         return Clues(what="x", slips=[
+            Slip("mask", "the mask is missing: dx = dout · mask, with the mask the forward drew", dy),
             Slip("mask", "dx = dout · mask with the mask the forward drew (keep it, e.g. self.mask): this is another mask",
                  test=other_mask),
             Slip("unscaled", "the forward scales the kept entries by 1/(1 − p), so the backward does too: dx = dout · mask "
@@ -731,6 +749,24 @@ class GRUCell(_Cell):
         return [("convention", "charmlp's GRU (makemore's) is h' = (1 − z)·h + z·c; you have PyTorch's z·h + (1 − z)·c",
                  torch_convention)]
 
+    def manual(self, P, call, tanh_slip=False, sigmoid_z=False, sigmoid_r=False):
+        x, h, d = call.inputs["x"], call.inputs["h"], call.dout
+        z, r, c = self._gates(P, x, h)
+        da_c = ((1 - c) if tanh_slip else (1 - c**2)) * d * z
+        drh = da_c @ P["Wc"].T
+        da_z, da_r = (c - h) * d * (z if sigmoid_z else z * (1 - z)), drh * h * (r if sigmoid_r else r * (1 - r))
+        dxp = torch.cat([da_z, da_r, da_c], 1)
+        dh = d * (1 - z) + drh * r + dxp[:, :32] @ P["Wh"].T
+        return {"x": dxp @ P["Wx"].T, "h": dh, "Wx": x.T @ dxp, "Wh": h.T @ dxp[:, :32], "Wc": (r * h).T @ da_c,
+                "b": dxp.sum(0)}
+
+    def slip_grads(self):
+        return [("tanh", "the candidate's d tanh(a)/da = 1 − c², i.e. (1 − c**2); you have (1 − c)", {"tanh_slip": True}),
+                ("sigmoid", "d σ(a)/da = σ(a)·(1 − σ(a)): the update gate's is z·(1 − z), not z", {"sigmoid_z": True}),
+                ("sigmoid", "d σ(a)/da = σ(a)·(1 − σ(a)): the reset gate's is r·(1 − r), not r", {"sigmoid_r": True}),
+                ("sigmoid", "d σ(a)/da = σ(a)·(1 − σ(a)): z·(1 − z) and r·(1 − r), not z and r",
+                 {"sigmoid_z": True, "sigmoid_r": True})]
+
     def _dh_parts(self, P, x, h, d):
         z, r, c = self._gates(P, x, h)
         da_c = (1 - c**2) * d * z
@@ -786,7 +822,8 @@ class CausalSelfAttention(Kind):
                 ("scale", "the scores are scaled by 1/D: the scale is 1/√D (D the head size)",
                  lambda i, p: self.attend(p, i["x"], scale=1 / D))]
 
-    def manual(self, P, x, dout, scale_bw: bool = True, mask_bw: bool = True) -> dict[str, torch.Tensor]:
+    def manual(self, P, x, dout, scale_bw: bool = True, mask_bw: bool = True, jacobian: bool = True,
+               dv_untransposed: bool = False) -> dict[str, torch.Tensor]:
         """The backward written out, with the 1/√D or the mask left out of it (the forward has both)."""
         B, T, C = x.shape
         H = self.args[1]
@@ -801,9 +838,9 @@ class CausalSelfAttention(Kind):
         d2 = dout.reshape(-1, C)
         dproj_w, dproj_b = y.reshape(-1, C).T @ d2, d2.sum(0)
         dy = (dout @ P["proj.weight"].T).view(B, T, H, D).transpose(1, 2)
-        datt, dv = dy @ v.transpose(-2, -1), att.transpose(-2, -1) @ dy
+        datt, dv = dy @ v.transpose(-2, -1), (att if dv_untransposed else att.transpose(-2, -1)) @ dy
         a = att if mask_bw else torch.softmax(scores, -1)
-        dscores = a * (datt - (datt * a).sum(-1, keepdim=True))
+        dscores = a * (datt - (datt * a).sum(-1, keepdim=True)) if jacobian else a * datt
         sb = s if scale_bw else 1.0
         dq, dk = dscores @ k * sb, dscores.transpose(-2, -1) @ q * sb
         dqkv = torch.stack([dq, dk, dv]).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
@@ -814,7 +851,10 @@ class CausalSelfAttention(Kind):
     SLIPS = (("scale", "the backward leaves out the forward's 1/√D: dq = dscores @ k / √D and dk = dscoresᵀ @ q / √D",
               {"scale_bw": False}),
              ("mask", "the backward's softmax is not the masked one: use the att the forward kept (0 above the diagonal), "
-                      "or mask the scores there too", {"mask_bw": False}))
+                      "or mask the scores there too", {"mask_bw": False}),
+             ("softmax", "the softmax's backward has two terms, dscores = att · (datt − Σ_j att·datt) (row by row): the "
+                         "sum over the row is missing", {"jacobian": False}),
+             ("transposed", "y = att @ v, so dv = att.transpose(-2, -1) @ dy, not att @ dy", {"dv_untransposed": True}))
 
     def backward_clues(self, row, P, call, ref, case):
         key = "x" if row == "backward (dx)" else row

@@ -165,11 +165,14 @@ def _grad_of_wrong_shape(back: Raised, spec: Kind, names: list[str], P: dict) ->
     return spec.params[i], names[i], got
 
 
-def _inherited_slips(spec: Kind, P: dict, call: Call) -> dict[str, list[Slip]]:
-    """Per backward row and parameter: the gradients each known wrong forward has (autograd through it), as
-    slips saying that a backward right for that forward follows from it."""
+def _inherited_slips(spec: Kind, P: dict, call: Call, made: set[str]) -> dict[str, list[Slip]]:
+    """Per backward row and parameter: the gradients of each known wrong forward the learner's forward made
+    (`made`: the output row's kinds), by autograd through it, as slips saying that a backward right for that
+    forward follows from it."""
     out: dict[str, list[Slip]] = {}
-    for _kind, msg, fn in spec.forward_variants(P, call):
+    for kind, msg, fn in spec.forward_variants(P, call):
+        if kind not in made:
+            continue
         with torch.enable_grad():
             xs = {k: v.clone().requires_grad_(k in spec.grad_of) for k, v in call.inputs.items()}
             ps = {k: v.clone().requires_grad_(True) for k, v in P.items()}
@@ -210,7 +213,8 @@ def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R
     if not rec["has_backward"]:
         return rows + [("backward", Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check"))]
     # the backward, at every call; a backward that is right for a known wrong forward follows from it
-    inherited = _inherited_slips(spec, P, calls[0]) if len(calls) == 1 else {}
+    made = {r.kind for r in outs if not r.ok}
+    inherited = _inherited_slips(spec, P, calls[0], made) if len(calls) == 1 and made else {}
     per_row: dict[str, list[Row]] = {name: [] for name in spec.backward_rows}
     ran = True
     for t, (call, ref) in enumerate(zip(calls, refs)):
