@@ -19,6 +19,7 @@ import torch
 from .. import nn
 from ..verdict import Row
 from .diagnose import Clues, Part, Slip, norm_parts, repeated_index, sum_of
+from .diagnose import diagnose as engine
 
 EPS, MOMENTUM = 1e-5, 0.1
 
@@ -112,7 +113,6 @@ class Kind:
     grad_of: tuple[str, ...] = ("x",)  # the inputs backward returns a gradient of, in order
     backward_rows: tuple[str, ...] = ("backward (dx)",)
     output_row = "output"
-    n_in_factor = False  # True: a factor n (the rows a statistic or a mean runs over) is named as such
 
     # ── what charmlp feeds the learner's class ──
     def param_values(self, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -265,7 +265,6 @@ class BatchNorm1d(Kind):
     params = (Param("gamma", ("gamma", "weight"), (20,), "weight"), Param("beta", ("beta", "bias"), (20,), "bias"))
     cases = (Case("batch 32", 0, (32, 20)), Case("batch 13", 1, (13, 20)), Case("input 5×3×20", 2, (5, 3, 20)))
     output_row = "training output"
-    n_in_factor = True
 
     def param_values(self, g):
         return {"gamma": 1 + 0.3 * torch.randn(20, generator=g), "beta": 0.3 * torch.randn(20, generator=g)}
@@ -347,8 +346,6 @@ class BatchNorm1d(Kind):
                      slips=slips)
 
     def extra_rows(self, case, P, calls, results):
-        from .diagnose import diagnose
-
         x, x2 = calls[0].inputs["x"], calls[0].extra["x2"]
         G, B = P["gamma"], P["beta"]
         stats0, stats1, stats2 = (results.get(k) for k in ("stats0", "stats1", "stats2"))
@@ -369,11 +366,11 @@ class BatchNorm1d(Kind):
                                                                   "got_shape": tuple(stats1[1].shape)}))]
         rm, rv = (s.reshape(-1).float() for s in stats1)
         m = MOMENTUM
-        rows.append(("running_mean", diagnose("running_mean", rm, (1 - m) * rm0 + m * mean, Clues(slips=[
+        rows.append(("running_mean", engine("running_mean", rm, (1 - m) * rm0 + m * mean, Clues(slips=[
             Slip("not-updated", "running_mean not updated in training mode", rm0),
             Slip("momentum", "momentum applied the wrong way round: running = (1 − momentum)·running + momentum·batch",
                  m * rm0 + (1 - m) * mean)]))))
-        rows.append(("running_var", diagnose("running_var", rv, (1 - m) * rv0 + m * var, Clues(slips=[
+        rows.append(("running_var", engine("running_var", rv, (1 - m) * rv0 + m * var, Clues(slips=[
             Slip("not-updated", "running_var not updated in training mode", rv0),
             Slip("momentum", "momentum applied the wrong way round: running = (1 − momentum)·running + momentum·batch",
                  m * rv0 + (1 - m) * var),
@@ -385,7 +382,7 @@ class BatchNorm1d(Kind):
             return rows + [("eval output", out2.row("eval output"))]
         want2 = G * (x2 - rm) / (rv + EPS).sqrt() + B
         m2, v2, _ = self._stats(x2)
-        rows.append(("eval output", diagnose("eval output", out2, want2, Clues(
+        rows.append(("eval output", engine("eval output", out2, want2, Clues(
             missing="your forward returned None", slips=[
                 Slip("eval-batch", "in eval mode the output must use the running statistics, not the batch's",
                      G * (x2 - m2) / (v2 + EPS).sqrt() + B),
@@ -603,13 +600,8 @@ class Dropout(Kind):
         return rows + self._eval_row(out, x)
 
     def _eval_row(self, out, x):
-        from .diagnose import diagnose
-
-        return [("eval output", diagnose("eval output", out, x, Clues(missing="your forward returned None in eval mode", slips=[
+        return [("eval output", engine("eval output", out, x, Clues(missing="your forward returned None in eval mode", slips=[
             Slip("eval", "in eval mode dropout is the identity: out = x (if not self.training: return x)", test=lambda g: True)])))]
-
-    def rows_n(self, case):
-        return None
 
 
 class CrossEntropy(Kind):
@@ -619,7 +611,6 @@ class CrossEntropy(Kind):
     backward_rows = ("backward (dlogits)",)
     output_row = "loss"
     cases = (Case("batch 32", 0, (32, 27)), Case("batch 13, large logits", 1, (13, 27)))
-    n_in_factor = True
 
     def calls(self, case, g):
         logits = torch.randn(case.shape, generator=g) * (40.0 if "large" in case.label else 2.0)
@@ -650,8 +641,6 @@ class CrossEntropy(Kind):
                  test=lambda g: not torch.isfinite(g).all()),
             Slip("onehot", "forgot to subtract 1 at the target: dlogits = (softmax(logits) − onehot(targets)) / n", soft / n)])
 
-    def rows_n(self, case):
-        return case.shape[0]
 
 
 # ── rnn_cell, gru_cell, causal_self_attention ───────────────────────────────────────────────────────

@@ -189,13 +189,26 @@ def _first_bad(rows: list[Row]) -> Row:
     return next((r for r in rows if not r.ok), next((r for r in rows if r.status == "approximate"), rows[0]))
 
 
-def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R: dict, names: list[str]) -> list[tuple[str, Row]]:
-    """Every row of one case: (name, row), in the report's order."""
+def _case_rows(spec: Kind, case: Case, calls: list[Call], rec: dict, R: dict, names: list[str]) -> list[tuple[str, Row]]:
+    """Every row of one case, (name, row) in the report's order: the forward, the kind's own rows, the
+    backward's return values, each parameter's .grad."""
     res = {k: _value(v, R) for k, v in rec["results"].items()}
     P = {p.name: _float(_value(found["value"], R)).reshape(p.shape) for p, found in zip(spec.params, rec["params"])}
     refs = [spec.reference(P, call, res) for call in calls]
-    rows: list[tuple[str, Row]] = []
-    # the forward, at every call
+    outs = _forward_rows(spec, P, calls, refs, res)
+    rows = [(spec.output_row, _first_bad(outs))] if outs else []
+    rows += spec.extra_rows(case, P, calls, res)
+    if not rec["has_backward"]:
+        return rows + [("backward", Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check"))]
+    made = {r.kind for r in outs if not r.ok}  # a backward right for a wrong forward the check knows follows from it
+    inherited = _inherited_slips(spec, P, calls[0], made) if len(calls) == 1 and made else {}
+    back_rows, ran = _backward_rows(spec, case, P, calls, refs, res, names, inherited)
+    rows += back_rows
+    return rows + (_grad_rows(spec, case, P, calls, refs, res, rec, R, names, inherited) if ran else [])
+
+
+def _forward_rows(spec: Kind, P: dict, calls: list[Call], refs: list, res: dict) -> list[Row]:
+    """The output's row at every call (up to one that raised)."""
     outs = []
     for t, (call, ref) in enumerate(zip(calls, refs)):
         got = res.get(f"out{t}")
@@ -207,42 +220,36 @@ def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R
         clues = spec.forward_clues(P, call, ref)
         clues.missing = clues.missing or "your forward returned None (not written yet?)"
         outs.append(engine_diagnose(spec.output_row, _float(got), ref.out, clues))
-    if outs:
-        rows.append((spec.output_row, _first_bad(outs)))
-    rows += spec.extra_rows(case, P, calls, res)
-    if not rec["has_backward"]:
-        return rows + [("backward", Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check"))]
-    # the backward, at every call; a backward that is right for a known wrong forward follows from it
-    made = {r.kind for r in outs if not r.ok}
-    inherited = _inherited_slips(spec, P, calls[0], made) if len(calls) == 1 and made else {}
+    return outs
+
+
+def _backward_rows(spec: Kind, case: Case, P: dict, calls: list[Call], refs: list, res: dict, names: list[str],
+                   inherited: dict) -> tuple[list[tuple[str, Row]], bool]:
+    """The rows of what backward returns (dx, a cell's dh_prev), each the worst over the calls; and whether every
+    backward ran (the parameters' .grad is judged only then)."""
     per_row: dict[str, list[Row]] = {name: [] for name in spec.backward_rows}
-    ran = True
     for t, (call, ref) in enumerate(zip(calls, refs)):
-        back = res.get(f"back{t}")
         if f"back{t}" not in res:
-            ran = False
-            break
+            return [(n, _first_bad(rs)) for n, rs in per_row.items() if rs], False
+        back = res[f"back{t}"]
         if isinstance(back, Raised):
             bad = _grad_of_wrong_shape(back, spec, names, P)
             if bad is not None:  # torch refused a .grad of the wrong shape: that parameter's row says why
                 p, name, got_shape = bad
                 want = refs[0].dparams[p.ref_name].reshape(P[p.name].shape)
                 msg, kind = shape_diagnosis(got_shape, want, spec.backward_clues(p.name, P, call, ref, case))
-                for row in spec.backward_rows:
-                    per_row[row].append(Row(row, "wrong", diagnosis=f"not checked: backward stopped at line "
-                                            f"{back.error.get('line') or '?'} setting {name}.grad (see that row)", kind="inherited"))
-                rows += [(r, _first_bad(rs)) for r, rs in per_row.items() if rs]
+                line = back.error.get("line") or "?"
+                rows = [(r, Row(r, "wrong", diagnosis=f"not checked: backward stopped at line {line} setting {name}.grad "
+                                "(see that row)", kind="inherited")) for r in spec.backward_rows]
                 return rows + [(f"{name}.grad", Row(f"{name}.grad", "wrong shape", tuple(want.shape), got_shape, diagnosis=
                                 f"expected {shape_text(tuple(want.shape))}, got {shape_text(got_shape)}: {msg} (torch refuses "
-                                "a .grad of another shape than its tensor's, so backward stopped there)", kind=kind))]
+                                "a .grad of another shape than its tensor's, so backward stopped there)", kind=kind))], False
             for name in spec.backward_rows or ("backward",):
                 per_row.setdefault(name, []).append(back.row(name))
-            ran = False
-            break
+            return [(n, _first_bad(rs)) for n, rs in per_row.items() if rs], False
         got = back if isinstance(back, tuple) else (back,)
         for j, (name, inp) in enumerate(zip(spec.backward_rows, spec.grad_of)):
-            value = got[j] if j < len(got) else None
-            if value is None and j >= len(got) and back is not None:
+            if j >= len(got) and back is not None:  # a cell's backward returns (dx, dh_prev)
                 per_row[name].append(Row(name, "wrong", tuple(ref.dinputs[inp].shape), diagnosis=f"backward returned "
                                          f"{len(got)} value(s); it returns ({', '.join('d' + g for g in spec.grad_of)})",
                                          kind="return"))
@@ -250,23 +257,26 @@ def _case_rows(spec: Kind, case: Case, P0: dict, calls: list[Call], rec: dict, R
             clues = spec.backward_clues(name, P, call, ref, case)
             clues.slips = [*inherited.get(name, []), *clues.slips]
             clues.missing = clues.missing or "backward returned None (not written yet?)"
-            per_row[name].append(engine_diagnose(name, _float(value), ref.dinputs[inp], clues))
-    rows += [(name, _first_bad(rs)) for name, rs in per_row.items() if rs]
-    if not ran:
-        return rows
+            per_row[name].append(engine_diagnose(name, _float(got[j] if j < len(got) else None), ref.dinputs[inp], clues))
+    return [(n, _first_bad(rs)) for n, rs in per_row.items() if rs], True
+
+
+def _grad_rows(spec: Kind, case: Case, P: dict, calls: list[Call], refs: list, res: dict, rec: dict, R: dict,
+               names: list[str], inherited: dict) -> list[tuple[str, Row]]:
+    """Each parameter's .grad after every call's backward (a sequence's steps add up) against the sum of the
+    references' — in the learner's parameter's shape."""
+    rows = []
     grads = res.get("grads") or [None] * len(spec.params)
-    for p, name, got in zip(spec.params, names, grads):
-        want = sum(ref.dparams[p.ref_name] for ref in refs).reshape(P[p.name].shape)
-        learner_shape = _value(rec["params"][spec.params.index(p)]["value"], R).shape
-        want = want.reshape(learner_shape)
+    for i, (p, name, got) in enumerate(zip(spec.params, names, grads)):
+        shape = _value(rec["params"][i]["value"], R).shape
+        want = sum(ref.dparams[p.ref_name] for ref in refs).reshape(shape)
         clues = spec.param_clues(p.name, P, calls, refs, case)
         clues.slips = [*inherited.get(p.name, []), *clues.slips]
         clues.missing = f".grad never set: backward must leave dL/d{name} in self.{name}.grad"
         if len(calls) > 1:  # a sequence: each step's share must add up
-            clues.slips = [*clues.slips, *(Slip("accumulate", f"only one time step's share: {name}.grad must add up over the "
-                                                f"{len(calls)} steps (each backward adds to .grad: p.grad += …, or set it "
-                                                "when it is None), not be replaced by the last step's",
-                                                ref.dparams[p.ref_name].reshape(learner_shape)) for ref in refs)]
+            clues.slips += [Slip("accumulate", f"only one time step's share: {name}.grad must add up over the {len(calls)} "
+                                 "steps (each backward adds to .grad: p.grad += …, or set it when it is None), not be "
+                                 "replaced by the last step's", ref.dparams[p.ref_name].reshape(shape)) for ref in refs]
         rows.append((f"{name}.grad", engine_diagnose(f"{name}.grad", _float(got), want, clues)))
     return rows
 
@@ -284,11 +294,11 @@ def diagnose(p: Plan, records: list[dict], results: dict[str, torch.Tensor]) -> 
         if not ok:
             return rows, None
         per_case: dict[str, list[tuple[str, Row]]] = {}
-        for (case, P, calls), rec in zip(p.cases, records):
+        for (case, _seeded, calls), rec in zip(p.cases, records):
             if rec["error"]:
                 per_case.setdefault("construct", []).append((case.label, Raised(rec["error"]).row("construct")))
                 continue
-            for name, row in _case_rows(spec, case, P, calls, rec, results, names):
+            for name, row in _case_rows(spec, case, calls, rec, results, names):
                 per_case.setdefault(name, []).append((case.label, row))
     ndims = {case.label: len(case.shape) for case, _, _ in p.cases}
     return rows + [combine(name, verdicts, ndims) for name, verdicts in per_case.items()], None
