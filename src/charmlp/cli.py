@@ -508,7 +508,8 @@ def cmd_exercise_init(args: argparse.Namespace) -> int:
         out = write_layer_template(args.layer, args.out or f"{args.layer}.py")
         from .exercise.catalog import CLASS_NAMES
 
-        print(f"wrote {out}; fill it in, then: charmlp exercise check-layer {out}:{CLASS_NAMES[args.layer]} --layer {args.layer}")
+        command = " ".join(["charmlp exercise check-layer", f"{out}:{CLASS_NAMES[args.layer]}", "--layer", args.layer])
+        print(f"wrote {out}; fill it in, then: `{command}`")
         return 0
     out = write_starter(args.out or "backprop_exercise.py", args.part)
     print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
