@@ -62,3 +62,18 @@ def assert_user_error(proc: subprocess.CompletedProcess, contains: str = "") -> 
     assert "Traceback" not in proc.stderr
     assert err.startswith("error:") and len(err.splitlines()) == 1, err
     assert contains.lower() in err.lower(), err
+
+
+@pytest.fixture(scope="session")
+def names_run(tmp_path_factory) -> Path:
+    """A short mlp run on the embedded names (a few seconds), shared by the tests that need a
+    model that learnt something (scoring, sampling only new names)."""
+    from charmlp.config import DataConfig, RunConfig, TrainConfig
+    from charmlp.models import MLPConfig
+    from charmlp.train import train
+
+    d = tmp_path_factory.mktemp("names") / "run"
+    cfg = RunConfig(DataConfig(), MLPConfig(n_embd=8, n_hidden=64),
+                    TrainConfig(steps=600, batch_size=64, device="cpu", seed=2, eval_every=0))
+    train(cfg, out_dir=d, progress=False)
+    return d

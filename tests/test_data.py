@@ -136,3 +136,73 @@ def test_too_few_items_for_splits(tmp_path):
     p.write_text("\n".join(["ab"] * need))
     ds = load_dataset(DataConfig(path=str(p)))
     assert all(len(ds.items[s]) > 0 for s in ("train", "val", "test"))
+
+
+# ----------------------------------------------------------------------------- overlong lines
+
+
+def test_a_line_over_max_item_len_is_skipped_and_reported_with_its_line_number(tmp_path, capsys):
+    from conftest import make_items
+
+    items = make_items(300)
+    p = tmp_path / "long.txt"
+    p.write_text("\n".join(items[:120] + ["", "x" * 5000] + items[120:]) + "\r\n", encoding="utf-8")
+    got = read_items(p, max_len=256)
+    err = capsys.readouterr().err
+    assert got == items  # every other item, in order
+    assert err.startswith(f"note: skipped line 122 (5000 characters) of {p}, longer than --max-item-len 256;")
+    assert "`--max-item-len 5000`" in err and len(err.splitlines()) == 1
+    assert read_items(p) == items[:120] + ["x" * 5000] + items[120:]  # no limit: kept
+    assert capsys.readouterr().err == ""
+    # the split of the rest is the split of the file without the line
+    ds = load_dataset(DataConfig(path=str(p), block_size=0, sequence=True))
+    clean = tmp_path / "clean.txt"
+    clean.write_text("\n".join(items) + "\n", encoding="utf-8")
+    assert ds.items == load_dataset(DataConfig(path=str(clean), block_size=0, sequence=True)).items
+    assert ds.block_size == max(map(len, items)) + 1
+
+
+def test_several_long_lines_are_counted_and_a_file_of_only_long_lines_is_refused(tmp_path, capsys):
+    p = tmp_path / "f.txt"
+    p.write_text("ab\n" + "\n".join("y" * (300 + i) for i in range(7)) + "\ncd\n", encoding="utf-8")
+    assert read_items(p, max_len=256) == ["ab", "cd"]
+    err = capsys.readouterr().err
+    assert "skipped 7 lines (2, 3, 4, 5, 6, …; the longest 306 characters)" in err
+    p.write_text("y" * 300 + "\n", encoding="utf-8")
+    with pytest.raises(CharmlpError, match="every item .* is longer than --max-item-len 256"):
+        read_items(p, max_len=256)
+
+
+def test_a_whole_item_model_trains_on_a_file_with_a_3000_character_line_without_flags(tmp_path, capsys):
+    from charmlp import cli
+    from conftest import make_items
+
+    p = tmp_path / "f.txt"
+    p.write_text("\n".join(make_items(200) + ["z" * 3000]) + "\n", encoding="utf-8")
+    assert cli.main(["train", "--model", "gru", "--data", str(p), "--steps", "3", "--n-hidden", "8",
+                     "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert "note: skipped line 201 (3000 characters)" in capsys.readouterr().err
+    with pytest.raises(CharmlpError, match="longer than a model that reads whole items can take"):
+        load_dataset(DataConfig(path=str(p), block_size=0, sequence=True, max_item_len=0))
+
+
+def test_a_run_config_written_before_max_item_len_keeps_every_line():
+    from charmlp.config import DEFAULT_MAX_ITEM_LEN, RunConfig, run_config_from_dict, run_config_to_dict
+
+    d = run_config_to_dict(RunConfig())
+    assert run_config_from_dict(d).data.max_item_len == DEFAULT_MAX_ITEM_LEN  # round trip
+    del d["data"]["max_item_len"]
+    assert run_config_from_dict(d).data.max_item_len == 0  # the split it was trained on: no line skipped
+
+
+def test_a_gzipped_file_gives_the_same_items_and_split(tmp_path):
+    import gzip
+
+    raw = default_data_path().read_bytes()
+    gz = tmp_path / "names.txt.gz"
+    gz.write_bytes(gzip.compress(raw))
+    assert read_items(gz) == read_items()
+    assert load_dataset(DataConfig(path=str(gz))).items == load_dataset().items
+    gz.write_bytes(gzip.compress(raw)[:-100])  # cut short
+    with pytest.raises(CharmlpError, match="does not decompress"):
+        read_items(gz)

@@ -89,7 +89,7 @@ def _logical_lines(block: str) -> list[str]:
 
 def _charmlp_argv(words: list[str]) -> list[str] | None:
     """The arguments of a `charmlp …` command (also `.venv/bin/charmlp`, `python -m charmlp`,
-    after `time`, `/usr/bin/time -f FMT` or `VAR=value`), or None for another program."""
+    `torchrun … -m charmlp`, after `time`, `/usr/bin/time -f FMT` or `VAR=value`), or None for another program."""
     i = 0
     while i < len(words) and re.match(r"^\w+=", words[i]):
         i += 1
@@ -101,6 +101,10 @@ def _charmlp_argv(words: list[str]) -> list[str] | None:
         return words[i + 3:]
     if i < len(words) and words[i].rsplit("/", 1)[-1] == "charmlp":
         return words[i + 1:]
+    if i < len(words) and words[i].rsplit("/", 1)[-1] == "torchrun":  # torchrun … -m charmlp ARGS
+        rest = words[i + 1:]
+        at = next((j for j in range(len(rest) - 1) if rest[j:j + 2] == ["-m", "charmlp"]), None)
+        return None if at is None else rest[at + 2:]
     return None
 
 

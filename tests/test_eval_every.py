@@ -9,7 +9,7 @@ import pytest
 import charmlp
 from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.models import MLPConfig, WaveNetConfig
-from charmlp.train import resolve_eval_every
+from charmlp.train import eval_positions, resolve_eval_every
 from conftest import run_cli
 
 
@@ -50,8 +50,36 @@ def test_default_is_about_20_evaluations_within_5_percent_of_the_work_and_0_is_n
     assert p.returncode == 2 and "--eval-every" in p.stderr
 
 
+def test_whole_item_models_count_positions_not_items():
+    """Evaluation costs what it reads: a val split of longer items is evaluated more rarely, training
+    rows of longer items (more work per step) allow it more often, and items of one length on both
+    sides give the window models' count."""
+    tc = TrainConfig(steps=10_000, batch_size=64)
+    items = 3203
+    same = resolve_eval_every(tc, items * 8, row_positions=8.0)
+    assert same == resolve_eval_every(tc, items) == 1111  # 9 evaluations (9.99)
+    assert resolve_eval_every(tc, items * 40, row_positions=8.0) == 10_000  # 5× the val positions: 1 (1.998)
+    assert resolve_eval_every(tc, items * 8, row_positions=40.0) == 500  # 5× the training work: 20 (49.9, capped)
+    ds = charmlp.load_dataset(DataConfig(block_size=0, sequence=True))
+    val, per_row = eval_positions(ds)
+    assert val == int((ds.Y["val"] >= 0).sum()) == sum(len(s) + 1 for s in ds.items["val"])
+    assert per_row == pytest.approx(sum(len(s) + 1 for s in ds.items["train"]) / len(ds.items["train"]))
+
+
 def test_the_report_draws_the_val_curve(tmp_path, tiny_data):
     from charmlp import plots
 
     png = plots.loss_curve_png([0, 1, 2, 3], [3.3, 3.0, 2.9, 2.8], {"val": 2.9}, 3.29, val=[(1, 3.1), (3, 2.95)])
     assert png.startswith(b"\x89PNG")
+
+
+def test_the_end_of_run_val_loss_is_that_of_the_final_weights(tmp_path, tiny_data):
+    """Without BatchNorm the last evaluation saw the final weights: the summary's val loss is that one,
+    and the exact val loss of the saved model."""
+    from charmlp.models import GRUConfig
+
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), GRUConfig(n_hidden=8, n_embd=4), TrainConfig(steps=20, batch_size=16))
+    result = charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)
+    rows = val_rows(tmp_path / "run")
+    assert rows[-1]["step"] == 19 and result.summary["val_loss"] == rows[-1]["val_loss"]
+    assert result.summary["val_loss"] == pytest.approx(charmlp.evaluate_run(tmp_path / "run")["val"], abs=1e-9)

@@ -132,8 +132,10 @@ def test_very_long_lines(tmp_path):
     items = make_items(30) + ["ab" * 100_000]
     p = tmp_path / "long.txt"
     p.write_text("\n".join(items))
-    ds = load(p, block_size=8)
+    # --max-item-len 0: no limit, and a window model takes the line whole (by default it is skipped)
+    ds = charmlp.load_dataset(DataConfig(path=str(p), block_size=8, max_item_len=0))
     assert sum(len(y) for y in ds.Y.values()) == sum(len(s) + 1 for s in items)
+    assert sum(len(y) for y in load(p, block_size=8).Y.values()) == sum(len(s) + 1 for s in items[:-1])
 
 
 def test_million_line_file_memory(tmp_path):

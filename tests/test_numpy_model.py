@@ -182,3 +182,12 @@ def test_damaged_transformer_and_recurrent_descriptions():
             node["children"] = {"x": {"type": "Sequential"}}
             node = node["children"]["x"]
     one_line_error(*broken("rnn", deep), "damaged description")
+
+
+def test_every_layer_type_has_its_numpy_forward_beside_it():
+    """Each layer class of charmlp.nn has a NumPy eval forward in its file's `<file>_numpy.py`,
+    gathered by `nn.numpy_kinds` (a new layer file left out of `nn._NUMPY` fails here)."""
+    from charmlp import nn
+
+    layers = {name for name in nn.__all__ if isinstance(cls := getattr(nn, name), type) and issubclass(cls, nn.Layer)}
+    assert layers - {"Layer", "Cell"} == set(nn.numpy_kinds())

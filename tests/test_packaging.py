@@ -67,6 +67,7 @@ def test_wheel_contains_the_package_the_names_and_the_command(wheel):
     assert not any(d.startswith("tests") or d.startswith("benchmarks") for d in names)
 
 
+@pytest.mark.slow  # a fresh venv with torch: about a minute
 def test_wheel_installs_into_a_fresh_venv_and_trains_and_samples(wheel, tmp_path):
     """Not editable, not the source tree: the wheel and its dependencies (the tested set of
     constraints.txt) in a new environment, run from a directory with no charmlp sources."""

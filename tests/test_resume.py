@@ -278,17 +278,17 @@ def test_interrupted_after_the_loop_resumes_to_the_same_run(tmp_path, tiny_data,
 
     cfg = tiny_cfg(tiny_data, steps=25)
     ref = charmlp.train(cfg, progress=False)
-    real_evaluate = train_module.evaluate
+    real_final_losses = train_module.final_losses
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    monkeypatch.setattr(train_module, "final_losses", interrupted)
     with pytest.raises(KeyboardInterrupt):
         charmlp.train(cfg, out_dir=tmp_path / "run", progress=False)
     ck = read_checkpoint(tmp_path / "run")
     assert ck.step == 25 and ck.reason == "final"
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    monkeypatch.setattr(train_module, "final_losses", real_final_losses)
     res = charmlp.resume(tmp_path / "run", progress=False)
     assert res.losses == ref.losses and res.summary["val_loss"] == ref.summary["val_loss"]
     assert not (tmp_path / "run" / STATE).exists()

@@ -288,3 +288,67 @@ def test_a_closed_pipe_ends_sampling_quietly(saved_runs):
     p.stdout.close()  # as `| head -1` does
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and err == "", err
+
+
+# ----------------------------------------------------------------------------- only new items
+
+
+def test_unique_novel_gives_n_distinct_items_none_in_the_training_file(names_run):
+    p = run_cli("sample", names_run, "-n", "500", "--unique", "--novel", "--seed", "4", "--json")
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    names = set(read_items())
+    assert len(got["samples"]) == len(set(got["samples"])) == 500
+    assert not names & set(got["samples"]) and got["novel_fraction"] == 1.0
+    assert got["draws"] > 500  # the quick model repeats names and training items: some draws were refused
+    again = sample_run(names_run, n=500, seed=4, unique=True, novel=True)
+    assert again.samples == got["samples"] and again.draws == got["draws"]
+
+
+def test_filtered_samples_start_with_the_unfiltered_ones_that_pass(trained):
+    result, _ = trained
+    vocab, items = result.dataset.vocab, read_items(result.dataset.path)
+    plain = sample(result.model, vocab, n=300, seed=5).samples
+    kept = list(dict.fromkeys(s for s in plain if s not in set(items) and len(s) >= 4))
+    out = sample(result.model, vocab, n=300, seed=5, unique=True, novel=True, training_items=items, min_len=4)
+    assert out.samples[: len(kept)] == kept and len(out.samples) == 300 and len(set(out.samples)) == 300
+    assert min(map(len, out.samples)) >= 4 and out.draws > 300
+    excluded = sample(result.model, vocab, n=100, seed=5, exclude=plain[:50]).samples
+    assert not set(excluded) & set(plain[:50]) and len(excluded) == 100
+    with pytest.raises(CharmlpError, match="training_items"):
+        sample(result.model, vocab, n=3, novel=True)
+    with pytest.raises(CharmlpError, match="--min-len"):
+        sample(result.model, vocab, n=3, min_len=30, max_len=20)
+
+
+def test_a_model_that_cannot_reach_n_stops_with_one_line(saved_runs, tmp_path):
+    """Items of one character: at most 10 distinct (the alphabet a…j)."""
+    d, _ = saved_runs["gru"]
+    p = run_cli("sample", d, "-n", "20", "--unique", "--min-len", "1", "--max-len", "1", "--json")
+    assert p.returncode == 1, p.stderr
+    got = json.loads(p.stdout)
+    assert len(got["samples"]) == len(set(got["samples"])) <= 10 and got["draws"] == 20 * 10 + SAMPLE_CHUNK
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"# found {len(got['samples'])} of 20 items (distinct, at least 1 character long) in {got['draws']} draws, "
+        f"the most it makes (10 × N + 10000 = {got['draws']}); exit 1")
+    first = tmp_path / "first.txt"  # the one sample `-n 1` draws: excluded, the first batch keeps nothing
+    first.write_text(sample_run(d, n=1, max_len=5, min_len=1).samples[0] + "\n", encoding="utf-8")
+    p = run_cli("sample", d, "-n", "1", "--max-len", "5", "--min-len", "1", "--exclude", first, "--json")
+    got = json.loads(p.stdout)
+    assert p.returncode == 0 and got["draws"] > 1 and got["samples"] != first.read_text().split()
+
+
+def test_novel_names_the_data_file_that_moved_and_exclude_stands_for_it(saved_runs, tmp_path):
+    src, _ = saved_runs["bigram"]
+    d = shutil.copytree(src, tmp_path / "run")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["data"]["path"] = str(tmp_path / "gone.txt")
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert_user_error(run_cli("sample", d, "--novel"), "if it moved, name it with --exclude FILE")
+    moved = tmp_path / "moved.txt"
+    shutil.copy(src.parent / "items.txt", moved)
+    p = run_cli("sample", d, "-n", "30", "--novel", "--exclude", moved, "--seed", "3")
+    assert p.returncode == 0, p.stderr
+    got = p.stdout.splitlines()  # random weights: an empty item is one of them
+    assert len(got) == 30 and not set(got) & set(read_items(moved))
+    assert_user_error(run_cli("sample", d, "--exclude", tmp_path / "nope.txt"), "--exclude")

@@ -153,8 +153,31 @@ def test_a_budget_of_positions_sets_the_steps_from_the_data(tmp_path):
 def test_steps_flag_outranks_a_presets_positions(tmp_path):
     from charmlp.cli import build_parser, run_config_from_args
 
-    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best", "--steps", "5"])
+    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "fast", "--steps", "5"])
     tc = run_config_from_args(args).train
     assert tc.steps == 5 and tc.positions == 0
-    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "best"])
-    assert run_config_from_args(args).train.positions == 12000 * 256 * 16
+    args = build_parser("train").parse_args(["train", "--out", str(tmp_path), "--model", "gru", "--preset", "fast"])
+    assert run_config_from_args(args).train.positions == 4000 * 64 * 16
+
+
+def test_a_hook_that_sees_val_losses_can_end_the_run(tiny_data, tmp_path):
+    """`on_val` sees every val evaluation; True ends the run there, a finished run of the steps taken
+    whose lr schedule is still the planned one."""
+    seen: list[tuple[int, int, float]] = []
+
+    class StopAtSecond:
+        def __call__(self, step, model, lr, loss):
+            pass
+
+        def wants(self, step):
+            return False
+
+        def on_val(self, step, steps, val_loss):
+            seen.append((step, steps, val_loss))
+            return len(seen) == 2
+
+    res = train(_cfg(tiny_data, steps=300, eval_every=50, schedule="cosine", calibrate_bn=False), out_dir=tmp_path / "r", progress=False,
+                hooks=(StopAtSecond(),))
+    assert [(s, n) for s, n, _ in seen] == [(49, 300), (99, 300)]
+    assert res.summary["steps"] == len(res.losses) == 100 and res.config.train.schedule_steps == 300
+    assert res.summary["val_loss"] == pytest.approx(seen[-1][2], abs=1e-6)  # the final model is the stopped one (no BatchNorm calibration after)

@@ -34,6 +34,7 @@ _EXPORTS = {
     "models": ("MODELS", "LanguageModel", "MLPConfig", "WaveNetConfig", "apply_preset", "build_model"),
     "report": ("diagnose",),
     "sampling": ("sample", "sample_run", "sample_run_stream", "sample_stream"),
+    "scoring": ("score",),
     "train": ("calibrate_batchnorm", "resume", "train"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

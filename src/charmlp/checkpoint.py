@@ -555,3 +555,13 @@ def read_saved_net(run_dir: str | Path) -> SavedNet | None:
         raise CharmlpError(f"{d / WEIGHTS} does not match the model in config.json; the run directory is damaged")
     _check_written_for(d, meta, model, vocab)
     return SavedNet(d, data, vocab, net)
+
+
+def load_net(run_dir: str | Path) -> SavedNet:
+    """The run's model as a NumPy `Net`: without torch from the description its weights carry,
+    else (runs written before they carried one) loaded with torch and described in memory."""
+    saved = read_saved_net(run_dir)
+    if saved is not None:
+        return saved
+    run = load_run(run_dir)
+    return SavedNet(run.path, run.config.data, run.vocab, Net.from_model(run.model))

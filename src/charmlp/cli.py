@@ -12,8 +12,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, distributed
 from .config import (
+    DEFAULT_MAX_ITEM_LEN,
     DEFAULT_MAX_LEN,
     DEFAULT_SAMPLE_SEED,
     DEVICES,
@@ -28,8 +29,10 @@ from .config import (
     RunConfig,
     TrainConfig,
     check_range,
+    parse_duration,
 )
-from .errors import CharmlpError, TrainingInterrupted, flag, value_origins
+from .distributed import TIMEOUT_S
+from .errors import CharmlpError, ReportedElsewhere, TrainingInterrupted, flag, value_origins
 from .lock import RunDirLock
 
 if TYPE_CHECKING:
@@ -72,6 +75,9 @@ def _add_data_args(p: argparse.ArgumentParser, block_default: int | None = 3) ->
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
     p.add_argument("--block-size", type=int, default=block_default, metavar="K",
                    help="characters of context (default " + (f"{block_default})" if block_default else _block_defaults()))
+    p.add_argument("--max-item-len", type=int, default=DEFAULT_MAX_ITEM_LEN, metavar="N",
+                   help=f"skip lines longer than N characters, with a note naming them (default {DEFAULT_MAX_ITEM_LEN}; "
+                        "0: no limit)")
 
 
 def _block_defaults() -> str:
@@ -157,7 +163,7 @@ PRESET_ABOUT = {
     "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
     "quick": "a short demo run",
     "fast": "the lectures' val loss in a fraction of their time",
-    "best": "the lowest val loss found within a 10-minute budget",
+    "best": "the lowest val loss in 10 minutes (rnn, gru, transformer: --budget 10m)",
 }
 
 
@@ -171,6 +177,9 @@ def _train_options() -> dict[str, tuple[str, dict]]:
         "--preset": (opt, {"choices": presets, "default": "seed", "help": "each model's own: " + "; ".join(
             f"{n}: {PRESET_ABOUT[n]}" for n in sorted(presets, key=list(PRESET_ABOUT).index)) + " (default seed)"}),
         "--steps": (opt, {"type": int, "metavar": "N", "help": "optimizer steps"}),
+        "--budget": (opt, {"metavar": "T", "help": "train the best this model does in T of wall time (30s, 10m, 1.5h): "
+                           "the `best` preset's settings unless --preset is given, steps (and for rnn, gru, transformer "
+                           "the ensemble and dropout) planned from the data and a calibration of this machine"}),
         "--batch-size": (opt, {"type": int, "metavar": "B", "help": "examples per minibatch (default 32)"}),
         "--lr": (opt, {"type": float, "metavar": "LR", "help": "learning rate (default 0.1)"}),
         "--lr-final": (opt, {"type": float, "metavar": "LR", "help": "learning rate after decay (default 0.01)"}),
@@ -218,7 +227,7 @@ _TRAIN_FLAGS = {  # argparse dest → TrainConfig field
     "eval_every": "eval_every", "sync_every": "sync_every",
 }
 # what `train --resume` may change: nothing that alters a number of the run
-_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress")
+_RESUME_FLAGS = ("device", "threads", "checkpoint_every", "sync_every", "no_progress", "nproc", "rank_timeout")
 
 
 def model_config_from_args(args: argparse.Namespace, model_preset: dict | None = None) -> ModelConfig:
@@ -237,27 +246,36 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The model's preset first, then every flag the user set."""
     from .models import preset
 
-    train_preset, model_preset = preset(args.model, args.preset)
+    budget = getattr(args, "budget", None)
     origins = getattr(args, "origins", {})
+    if budget is not None:
+        if args.steps is not None:
+            raise CharmlpError("--steps and --budget both set the length of the run; give one of them")
+        if origins.get("--preset") == "the default":  # --budget alone: the `best` preset's settings
+            args.preset = "best"
+    train_preset, model_preset = preset(args.model, args.preset)
     for name in (*train_preset, *(model_preset or {})):  # a message names these as the preset's, not the user's
         if origins.get(opt := "--" + name.replace("_", "-")) == "the default":
             origins[opt] = f"the `{args.preset}` preset's"
     tc = dataclasses.replace(TrainConfig(), **train_preset)
     # a command without a flag (lr-find has no --eval-every) leaves the preset's value
     tc = dataclasses.replace(tc, **{f: getattr(args, a) for a, f in _TRAIN_FLAGS.items() if getattr(args, a, None) is not None})
-    if args.steps is not None:  # a step count given outranks a preset's budget of positions
-        tc = dataclasses.replace(tc, positions=0)
+    if args.steps is not None:  # a step count given outranks a preset's budget of positions or time
+        tc = dataclasses.replace(tc, positions=0, budget=0.0)
+    if budget is not None:
+        tc = dataclasses.replace(tc, budget=parse_duration(budget))
     if getattr(args, "no_calibrate", False):
         tc = dataclasses.replace(tc, calibrate_bn=False)
     mc = model_config_from_args(args, model_preset)
-    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence), mc, tc)
+    return RunConfig(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                max_item_len=args.max_item_len), mc, tc)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import escaped, load_dataset
 
     check_range("--block-size", args.block_size, 1, MAX_BLOCK_SIZE)
-    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size)).summary()
+    info = load_dataset(DataConfig(path=args.data, block_size=args.block_size, max_item_len=args.max_item_len)).summary()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -284,7 +302,8 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         if changed:
             raise CharmlpError(
                 f"{', '.join(changed)} cannot change when resuming: the run continues with the options in "
-                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every and --no-progress may be given)"
+                f"{args.resume}/config.json (only --device, --threads, --checkpoint-every, --sync-every, --no-progress, "
+                "--nproc and --rank-timeout may be given)"
             )
     else:
         cfg = run_config_from_args(args)
@@ -316,13 +335,21 @@ def _train_or_resume(args: argparse.Namespace) -> tuple[TrainResult, Diagnostics
         recorder = DiagnosticsRecorder(every)
         hooks.append(recorder)
     result = train(cfg, out_dir=args.out, progress=not args.no_progress, hooks=tuple(hooks), force=args.force)
-    if recorder is not None:
+    if recorder is not None and distributed.rank() == 0:  # the one rank that ran the hooks
         with RunDirLock(result.out_dir, "charmlp train"):
             recorder.save(result.out_dir)
     return result, recorder
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:  # the launcher starts N ranks of this very command, less --nproc
+        if not 1 <= args.nproc <= 1024:
+            raise CharmlpError(f"--nproc must be between 1 and 1024, got {args.nproc}")
+        if distributed.launched():
+            raise CharmlpError("--nproc starts its own processes: drop it when running under torchrun")
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    if args.rank_timeout is not None:
+        distributed.set_timeout(args.rank_timeout)
     run_dir = args.resume if args.resume is not None else args.out
     try:
         result, recorder = _train_or_resume(args)
@@ -335,10 +362,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"stopped; the last checkpoint in {run_dir} is kept: continue with `charmlp train --resume {run_dir}`",
             signum=signal.SIGINT,
         ) from None
+    if distributed.rank() != 0:  # rank 0 reports the run
+        return 0
     s = result.summary
+    estimate = f" (estimate on {s['train_loss_items']:,} items)" if s["train_loss_estimate"] else ""
     print(
         ("fitted in closed form, no steps" if s["init_loss"] is None else f"step-0 loss {s['init_loss']:.4f}")
-        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f} "
+        + f" (ln V = {s['ln_vocab']:.4f}) | train {s['train_loss']:.4f}{estimate} "
         f"| val {s['val_loss']:.4f} | test {s['test_loss']:.4f} | {s['steps']} steps in {s['seconds']:.1f} s"
     )
     print(f"run saved to {result.out_dir}; try `charmlp sample {result.out_dir}`"
@@ -346,10 +376,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc N (or --nproc=N)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .evaluate import evaluate_run
 
-    losses = evaluate_run(args.run)
+    splits = ("train", "val", "test")  # data.SPLITS (the CLI starts without numpy)
+    # a bar on stderr while a terminal watches (tqdm's disable=None), counted in predicted characters
+    with tqdm(desc="eval", unit="char", unit_scale=True, disable=None, mininterval=0.5, leave=False) as bar:
+        losses = evaluate_run(args.run, tuple(s for s in splits if s in (args.split or splits)), progress=bar.update)
     if args.json:
         print(json.dumps(losses))
     else:
@@ -360,27 +408,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Print the samples batch by batch as they are drawn (memory independent of -n); --json
-    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed."""
-    from .sampling import sample_run_stream
+    writes the same object `json.dumps(Samples.to_dict())` would, its list streamed. With filters
+    (--unique, --novel, --exclude, --min-len) that found fewer than N within the draw bound: a
+    line saying how many, exit 1."""
+    from .data import read_items
+    from .sampling import draw_bound, sample_run_stream
 
+    exclude = read_items(args.exclude, flag="--exclude") if args.exclude is not None else ()
     stream = sample_run_stream(
         args.run, n=args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-        prefix=args.prefix, max_len=args.max_len,
+        prefix=args.prefix, max_len=args.max_len, unique=args.unique, novel=args.novel, exclude=exclude,
+        min_len=args.min_len,
     )
     out = sys.stdout
     if args.json:
         out.write('{"samples": [')
-    for i, batch in enumerate(stream):
-        if args.json:
-            out.write((", " if i else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
-        else:
+    wrote = False  # a filtered batch may be empty: the separator goes between items, never first
+    for batch in stream:
+        if args.json and batch:
+            out.write((", " if wrote else "") + ", ".join(json.dumps(s, ensure_ascii=False) for s in batch))
+            wrote = True
+        elif not args.json:
             out.write("".join(s + "\n" for s in batch))
         out.flush()
     if args.json:
         out.write("], " + json.dumps(stream.stats())[1:] + "\n")  # the statistics after the samples, as to_dict orders them
-        return 0
-    if stream.novel_fraction is not None:
+    elif stream.novel_fraction is not None:
         print(f"# {stream.novel_fraction:.0%} of samples are not in the training file", file=sys.stderr)
+    if stream.count < args.n:
+        wanted = [w for w, on in (("distinct", args.unique), ("novel", args.novel), ("not excluded", bool(exclude)),
+                                  (f"at least {args.min_len} character" + "s" * (args.min_len > 1) + " long", args.min_len > len(args.prefix))) if on]
+        print(f"# found {stream.count} of {args.n} items ({', '.join(wanted)}) in {stream.draws} draws, the most it "
+              f"makes (10 × N + 10000 = {draw_bound(args.n)}); exit 1", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """One row per item (or a per-character table per item, or JSON); exit 1 if any item was
+    not scorable (a character outside the run's vocabulary)."""
+    from .data import escaped, items_from_bytes, read_items
+    from .scoring import score
+
+    items = list(args.items)
+    if args.file == "-":
+        items += items_from_bytes(sys.stdin.buffer.read(), "stdin")
+    elif args.file is not None:
+        items += read_items(args.file, flag="--file")
+    if not items:
+        raise CharmlpError("give the items to score: `charmlp score DIR ITEM…`, or a file of them with --file F (- for stdin)")
+    scores = score(args.run, items, per_char=args.per_char)
+    if args.sort:
+        scores = scores.sorted()
+    if args.json:
+        print(json.dumps(scores.to_dict(), ensure_ascii=False))
+    elif args.per_char:
+        for i, s in enumerate(scores.items):
+            print(("\n" if i else "") + escaped(s.item) + "  " + (s.problem and f"not scorable: {s.problem}" or
+                  f"log-likelihood {s.log_likelihood:.4f} | nll/char {s.nll_per_char:.4f} | perplexity {s.perplexity:.3f}"))
+            if s.per_char is None:
+                continue
+            w = max(7, max(len(escaped(c.context)) for c in s.per_char))
+            print(f"{'pos':>4}  {'context':<{w}}  char  {'prob':>8}  {'log-prob':>9}  {'rank':>4}")
+            for c in s.per_char:
+                print(f"{c.position:>4}  {escaped(c.context):<{w}}  {escaped(c.char):<4}  {c.prob:>8.4g}  "
+                      f"{c.logprob:>9.4f}  {c.rank:>4}")
+    else:
+        w = min(40, max(4, *(len(escaped(s.item)) for s in scores.items)))
+        print(f"{'item':<{w}}  {'log-likelihood':>14}  {'nll/char':>8}  {'perplexity':>10}")
+        for s in scores.items:
+            print(f"{escaped(s.item):<{w}}  " + (f"not scorable: {s.problem}" if s.problem else
+                  f"{s.log_likelihood:>14.4f}  {s.nll_per_char:>8.4f}  {s.perplexity:>10.3f}"))
+    if bad := len(scores.not_scorable):
+        sys.stdout.flush()
+        print(f"# {bad} of {len(items)} items not scorable: characters outside the run's vocabulary; exit 1", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -479,7 +581,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
     report = gradcheck(
         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, model=mc,
-        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence)),
+        dataset=load_dataset(DataConfig(path=args.data, block_size=mc.block_size, sequence=mc.sequence,
+                                        max_item_len=args.max_item_len)),
     )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.format_table())
     return 0 if report.ok else 1
@@ -503,15 +606,15 @@ def cmd_exercise_init(args: argparse.Namespace) -> int:
     from .exercise.starter import write_layer_template, write_starter
 
     if args.layer:
-        if args.part:
-            raise CharmlpError("--part is for the backprop exercise's starter, --layer for a layer's template: give one")
+        if args.part or args.model != "mlp":
+            raise CharmlpError("--part and --model are for an exercise's starter, --layer for a layer's template: give one")
         out = write_layer_template(args.layer, args.out or f"{args.layer}.py")
         from .exercise.catalog import CLASS_NAMES
 
         command = " ".join(["charmlp exercise check-layer", f"{out}:{CLASS_NAMES[args.layer]}", "--layer", args.layer])
         print(f"wrote {out}; fill it in, then: `{command}`")
         return 0
-    out = write_starter(args.out or "backprop_exercise.py", args.part)
+    out = write_starter(args.out or "backprop_exercise.py", args.part, args.model)
     print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
     return 0
 
@@ -536,6 +639,26 @@ def cmd_exercise_check_layer(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_exercise_status(args: argparse.Namespace) -> int:
+    from .exercise.status import format_text, status
+
+    statuses = status(args.dir, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({"dir": str(args.dir), "files": [s.to_dict() for s in statuses]}, ensure_ascii=False))
+    else:
+        print(format_text(statuses, args.dir))
+    return 0
+
+
+def cmd_exercise_hint(args: argparse.Namespace) -> int:
+    from .exercise.hints import hint
+
+    if args.step is None and not args.reset:
+        raise CharmlpError("name the step to hint at (e.g. dprobs), or give --reset")
+    print(hint(args.file, args.step or "", reveal=args.reveal, reset=args.reset))
+    return 0
+
+
 def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
@@ -545,6 +668,8 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", metavar="FILE",
                    help="the file to write (default backprop_exercise.py, or K.py with --layer K)")
     q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
+    q.add_argument("--model", default="mlp", choices=("mlp", "wavenet", "rnn", "gru", "transformer"),
+                   help="whose backward to derive, in lecture order (default mlp)")
     q.add_argument("--layer", choices=tuple(KINDS), metavar="K",
                    help="a ready-to-fill template of layer kind K instead (one of: " + ", ".join(KINDS) + ")")
     q.set_defaults(func=cmd_exercise_init)
@@ -555,6 +680,18 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_exercise_check)
+    q = esub.add_parser("status", help="progress of every exercise file in a directory (re-checked as `check` does)")
+    q.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where the exercise files are (default: here)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit per file (default 60)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_exercise_status)
+    q = esub.add_parser("hint", help="the next hint for one step (shape and lines, the rule, branches and shapes)")
+    q.add_argument("file", metavar="FILE", help="your exercise file")
+    q.add_argument("step", nargs="?", metavar="STEP", help="the gradient, e.g. dprobs or dh1")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--reveal", action="store_true", help="print the reference expression")
+    how.add_argument("--reset", action="store_true", help="forget the hints used on FILE (deletes FILE.hints.json)")
+    q.set_defaults(func=cmd_exercise_hint)
     q = esub.add_parser("check-layer", help="check your layer class against charmlp's: output, dx and every parameter's "
                         ".grad, at several shapes and seeds", epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("target", metavar="FILE:CLASS", help="your file and the layer class in it")
@@ -620,6 +757,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                       help="record update ratios and tanh statistics while training (diagnostics.json)")
     diag.add_argument("--diagnostics-every", type=int, metavar="N",
                       help="with --diagnostics: sample the statistics every N steps (default: about 1000 samples per run)")
+    ranks = p.add_argument_group("processes (data-parallel, see docs/distributed.md)")
+    ranks.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel in N processes on this machine (torch's elastic launcher, as "
+                            "torchrun --standalone --nproc-per-node N; --batch-size stays the global batch)")
+    ranks.add_argument("--rank-timeout", type=float, metavar="S",
+                       help=f"under torchrun: stop the run when a rank has not answered for S seconds "
+                            f"(default {TIMEOUT_S:g})")
     dests = {a.dest for a in p._actions} - {"help", "out", "resume", "force"}
     p.set_defaults(func=cmd_train, train_dests=dests, defaults={d: p.get_default(d) for d in dests})
 
@@ -627,6 +771,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="DIR", help="run directory")
     p.add_argument("--json", action="store_true", help='print {"train": …, "val": …, "test": …}')
+    p.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="evaluate only this split (repeatable; default all three, each exact, the whole split)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -639,8 +785,63 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="", metavar="TEXT", help="every sample starts with this text")
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, metavar="N",
                    help=f"longest item, prefix included (default {DEFAULT_MAX_LEN})")
-    p.add_argument("--json", action="store_true", help="print a JSON object with samples and novel_fraction")
+    p.add_argument("--min-len", type=int, default=0, metavar="N",
+                   help="shortest item, prefix included: shorter samples are drawn again (default 0)")
+    only = p.add_argument_group("only new items (each refused sample is drawn again; the draws stop at 10 × N + 10000, "
+                                "then a line says how many it found and the exit code is 1)")
+    only.add_argument("--unique", action="store_true", help="N distinct items")
+    only.add_argument("--novel", action="store_true", help="no item of the run's data file (found from its config.json)")
+    only.add_argument("--exclude", metavar="FILE", help="no item of this file (one per line); with --novel, it stands "
+                                                       "for a data file that moved")
+    p.add_argument("--json", action="store_true", help="print a JSON object with samples, novel_fraction and draws")
     p.set_defaults(func=cmd_sample)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """The search, then its one-screen summary."""
+    seconds = parse_duration(args.budget)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    from .tune import STUDY_DB, check_search, format_summary, tune
+
+    check_search(models, args.trials)  # flag errors before torch loads
+    from .engines.threads import auto_threads, set_threads
+
+    set_threads(auto_threads(True) if args.threads is None else args.threads)
+    try:
+        result = tune(args.data, seconds, args.out, models=models, trials=args.trials, seed=args.seed,
+                      device=args.device, progress=not args.no_progress)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        raise TrainingInterrupted(f"stopped; every finished trial is kept in {Path(args.out) / STUDY_DB}: "
+                                  "run the same command to go on", signum=getattr(e, "signum", signal.SIGINT)) from None
+    print(format_summary(result))
+    return 0
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="FILE", help="UTF-8 text file, one item per line (default: the embedded names.txt)")
+    p.add_argument("--budget", required=True, metavar="T", help="wall time of the whole search: 30s, 10m, 1.5h")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the study (study.db, resumable), a run directory per trial, summary.json and search.png")
+    p.add_argument("--models", default="gru,transformer", metavar="M,M",
+                   help="models to search among: rnn, gru, transformer (default gru,transformer)")
+    p.add_argument("--trials", type=int, metavar="N", help="trials in all, each of budget ÷ N (default: as many of a "
+                   "tenth of the budget each as fit)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sampler and of every trial's run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when available")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
+
+
+def _add_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="DIR", help="run directory")
+    p.add_argument("items", nargs="*", metavar="ITEM", help="items to score")
+    p.add_argument("--file", metavar="F", help="also score the items of this file, one per line (- : stdin)")
+    p.add_argument("--sort", action="store_true", help="most to least likely (items not scorable last)")
+    p.add_argument("--per-char", action="store_true", help="a table per item: position, context, character, "
+                                                          "probability, log-probability, rank among the vocabulary")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a row per item")
+    p.set_defaults(func=cmd_score)
 
 
 # command → (one line for `charmlp --help`, the function that adds its arguments)
@@ -649,11 +850,13 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "train": ("train a model and write a run directory", _add_train),
     "eval": ("loss per split of a saved run", _add_eval),
     "sample": ("generate new items from a saved run", _add_sample),
+    "score": ("log-likelihood, NLL per character and perplexity of given items under a saved run", _add_score),
     "lr-find": ("sweep the learning rate over one fresh model and suggest one", _add_lr_find),
     "diagnose": ("write DIR/report.html: losses, init check, statistics and pictures", _add_diagnose),
     "gradcheck": ("check every hand-written gradient against autograd (exit 1 on a mismatch)", _add_gradcheck),
     "exercise": ("the backprop exercise: a starter file, and checks of your own gradients and layers", _add_exercise),
     "runs": ("compare run directories: options that differ, losses, wall time, loss curves", _add_runs),
+    "tune": ("search model kind and sizes for a time budget (Optuna), a run directory per trial", _add_tune),
 }
 
 
@@ -697,12 +900,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with value_origins(default_origins(parser, args.command, argv)) as origins:
             args.origins = origins  # run_config_from_args adds the preset's values
+            args.argv = argv
             return args.func(args)
+    except ReportedElsewhere:  # another rank printed the line
+        return 2
     except CharmlpError as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        if distributed.rank() == 0:  # every rank stopped at the same step; rank 0 says so
+            print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -710,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`charmlp sample RUN | head`): stop quietly, as SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
         return 128 + 13  # SIGPIPE's number on Linux and macOS (Windows has no such signal)
+    finally:
+        distributed.shutdown()  # a data-parallel rank leaves its process group
 
 
 if __name__ == "__main__":

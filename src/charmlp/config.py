@@ -6,16 +6,18 @@ Configuration travels as these dataclasses; nothing reads module-level state.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import CharmlpError
+from .errors import CharmlpError, flag
 
 # the seed used throughout the makemore lectures
 LECTURE_SEED = 2147483647
 DEFAULT_SAMPLE_SEED = LECTURE_SEED + 10  # charmlp sample's
 DEFAULT_MAX_LEN = 64  # charmlp sample's longest item
 MAX_BLOCK_SIZE = 1024  # the longest context a model may have
+DEFAULT_MAX_ITEM_LEN = 256  # longer lines of a data file are skipped (--max-item-len; 0: no limit)
 DTYPE_NAMES = ("float32", "float64")  # gradcheck's
 
 
@@ -30,6 +32,7 @@ class DataConfig:
     sequence: bool = False  # rows of whole items (X, Y: (items, block)) instead of context windows
     split_seed: int = 42  # random.seed(42); random.shuffle(words)
     split: tuple[float, float] = (0.8, 0.9)  # train | val | test cut points
+    max_item_len: int = DEFAULT_MAX_ITEM_LEN  # characters; a longer line is skipped, with a note (0: no limit)
 
 
 @dataclass
@@ -96,6 +99,11 @@ class TrainConfig:
     eval_every: int = -1  # steps between val-loss evaluations (0: never; -1: about 20 per run)
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: only on Ctrl-C/SIGTERM)
     sync_every: int = 0  # eager engines: steps between loss read-backs (0: 50 on a GPU, 1 on the CPU)
+    # > 0: seconds the whole run may take; budget.py plans steps (and, for the sequence models, the
+    # ensemble and dropout) from the data and a calibration of this machine's steps/s
+    budget: float = 0.0
+    time_limit: float = 0.0  # > 0: the loop stops after this many seconds, a finished run (the budget's guard)
+    schedule_steps: int = 0  # > 0: the steps the lr schedule spans (a run the guard stopped early); 0: steps
 
 
 @dataclass
@@ -105,6 +113,23 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=_default_model)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+MIN_BUDGET, MAX_BUDGET = 1.0, 7 * 24 * 3600.0  # seconds a --budget may be
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' → seconds; a user error for anything else or out of range."""
+    t = text.strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], None)
+    number = t[:-1] if scale is not None else t
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise CharmlpError(f"{flag('--budget', repr(text))} is not a duration; write it as 30s, 10m or 1.5h") from None
+    if not (math.isfinite(seconds) and MIN_BUDGET <= seconds <= MAX_BUDGET):
+        raise CharmlpError(f"--budget must be between {MIN_BUDGET:g} s and 7 days, got {text!r}")
+    return seconds
 
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -140,6 +165,8 @@ def config_from_dict(cls: type, d: Any, where: str) -> Any:
             raise CharmlpError(f"{where}.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
     if cls is DataConfig and "split" in kwargs:
         kwargs["split"] = tuple(kwargs["split"])
+    if cls is DataConfig:  # a config.json written before --max-item-len: its run kept every line
+        kwargs.setdefault("max_item_len", 0)
     return cls(**kwargs)
 
 

@@ -8,8 +8,11 @@ data itself uses `.`) that pads the context before an item and marks its end.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import random
+import sys
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -60,8 +63,12 @@ def parse_items(text: str) -> list[str]:
     return [s for s in items if s]
 
 
-def read_items(path: str | Path | None = None) -> list[str]:
-    """Read and validate the items of a UTF-8 text file (default: embedded names.txt)."""
+def read_items(path: str | Path | None = None, flag: str = "--data", max_len: int = 0) -> list[str]:
+    """Read and validate the items of a UTF-8 text file, or a gzip of one (default: embedded
+    names.txt); `flag`
+    names the option that gave the path, in the message when it does not exist. With `max_len`,
+    items longer than that many characters are skipped, and a note on stderr gives their line
+    numbers (`skip_long_items`)."""
     p = resolve_data_path(path)
     try:
         if p.is_dir():
@@ -70,24 +77,57 @@ def read_items(path: str | Path | None = None) -> list[str]:
             raise CharmlpError(f"{p} is not a regular file; pass a text file with one item per line")
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise CharmlpError(f"data file {p} does not exist; check the path given to --data") from None
+        raise CharmlpError(f"data file {p} does not exist; check the path given to {flag}") from None
     except OSError as e:
         raise CharmlpError(f"cannot read data file {p}: {e.strerror}; check its permissions") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip's magic number: a compressed item file (names.txt.gz)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CharmlpError(f"{p} starts as a gzip file but does not decompress ({e}); "
+                               "check that it was copied whole, or pass the uncompressed file") from None
+    return items_from_bytes(raw, str(p), max_len)
+
+
+def items_from_bytes(raw: bytes, where: str, max_len: int = 0) -> list[str]:
+    """The items of UTF-8 text read from `where` (a file's name, "stdin"), validated as `read_items` does."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise CharmlpError(
-            f"{p} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
+            f"{where} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
             "save the file as UTF-8"
         ) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
-        raise CharmlpError(f"{p} contains a NUL byte on line {line}; it looks like a binary file, not text")
+        raise CharmlpError(f"{where} contains a NUL byte on line {line}; it looks like a binary file, not text")
     items = parse_items(text)
     if not items:
-        raise CharmlpError(f"{p} has no items: every line is empty; put one item per line")
+        raise CharmlpError(f"{where} has no items: every line is empty; put one item per line")
+    if max_len and longest_item(items) > max_len:
+        items = skip_long_items(text, items, max_len, where)
     return items
+
+
+def skip_long_items(text: str, items: list[str], max_len: int, where: str) -> list[str]:
+    """`items` without those longer than `max_len`, and a note on stderr naming their lines (in
+    `parse_items`' numbering: `\n`, `\r\n` and `\r` each end one). One overlong line would
+    otherwise set a whole-item model's row length, and with it the cost of every batch."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    long = [(i + 1, len(s)) for i, line in enumerate(text.split("\n")) if len(s := line.strip()) > max_len]
+    kept = [s for s in items if len(s) <= max_len]
+    longest = max(n for _, n in long)
+    numbers = ", ".join(str(i) for i, _ in long[:5]) + (", …" if len(long) > 5 else "")
+    what = (f"line {numbers} ({longest} characters)" if len(long) == 1
+            else f"{len(long)} lines ({numbers}; the longest {longest} characters)")
+    if not kept:
+        raise CharmlpError(f"every item of {where} is longer than {flag('--max-item-len', max_len)}; "
+                           f"pass `--max-item-len {longest}` (or 0: no limit) to keep them")
+    print(f"note: skipped {what} of {where}, longer than {flag('--max-item-len', max_len)}; "
+          f"pass `--max-item-len {longest}` to keep {'it' if len(long) == 1 else 'them'}", file=sys.stderr)
+    return kept
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -122,15 +162,16 @@ class Vocab:
         return {s: i for i, s in enumerate(self.itos)}
 
     @property
-    def index_dtype(self) -> torch.dtype:
+    def index_np_dtype(self) -> np.dtype:
         """The smallest integer dtype that holds every id."""
+        return np.dtype(np.uint8 if self.size <= 256 else np.int16 if self.size <= 2**15 else np.int32)
+
+    @property
+    def index_dtype(self) -> torch.dtype:
+        """`index_np_dtype` as a torch dtype."""
         import torch
 
-        if self.size <= 256:
-            return torch.uint8
-        if self.size <= 2**15:
-            return torch.int16
-        return torch.int32
+        return {1: torch.uint8, 2: torch.int16, 4: torch.int32}[self.index_np_dtype.itemsize]
 
     def encode(self, s: str) -> list[int]:
         stoi = self.stoi
@@ -168,6 +209,15 @@ def escaped(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def code_points(text: str) -> np.ndarray:
+    """Each character's code point: one byte each where every one is below 256 (latin-1: a
+    quarter of the memory of UTF-32 on a file of a million lines), else four."""
+    try:
+        return np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
 def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """All items as one flat array of ids, plus each item's length (vectorised, no per-char loop).
 
@@ -178,7 +228,7 @@ def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray
     # are the gaps between separators. Items holding "\n" themselves (never from a file) fall
     # back to asking each item its length.
     joined = "\n".join(items)
-    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    codes = code_points(joined)
     is_sep = codes == 10
     sep = np.flatnonzero(is_sep)
     if len(sep) == max(0, len(items) - 1):
@@ -187,7 +237,7 @@ def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray
     else:
         lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
         joined = "".join(items)
-        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        codes = code_points(joined)
     if len(codes) == 0:
         return np.zeros(0, np.int64), lengths
     cps = [ord(c) for c in vocab.itos[1:]]
@@ -202,7 +252,16 @@ def encode_items(items: list[str], vocab: Vocab) -> tuple[np.ndarray, np.ndarray
 
 
 def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Context windows of `block_size` ids padded with the boundary, and the next id.
+    """`example_arrays` as torch tensors."""
+    import torch
+
+    X, Y = example_arrays(items, vocab, block_size)
+    return torch.from_numpy(X), torch.from_numpy(Y)
+
+
+def example_arrays(items: list[str], vocab: Vocab, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context windows of `block_size` ids padded with the boundary, and the next id (NumPy, in
+    the smallest integer dtype that holds every id), item after item in order.
 
     For `emma` at block 3: `...→e, ..e→m, .em→m, emm→a, mma→.`.
     Layout trick: F = [0]*k + item₀ + [0]*k + item₁ + … + [0]*k. The targets are every item
@@ -210,16 +269,13 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     context is F[p − k : p]. All of it is a few whole-array operations: no per-item or
     per-character Python work.
     """
-    import torch
-
     if block_size < 1:
         raise CharmlpError(f"block size must be at least 1, got {block_size}")
     ids, lengths = encode_items(items, vocab)
     n, k = len(items), block_size
-    dtype = vocab.index_dtype
+    np_dtype = vocab.index_np_dtype
     if n == 0:
-        return torch.zeros(0, k, dtype=dtype), torch.zeros(0, dtype=dtype)
-    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        return np.zeros((0, k), np_dtype), np.zeros(0, np_dtype)
     # is_char over F: k padding positions, then len_w item positions, for every item, then k more
     counts = np.empty(2 * n + 1, np.int64)
     counts[0::2], counts[1::2] = k, lengths
@@ -236,7 +292,7 @@ def build_examples(items: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     X = np.empty((int(np.count_nonzero(tk)), k), np_dtype)
     for j in range(k):
         X[:, j] = flat[j : len(flat) - k + j][tk]
-    return torch.from_numpy(X), torch.from_numpy(flat[k:][tk])
+    return X, flat[k:][tk]
 
 
 def build_sequences(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,9 +378,15 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     """
     cfg = cfg or DataConfig()
     items = None
+    if cfg.max_item_len < 0:
+        raise CharmlpError(f"--max-item-len must be ≥ 0 (0: no limit), got {cfg.max_item_len}")
     if cfg.sequence and cfg.block_size == 0:  # whole items: as long as the longest, plus the start token
-        items = read_items(cfg.path)
-        cfg = dataclasses.replace(cfg, block_size=min(MAX_BLOCK_SIZE, longest_item(items) + 1))
+        items = read_items(cfg.path, max_len=cfg.max_item_len)
+        if longest_item(items) + 1 > MAX_BLOCK_SIZE:
+            raise CharmlpError(
+                f"an item of {longest_item(items)} characters is longer than a model that reads whole items "
+                f"can take ({MAX_BLOCK_SIZE - 1}); skip such lines with `--max-item-len {MAX_BLOCK_SIZE - 1}` or less")
+        cfg = dataclasses.replace(cfg, block_size=longest_item(items) + 1)
     elif cfg.block_size == 0:
         cfg = dataclasses.replace(cfg, block_size=DEFAULT_BLOCK_SIZE)
     if not 1 <= cfg.block_size <= MAX_BLOCK_SIZE:
@@ -332,7 +394,7 @@ def load_dataset(cfg: DataConfig | None = None, vocab: Vocab | None = None) -> D
     a, b = cfg.split
     if not 0 < a < b < 1:
         raise CharmlpError(f"split cut points must satisfy 0 < train < val < 1, got {cfg.split}")
-    items = items if items is not None else read_items(cfg.path)
+    items = items if items is not None else read_items(cfg.path, max_len=cfg.max_item_len)
     need = min_items_for_split(cfg.split)
     if len(items) < need:
         raise CharmlpError(

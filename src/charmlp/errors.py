@@ -15,6 +15,11 @@ class CharmlpError(Exception):
     """A problem with the user's input: say what is wrong and what to do about it."""
 
 
+class ReportedElsewhere(CharmlpError):
+    """A failure another process has reported (data-parallel training: the rank that failed, or
+    rank 0, prints the line); the CLI exits with code 2 and prints nothing more."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint (exit code 128 + signal)."""
 

@@ -210,6 +210,16 @@ def _numbers(d, summary, check, source, tables, diag, missing) -> dict[str, Any]
 
 
 def _render(d, cfg, summary, check, source, tables, diag, pictures, missing) -> str:
+    parts = [*_head(d, missing), *_configuration(cfg), *_losses(summary, pictures),
+             *_init_section(cfg, check, source, tables), *_activations(tables, pictures),
+             *_gradients(tables, pictures), *_over_training(diag, pictures),
+             "<h2 id='embedding'>Embeddings</h2>", _img(pictures["embedding"], "embedding scatter"),
+             "</body></html>\n"]
+    return "\n".join(parts)
+
+
+def _head(d: Path, missing: list[str]) -> list[str]:
+    """The page's head, its title, what the snapshots are, and what the run directory lacks."""
     esc = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>charmlp report: {esc(d.name)}</title>"
              f"<style>{CSS}</style></head><body>",
@@ -220,52 +230,61 @@ def _render(d, cfg, summary, check, source, tables, diag, pictures, missing) -> 
     if missing:
         parts.append("<div class='missing' id='missing'><b>Missing from this run directory</b><ul>"
                      + "".join(f"<li>{esc(m)}</li>" for m in missing) + "</ul></div>")
+    return parts
 
-    # configuration
-    parts.append("<h2 id='config'>Configuration</h2>")
+
+def _configuration(cfg) -> list[str]:
     rows = [{"section": sec, "option": k, "value": json.dumps(v, ensure_ascii=False)}
             for sec, fields in run_config_to_dict(cfg).items() for k, v in fields.items()]
-    parts.append(_table(rows, {"section": "section", "option": "option", "value": "value"}))
+    return ["<h2 id='config'>Configuration</h2>", _table(rows, {"section": "section", "option": "option", "value": "value"})]
 
-    # losses
-    parts.append("<h2 id='losses'>Losses</h2>")
+
+def _losses(summary: dict, pictures: dict[str, bytes]) -> list[str]:
+    parts = ["<h2 id='losses'>Losses</h2>"]
     if summary:
         keys = ("init_loss", "train_loss", "val_loss", "test_loss", "steps", "seconds", "engine", "device")
         parts.append(_table([{"what": k, "value": summary.get(k)} for k in keys if k in summary],
                             {"what": "", "value": "value"}))
     if "loss" in pictures:
         parts.append(_img(pictures["loss"], "training loss curve"))
+    return parts
 
-    # init check
-    parts.append("<h2 id='init'>Init check</h2>")
+
+def _init_section(cfg, check, source, tables) -> list[str]:
+    """The init check's verdict and where its loss came from; the snapshot batch's two losses."""
+    parts = ["<h2 id='init'>Init check</h2>"]
     if check is not None:
         cls = "bad" if check.confidently_wrong else "ok"
-        parts.append(f"<p class='{cls}'>{esc(check.message())}</p>"
-                     f"<p class='note'>Source: {esc(source)}. A model that predicts uniformly over V = "
+        parts.append(f"<p class='{cls}'>{html.escape(check.message())}</p>"
+                     f"<p class='note'>Source: {html.escape(source)}. A model that predicts uniformly over V = "
                      f"{cfg.model.vocab_size} characters has loss ln V; more than {CONFIDENTLY_WRONG} nats above it "
                      "means the initial logits are large and confidently wrong, and the first steps are spent only "
                      "shrinking them.</p>")
     if "init" in tables:
         parts.append(f"<p>Loss of the snapshot batch: at initialisation {tables['init']['loss']:.4f}, "
                      f"after training {tables['trained']['loss']:.4f}.</p>")
+    return parts
 
-    # activations
-    parts.append("<h2 id='activations'>Activations</h2>")
+
+def _activations(tables, pictures: dict[str, bytes]) -> list[str]:
+    """Each tanh layer's statistics at init and after training, its histograms and saturation map."""
     tanh_headers = {"state": "state", "layer": "layer", "mean": "mean", "std": "std",
                     "saturated_pct": f"% |h| > {SATURATED}", "dead_units": "dead units", "units": "units"}
     rows = [{"state": k, **r} for k, t in tables.items() for r in t["tanh"]]
-    parts.append(_table(rows, tanh_headers))
-    parts.append("<p class='note'>Saturated: |h| > 0.97, where tanh' = 1 − h² &lt; 0.06 passes almost no gradient. "
-                 "Dead unit: saturated for every example of the batch.</p>")
+    parts = ["<h2 id='activations'>Activations</h2>", _table(rows, tanh_headers),
+             "<p class='note'>Saturated: |h| > 0.97, where tanh' = 1 − h² &lt; 0.06 passes almost no gradient. "
+             "Dead unit: saturated for every example of the batch.</p>"]
     for key, alt in (("activations", "activation histograms"), ("saturation_map", "saturation map")):
         if key in pictures:
             parts.append(_img(pictures[key], alt))
+    return parts
 
-    # gradients
-    parts.append("<h2 id='gradients'>Gradients</h2>")
+
+def _gradients(tables, pictures: dict[str, bytes]) -> list[str]:
+    """The gradient at each layer's output, then each parameter's gradient and update sizes."""
     rows = [{"state": k, **r} for k, t in tables.items() for r in t["grads"]]
-    parts.append("<p>Gradient of the loss at each layer's output, dL/d(output):</p>")
-    parts.append(_table(rows, {"state": "state", "layer": "layer", "shape": "shape", "mean": "mean", "std": "std"}))
+    parts = ["<h2 id='gradients'>Gradients</h2>", "<p>Gradient of the loss at each layer's output, dL/d(output):</p>",
+             _table(rows, {"state": "state", "layer": "layer", "shape": "shape", "mean": "mean", "std": "std"})]
     if "gradients" in pictures:
         parts.append(_img(pictures["gradients"], "gradient histograms"))
     rows = [{"state": k, **r} for k, t in tables.items() for r in t["params"]]
@@ -275,23 +294,20 @@ def _render(d, cfg, summary, check, source, tables, diag, pictures, missing) -> 
                                "grad_std": "std(grad)", "grad_data": "grad:data", "update_ratio": "log10 update"}))
     if "weight_grads" in pictures:
         parts.append(_img(pictures["weight_grads"], "weight gradient histograms"))
+    return parts
 
-    # over training
-    parts.append("<h2 id='training'>Over training</h2>")
-    if diag is not None:
-        last = _last_update_ratios(diag)
-        parts.append(f"<p>{len(diag['steps'])} samples, every {diag.get('every')} steps. "
-                     "Mean log10 update ratio over the last 10 % of the samples:</p>")
-        parts.append(_table([{"param": k, "value": v} for k, v in last.items()],
-                            {"param": "parameter", "value": "log10 update"}))
-        for key, alt in (("update_ratio", "update ratio"), ("saturation_over_training", "saturation over training")):
-            parts.append(_img(pictures[key], alt))
-    else:
-        parts.append("<p class='missing'>No samples over training: retrain with "
-                     "<code>charmlp train --diagnostics</code>.</p>")
 
-    # embeddings
-    parts.append("<h2 id='embedding'>Embeddings</h2>")
-    parts.append(_img(pictures["embedding"], "embedding scatter"))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+def _over_training(diag: dict | None, pictures: dict[str, bytes]) -> list[str]:
+    """The update ratios and saturation sampled during training (`--diagnostics`), if it was."""
+    parts = ["<h2 id='training'>Over training</h2>"]
+    if diag is None:
+        return [*parts, "<p class='missing'>No samples over training: retrain with "
+                        "<code>charmlp train --diagnostics</code>.</p>"]
+    last = _last_update_ratios(diag)
+    parts.append(f"<p>{len(diag['steps'])} samples, every {diag.get('every')} steps. "
+                 "Mean log10 update ratio over the last 10 % of the samples:</p>")
+    parts.append(_table([{"param": k, "value": v} for k, v in last.items()],
+                        {"param": "parameter", "value": "log10 update"}))
+    for key, alt in (("update_ratio", "update ratio"), ("saturation_over_training", "saturation over training")):
+        parts.append(_img(pictures[key], alt))
+    return parts

@@ -267,6 +267,24 @@ class StopSignals:
                 signal.signal(sig, h)
 
 
+class AgreedStopSignals(StopSignals):
+    """Ctrl-C/SIGTERM across data-parallel ranks: a caught signal is this rank's wish (`local`);
+    `pending`, which the loop reads, is what every rank agreed on at the last step's all-reduce
+    (`agreed`: any rank's signal), so all of them stop after the same step."""
+
+    def __init__(self) -> None:
+        self.local: int | None = None
+        self.agreed: int | None = None
+
+    @property
+    def pending(self) -> int | None:  # type: ignore[override]
+        return self.agreed
+
+    @pending.setter
+    def pending(self, signum: int | None) -> None:
+        self.local = signum
+
+
 class CheckpointSaver:
     """Writes and restores a run directory's training checkpoint: at the last step, every
     `checkpoint_every` steps, when a caught signal asks to stop, and (`save`) before a non-finite loss.
@@ -276,8 +294,10 @@ class CheckpointSaver:
     """
 
     def __init__(self, run_dir: RunDirectory, model: LanguageModel, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator, losses: torch.Tensor, val_losses: torch.Tensor | None = None) -> None:
+                 generator: torch.Generator, losses: torch.Tensor, val_losses: torch.Tensor | None = None,
+                 writes: bool = True) -> None:
         self.run_dir = run_dir
+        self.writes = writes  # False on a data-parallel rank other than 0: it keeps the count, rank 0 writes
         self.model, self.optimizer, self.generator, self.losses = model, optimizer, generator, losses
         self.val_losses = val_losses
         self.every = run_dir.cfg.train.checkpoint_every
@@ -316,6 +336,9 @@ class CheckpointSaver:
 
     def save(self, step: int, reason: str) -> None:
         """The state after `step` steps, atomically; the first one written replaces an old run (`--force`)."""
+        if not self.writes:
+            self.last_saved = step
+            return
         tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
         seconds = self.seconds_before + time.perf_counter() - self.started
         meta.update(kind="train_state", step=step, steps=self.total, reason=reason,

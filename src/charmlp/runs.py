@@ -42,6 +42,7 @@ class RunRow:
     n_params: int | None = None
     steps: int | None = None
     train_loss: float | None = None
+    train_estimate: bool = False  # train_loss is an estimate on a sample of the training items
     val_loss: float | None = None
     test_loss: float | None = None
     seconds: float | None = None
@@ -55,7 +56,8 @@ class RunRow:
         return {
             "run": str(self.path), "kind": self.kind, "status": self.status, "options": self.options,
             "n_params": self.n_params, "steps": self.steps, "train_loss": self.train_loss,
-            "val_loss": self.val_loss, "test_loss": self.test_loss, "seconds": self.seconds, "config": self.config,
+            "train_loss_estimate": self.train_estimate, "val_loss": self.val_loss, "test_loss": self.test_loss,
+            "seconds": self.seconds, "config": self.config,
         }
 
 
@@ -157,7 +159,8 @@ def read_run_row(d: Path) -> RunRow:
         path=d, name=str(d), kind=kind, config=config, status=status,
         n_params=n_params if isinstance(n_params, int) else None,
         steps=steps if isinstance(steps, int) else None,
-        train_loss=_number(summary.get("train_loss")), val_loss=_number(summary.get("val_loss")),
+        train_loss=_number(summary.get("train_loss")), train_estimate=summary.get("train_loss_estimate") is True,
+        val_loss=_number(summary.get("val_loss")),
         test_loss=_number(summary.get("test_loss")), seconds=_number(summary.get("seconds")),
     )
 
@@ -279,6 +282,8 @@ def format_table(rows: list[RunRow]) -> str:
     body = []
     for r in rows:
         loss = [f"{v:.4f}" if v is not None else "–" for v in (r.train_loss, r.val_loss, r.test_loss)]
+        if r.train_estimate and r.train_loss is not None:
+            loss[0] += "*"
         body.append([
             r.name, r.kind, *(_fmt_value(r.options[k]) for k in keys),
             f"{r.n_params:,}" if r.n_params is not None else "–", str(r.steps) if r.steps is not None else "–",
@@ -291,6 +296,9 @@ def format_table(rows: list[RunRow]) -> str:
 
     out = [line(header)] + [line(b) for b in body]
     notes = [f"{r.name}: {r.status}" for r in rows if r.status != "finished"]
+    if any(r.train_estimate for r in rows):
+        notes.append("* train: an estimate on a seeded sample of the training items; "
+                     "`charmlp eval DIR --split train` gives the exact loss")
     return "\n".join(out + notes)
 
 

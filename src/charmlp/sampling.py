@@ -8,16 +8,17 @@ a seed gives the samples it gave when sampling ran in torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .checkpoint import load_run, read_saved_net
+from .checkpoint import load_net
 from .config import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED
-from .data import Vocab, read_items
+from .data import Vocab, read_items, resolve_data_path
 from .errors import CharmlpError, flag
 from .numpy_model import Cache, Net, filter_cache
 
@@ -65,12 +66,13 @@ TABLE_MAX_CONTEXTS = 1 << 20
 SAMPLE_CHUNK = 10_000
 
 
-def _sample_chunks(
+def _batch_sampler(
     net: Net, n: int, draw: Callable[[int], np.ndarray], prefix_ids: list[int], temperature: float,
-    top_k: int | None, max_new: int, chunk: int = SAMPLE_CHUNK,
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Per batch of at most `chunk` samples: their new ids concatenated, each one's length, and
-    how many hit `max_new`."""
+    top_k: int | None, max_new: int,
+) -> Callable[[int], tuple[np.ndarray, np.ndarray, int]]:
+    """k ↦ the next batch of k samples (`_sample_batch`'s ids, lengths and how many hit
+    `max_new`), each batch drawing the next uniforms of `draw`; `n`, the samples wanted in all,
+    decides whether the model is tabulated."""
     V, block, seq = net.vocab_size, net.block_size, net.sequence
     if seq:  # reads whole items: the growing sequence [boundary, prefix…, new…]
         start = np.array([0, *prefix_ids], np.int64)
@@ -84,9 +86,18 @@ def _sample_chunks(
         powers = V ** np.arange(block - 1, -1, -1)
         every = (np.arange(n_ctx)[:, None] // powers) % V  # context of each code, base V
         table = np.concatenate([_cdf(net(every[i : i + 65536]), temperature, top_k) for i in range(0, n_ctx, 65536)])
+    return lambda k: _sample_batch(net, np.tile(start, (k, 1)), draw, temperature, top_k, max_new, table, powers)
+
+
+def _sample_chunks(
+    net: Net, n: int, draw: Callable[[int], np.ndarray], prefix_ids: list[int], temperature: float,
+    top_k: int | None, max_new: int, chunk: int = SAMPLE_CHUNK,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Per batch of at most `chunk` samples: their new ids concatenated, each one's length, and
+    how many hit `max_new`."""
+    next_batch = _batch_sampler(net, n, draw, prefix_ids, temperature, top_k, max_new)
     for first in range(0, n, chunk):
-        ctx = np.tile(start, (min(chunk, n - first), 1))
-        yield _sample_batch(net, ctx, draw, temperature, top_k, max_new, table, powers)
+        yield next_batch(min(chunk, n - first))
 
 
 def _sample_batch(
@@ -182,10 +193,16 @@ def sample_ids(
     return rows, truncated
 
 
-def _stats(novel_fraction: float | None, truncated: int) -> dict:
+def draw_bound(n: int) -> int:
+    """The most samples a filtered draw (unique, novel, excluded, min_len) makes before it gives
+    up with what it found: ten per item asked for, plus one batch."""
+    return 10 * n + SAMPLE_CHUNK
+
+
+def _stats(novel_fraction: float | None, truncated: int, draws: int) -> dict:
     """The numbers `--json` reports after the samples."""
     in_train = None if novel_fraction is None else 1.0 - novel_fraction
-    return {"novel_fraction": novel_fraction, "in_train_fraction": in_train, "truncated": truncated}
+    return {"novel_fraction": novel_fraction, "in_train_fraction": in_train, "truncated": truncated, "draws": draws}
 
 
 @dataclass
@@ -193,24 +210,30 @@ class Samples:
     samples: list[str]
     novel_fraction: float | None  # share of samples that are not items of the training file
     truncated: int  # samples cut at the maximum length
+    draws: int = 0  # samples drawn to find these (more than len(samples) when some were refused)
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, **_stats(self.novel_fraction, self.truncated)}
+        return {"samples": self.samples, **_stats(self.novel_fraction, self.truncated, self.draws)}
+
+
+Batches = Iterator[tuple[list[str], int, int]]  # per batch: the items kept, how many were cut, how many drawn
 
 
 class SampleStream:
     """Samples batch by batch: iterate it for lists of at most `SAMPLE_CHUNK` items; the
     statistics count the items yielded so far (novelty against `training_items`, a set in memory)."""
 
-    def __init__(self, batches: Iterator[tuple[list[str], int]], training_items: list[str] | None) -> None:
+    def __init__(self, batches: Batches, training_items: list[str] | None, requested: int = 0) -> None:
         self._batches = batches
         self._known = None if training_items is None else set(training_items)
-        self.count = self.novel = self.truncated = 0
+        self.requested = requested  # n: fewer came when a filtered draw reached draw_bound(n)
+        self.count = self.novel = self.truncated = self.draws = 0
 
     def __iter__(self) -> Iterator[list[str]]:
-        for items, truncated in self._batches:
+        for items, truncated, draws in self._batches:
             self.count += len(items)
             self.truncated += truncated
+            self.draws += draws
             if self._known is not None:
                 self.novel += sum(s not in self._known for s in items)
             yield items
@@ -221,12 +244,43 @@ class SampleStream:
         return None if self._known is None or not self.count else self.novel / self.count
 
     def stats(self) -> dict:
-        return _stats(self.novel_fraction, self.truncated)
+        return _stats(self.novel_fraction, self.truncated, self.draws)
 
     def collect(self) -> Samples:
         """Every remaining batch as one list."""
         items = [s for batch in self for s in batch]
-        return Samples(items, self.novel_fraction, self.truncated)
+        return Samples(items, self.novel_fraction, self.truncated, self.draws)
+
+
+def _kept(
+    next_batch: Callable[[int], tuple[list[str], np.ndarray]], n: int, unique: bool, excluded: set[str], min_len: int,
+) -> Batches:
+    """Batches of the samples that pass (at least `min_len` characters, not in `excluded`, not
+    seen before when `unique`) until there are `n`, or `draw_bound(n)` were drawn; each batch
+    counts the draws it took (the last one up to the sample that made `n`). The first batch draws
+    min(n, SAMPLE_CHUNK), as the unfiltered sampler does (so it starts with the unfiltered samples
+    that pass); each next one what the share passing so far says the rest needs."""
+    seen: set[str] = set()
+    found = draws = 0
+    bound, size = draw_bound(n), min(n, SAMPLE_CHUNK)
+    while found < n and draws < bound:
+        items, cut = next_batch(min(size, bound - draws))
+        kept, truncated, used = [], 0, len(items)
+        for i, (s, c) in enumerate(zip(items, cut.tolist(), strict=True)):
+            if len(s) < min_len or s in excluded or (unique and s in seen):
+                continue
+            if unique:
+                seen.add(s)
+            kept.append(s)
+            truncated += c
+            if found + len(kept) == n:
+                used = i + 1
+                break
+        found += len(kept)
+        draws += used
+        yield kept, truncated, used
+        rate = max(found / draws, 1e-3)  # of the samples drawn, the share that passed
+        size = min(SAMPLE_CHUNK, max(256, math.ceil(1.2 * (n - found) / rate)))
 
 
 def sample_stream(
@@ -239,6 +293,10 @@ def sample_stream(
     prefix: str = "",
     max_len: int = DEFAULT_MAX_LEN,
     training_items: list[str] | None = None,
+    unique: bool = False,
+    novel: bool = False,
+    exclude: Iterable[str] = (),
+    min_len: int = 0,
 ) -> SampleStream:
     """`sample`'s items batch by batch (at most `SAMPLE_CHUNK` in each): the arguments are checked
     now, the samples drawn as it is iterated."""
@@ -253,23 +311,37 @@ def sample_stream(
         raise CharmlpError(f"{flag('--max-len', max_len)} leaves no room after the {len(prefix)}-character prefix; raise it")
     if max_len > MAX_LEN_LIMIT:
         raise CharmlpError(f"--max-len must be at most {MAX_LEN_LIMIT}, got {max_len}")
+    if not 0 <= min_len <= max_len:
+        raise CharmlpError(f"--min-len must be between 0 and {flag('--max-len', max_len)}, got {min_len}")
     if min(n, SAMPLE_CHUNK) * (max_len - len(prefix)) > MAX_SAMPLE_CELLS:
         raise CharmlpError(
             f"{flag('-n', n)} × {flag('--max-len', max_len)} is too much to generate at once; ask for fewer or shorter samples"
         )
+    if novel and training_items is None:
+        raise CharmlpError("novel sampling needs the training file's items: pass training_items (or use sample_run)")
     _check_seed(seed)
+    excluded = {*(training_items if novel else ()), *exclude}
     net = _as_net(model)
-    chunks = _sample_chunks(net, n, uniforms(seed), prefix_ids, temperature, top_k, max_len - len(prefix))
+    max_new = max_len - len(prefix)
+    next_batch = _batch_sampler(net, n, uniforms(seed), prefix_ids, temperature, top_k, max_new)
     chars = np.array([ord(c) for c in vocab.itos], np.uint32)  # id → code point
 
-    def batches() -> Iterator[tuple[list[str], int]]:
-        for flat, lengths, truncated in chunks:
-            # ids → characters for the whole batch at once, then one slice per sample
-            text = chars[flat].astype("<u4").tobytes().decode("utf-32-le")
-            ends, ks = np.cumsum(lengths).tolist(), lengths.tolist()
-            yield [prefix + text[e - k : e] for e, k in zip(ends, ks, strict=True)], truncated
+    def texts(k: int) -> tuple[list[str], np.ndarray]:
+        """k samples as text, and which of them were cut at max_len."""
+        flat, lengths, _ = next_batch(k)
+        # ids → characters for the whole batch at once, then one slice per sample
+        text = chars[flat].astype("<u4").tobytes().decode("utf-32-le")
+        ends, ks = np.cumsum(lengths).tolist(), lengths.tolist()
+        return [prefix + text[e - k : e] for e, k in zip(ends, ks, strict=True)], lengths == max_new
 
-    return SampleStream(batches(), training_items)
+    def every() -> Batches:
+        for first in range(0, n, SAMPLE_CHUNK):
+            k = min(SAMPLE_CHUNK, n - first)
+            items, cut = texts(k)
+            yield items, int(cut.sum()), k
+
+    filtered = unique or excluded or min_len > len(prefix)
+    return SampleStream(_kept(texts, n, unique, excluded, min_len) if filtered else every(), training_items, n)
 
 
 def sample(
@@ -282,31 +354,43 @@ def sample(
     prefix: str = "",
     max_len: int = DEFAULT_MAX_LEN,
     training_items: list[str] | None = None,
+    unique: bool = False,
+    novel: bool = False,
+    exclude: Iterable[str] = (),
+    min_len: int = 0,
 ) -> Samples:
     """Sample `n` items, each starting with `prefix`, at most `max_len` characters long: `sample_stream`'s
     batches as one list.
 
-    `model`: a `LanguageModel` (its weights are copied to NumPy) or its `Net`."""
-    return sample_stream(model, vocab, n, seed, temperature, top_k, prefix, max_len, training_items).collect()
+    `model`: a `LanguageModel` (its weights are copied to NumPy) or its `Net`. Filters, each
+    drawing more samples in place of those refused (until there are `n`, or `draw_bound(n)`
+    were drawn: then fewer come back, and `draws` says how many were drawn): `unique` (no item
+    twice), `novel` (none of `training_items`), `exclude` (none of these), `min_len` (at least
+    this many characters, the prefix included)."""
+    return sample_stream(model, vocab, n, seed, temperature, top_k, prefix, max_len, training_items,
+                         unique, novel, exclude, min_len).collect()
 
 
-def sample_run_stream(run_dir: str | Path, n: int = 20, **kwargs) -> SampleStream:
+def sample_run_stream(run_dir: str | Path, n: int = 20, novel: bool = False, exclude: Iterable[str] = (),
+                      **kwargs) -> SampleStream:
     """Sample from a saved run, batch by batch; novelty is measured against its training file
-    when it is readable.
+    when it is readable. `novel` excludes that file's items: an error when it cannot be read,
+    unless `exclude` is given (it then stands for the file).
 
     Runs saved with a description of their layers are read and sampled without torch; older
     ones are loaded with torch and described in memory (the same samples, a slower start)."""
-    saved = read_saved_net(run_dir)
-    if saved is not None:
-        net, vocab, data_path = saved.net, saved.vocab, saved.data.path
-    else:
-        run = load_run(run_dir)
-        net, vocab, data_path = Net.from_model(run.model), run.vocab, run.config.data.path
+    saved = load_net(run_dir)
+    data_path = resolve_data_path(saved.data.path)
     try:
         items = read_items(data_path)
-    except CharmlpError:
+    except CharmlpError as e:
         items = None
-    return sample_stream(net, vocab, n, training_items=items, **kwargs)
+        exclude = list(exclude)
+        if novel and not exclude:
+            raise CharmlpError(f"--novel excludes the items of the run's data file, but {str(e).split(';')[0]}; "
+                               "if it moved, name it with --exclude FILE") from None
+        novel = False  # the list given stands for the file
+    return sample_stream(saved.net, saved.vocab, n, training_items=items, novel=novel, exclude=exclude, **kwargs)
 
 
 def sample_run(run_dir: str | Path, n: int = 20, **kwargs) -> Samples:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,20 +20,34 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
+from .budget import budget_train_items, plan_budget
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
-from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
-from .engines.eager import EagerStep
+from .engines.eager import EagerStep, Shard
 from .engines.fast import StepFn, make_train_step
-from .errors import CharmlpError, flag
-from .evaluate import EVAL_CHUNK, eval_chunk, evaluate, split_loss
+from .engines.support import unsupported_reason
+from .errors import CharmlpError, ReportedElsewhere, flag
+from .evaluate import EVAL_CHUNK, eval_chunk, final_losses, split_loss, train_rows
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
+from .nn.losses import IGNORE
 from .optim import make_optimizer
-from .resume import CheckpointSaver, RunDirectory, resume_run_config
+from .resume import (
+    AgreedStopSignals,
+    Checkpoint,
+    CheckpointSaver,
+    RunDirectory,
+    data_fingerprint,
+    read_checkpoint,
+    resume_run_config,
+)
 
 # called after the optimizer step: hook(step, model, lr, loss); at every step, or where its
-# optional `wants(step)` says (a GPU loop then need not read every loss back)
+# optional `wants(step)` says (a GPU loop then need not read every loss back). A hook's optional
+# `on_val(step, steps, val_loss) -> bool` sees each val evaluation; True ends the run after that
+# step, as a finished run of the steps taken (a search's pruner)
 StepHook = Callable[[int, LanguageModel, float, torch.Tensor], None]
 
 
@@ -56,27 +71,31 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate for `step` (0-based) under the configured schedule."""
     if cfg.schedule == "constant":
         return cfg.lr
+    span = cfg.schedule_steps or cfg.steps  # a run its time limit stopped early keeps its planned schedule
     if cfg.schedule == "step":  # the lectures: lr until decay_at·steps, then lr_final
-        return cfg.lr if step < cfg.decay_at * cfg.steps else cfg.lr_final
+        return cfg.lr if step < cfg.decay_at * span else cfg.lr_final
     # cosine from lr to lr_final over the run
-    t = step / max(1, cfg.steps - 1)
+    t = step / max(1, span - 1)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
 
 
 EVAL_BUDGET = 0.05  # the default --eval-every spends at most about this share of the training work on val
 
 
-def resolve_eval_every(cfg: TrainConfig, n_val: int) -> int:
+def resolve_eval_every(cfg: TrainConfig, val_positions: int, row_positions: float = 1.0) -> int:
     """Steps between val evaluations: `eval_every` as given, 0 for never; by default (−1) about 20
-    per run, fewer where evaluating the `n_val` val rows that often would cost more than ~5 % of the
-    training's work (a forward pass over a row costs about what a training step spends per row,
-    the backward and update included, for these small models). It depends only on the configuration
-    and the data, never on timing, so a run's files stay reproducible."""
+    per run, fewer where evaluating the val split's `val_positions` targets that often would cost
+    more than ~5 % of the training's work, steps × batch × `row_positions` (a training row's mean
+    targets: 1 for context windows, the mean item length + 1 for whole items) positions. Positions,
+    not rows: evaluation costs what it reads (a forward pass over a position costs about what a
+    training step spends per position, the backward and update included, for these small models).
+    It depends only on the configuration and the data, never on timing, so a run's files stay
+    reproducible."""
     if cfg.eval_every >= 0:
         return cfg.eval_every
-    if n_val == 0:
+    if val_positions == 0:
         return 0
-    n = max(1, min(20, int(EVAL_BUDGET * cfg.steps * cfg.batch_size / n_val)))
+    n = max(1, min(20, int(EVAL_BUDGET * cfg.steps * cfg.batch_size * row_positions / val_positions)))
     return max(1, cfg.steps // n)
 
 
@@ -98,6 +117,10 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True, members: int
         (cfg.eval_every >= -1, f"--eval-every must be ≥ 0 (0: never), got {cfg.eval_every}"),
         (0 <= cfg.checkpoint_every <= 100_000_000, f"--checkpoint-every must be ≥ 0, got {cfg.checkpoint_every}"),
         (0 <= cfg.sync_every <= 1_000_000, f"--sync-every must be between 0 and 1000000, got {cfg.sync_every}"),
+        (cfg.budget == 0 or MIN_BUDGET <= cfg.budget <= MAX_BUDGET,
+         f"--budget must be between {MIN_BUDGET:g} s and 7 days, got {cfg.budget} s"),
+        (0 <= cfg.time_limit <= MAX_BUDGET, f"time_limit must be between 0 and 7 days, got {cfg.time_limit}"),
+        (0 <= cfg.schedule_steps <= 100_000_000, f"schedule_steps must be between 0 and 100000000, got {cfg.schedule_steps}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (cfg.engine in ENGINES, f"unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}"),
@@ -139,11 +162,16 @@ STATS_ROWS = 8192  # rows converted to float64 at a time by calibrate_batchnorm
 def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -> None:
     """Set each BatchNorm's statistics to the mean and (n − 1) variance of its input over
     all of X, layer by layer (each layer sees inputs normalised by the ones before it); a
-    (B, T, C) input counts its B·T rows, as BatchNorm1d does."""
+    (B, T, C) input counts its B·T rows, as BatchNorm1d does. Across data-parallel ranks each
+    sums its slice of X and the float64 sums are all-reduced."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     chunk = eval_chunk(model, X, chunk)
+    world = distributed.world()
+    if world is not None:  # data-parallel: each rank its contiguous slice of X, the sums all-reduced
+        per = -(-len(X) // world.size)
+        X = X[world.rank * per : (world.rank + 1) * per]
     layers = list(model.layers)
     for i, bn in enumerate(layers):
         if not isinstance(bn, BatchNorm1d):
@@ -163,6 +191,9 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
                 s += b.sum(0)
                 s2 += b.square_().sum(0)
             n += len(h)
+        if distributed.world() is not None:  # each rank summed its slice of the rows
+            sums = distributed.all_reduce_sum(torch.cat([s, s2, s.new_full((1,), n)]))
+            s, s2, n = sums[: len(s)], sums[len(s) : -1], int(sums[-1])
         mean = s / n
         var = (s2 - n * mean * mean) / max(1, n - 1)
         bn.set_statistics(mean.float(), var.clamp_min(0).float())
@@ -226,8 +257,24 @@ def train(
     """
     if resume and out_dir is None:
         raise CharmlpError("resuming needs the run directory")
-    cfg, dataset, device = _prepared(cfg or RunConfig(), dataset)
+    cfg = cfg or RunConfig()
+    world = distributed.init_world(resolve_device(cfg.train.device).type)  # None outside torchrun
+    error, prepared = None, None
+    try:
+        prepared = _prepared(cfg, dataset)
+    except CharmlpError as e:
+        error = e
+    distributed.agree(error, "load its data or check its options")  # one rank's bad input stops every rank
+    assert prepared is not None
+    cfg, dataset, device = prepared
+    if world is not None:
+        _check_world(cfg, dataset, world)
+    lead = world is None or world.rank == 0  # the one rank that writes, shows progress and runs the hooks
     t0 = time.perf_counter()
+    budget = cfg.train.budget if not resume else 0.0
+    if budget:  # plan steps and shape for the budget; config.json records the plan
+        cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0))
     g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
@@ -237,38 +284,216 @@ def train(
     tc = cfg.train
     state = TrainState(0, torch.empty(tc.steps), torch.full((tc.steps,), math.nan, dtype=torch.float64))
     run_dir = None if out_dir is None else RunDirectory(out_dir, cfg, dataset)
-    saver = None if run_dir is None else CheckpointSaver(run_dir, model, optimizer, g, state.losses, state.val_losses)
-    with contextlib.nullcontext() if run_dir is None else run_dir.holding():  # one writer, first file to last
+    saver = None if run_dir is None else CheckpointSaver(run_dir, model, optimizer, g, state.losses, state.val_losses,
+                                                         writes=lead)
+    with contextlib.nullcontext() if run_dir is None or not lead else run_dir.holding():  # one writer, first file to last
         if saver is not None:
-            state.step = saver.restore(saver.run_dir.begin(resume, force))
+            state.step = saver.restore(_begin(saver, resume, force, lead))
         start = state.step
         # one optimizer step on a minibatch it draws from g: the fused fast step, or the eager engines.
         # Built after the restore: the fast step holds views of the optimizer's state tensors.
-        train_step, engine = make_train_step(tc.engine, model, optimizer, Xtr, Ytr, tc.batch_size, g)
+        train_step, engine = make_train_step(_world_engine(tc.engine, model, optimizer, world, lead), model, optimizer,
+                                             Xtr, Ytr, tc.batch_size, g)
+        reducer = None if world is None else _shard(train_step, model, saver)
         Xval, Yval = dataset.X["val"], dataset.Y["val"]
-        TrainLoop(
+        t_loop = time.perf_counter()
+        loop = TrainLoop(
             tc, train_step, state, model, saver,
-            eval_every=resolve_eval_every(tc, len(Yval)),  # 0 for an empty val split
-            val_loss=lambda: split_loss(model, Xval, Yval),
-            hooks=hooks,
+            eval_every=resolve_eval_every(tc, *eval_positions(dataset)),  # 0 for an empty val split
+            val_loss=lambda: sharded_split_loss(model, Xval, Yval),
+            hooks=hooks if lead else tuple(_Mirror(h) for h in hooks),
             window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
-            bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not progress, mininterval=0.5,
+            bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), mininterval=0.5,
                      dynamic_ncols=True),
-        ).run()
+        )
+        t_loop = time.perf_counter()
+        if world is None:
+            loop.run()
+        else:
+            _run_across_ranks(loop, saver, lead)
+        loop_seconds = time.perf_counter() - t_loop
+        if state.step < tc.steps:  # the time limit stopped the loop: a finished run of the steps taken
+            cfg, state = _stopped_early(cfg, state)
+            tc = cfg.train
+            if run_dir is not None:
+                run_dir.cfg = cfg
         train_seconds = time.perf_counter() - t0
         calibrate = bool(model.batchnorms()) and tc.calibrate_bn
         if calibrate:
             calibrate_batchnorm(model, Xtr)
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
-        split_losses = evaluate(model, dataset)
-        summary = _summary(model, dataset, split_losses, state.losses, seconds=seconds_before + time.perf_counter() - t0,
+        if world is None:
+            with tqdm(desc="eval", unit="char", unit_scale=True, disable=not progress, mininterval=0.5,
+                      dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
+                # the loop's evaluation after the last step saw these weights, unless calibration changed them
+                last_val = None if calibrate or not len(state.val_losses) else state.val_losses[-1].item()
+                split_losses, train_items = final_losses(  # a budget run's train loss: on a sample the size of val
+                    model, dataset, progress=bar.update, exact_items=budget_train_items(dataset) if budget else None,
+                    val=None if last_val is None or math.isnan(last_val) else last_val)
+        else:  # each rank a slice of every split (train: of its rows `final_losses` reads), the sums all-reduced
+            rows, train_items = train_rows(dataset)
+            Xt, Yt = (dataset.X["train"], dataset.Y["train"]) if rows is None else (dataset.X["train"][rows],
+                                                                                   dataset.Y["train"][rows])
+            split_losses = {"train": sharded_split_loss(model, Xt, Yt),
+                            **{s: sharded_split_loss(model, dataset.X[s], dataset.Y[s]) for s in ("val", "test")}}
+        summary = _summary(model, dataset, split_losses, train_items, state.losses,
+                           seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
         summary.update(engine=engine, step_impl=getattr(train_step, "impl", "eager"),  # fast: "compiled" or "numpy"
-                       device=str(device), bn_calibrated=calibrate)
-        if run_dir is not None:
-            _write_run(run_dir, state, summary, model, keep_config=resume)
+                       device=str(device), bn_calibrated=calibrate, loop_seconds=loop_seconds)
+        size = 1 if world is None else world.size
+        summary.update(world_size=size, rank_batch_size=tc.batch_size // size)
+        if reducer is not None and reducer.calls:
+            summary["allreduce_seconds_per_step"] = reducer.seconds / reducer.calls
+        if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
+            _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
+        if budget:  # what the budget's clock counted, the run directory written; start-up before it
+            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
+                           startup_seconds=budget_start - t0, time_limit=tc.time_limit)
+            if run_dir is not None:
+                write_json(run_dir.path / SUMMARY, summary)
     return TrainResult(model, dataset, cfg, state.losses.tolist(), summary, None if run_dir is None else run_dir.path)
+
+
+def eval_positions(dataset: Dataset) -> tuple[int, float]:
+    """The val split's targets, and a training row's mean targets (`resolve_eval_every`'s units)."""
+    Ytr, Yval = dataset.Y["train"], dataset.Y["val"]
+    if not dataset.sequence:
+        return len(Yval), 1.0
+    return int((Yval != IGNORE).sum()), float((Ytr != IGNORE).sum()) / max(1, len(Ytr))
+
+
+def _n_evals(tc: TrainConfig, dataset: Dataset) -> int:
+    """How many val evaluations the loop makes in `tc.steps` steps (the last step's included)."""
+    every = resolve_eval_every(tc, *eval_positions(dataset))
+    return 0 if every == 0 else tc.steps // every + (tc.steps % every != 0)
+
+
+def _stopped_early(cfg: RunConfig, state: TrainState) -> tuple[RunConfig, TrainState]:
+    """A run the time limit stopped after `state.step` steps, as a run of that many steps planned so:
+    its learning-rate schedule still the one planned (`schedule_steps`), the loss records cut there."""
+    tc = cfg.train
+    tc = dataclasses.replace(tc, steps=state.step, schedule_steps=tc.schedule_steps or tc.steps)
+    state = dataclasses.replace(state, losses=state.losses[: state.step].clone(),
+                                val_losses=state.val_losses[: state.step].clone())
+    return dataclasses.replace(cfg, train=tc), state
+
+
+def _check_world(cfg: RunConfig, dataset: Dataset, world: distributed.World) -> None:
+    """What data-parallel training needs: a global batch that splits evenly, no ensemble (its
+    members split the batch among themselves), and every rank with the same run configuration
+    and data (a hash, compared across ranks; the data file's path may differ between machines)."""
+    facts = dataclasses.asdict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=None)))
+    distributed.check_same(json.dumps(facts, sort_keys=True, default=str) + data_fingerprint(dataset),
+                           "run configuration or data")  # first: every rank then checks the same options
+    B, W = cfg.train.batch_size, world.size
+    if B % W:
+        raise distributed.refuse(f"{flag('--batch-size', B)} does not split evenly across {W} processes; "
+                                 f"pass a multiple of {W} (--batch-size is the global batch)")
+    if cfg.train.budget or cfg.train.time_limit:
+        raise distributed.refuse("--budget trains in one process only: each rank would time its own steps; "
+                                 "give --steps, or train without torchrun")
+    if getattr(cfg.model, "members", 1) > 1:
+        raise distributed.refuse("an ensemble (--members) trains in one process only: its members split the batch "
+                                 "among themselves; drop --members or train without torchrun")
+
+
+def _begin(saver: CheckpointSaver, resume: bool, force: bool, lead: bool) -> Checkpoint | None:
+    """The run directory begun by the writing rank (see `RunDirectory.begin`); every rank waits for
+    it, and a resumed rank other than 0 reads the checkpoint rank 0 checked."""
+    error, ck = None, None
+    if lead:
+        try:
+            ck = saver.run_dir.begin(resume, force)
+        except CharmlpError as e:
+            error = e
+    distributed.agree(error, "begin the run directory")
+    if not lead and resume:
+        ck = read_checkpoint(saver.run_dir.path)
+    return ck
+
+
+def _world_engine(engine: str, model: LanguageModel, optimizer: torch.optim.Optimizer,
+                  world: distributed.World | None, lead: bool) -> str:
+    """The engine to build: across ranks the fused step (no all-reduce inside) gives way to the
+    manual engine, its own math, with one line on rank 0 where the fused step would have run."""
+    if world is None or engine not in ("auto", "fast") or unsupported_reason(model, optimizer) is not None:
+        return engine
+    if lead:
+        print(f"note: {world.size} processes train with the manual engine (the fused step has no all-reduce)",
+              file=sys.stderr)
+    return "manual"
+
+
+def _shard(train_step: StepFn, model: LanguageModel, saver: CheckpointSaver | None) -> distributed.GradientReducer:
+    """Make the eager step a data-parallel rank's: its rows of each batch, its gradients summed
+    across ranks with the loss and the stop flag (a Ctrl-C/SIGTERM on any rank stops every rank
+    after the same step)."""
+    assert isinstance(train_step, EagerStep)
+    signals = None
+    if saver is not None:
+        signals = saver.signals = AgreedStopSignals()
+    reducer = distributed.GradientReducer(list(model.parameters()),
+                                          stop_local=lambda: None if signals is None else signals.local)
+    world = distributed.world()
+    assert world is not None
+
+    def reduce(loss: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+        loss = reducer(loss, count)
+        if signals is not None:
+            signals.agreed = reducer.stop
+        return loss
+
+    train_step.shard = Shard(world.rows, reduce)
+    return reducer
+
+
+class _Mirror:
+    """A rank other than 0's stand-in for one of rank 0's hooks: it runs nothing, but wants the same
+    steps, so every rank's windows end where rank 0's do (a replayed window then replays alike)."""
+
+    def __init__(self, hook: StepHook) -> None:
+        self.hook = hook
+
+    def wants(self, step: int) -> bool:
+        return wants(self.hook, step)
+
+    def __call__(self, step: int, model: LanguageModel, lr: float, loss: torch.Tensor) -> None:
+        pass
+
+
+def _run_across_ranks(loop: TrainLoop, saver: CheckpointSaver | None, lead: bool) -> None:
+    """The loop on one rank of several: a lost rank is one line with the checkpoint left to resume;
+    what every rank sees alike (a non-finite loss) is said by rank 0 alone."""
+    try:
+        loop.run()
+    except distributed.LostRank as e:
+        where = "no checkpoint was written yet"
+        if saver is not None and saver.last_saved >= 0:
+            where = (f"the checkpoint after {saver.last_saved} steps in {saver.run_dir.path} is intact: continue "
+                     f"with `charmlp train --resume {saver.run_dir.path}`")
+        raise distributed.LostRank(f"{e} at step {loop.state.step} of {loop.tc.steps}; {where}") from None
+    except CharmlpError as e:
+        if lead:
+            raise
+        raise ReportedElsewhere(str(e)) from None
+
+
+@torch.no_grad()
+def sharded_split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> float:
+    """`split_loss` over (X, Y), each data-parallel rank taking a contiguous slice of the rows:
+    L = Σ_r L_r·n_r / Σ_r n_r (n_r: the slice's real targets), one float64 all-reduce. One process: split_loss."""
+    world = distributed.world()
+    if world is None:
+        return split_loss(model, X, Y)
+    per = -(-len(Y) // world.size)
+    rows = slice(world.rank * per, (world.rank + 1) * per)
+    Xr, Yr = X[rows], Y[rows]
+    n = int((Yr != IGNORE).sum()) if model.cfg.sequence else len(Yr)
+    sums = torch.tensor([split_loss(model, Xr, Yr) * n if n else 0.0, n], dtype=torch.float64, device=world.device)
+    distributed.all_reduce_sum(sums)
+    return float(sums[0] / sums[1]) if sums[1] else float("nan")
 
 
 def _prepared(cfg: RunConfig, dataset: Dataset | None) -> tuple[RunConfig, Dataset, torch.device]:
@@ -290,13 +515,16 @@ def _fit_closed_form(cfg: RunConfig, model: LanguageModel, Xtr: torch.Tensor, Yt
     return cfg
 
 
-def _summary(model: LanguageModel, dataset: Dataset, split_losses: dict[str, float], losses: torch.Tensor,
-             seconds: float, train_seconds: float, steps_per_s: float) -> dict:
+def _summary(model: LanguageModel, dataset: Dataset, split_losses: dict[str, float], train_items: int,
+             losses: torch.Tensor, seconds: float, train_seconds: float, steps_per_s: float) -> dict:
     """summary.json's figures: the first minibatch loss, each split's loss of the final (eval-mode)
-    model, the steps, the wall times (those of the processes before a resume included), the size."""
+    model (train's an estimate on `train_items` items where that is fewer than the split's), the
+    steps, the wall times (those of the processes before a resume included), the size."""
     return {
         "init_loss": losses[0].item() if len(losses) else None,  # None (null): fitted in closed form, no step
         "train_loss": split_losses["train"],
+        "train_loss_estimate": train_items < len(dataset.items["train"]),  # True: on a seeded sample of items
+        "train_loss_items": train_items,
         "val_loss": split_losses["val"],
         "test_loss": split_losses["test"],
         "steps": len(losses),
@@ -368,14 +596,21 @@ class TrainLoop:
         self.eval_every, self.val_loss, self.hooks, self.window, self.bar = eval_every, val_loss, hooks, window, bar
         signals = None if saver is None else saver.signals  # without a run directory no signal is caught
         self._stop_asked = (lambda: False) if signals is None else (lambda: signals.pending is not None)
+        self._val_hooks = [h.on_val for h in hooks if hasattr(h, "on_val")]
+        self._hook_stop = False  # a hook's on_val asked to end the run
 
     def run(self) -> None:
         """From `state.step` to the last step; a caught Ctrl-C/SIGTERM stops cleanly at a window's end."""
         st, tc, window = self.state, self.tc, self.window
         checked_step, after_window = self._checked_step, self._after_window  # bound once: the loop is hot
+        clock = time.perf_counter
+        deadline = clock() + tc.time_limit if tc.time_limit else math.inf
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
                 while st.step < tc.steps:
+                    if self._hook_stop or clock() >= deadline:  # the time limit: the run ends here, finished
+                        self._stop_on_time()
+                        break
                     first = st.step
                     if window == 1 or (end := self._window_end(first)) == first + 1:
                         st.lr = lr = lr_at(tc, first)
@@ -389,6 +624,13 @@ class TrainLoop:
                 if not self.bar.disable:
                     self.bar.update(st.step - self.bar.n)
                 self.bar.close()
+
+    def _stop_on_time(self) -> None:
+        """The end of a run its time limit stops: the val loss of its last step, as the last step
+        of every run has one."""
+        st, last = self.state, self.state.step - 1
+        if self.eval_every and last >= 0 and math.isnan(st.val_losses[last].item()):
+            st.val_losses[last] = self.val_loss()
 
     def _checked_step(self, step: int, lr: float) -> None:
         """One step whose loss is read back at once: a non-finite one stops the run before it updates anything."""
@@ -436,8 +678,10 @@ class TrainLoop:
         final, or on a caught Ctrl-C/SIGTERM: saved, then `TrainingInterrupted`)."""
         st = self.state
         if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == self.tc.steps):
-            st.val_losses[last] = self.val_loss()
-            st.postfix["val"] = f"{st.val_losses[last].item():.4f}"
+            st.val_losses[last] = val = self.val_loss()
+            st.postfix["val"] = f"{val:.4f}"
+            for on_val in self._val_hooks:
+                self._hook_stop |= bool(on_val(last, self.tc.steps, val))
         for hook in self.hooks:  # windows end at the steps hooks want
             if wants(hook, last):
                 hook(last, self.model, st.lr, st.losses[last])

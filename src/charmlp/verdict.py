@@ -179,11 +179,14 @@ class Report:
         def fit(text: str, column: str, w: int) -> str:
             return f"{text:>{w}}" if column in NUMERIC else f"{text:<{w}}"
 
-        lines = [f"{'name':<{width}}" + "".join(fit(c, c, w) for c, w in self.columns) + self.text_heading]
+        # the shape column grows for a shape longer than its width (a 5-D gradient), one space kept
+        columns = [(c, max(w, *(len(shape_text(r.shape)) + 1 for r in rows)) if c == "shape" and rows else w)
+                   for c, w in self.columns]
+        lines = [f"{'name':<{width}}" + "".join(fit(c, c, w) for c, w in columns) + self.text_heading]
         for r in rows:
             if (d := self.divider(r)) is not None:
                 lines.append(d)
-            lines.append((f"{r.name:<{width}}" + "".join(fit(cell(c, r), c, w) for c, w in self.columns) + self.row_text(r)).rstrip())
+            lines.append((f"{r.name:<{width}}" + "".join(fit(cell(c, r), c, w) for c, w in columns) + self.row_text(r)).rstrip())
         return lines
 
     def format_text(self) -> str:

@@ -26,3 +26,15 @@ def test_example_notebook_executes(tmp_path, monkeypatch):
     assert "<table>" in html  # reports display as HTML tables
     assert "only the contribution through probs" in text
     assert "x − mean/std instead of (x − mean)/std" in text
+
+
+def test_rnn_notebook_executes(tmp_path, monkeypatch):
+    """examples/rnn_exercise.ipynb: backprop through time, the carried state forgotten, then fixed."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = nbformat.read(NOTEBOOK.with_name("rnn_exercise.ipynb"), as_version=4)
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "\n".join(str(o.get("text", "")) for o in outputs)
+    assert "<table>" in "\n".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "only the contribution through hs: h2 is used twice" in text and "4 of 4 correct" in text

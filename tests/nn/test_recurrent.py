@@ -114,3 +114,19 @@ def test_backward_accumulates_into_existing_grads():
         once = [p.grad.clone() for p in layer.parameters()]
         layer.backward(dout)
     assert all(torch.allclose(p.grad, 2 * g) for p, g in zip(layer.parameters(), once))
+
+
+@pytest.mark.parametrize("cell_class", [RNNCell, GRUCell])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_infer_is_forward_without_the_caches(cell_class, seed):
+    """Evaluation's forward (`Recurrent.infer`, `Cell.infer_step`) gives forward's hidden states
+    bit for bit (the same operations, written in place), and leaves forward's caches alone."""
+    B, T, E, H = sizes(seed)
+    layer = randomise(Recurrent(cell_class(E, H)), seed)
+    x = rand(B, T, E, seed=seed + 7)
+    with torch.no_grad():
+        want = layer(x)
+        caches = layer.caches
+        got = layer.infer(x)
+    assert layer.caches is caches
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)

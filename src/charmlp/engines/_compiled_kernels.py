@@ -9,6 +9,8 @@ model drops Python's ZeroDivisionError check (a branch in every division that st
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
@@ -89,16 +91,58 @@ def tanh_array(x, out):
         out[i] = _tanh(x[i])
 
 
-@_jit(fastmath=_FM, error_model="numpy")
-def mlp_step(ix, X, Y, C, gC, emb, demb, bp, bdim, bf, n_blocks, Wo, gWo, bo, gbo, logits, pp, psz, lr, wd, adamw,
-             beta1, beta2, adam_eps, t):
-    """One training step on the batch X[ix], Y[ix]; returns its loss (before the update).
-    Updates parameters, grads, BatchNorm running statistics and AdamW state in place.
+class StepArgs(NamedTuple):
+    """What `mlp_step` works on, fixed for a run (`CompiledStep` builds it once; each step adds lr, t).
 
     Hidden block l is described by addresses bp[l] = (W, gW, b, gb, γ, β, dγ, dβ, running mean,
     running var, batch mean, batch var, rstd, x̂, h, dpre), sizes bdim[l] = (fan_in, H, has bias,
     has BatchNorm) and bf[l] = (eps, momentum); parameter i by pp[i] = (p, g, m, v, step) and its
-    size psz[i]. Addresses instead of arrays give one compiled signature for every depth."""
+    size psz[i]. Addresses instead of arrays give one compiled signature for every depth.
+
+    It crosses into the compiled code as a plain tuple, `tuple(args)`, which `mlp_step` names
+    again: Numba's dispatcher types a plain tuple in C but a named one in Python, ~4 µs more on
+    every call (some 3% of a step)."""
+
+    ix: np.ndarray  # (B,) int64: the batch's example indices, written by the caller each step
+    X: np.ndarray  # (N, T) ids
+    Y: np.ndarray  # (N,) ids
+    C: np.ndarray  # (V, E) embedding table, and its gradient
+    gC: np.ndarray
+    emb: np.ndarray  # (B, T·E) the flattened embeddings, and their gradient
+    demb: np.ndarray
+    bp: np.ndarray  # (L, 16) int64 addresses of the hidden blocks' arrays
+    bdim: np.ndarray  # (L, 4) int64 sizes and flags
+    bf: np.ndarray  # (L, 2) float32 eps, momentum
+    n_blocks: int
+    Wo: np.ndarray  # (H, V) output layer, and its gradients
+    gWo: np.ndarray
+    bo: np.ndarray
+    gbo: np.ndarray
+    logits: np.ndarray  # (B, V), then dlogits
+    pp: np.ndarray  # (P, 5) int64 addresses (p, g, m, v, step) per parameter
+    psz: np.ndarray  # (P,) int64 sizes
+    wd: float  # weight decay
+    adamw: bool  # AdamW, else SGD
+    beta1: float
+    beta2: float
+    adam_eps: float
+
+
+@_jit(fastmath=_FM, error_model="numpy")
+def mlp_step(args, lr, t):
+    """One training step on the batch X[ix], Y[ix] (`args`: a `StepArgs` as a plain tuple) at
+    learning rate lr, AdamW's step count t; returns its loss (before the update). Updates
+    parameters, grads, BatchNorm running statistics and AdamW state in place.
+
+    One function of ~180 lines, on purpose: the step must be one compiled call (a call from Python
+    costs microseconds, as much as a part of the step), and its four parts, each under a `# ----`
+    line (forward, loss, backward, update), share the batch's sizes, the blocks' address tables
+    and the views made from them, which helpers would each take as a dozen parameters again."""
+    f = StepArgs(*args)  # the fields by name
+    ix, X, Y, C, gC, emb, demb = f.ix, f.X, f.Y, f.C, f.gC, f.emb, f.demb
+    bp, bdim, bf, n_blocks = f.bp, f.bdim, f.bf, f.n_blocks
+    Wo, gWo, bo, gbo, logits, pp, psz = f.Wo, f.gWo, f.bo, f.gbo, f.logits, f.pp, f.psz
+    wd, beta1, beta2, adam_eps = f.wd, f.beta1, f.beta2, f.adam_eps
     B, T, E = ix.shape[0], X.shape[1], C.shape[1]
     one = np.float32(1.0)
 
@@ -241,7 +285,7 @@ def mlp_step(ix, X, Y, C, gC, emb, demb, bp, bdim, bf, n_blocks, Wo, gWo, bo, gb
 
     # ---- update
     lr32 = np.float32(lr)
-    if adamw:
+    if f.adamw:
         # torch.optim.AdamW: p ← p·(1 − lr·wd); m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
         # p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
         decay = np.float32(1.0 - lr * wd)

@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from ..models import LanguageModel
-from ..nn import BatchNorm1d, Linear
 from .blas import SGEMM_SYMBOL, find_sgemm
-from .support import unsupported_reason
+from .support import adamw_state, grad_buffers, hidden_blocks, unsupported_reason
+from .support import numpy_view as view
 
 _status: str | None = None  # None: not tried yet; "" available; else why not
 _step_fn: Any = None
+_step_args: Any = None  # _compiled_kernels.StepArgs, once Numba is imported
 _cached: bool = False
 
 
@@ -56,7 +57,7 @@ def unavailable_reason() -> str | None:
 
 
 def _setup() -> str:
-    global _step_fn, _cached
+    global _step_fn, _step_args, _cached
     try:
         import llvmlite.binding as llvm
         import numba  # noqa: F401
@@ -68,7 +69,7 @@ def _setup() -> str:
     llvm.add_symbol(SGEMM_SYMBOL, addr)
     from . import _compiled_kernels as k
 
-    _step_fn, _cached = k.mlp_step, k.CACHED
+    _step_fn, _step_args, _cached = k.mlp_step, k.StepArgs, k.CACHED
     return ""
 
 
@@ -80,12 +81,6 @@ def cache_info() -> dict[str, Any]:
     impl = getattr(_step_fn, "_cache", None)
     return {"available": True, "cached": _cached, "cache_dir": getattr(impl, "cache_path", None),
             "cache_hits": sum(st.cache_hits.values()), "cache_misses": sum(st.cache_misses.values())}
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view sharing `t`'s memory."""
-    assert t.is_contiguous()
-    return t.detach().numpy()
 
 
 class CompiledStep:
@@ -103,89 +98,79 @@ class CompiledStep:
         self.group = optimizer.param_groups[0]
         self.ix_t = torch.empty(B, dtype=torch.int64)  # randint writes here; ix is its NumPy view
         self.ix = self.ix_t.numpy()
-        params = list(model.parameters())
-        for p in params:  # .grad buffers the step writes into
-            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
-                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        layers = list(model.layers)
-        emb, out = layers[0], layers[-1]
-        self.X = np.ascontiguousarray(X.numpy())  # (N, T) ids in their small int dtype
-        self.Y = np.ascontiguousarray(Y.numpy())
-        T = self.X.shape[1]
-        E = emb.weight.shape[1]
-        self.C, self.gC = _np(emb.weight), _np(emb.weight.grad)
-        self.Wo, self.gWo = _np(out.weight), _np(out.weight.grad)
-        self.bo, self.gbo = _np(out.bias), _np(out.bias.grad)
-        self.emb = np.empty((B, T * E), np.float32)
-        self.demb = np.empty((B, T * E), np.float32)
-        self.logits = np.empty((B, self.Wo.shape[1]), np.float32)
-        # hidden blocks and parameters as tables of addresses (see _compiled_kernels.mlp_step);
-        # self._keep holds every array they point into, so the memory outlives the tables
+        params = grad_buffers(model)
+        # the hidden blocks and the parameters go in as tables of addresses (see
+        # _compiled_kernels.StepArgs); self._keep holds every array they point into, so the memory
+        # outlives the tables
         self._keep: list[np.ndarray] = []
+        emb, out = model.layers[0], model.layers[-1]
+        X_np = np.ascontiguousarray(X.numpy())  # (N, T) ids in their small int dtype
+        width = X_np.shape[1] * emb.weight.shape[1]  # T·E
+        bp, bdim, bf = self._block_tables(model)
+        group = self.group
+        self.adamw = isinstance(optimizer, torch.optim.AdamW)
+        pp = self._param_table(optimizer, params)
+        # the step count t (torch keeps one per parameter; they move together)
+        self.adam_t = int(optimizer.state[params[0]]["step"]) if self.adamw else 0
+        beta1, beta2 = (float(b) for b in group["betas"]) if self.adamw else (0.0, 0.0)
+        args = _step_args(
+            ix=self.ix, X=X_np, Y=np.ascontiguousarray(Y.numpy()), C=view(emb.weight), gC=view(emb.weight.grad),
+            emb=np.empty((B, width), np.float32), demb=np.empty((B, width), np.float32),
+            bp=bp, bdim=bdim, bf=bf, n_blocks=sum(1 for _ in hidden_blocks(model)),
+            Wo=view(out.weight), gWo=view(out.weight.grad), bo=view(out.bias), gbo=view(out.bias.grad),
+            logits=np.empty((B, out.weight.shape[1]), np.float32), pp=pp, psz=np.array([p.numel() for p in params], np.int64),
+            wd=float(group["weight_decay"]), adamw=self.adamw, beta1=beta1, beta2=beta2,
+            adam_eps=float(group["eps"]) if self.adamw else 0.0)
+        self._args = tuple(args)  # a plain tuple for Numba's dispatcher (see StepArgs)
+        self._fn = _step_fn
 
-        def addr(a: np.ndarray | None) -> int:
-            if a is None:
-                return 0
-            assert a.dtype == np.float32 and a.flags.c_contiguous
-            self._keep.append(a)
-            return a.ctypes.data
+    def _addr(self, a: np.ndarray | None) -> int:
+        """The address of `a`'s float32 data, kept alive with the step (0: none)."""
+        if a is None:
+            return 0
+        assert a.dtype == np.float32 and a.flags.c_contiguous
+        self._keep.append(a)
+        return a.ctypes.data
 
+    def _block_tables(self, model: LanguageModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per hidden block: the addresses of its 16 arrays, its sizes and flags (fan_in, H, has
+        bias, has BatchNorm) and its BatchNorm's (eps, momentum); one row of zeros where there is
+        no block. Each Tanh's `.out` becomes a view of its block's activations."""
+        B = self.B
         rows, dims, bnf = [], [], []
-        i = 2
-        while i < len(layers) - 1:
-            lin: Linear = layers[i]
-            bn = layers[i + 1] if isinstance(layers[i + 1], BatchNorm1d) else None
+        for lin, bn, tanh in hidden_blocks(model):
             K, H = lin.weight.shape
             h, dpre = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
-            bias = None if lin.bias is None else (_np(lin.bias), _np(lin.bias.grad))
+            bias = None if lin.bias is None else (view(lin.bias), view(lin.bias.grad))
             if bn is not None:
-                bnv = [_np(bn.weight), _np(bn.bias), _np(bn.weight.grad), _np(bn.bias.grad), _np(bn.running_mean),
-                       _np(bn.running_var), *(np.empty(H, np.float32) for _ in range(3)), np.empty((B, H), np.float32)]
+                bnv = [view(bn.weight), view(bn.bias), view(bn.weight.grad), view(bn.bias.grad), view(bn.running_mean),
+                       view(bn.running_var), *(np.empty(H, np.float32) for _ in range(3)), np.empty((B, H), np.float32)]
             else:
                 bnv = [None] * 10
-            arrays = [_np(lin.weight), _np(lin.weight.grad), *(bias or (None, None)), *bnv, h, dpre]
-            rows.append([addr(x) for x in arrays])
+            arrays = [view(lin.weight), view(lin.weight.grad), *(bias or (None, None)), *bnv, h, dpre]
+            rows.append([self._addr(x) for x in arrays])
             dims.append([K, H, bias is not None, bn is not None])
             bnf.append([bn.eps, bn.momentum] if bn is not None else [0.0, 0.0])
-            i += 3 if bn is not None else 2
-            layers[i - 1].out = torch.from_numpy(h)  # Tanh.out: this step's activations, for hooks
-        self.n_blocks = len(rows)
-        self.bp = np.array(rows or [[0] * 16], np.int64).reshape(-1, 16)
-        self.bdim = np.array(dims or [[0] * 4], np.int64).reshape(-1, 4)
-        self.bf = np.array(bnf or [[0.0, 0.0]], np.float32).reshape(-1, 2)
-        # optimizer: (p, g, m, v, step) per parameter (SGD: no m, v, step)
-        group = self.group
-        self.wd = float(group["weight_decay"])
-        self.adamw = isinstance(optimizer, torch.optim.AdamW)
-        self.beta1 = self.beta2 = self.adam_eps = 0.0
-        self.adam_t = 0
-        if self.adamw:
-            self.beta1, self.beta2 = (float(b) for b in group["betas"])
-            self.adam_eps = float(group["eps"])
-        prows = []
+            tanh.out = torch.from_numpy(h)  # Tanh.out: this step's activations, for hooks
+        return (np.array(rows or [[0] * 16], np.int64).reshape(-1, 16), np.array(dims or [[0] * 4], np.int64).reshape(-1, 4),
+                np.array(bnf or [[0.0, 0.0]], np.float32).reshape(-1, 2))
+
+    def _param_table(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> np.ndarray:
+        """Per parameter the addresses of (p, g, m, v, step): AdamW's state made where missing
+        (SGD: no m, v, step)."""
+        rows = []
         for p in params:
             m = v = s = None
             if self.adamw:
-                st = optimizer.state[p]
-                if not st:  # the state torch.optim.AdamW creates on its first step
-                    st["step"] = torch.tensor(0.0)
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m, v, s = _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["step"].reshape(1))
-            prows.append([addr(x) for x in (_np(p), _np(p.grad), m, v, s)])
-        self.pp = np.array(prows, np.int64)
-        self.psz = np.array([p.numel() for p in params], np.int64)
-        if self.adamw:  # the step count t (torch keeps one per parameter; they move together)
-            self.adam_t = int(optimizer.state[params[0]]["step"])
-        self._fn = _step_fn
+                st = adamw_state(optimizer, p)
+                m, v, s = view(st["exp_avg"]), view(st["exp_avg_sq"]), view(st["step"].reshape(1))
+            rows.append([self._addr(x) for x in (view(p), view(p.grad), m, v, s)])
+        return np.array(rows, np.int64)
 
     def __call__(self, lr: float) -> float:
         torch.randint(0, self.N, (self.B,), generator=self.generator, out=self.ix_t)
         self.group["lr"] = lr  # keeps optimizer.state_dict() what the eager path would leave
-        loss = self._fn(self.ix, self.X, self.Y, self.C, self.gC, self.emb, self.demb, self.bp, self.bdim, self.bf,
-                        self.n_blocks, self.Wo, self.gWo, self.bo, self.gbo, self.logits, self.pp, self.psz, lr,
-                        self.wd, self.adamw,
-                        self.beta1, self.beta2, self.adam_eps, float(self.adam_t + 1))
+        loss = self._fn(self._args, lr, float(self.adam_t + 1))
         if self.adamw and math.isfinite(loss):
             self.adam_t += 1
         return loss

@@ -33,6 +33,15 @@ from . import grad_fn
 
 
 @dataclass
+class Shard:
+    """A data-parallel rank's part of a step: which rows of the global batch (`rows(B)`), and
+    the all-reduce of its gradients and loss (`reduce(loss, targets) → global loss`)."""
+
+    rows: Callable[[int], slice]
+    reduce: Callable[[torch.Tensor, int | torch.Tensor], torch.Tensor]
+
+
+@dataclass
 class Snapshot:
     """Training state at a step boundary: the model's tensors, the optimizer's, the generator's."""
 
@@ -42,9 +51,15 @@ class Snapshot:
 
 
 class EagerStep:
-    """`step(lr)`: one checked step; `window(lrs, stop)`: len(lrs) steps without a host sync."""
+    """`step(lr)`: one checked step; `window(lrs, stop)`: len(lrs) steps without a host sync.
+
+    Data-parallel (`shard` set): every rank draws the same global batch and trains on its rows
+    `shard.rows(B)`; once its gradients are ready, `shard.reduce(loss, targets)` sums them across
+    ranks (one all-reduce) and returns the global batch's loss, before the optimizer steps.
+    """
 
     impl = "eager"
+    shard: Shard | None = None
 
     def __init__(self, engine: str, model: LanguageModel, optimizer: torch.optim.Optimizer, X: torch.Tensor,
                  Y: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
@@ -64,10 +79,16 @@ class EagerStep:
     def _step(self, lr: float, ix: torch.Tensor, T: int | None) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        shard = self.shard
+        if shard is not None:
+            ix = ix[shard.rows(len(ix))]
         xb, yb = self.X[ix], self.Y[ix]
-        if T is not None:
+        if T is not None:  # the global batch's positions: every rank's shapes are one process's
             xb, yb = xb[:, :T], yb[:, :T]
-        return self.compute_grads(self.model, xb, yb).detach()
+        loss = self.compute_grads(self.model, xb, yb).detach()
+        if shard is None:
+            return loss
+        return shard.reduce(loss, len(yb) if T is None else (yb != IGNORE).sum())
 
     def __call__(self, lr: float) -> torch.Tensor:
         ix = torch.randint(0, len(self.Y), (self.batch_size,), generator=self.generator)

@@ -40,7 +40,8 @@ from ..errors import CharmlpError
 from ..models import LanguageModel
 from ..nn import BatchNorm1d, Linear
 from .eager import EagerStep
-from .support import unsupported_reason
+from .support import adamw_state, grad_buffers, hidden_blocks, unsupported_reason
+from .support import numpy_view as view
 
 # step(lr) -> loss of the minibatch it drew (before the update). Every step draws its batch as
 # the lectures' loop does, `torch.randint(0, N, (B,), generator=g)`, so the generator's state at
@@ -48,29 +49,23 @@ from .support import unsupported_reason
 StepFn = Callable[[float], "float | torch.Tensor"]
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view sharing `t`'s memory (t must be a contiguous CPU tensor)."""
-    assert t.is_contiguous()
-    return t.detach().numpy()
-
-
 class _Block:
     """One hidden block Linear → (BatchNorm1d) → tanh: views of its tensors, and its buffers."""
 
     def __init__(self, lin: Linear, bn: BatchNorm1d | None, B: int) -> None:
         fan_in, H = lin.weight.shape
-        self.W, self.gW = _np(lin.weight), _np(lin.weight.grad)
-        self.b = None if lin.bias is None else _np(lin.bias)
-        self.gb = None if lin.bias is None else _np(lin.bias.grad)
+        self.W, self.gW = view(lin.weight), view(lin.weight.grad)
+        self.b = None if lin.bias is None else view(lin.bias)
+        self.gb = None if lin.bias is None else view(lin.bias.grad)
         self.pre = np.empty((B, H), np.float32)  # x @ W (+ b)
         self.h = np.empty((B, H), np.float32)  # tanh output
         self.dpre = np.empty((B, H), np.float32)
         self.tmp = np.empty((B, H), np.float32)
         self.bn = bn is not None
         if bn is not None:
-            self.gamma, self.beta = _np(bn.weight), _np(bn.bias)
-            self.ggamma, self.gbeta = _np(bn.weight.grad), _np(bn.bias.grad)
-            self.rmean, self.rvar = _np(bn.running_mean), _np(bn.running_var)
+            self.gamma, self.beta = view(bn.weight), view(bn.bias)
+            self.ggamma, self.gbeta = view(bn.weight.grad), view(bn.bias.grad)
+            self.rmean, self.rvar = view(bn.running_mean), view(bn.running_var)
             self.eps, self.mom = float(bn.eps), float(bn.momentum)
             self.xhat = np.empty((B, H), np.float32)
             self.mean, self.var, self.rstd = (np.empty(H, np.float32) for _ in range(3))
@@ -100,29 +95,21 @@ class FastStep:
         self.ix_t = torch.empty(B, dtype=torch.int64)  # randint writes here; ix_np is its NumPy view
         self.ix_np = self.ix_t.numpy()
         self.model, self.optimizer = model, optimizer
-        params = list(model.parameters())
-        for p in params:  # .grad buffers the step writes into; p.grad then reads like the eager path's
-            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
-                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        layers = list(model.layers)
-        emb, out = layers[0], layers[-1]
+        params = grad_buffers(model)
+        emb, out = model.layers[0], model.layers[-1]
         self.X = np.ascontiguousarray(X.numpy())  # (N, T) ids, kept in their small int dtype
         self.Y = np.ascontiguousarray(Y.numpy())
         T = self.X.shape[1]
         V, E = emb.weight.shape
-        self.C, self.gC = _np(emb.weight), _np(emb.weight.grad)
-        self.Wo, self.gWo = _np(out.weight), _np(out.weight.grad)
-        self.bo, self.gbo = _np(out.bias), _np(out.bias.grad)
+        self.C, self.gC = view(emb.weight), view(emb.weight.grad)
+        self.Wo, self.gWo = view(out.weight), view(out.weight.grad)
+        self.bo, self.gbo = view(out.bias), view(out.bias.grad)
         self.blocks: list[_Block] = []
-        i = 2
-        while i < len(layers) - 1:
-            lin = layers[i]
-            bn = layers[i + 1] if isinstance(layers[i + 1], BatchNorm1d) else None
+        for lin, bn, tanh in hidden_blocks(model):
             self.blocks.append(_Block(lin, bn, B))
-            i += 3 if bn is not None else 2
             # each Tanh's `.out` is, after every step, that step's activations (as after the eager
             # forward), which step hooks such as diagnostics.DiagnosticsRecorder read
-            layers[i - 1].out = torch.from_numpy(self.blocks[-1].h)
+            tanh.out = torch.from_numpy(self.blocks[-1].h)
         # buffers
         self.xb = np.empty((B, T), self.X.dtype)
         self.xflat = self.xb.reshape(B * T)
@@ -143,7 +130,7 @@ class FastStep:
         self.logits_flat = self.logits.reshape(B * V)
         self.dh_out = np.empty((B, self.Wo.shape[0]), np.float32)
         # optimizer: views of its parameters and (AdamW) state, in the order of model.parameters()
-        self.params = [(_np(p), _np(p.grad), np.empty(p.shape, np.float32)) for p in params]
+        self.params = [(view(p), view(p.grad), np.empty(p.shape, np.float32)) for p in params]
         group = optimizer.param_groups[0]
         self.wd = float(group["weight_decay"])
         self.adamw = isinstance(optimizer, torch.optim.AdamW)
@@ -152,12 +139,8 @@ class FastStep:
             self.adam_eps = float(group["eps"])
             self.adam_state = []
             for p in params:
-                st = optimizer.state[p]
-                if not st:  # the state torch.optim.AdamW creates on its first step
-                    st["step"] = torch.tensor(0.0)
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                self.adam_state.append((_np(st["step"].reshape(1)), _np(st["exp_avg"]), _np(st["exp_avg_sq"]),
+                st = adamw_state(optimizer, p)
+                self.adam_state.append((view(st["step"].reshape(1)), view(st["exp_avg"]), view(st["exp_avg_sq"]),
                                         np.empty(p.shape, np.float32)))
             # the step count t (torch keeps one per parameter; they move together)
             self.adam_t = int(optimizer.state[params[0]]["step"])
@@ -169,14 +152,27 @@ class FastStep:
             return self._step(lr)
 
     def _step(self, lr: float) -> float:
-        B = self.B
-        torch.randint(0, self.N, (B,), generator=self.generator, out=self.ix_t)
-        ixn = self.ix_np
+        self._draw_batch()
         self.group["lr"] = lr  # keeps optimizer.state_dict() what the eager path would leave
-        np.take(self.X, ixn, axis=0, out=self.xb, mode="clip")  # clip: no buffering of out
-        np.take(self.Y, ixn, out=self.yb, mode="clip")
+        x = self._forward()
+        loss = self._loss()
+        if not math.isfinite(loss):  # leave the last good state for the caller's non-finite guard
+            return loss
+        self._backward(x, self._dlogits())
+        if self.adamw:
+            self._adamw(lr)
+        else:
+            self._sgd(lr)
+        return loss
 
-        # ---- forward
+    def _draw_batch(self) -> None:
+        """The batch's indices from the generator (as the eager loop draws them), and its rows."""
+        torch.randint(0, self.N, (self.B,), generator=self.generator, out=self.ix_t)
+        np.take(self.X, self.ix_np, axis=0, out=self.xb, mode="clip")  # clip: no buffering of out
+        np.take(self.Y, self.ix_np, out=self.yb, mode="clip")
+
+    def _forward(self) -> np.ndarray:
+        """Embedding, the hidden blocks, the logits (in self.logits); returns the top block's h."""
         # emb[b, t] = C[x[b, t]]; Flatten is a view of emb3
         np.take(self.C, self.xb, axis=0, out=self.emb3, mode="clip")
         x = self.emb
@@ -186,85 +182,69 @@ class FastStep:
             if blk.b is not None:
                 pre += blk.b
             if blk.bn:
-                # μ = mean_b pre, σ² = Σ_b (pre − μ)² / (B − 1), x̂ = (pre − μ)·rstd, rstd = 1/√(σ² + ε)
-                xc, mean, var, rstd = blk.xhat, blk.mean, blk.var, blk.rstd
-                np.add.reduce(pre, axis=0, out=mean)
-                mean *= 1.0 / B
-                np.subtract(pre, mean, out=xc)
-                np.multiply(xc, xc, out=blk.tmp)
-                np.add.reduce(blk.tmp, axis=0, out=var)
-                var *= 1.0 / (B - 1)
-                # running ← running + momentum·(batch − running)   (torch's lerp_)
-                np.subtract(mean, blk.rmean, out=blk.k)
-                blk.k *= blk.mom
-                blk.rmean += blk.k
-                np.subtract(var, blk.rvar, out=blk.k)
-                blk.k *= blk.mom
-                blk.rvar += blk.k
-                np.add(var, blk.eps, out=rstd)
-                np.sqrt(rstd, out=rstd)
-                np.divide(1.0, rstd, out=rstd)
-                xc *= rstd  # now x̂
-                # h = tanh(γ·x̂ + β)
-                np.multiply(xc, blk.gamma, out=blk.h)
-                blk.h += blk.beta
-                np.tanh(blk.h, out=blk.h)
+                self._batchnorm_tanh(blk)
             else:
                 np.tanh(pre, out=blk.h)
             x = blk.h
-        logits = self.logits
-        np.dot(x, self.Wo, out=logits)
-        logits += self.bo
+        np.dot(x, self.Wo, out=self.logits)
+        self.logits += self.bo
+        return x
 
-        # ---- loss: L = mean_b (log Σ_v e^{z_bv} − z_b,y_b), z = logits − max (stable)
+    def _batchnorm_tanh(self, blk: _Block) -> None:
+        """h = tanh(γ·x̂ + β) of the block's pre-activations, moving the running statistics."""
+        B, pre = self.B, blk.pre
+        # μ = mean_b pre, σ² = Σ_b (pre − μ)² / (B − 1), x̂ = (pre − μ)·rstd, rstd = 1/√(σ² + ε)
+        xc, mean, var, rstd = blk.xhat, blk.mean, blk.var, blk.rstd
+        np.add.reduce(pre, axis=0, out=mean)
+        mean *= 1.0 / B
+        np.subtract(pre, mean, out=xc)
+        np.multiply(xc, xc, out=blk.tmp)
+        np.add.reduce(blk.tmp, axis=0, out=var)
+        var *= 1.0 / (B - 1)
+        # running ← running + momentum·(batch − running)   (torch's lerp_)
+        np.subtract(mean, blk.rmean, out=blk.k)
+        blk.k *= blk.mom
+        blk.rmean += blk.k
+        np.subtract(var, blk.rvar, out=blk.k)
+        blk.k *= blk.mom
+        blk.rvar += blk.k
+        np.add(var, blk.eps, out=rstd)
+        np.sqrt(rstd, out=rstd)
+        np.divide(1.0, rstd, out=rstd)
+        xc *= rstd  # now x̂
+        # h = tanh(γ·x̂ + β)
+        np.multiply(xc, blk.gamma, out=blk.h)
+        blk.h += blk.beta
+        np.tanh(blk.h, out=blk.h)
+
+    def _loss(self) -> float:
+        """L = mean_b (log Σ_v e^{z_bv} − z_b,y_b), z = logits − max (stable); leaves e^z in self.logits."""
+        logits = self.logits
         np.maximum.reduce(logits, axis=1, out=self.mx[:, 0])
         logits -= self.mx
         np.add(self.rowoff, self.yb, out=self.flat_y)
         np.take(self.logits_flat, self.flat_y, out=self.zy, mode="clip")
         np.exp(logits, out=logits)
         np.add.reduce(logits, axis=1, out=self.s[:, 0])
-        loss = float(np.add.reduce(np.log(self.s[:, 0]) - self.zy)) / B
-        if not math.isfinite(loss):  # leave the last good state for the caller's non-finite guard
-            return loss
-        # dlogits = (softmax − onehot(y)) / B, computed in the logits buffer
-        self.s *= B
-        logits /= self.s
-        self.logits_flat[self.flat_y] -= 1.0 / B
-        d = logits
+        return float(np.add.reduce(np.log(self.s[:, 0]) - self.zy)) / self.B
 
-        # ---- backward
+    def _dlogits(self) -> np.ndarray:
+        """dlogits = (softmax − onehot(y)) / B, computed in the logits buffer from `_loss`'s e^z."""
+        B = self.B
+        self.s *= B
+        self.logits /= self.s
+        self.logits_flat[self.flat_y] -= 1.0 / B
+        return self.logits
+
+    def _backward(self, x: np.ndarray, d: np.ndarray) -> None:
+        """Every parameter's gradient, from the output layer (input x, dlogits d) down to C."""
         # logits = h @ Wo + bo  →  dWo = hᵀ·d, dbo = Σ_b d, dh = d·Woᵀ
         np.dot(x.T, d, out=self.gWo)
         np.add.reduce(d, axis=0, out=self.gbo)
         dh = self.dh_out
         np.dot(d, self.Wo.T, out=dh)
         for i in range(len(self.blocks) - 1, -1, -1):
-            blk = self.blocks[i]
-            dy = blk.dpre
-            # h = tanh(y)  →  dy = (1 − h²)·dh
-            np.multiply(blk.h, blk.h, out=blk.tmp)
-            np.subtract(1.0, blk.tmp, out=blk.tmp)
-            np.multiply(dh, blk.tmp, out=dy)
-            if blk.bn:
-                # dγ = Σ dy·x̂, dβ = Σ dy; with Σdx̂ = γ·dβ and Σdx̂·x̂ = γ·dγ the closed form is
-                # dpre = γ·rstd·(dy − dβ/B − x̂·dγ/(B − 1))
-                np.multiply(dy, blk.xhat, out=blk.tmp)
-                np.add.reduce(blk.tmp, axis=0, out=blk.ggamma)
-                np.add.reduce(dy, axis=0, out=blk.gbeta)
-                np.multiply(blk.ggamma, 1.0 / (B - 1), out=blk.v)
-                np.multiply(blk.xhat, blk.v, out=blk.tmp)
-                np.subtract(dy, blk.tmp, out=dy)
-                np.multiply(blk.gbeta, 1.0 / B, out=blk.v)
-                dy -= blk.v
-                np.multiply(blk.gamma, blk.rstd, out=blk.k)
-                dy *= blk.k
-            # pre = x @ W + b  →  dW = xᵀ·dpre, db = Σ_b dpre, dx = dpre·Wᵀ
-            x_in = self.blocks[i - 1].h if i > 0 else self.emb
-            np.dot(x_in.T, dy, out=blk.gW)
-            if blk.gb is not None:
-                np.add.reduce(dy, axis=0, out=blk.gb)
-            dh = self.blocks[i - 1].dpre if i > 0 else self.demb  # dpre of the block below is free now
-            np.dot(dy, blk.W.T, out=dh)
+            dh = self._block_backward(i, dh)
         # emb[b, t] = C[x[b, t]]  →  dC[i] = Σ_{b,t: x[b,t]=i} demb[b, t] = (onehot(x)ᵀ · demb)[i]
         # (a (B·T, V) one-hot matmul: several times faster than np.add.at at this size)
         self.onehot.fill(0.0)
@@ -272,12 +252,35 @@ class FastStep:
         self.onehot_flat[self.ohidx] = 1.0
         np.dot(self.onehot.T, dh.reshape(-1, self.gC.shape[1]), out=self.gC)
 
-        # ---- update
-        if self.adamw:
-            self._adamw(lr)
-        else:
-            self._sgd(lr)
-        return loss
+    def _block_backward(self, i: int, dh: np.ndarray) -> np.ndarray:
+        """Block i's gradients from dh = dL/dh; returns dL/dx, its input's gradient."""
+        B, blk = self.B, self.blocks[i]
+        dy = blk.dpre
+        # h = tanh(y)  →  dy = (1 − h²)·dh
+        np.multiply(blk.h, blk.h, out=blk.tmp)
+        np.subtract(1.0, blk.tmp, out=blk.tmp)
+        np.multiply(dh, blk.tmp, out=dy)
+        if blk.bn:
+            # dγ = Σ dy·x̂, dβ = Σ dy; with Σdx̂ = γ·dβ and Σdx̂·x̂ = γ·dγ the closed form is
+            # dpre = γ·rstd·(dy − dβ/B − x̂·dγ/(B − 1))
+            np.multiply(dy, blk.xhat, out=blk.tmp)
+            np.add.reduce(blk.tmp, axis=0, out=blk.ggamma)
+            np.add.reduce(dy, axis=0, out=blk.gbeta)
+            np.multiply(blk.ggamma, 1.0 / (B - 1), out=blk.v)
+            np.multiply(blk.xhat, blk.v, out=blk.tmp)
+            np.subtract(dy, blk.tmp, out=dy)
+            np.multiply(blk.gbeta, 1.0 / B, out=blk.v)
+            dy -= blk.v
+            np.multiply(blk.gamma, blk.rstd, out=blk.k)
+            dy *= blk.k
+        # pre = x @ W + b  →  dW = xᵀ·dpre, db = Σ_b dpre, dx = dpre·Wᵀ
+        x_in = self.blocks[i - 1].h if i > 0 else self.emb
+        np.dot(x_in.T, dy, out=blk.gW)
+        if blk.gb is not None:
+            np.add.reduce(dy, axis=0, out=blk.gb)
+        dx = self.blocks[i - 1].dpre if i > 0 else self.demb  # dpre of the block below is free now
+        np.dot(dy, blk.W.T, out=dx)
+        return dx
 
     def _sgd(self, lr: float) -> None:
         # torch.optim.SGD: g ← g + wd·p; p ← p − lr·g

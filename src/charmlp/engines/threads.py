@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from ..distributed import local_size
 from ..errors import CharmlpError
 from .blas import openblas_setters
 
@@ -13,8 +14,9 @@ from .blas import openblas_setters
 def auto_threads(sequence: bool) -> int:
     """The default thread count: 2 (where there are 2 cores) for whole-item models, whose matrices
     (a batch's every position at once) are large enough to split — the gru's training step is about
-    1.3× faster and the transformer's 1.4× on the 2-core machine —, else 1."""
-    return min(2, os.cpu_count() or 1) if sequence else 1
+    1.3× faster and the transformer's 1.4× on the 2-core machine —, else 1. Under torchrun the
+    machine's cores are shared among its local ranks."""
+    return max(1, min(2, (os.cpu_count() or 1) // local_size())) if sequence else 1
 
 
 def set_threads(n: int) -> None:

@@ -129,6 +129,7 @@ def main(path: str, workdir: str, parts: str) -> int:
         result["import_error"] = _where(e, path)
         json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
         return 0
+    train = int(meta.get("train_part", 4))  # the part that trains on the learner's gradients (the MLP's part4)
     sets = meta["sets"]  # {"a": n, "b": n}: the lectures' batch and a second one (another size and seed)
     base = {s: {**{k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith(s + ".") and ".ref_" not in "." + k},
                 "n": int(n)} for s, n in sets.items()}
@@ -144,7 +145,7 @@ def main(path: str, workdir: str, parts: str) -> int:
             result["parts"][str(part)] = {"defined": False}
             continue
         rec: dict = {"defined": True, "sets": {}}
-        if part == 4:
+        if part == train:
             # the whole loop on the lectures' batches (its losses), then one step from each set's parameters and
             # batch, whose updated parameters tell each one's gradient
             steps = int(meta["steps"])

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from ..config import LECTURE_SEED, DataConfig
 from ..errors import CharmlpError
-from ..models.mlp_atoms import BRANCHES, LOCAL, MLP_CHAIN, ORDER, PARAMS, parameters
+from ..models.atoms import AtomChain
+from ..models.mlp_atoms import MLP_CHAIN, ORDER, PARAMS, parameters
 from ..verdict import Report, Row, close
-from .diagnose import MATCH_TOL, REL_TOL, Clues, Part, Slip, repeated_index
+from .diagnose import MATCH_TOL, REL_TOL, Clues, Part, Slip, ratio_name, repeated_index
 from .diagnose import diagnose as engine_diagnose
 
 ATOMS = ORDER  # the exercise's order: logprobs … C
@@ -73,6 +74,22 @@ def _known_slips(atom: str, F_: dict, U: dict) -> list[Slip]:
     return out
 
 
+def _ratio(k: float, F_: dict, r: torch.Tensor, chain: AtomChain) -> str | None:
+    """The name of a factor k: against the batch n, or (the other models) against the rows N of the atom,
+    every dimension but the last (a BatchNorm over (B, T, C) averages over N = B·T rows)."""
+    name = ratio_name(k, F_["n"])
+    if name is None and chain is not MLP_CHAIN and r.dim() >= 2 and r.numel() // r.shape[-1] > F_["n"]:
+        N, n = r.numel() // r.shape[-1], F_["n"]
+        name = ratio_name(k, N, "N")
+        if name is None and abs(k - N / n) <= 1e-3 * N / n:  # a per-position loss divided by the batch only
+            name = f"{N // n} times too large: the loss is the mean over all N = {N} targets (n·T), not over n = {n}"
+    return name
+
+
+def _times(k: int) -> str:
+    return "twice" if k == 2 else f"{k} times"
+
+
 def _usable(g, r: torch.Tensor) -> bool:
     return isinstance(g, torch.Tensor) and tuple(g.shape) == tuple(r.shape) and bool(torch.isfinite(g).all())
 
@@ -86,14 +103,16 @@ def _is(names) -> str:
 
 
 def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = None, rel: float = REL_TOL,
-             match: float = MATCH_TOL) -> Row:
-    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom).
+             match: float = MATCH_TOL, chain: AtomChain = MLP_CHAIN) -> Row:
+    """The row for the learner's gradient `g` of `atom`; R: true gradients, L: the learner's (by atom);
+    `chain`: the exercise's atoms and their chain-rule steps (the MLP's unless given).
 
     The engine is the shared one (`diagnose.py`); what is particular to a chain of atoms is said here: a
     gradient that is right for the learner's own upstream gradients is marked inherited (fix those first),
     and a second mistake is measured against what the learner's upstream gives."""
     r = R[atom]
-    ups, fn = LOCAL.get(atom, ((), None))
+    mlp = chain is MLP_CHAIN
+    ups, fn = chain.local.get(atom, ((), None))
     learner = {u: L[u] for u in ups if isinstance(L.get(u), torch.Tensor)}
     # the learner's own upstream gradients, where they gave them with the right shape
     U = {u: (L[u].detach().to(r.dtype) if _usable(L.get(u), R[u]) else R[u]) for u in ups}
@@ -126,7 +145,7 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
         return (fn(F_, U), _names_of(wrong_up)) if fn is not None and wrong_up else None
 
     def approx(_g):
-        if atom == "hpreact":
+        if atom == "hpreact" and mlp:
             return "rounding", ("approximate only because (1 − h**2) rounds twice; autograd computes 1 − h² as one fused "
                                 "multiply-add: torch.addcmul(torch.ones_like(h), h, h, value=-1) * dh gives its bits. Nothing to fix")
         off = [u for u in ups if isinstance(L.get(u), torch.Tensor) and not torch.equal(L[u], R[u])]
@@ -134,16 +153,22 @@ def diagnose(atom: str, g, F_: dict, R: dict, L: dict, scale: float | None = Non
             return "rounding", f"approximate: inherits the round-off of d{off[0]}"
         return "rounding", "approximate: round-off (operations grouped differently from autograd's)"
 
-    FU = {**R, **U, "C_true": R["C"]}
-    others = lambda via: " and ".join(v for v in BRANCHES[atom] if v != via)  # noqa: E731
+    FU = {**R, **U}
+    branches = chain.branches.get(atom, {})
+    others = lambda via: " and ".join(v for v in branches if v != via)  # noqa: E731
+    k = len(branches)
     parts = [Part(f"the contribution through {via}", f(F_, FU),
-                  only=f"only the contribution through {via}: {atom} is used twice in the forward (also by {others(via)}), "
-                       f"so d{atom} is the sum of both branches")
-             for via, f in BRANCHES.get(atom, {}).items()]
-    clues = Clues(n=F_["n"], what=atom, parts=parts, slips=_known_slips(atom, F_, FU), scale=scale, rel=rel, match=match,
+                  only=f"only the contribution through {via}: {atom} is used {_times(k)} in the forward (also by "
+                       f"{others(via)}), so d{atom} is the sum of {'both' if k == 2 else 'all its'} branches",
+                  missing="" if k == 2 else f"the contribution through {via} is missing: {atom} is used {k} times in the "
+                                            f"forward ({', '.join(branches)}), so d{atom} is the sum of all {k} branches")
+             for via, f in branches.items()]
+    slips = _known_slips(atom, F_, {**FU, "C_true": R["C"]}) if mlp else []  # the MLP's own slips
+    clues = Clues(n=F_["n"], what=atom, parts=parts, slips=slips, scale=scale, rel=rel, match=match,
+                  ratio=lambda k_: _ratio(k_, F_, r, chain),
                   unknown=f"wrong, and not one of the common mistakes: derive it again from the forward line that makes {atom}",
-                  nonfinite="a division by zero, or log/exp of an extreme value? (probs can be tiny: use counts_sum_inv as in "
-                            "the forward)",
+                  nonfinite="a division by zero, or log/exp of an extreme value?" + (" (probs can be tiny: use counts_sum_inv "
+                                                                                    "as in the forward)" if mlp else ""),
                   approx=approx, inherited_shape=inherited_shape, inherited_nonfinite=inherited_nonfinite,
                   inherited=inherited, relative=relative)
     return engine_diagnose("d" + atom, g, r, clues)

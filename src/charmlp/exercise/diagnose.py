@@ -71,6 +71,10 @@ class Clues:
     inherited_nonfinite: Callable[[torch.Tensor], str | None] | None = None
     inherited: Callable[[torch.Tensor], str | None] | None = None
     relative: Callable[[torch.Tensor], tuple[torch.Tensor, str] | None] | None = None  # (what upstream gives, its names)
+    ratio: Callable[[float], str | None] | None = None  # names a factor k where `ratio_name(k, n)` does not suffice
+
+    def factor(self, k: float) -> str | None:
+        return self.ratio(k) if self.ratio else ratio_name(k, self.n)
 
 
 def diagnose(name: str, g, r: torch.Tensor, clues: Clues | None = None) -> Row:
@@ -169,12 +173,12 @@ def mistake(g: torch.Tensor, r: torch.Tensor, c: Clues, s: float, parts: bool = 
         pp = (p.value * p.value).sum().item()
         k = (diff * p.value).sum().item() / pp if pp > 0 else 0.0
         if k not in (0.0, 1.0) and close(diff, k * p.value, m, abs(k) * p.value.abs().max().item()) and close(g, diff + rest, m, s):
-            return "factor", f"{p.what} is wrong: " + (ratio_name(k, c.n) or factor_name(k))
+            return "factor", f"{p.what} is wrong: " + (c.factor(k) or factor_name(k))
     rr = (r * r).sum().item()
     if rr > 0:
         k = (g * r).sum().item() / rr
         if k != 0 and close(g, k * r, m, abs(k) * s):
-            return "factor", ratio_name(k, c.n) or factor_name(k)
+            return "factor", c.factor(k) or factor_name(k)
     return None
 
 
@@ -217,18 +221,20 @@ def factor_name(k: float) -> str:
     return ("sign flipped and " if k < 0 else "") + text + f" (off by a constant factor {k:.6g})"
 
 
-def ratio_name(k: float, n: int | None) -> str | None:
-    """The sentence for a factor k the batch size explains (n, 1/n, n/(n − 1), …), or 2 or ½."""
+def ratio_name(k: float, n: int | None, s: str = "n") -> str | None:
+    """The sentence for a factor k the count n explains (n, 1/n, n/(n − 1), …), or 2 or ½; `s`: how the
+    sentence writes the count (n, the batch; N, the rows of a (B, T, C) tensor)."""
     table = [(2.0, "twice too large: is a factor 2 counted twice?"), (0.5, "half of it: d(x²)/dx = 2x — a factor 2 missing?")]
     if n is not None and n > 2:
-        table = [(n, f"n = {n} times too large: did you forget the 1/n of the mean?"),
-                 (1 / n, f"n = {n} times too small: one division by n too many (the loss's 1/n is already in the "
+        table = [(n, f"{s} = {n} times too large: did you forget the 1/{s} of the mean?"),
+                 (1 / n, f"{s} = {n} times too small: one division by {s} too many (the loss's 1/{s} is already in the "
                          "gradient coming from above)"),
-                 (n / (n - 1), f"n/(n − 1) too large (Bessel's correction): the forward divides by n − 1 = {n - 1}; your 1/n "
-                               "should be 1/(n − 1)"),
-                 ((n - 1) / n, f"(n − 1)/n too small (Bessel's correction): the forward divides by n − 1 = {n - 1}, not n"),
-                 (n - 1, f"n − 1 = {n - 1} times too large: did you forget the 1/(n − 1) of the variance?"),
-                 (1 / (n - 1), f"n − 1 = {n - 1} times too small: one division by n − 1 too many")] + table
+                 (n / (n - 1), f"{s}/({s} − 1) too large (Bessel's correction): the forward divides by {s} − 1 = {n - 1}; "
+                               f"your 1/{s} should be 1/({s} − 1)"),
+                 ((n - 1) / n, f"({s} − 1)/{s} too small (Bessel's correction): the forward divides by {s} − 1 = {n - 1}, "
+                               f"not {s}"),
+                 (n - 1, f"{s} − 1 = {n - 1} times too large: did you forget the 1/({s} − 1) of the variance?"),
+                 (1 / (n - 1), f"{s} − 1 = {n - 1} times too small: one division by {s} − 1 too many")] + table
     for v, msg in table:
         if abs(abs(k) - v) <= 1e-3 * v:
             return msg if k > 0 else "sign flipped and " + msg

@@ -213,6 +213,11 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             raise CharmlpError(f"--part must be one of 1, 2, 3, 4, got {p}")
     if not timeout > 0:
         raise CharmlpError(f"--timeout must be positive, got {timeout}")
+    from .exercises import model_of
+
+    model = model_of(path) or "mlp"  # the mark `init` writes; an unmarked file is the MLP exercise
+    if model != "mlp":
+        return check_chain_file(path, model, parts, seed, timeout, batch_size)
     ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
     # the second set: another batch size (odd, not 32) and seed, so that a literal 32 or a fixed n shows
     ex2 = Backprop(seed=(ex.seed + 1) % 2**63, batch_size=SECOND_BATCH if batch_size != SECOND_BATCH else SECOND_BATCH + 4)
@@ -353,3 +358,78 @@ class _NotATensor:
 
     def __repr__(self) -> str:
         return self.typ
+
+
+def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed: int | None, timeout: float,
+                     batch_size: int = 32, train_steps: int | None = None) -> list[Report]:
+    """`check` of a file marked for `model` (any but the MLP): part1 (every gradient) and part2 (training
+    on them, against charmlp's engine) run confined as the MLP's parts, diagnosed here with the model's
+    Exercise (one checker, the model's chain)."""
+    from safetensors.torch import load_file, save_file
+
+    from .exercises import exercise_for, training_batches
+    from .training import TRAIN_LR, TRAIN_STEPS, engine_losses, name_parameter
+
+    for p in parts or ():
+        if p not in (1, 2):
+            raise CharmlpError(f"--part must be 1 or 2 for the {model} exercise (it has parts 1 and 2), got {p}")
+    asked = tuple(parts or (1, 2))
+    ex = exercise_for(model, seed, batch_size)
+    titles = {1: f"part 1: every atom's gradient ({model})", 2: f"part 2: training on your gradients ({model})"}
+    title = {p: f"{titles[p]} · {path.name} (seed {ex.seed}, batch {ex.n})" for p in asked}
+    X, Y = training_batches(ex, train_steps or TRAIN_STEPS) if 2 in asked else (torch.zeros(0, ex.n, 1, dtype=torch.long),) * 2
+
+    def whole_file(error: str) -> list[Report]:
+        return [Report(title[p], error=error) for p in asked]
+
+    with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
+        # one input set ("a", the lectures' batch) in the child's format (the MLP's check adds a second)
+        tensors = {f"a.{k}": v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
+        save_file({**tensors, "batch_X": X.contiguous(), "batch_Y": Y.contiguous()}, os.path.join(wd, "inputs.safetensors"))
+        Path(wd, "meta.json").write_text(json.dumps({"sets": {"a": ex.n}, "steps": len(X), "lr": TRAIN_LR,
+                                                     "params": list(ex.params), "train_part": 2}))
+        proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
+        if proc is None:
+            return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop?")
+        res_file = Path(wd, "result.json")
+        if not res_file.is_file():
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return whole_file(f"{path.name} stopped Python itself: {last}")
+        result = json.loads(res_file.read_text(encoding="utf-8"))
+        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
+                    *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
+            _raise_on_limit(err, path)
+        if result["import_error"]:
+            return whole_file(_error_line(result["import_error"], path))
+        out = Path(wd, "out1a.safetensors")
+        grads = {k: v for k, v in (load_file(str(out)) if out.is_file() else {}).items() if k in ex.names}
+    reports: dict[int, Report] = {}
+    rec = result["parts"].get("1")
+    if rec is not None and rec.get("defined"):
+        rec = {"defined": True, **rec["sets"]["a"]}  # part 1's one set
+    if rec is not None:
+        if not rec.get("defined"):
+            reports[1] = Report(title[1], error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")
+        else:
+            grads.update({k: _NotATensor(typ) for k, typ in rec.get("other", {}).items() if k in ex.names})
+            rep = reports[1] = ex.check(part=1, **grads)
+            rep.title = title[1]
+            if rec.get("returned"):
+                rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part1 returned {rec['returned']}: end it with "
+                                       "`return locals()` so charmlp gets its variables", kind="return"))
+            if rec["error"]:
+                rep.error = _error_line(rec["error"], path)
+    rec2 = result["parts"].get("2")
+    if rec2 is not None:
+        part1 = reports.get(1)
+        if not rec2.get("defined"):
+            reports[2] = Report(title[2], error=f"{path.name} has no function part2")
+        elif part1 is not None and any(r.status == "missing" for r in part1.rows):
+            # training needs every gradient: not started yet, not an error
+            reports[2] = Report(title[2], [Row("losses", "missing", (len(X),), diagnosis="trains once part 1 is complete")])
+        else:
+            row = diagnose_losses(rec2.get("losses"), engine_losses(model, ex.params, X, Y, TRAIN_LR))
+            reports[2] = Report(title[2], [name_parameter(row, part1, ex.chain.params)])
+            if rec2["error"]:
+                reports[2].error = _error_line(rec2["error"], path)
+    return [reports[p] for p in asked if p in reports]

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import CharmlpError
 
 HEADER = '''\
+# charmlp-exercise: model=mlp
 """Backprop by hand, checked by charmlp.
 
 Fill in the functions below, then run
@@ -136,10 +137,21 @@ def starter_text(name: str = "backprop_exercise.py", part: int | None = None) ->
     return HEADER.format(name=name, listing=forward_listing()) + "".join(PART_TEXT[p] for p in parts)
 
 
-def write_starter(out: str | Path = "backprop_exercise.py", part: int | None = None) -> Path:
-    """Write the starter file to `out`; refuses to overwrite anything there. Returns the path."""
+def write_starter(out: str | Path = "backprop_exercise.py", part: int | None = None, model: str = "mlp") -> Path:
+    """Write the starter file of `model`'s exercise to `out`; refuses to overwrite anything there. Returns the path."""
     out = Path(out)
-    return _write_new(out, starter_text(out.name, part))
+    if model == "mlp":
+        text = starter_text(out.name, part)
+    else:
+        from .chain_starter import starter_text as chain_starter_text
+        from .exercises import MODELS
+
+        if model not in MODELS:
+            raise CharmlpError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+        if part not in (None, 1):
+            raise CharmlpError(f"the {model} exercise has one part (part 1); leave --part out")
+        text = chain_starter_text(model, out.name)
+    return _write_new(out, text)
 
 
 def write_layer_template(kind: str, out: str | Path) -> Path:

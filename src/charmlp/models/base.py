@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .. import nn
 from ..config import ModelConfig, check_range
@@ -80,6 +80,17 @@ def tanh_block(fan_in: int, cfg: TanhStackConfig) -> list[nn.Layer]:
     return [*layers, nn.Tanh()]
 
 
+class Stepper(Protocol):
+    """A causal model advanced one position at a time (eval mode, under no-grad): `start()` is the
+    state of the empty prefix, one row (1, S); `step(states, ids)` reads the next id of N prefixes
+    whose states are the rows of `states` (N, S) and returns their new states (N, S) and the
+    logits (N, V) of the id after."""
+
+    def start(self) -> torch.Tensor: ...
+
+    def step(self, states: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model family as the commands see it: its name, configuration, layers and presets.
@@ -91,6 +102,8 @@ class ModelSpec:
     - `init_weights(model, generator)`: initialise from `generator`, under `torch.no_grad()`
       (default: `network.init_tanh_stack`, the lectures' init);
     - `eval_forward(model)`: the eval-mode forward of evaluation and sampling (default: the model);
+    - `stepper(model)`: a `Stepper`, for a model that reads an item one position at a time from a
+      state (the recurrent ones): evaluation then computes each distinct prefix of the split once;
     - `after_build(model)`: once the layers exist (the transformer shares backward scratch).
 
     `presets` maps a preset name to overrides of `TrainConfig` fields, plus the model's own
@@ -112,4 +125,5 @@ class ModelSpec:
     fit: Callable[[LanguageModel, torch.Tensor, torch.Tensor], bool] | None = None
     init_weights: Callable[[LanguageModel, torch.Generator], None] | None = None
     eval_forward: Callable[[LanguageModel], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    stepper: Callable[[LanguageModel], Stepper] | None = None
     after_build: Callable[[LanguageModel], None] | None = None

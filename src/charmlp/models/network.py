@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig
 from ..nn import BatchNorm1d, Dropout, Embedding, Ensemble, Linear, Sequential
-from .base import ModelSpec
+from .base import ModelSpec, Stepper
 from .registry import spec_of
 
 
@@ -62,6 +62,20 @@ class LanguageModel(torch.nn.Module):
         hook = self.spec.eval_forward
         return self if hook is None or self.members > 1 else hook(self)
 
+    def inference_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward of evaluation: `eval_forward`'s function, with no state kept for a backward
+        (`Layer.infer`: a recurrent layer keeps no per-step caches). Call it in eval mode, under no-grad."""
+        hook = self.spec.eval_forward
+        return self.layers.infer if hook is None or self.members > 1 else hook(self)
+
+    def stepper(self) -> Stepper | None:
+        """The model one position at a time (`Stepper`, built from the current weights), where its
+        spec offers one (an ensemble: where every member's does); else None."""
+        if self.members > 1:
+            steppers = [m.stepper() for m in self.layers[0].members]
+            return None if any(s is None for s in steppers) else EnsembleStepper(steppers)
+        return None if self.spec.stepper is None else self.spec.stepper(self)
+
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
         """Initialise from `generator` (on the CPU, so results do not depend on the device): the
@@ -74,6 +88,28 @@ class LanguageModel(torch.nn.Module):
         for m in self.modules():  # each dropout's own stream (drawn only by models that have one)
             if isinstance(m, Dropout):
                 m.seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
+
+
+class EnsembleStepper:
+    """K members' steppers as one: the state is theirs side by side (N, ΣS_k), the logits the
+    ensemble's eval output, log((1/K) Σ_k softmax(z_k)) = logsumexp_k(log_softmax(z_k)) − log K."""
+
+    def __init__(self, members: list[Stepper]) -> None:
+        self.members = members
+        self.widths: list[int] = []
+
+    def start(self) -> torch.Tensor:
+        starts = [m.start() for m in self.members]
+        self.widths = [s.shape[1] for s in starts]
+        return torch.cat(starts, 1)
+
+    def step(self, states: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new, logp = [], []
+        for m, s in zip(self.members, torch.split(states, self.widths, 1), strict=True):
+            s2, z = m.step(s, ids)
+            new.append(s2)
+            logp.append(torch.log_softmax(z, -1))
+        return torch.cat(new, 1), torch.logsumexp(torch.stack(logp), 0) - math.log(len(self.members))
 
 
 def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:

@@ -91,6 +91,31 @@ def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
     head.bias.zero_()
 
 
+class RecurrentStepper:
+    """The model one position at a time from a state h (N, H) (`models.base.Stepper`), for
+    evaluation (eval mode: dropout is the identity). The embedding and the cell's input projection
+    fold into one table, x·Wx + b = C[id]·Wx + b = (C·Wx + b)[id] (V rows of gates·H): a gather per
+    step instead of a matmul; the step keeps nothing for a backward (`Cell.infer_step`)."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        import torch
+
+        emb, rec, self.head = (m for m in model.layers if not isinstance(m, nn.Dropout))
+        self.cell, self.h0 = rec.cell, rec.h0
+        self.table = torch.addmm(rec.cell.b, emb.weight, rec.cell.Wx)
+
+    def start(self) -> torch.Tensor:
+        return self.h0[None]
+
+    def step(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        xp = self.table.index_select(0, ids)  # (N, gates·H), ours to overwrite
+        out = xp if self.cell.gates == 1 else torch.empty_like(xp[:, : self.cell.hidden_size])
+        h_new = self.cell.infer_step(xp, h, out)
+        return h_new, self.head.infer(h_new)
+
+
 # Presets, measured on names (README "Model zoo: bigram, rnn, gru"). None holds a name-specific
 # constant: the context is the data's longest item + 1 and the vocabulary the data's own, and
 # all but `seed` set a budget of positions (steps × batch × row length), not steps, so a file of
@@ -117,20 +142,23 @@ GRU_PRESETS: dict[str, dict] = {
     # 1.940 (slower). Every single gru over-fits (train 1.72–1.77); mixing them is what helps: those
     # three as one mixture 1.906; trained as an ensemble of 3 with dropout 0.2: 1.907, of 4: 1.903;
     # of 4 with dropout 0.1 (members that fit better, the mixture evens out their errors): 1.898.
-    "best": {**_ADAMW, "model": {"n_hidden": 192, "dropout": 0.1, "members": 4}, "batch_size": 256,
-             "positions": 12000 * 256 * 16, "weight_decay": 0.1},
+    # That constant preset (README's figure) is now a rule: `--budget 10m` (budget.py's RULES) plans the
+    # steps from the data and the machine, and an ensemble of up to 4 with dropout 0.1 where one gru
+    # would see more than the 30 epochs each member saw there (on names it picks 4).
+    "best": {**_ADAMW, "model": {"n_hidden": 192}, "weight_decay": 0.1, "budget": 600.0},
 }
 # the tanh cell's step is ~2.6× cheaper than the GRU's: a wider state (256), more steps and more
 # members fit in the time. Test on names: one rnn of hidden 256, 18 000 steps of 64: 1.957 (dropout
-# 0.1: 1.957); an ensemble of 2 (batch 128): 1.923 in 140 s; of 6 (batch 384): 1.906 in 7.5 min.
-RNN_PRESETS["best"] = {**_ADAMW, "model": {"n_hidden": 256, "members": 6}, "batch_size": 384,
-                       "positions": 18000 * 384 * 16, "weight_decay": 0.1}
+# 0.1: 1.957); an ensemble of 2 (batch 128): 1.923 in 140 s; of 6 (batch 384): 1.906 in 7.5 min
+# (45 epochs a member; budget.py's rule: up to 6 members, no dropout).
+RNN_PRESETS["best"] = {**_ADAMW, "model": {"n_hidden": 256}, "weight_decay": 0.1, "budget": 600.0}
 
 RNN_SPEC = ModelSpec(
     name="rnn",
     config=RNNConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
+    stepper=RecurrentStepper,
     about="recurrent: Embedding → tanh RNN cell unrolled over the item (BPTT by hand) → Linear at every position",
     presets=RNN_PRESETS,
 )
@@ -140,6 +168,7 @@ GRU_SPEC = ModelSpec(
     config=GRUConfig,
     layers=recurrent_layers,
     init_weights=init_recurrent,
+    stepper=RecurrentStepper,
     about="recurrent: Embedding → GRU cell (update/reset gates) unrolled over the item (BPTT by hand) → Linear at every position",
     presets=GRU_PRESETS,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_sum, world
 from .module import Layer, accumulate_grad
 
 
@@ -16,6 +17,10 @@ class BatchNorm1d(Layer):
     B·T rows. Training: μ, σ² are the batch mean and the Bessel-corrected (n − 1) variance, as in
     the lectures; running estimates move by `momentum`. Eval: the running estimates, which
     calibration may set from the whole training set after training.
+
+    Synchronised across data-parallel ranks (`distributed.world()`): each rank holds a slice of
+    the batch, and the training statistics and the backward's two row sums are all-reduced, so
+    every rank normalises with the global batch's μ, σ² — the numbers one process computes.
     """
 
     eval_attrs = ("eps",)
@@ -33,12 +38,16 @@ class BatchNorm1d(Layer):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (B, T, C) → (B·T, C): statistics over (0, 1)
         if self.training:
-            n = x.shape[0]
-            if n < 2:
-                raise ValueError("BatchNorm1d in training needs a batch of at least 2 (variance uses n − 1)")
-            mean = x.mean(0)
-            xc = x - mean
-            var = (xc * xc).sum(0) / (n - 1)  # Bessel-corrected; reuses x − μ (x.var recomputes it, ~4× slower)
+            if world() is None:
+                n = x.shape[0]
+                if n < 2:
+                    raise ValueError("BatchNorm1d in training needs a batch of at least 2 (variance uses n − 1)")
+                mean = x.mean(0)
+                xc = x - mean
+                var = (xc * xc).sum(0) / (n - 1)  # Bessel-corrected; reuses x − μ (x.var recomputes it, ~4× slower)
+            else:
+                mean, xc, var, n = self._global_stats(x)
+            self.n = n  # rows behind the statistics: the backward's n
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
@@ -60,8 +69,23 @@ class BatchNorm1d(Layer):
         accumulate_grad(self.bias, dbeta)
         if not self.batch_stats:
             return (dout * (self.weight * self.rstd)).reshape(shape)
-        n = dout.shape[0]
+        n = self.n
+        if world() is not None:  # the global Σ dy·x̂, Σ dy; .grad keeps this rank's share (the step sums it)
+            sums = all_reduce_sum(torch.cat([dgamma, dbeta]))
+            dgamma, dbeta = sums[: len(dgamma)], sums[len(dgamma) :]
         return ((self.weight * self.rstd / n) * (n * dout - dbeta - (n / (n - 1)) * self.xhat * dgamma)).reshape(shape)
+
+    # across ranks, rows x_i of every rank: N = Σ_r n_r, μ = Σ_i x_i / N, σ² = Σ_i (x_i − μ)² / (N − 1),
+    # two all-reduces (the second sum needs μ: the same two passes one process makes)
+    def _global_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        s = all_reduce_sum(torch.cat([x.sum(0), x.new_full((1,), x.shape[0])]))
+        n = int(s[-1])
+        if n < 2:
+            raise ValueError("BatchNorm1d in training needs a batch of at least 2 (variance uses n − 1)")
+        mean = s[:-1] / n
+        xc = x - mean
+        var = all_reduce_sum((xc * xc).sum(0)) / (n - 1)
+        return mean, xc, var, n
 
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:

@@ -32,6 +32,11 @@ class Sequential(Layer):
             x = layer(x)
         return x
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer.infer(x)
+        return x
+
     # chain rule: feed each layer's input gradient to the layer before it
     def backward(self, dout: torch.Tensor) -> torch.Tensor | None:
         for layer in reversed(self.layers):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import world
 from .module import Layer
 
 _GOLDEN = 0x9E3779B97F4A7C15  # 2⁶⁴/φ: consecutive calls get well-spread seeds
@@ -16,7 +17,8 @@ class Dropout(Layer):
     The c-th training forward draws its mask from a generator seeded with (seed, c) on the input's
     device: the masks depend neither on the batches the training loop draws nor on how it reads
     losses back, and a checkpoint — which keeps (seed, c) as this layer's extra state — resumes
-    with the very next mask. `seed` is set when the model is initialised."""
+    with the very next mask. `seed` is set when the model is initialised. Across data-parallel
+    ranks each draws the global batch's mask and keeps its own rows: one process's masks."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -32,7 +34,12 @@ class Dropout(Layer):
         g = torch.Generator(device=x.device)
         g.manual_seed((self.seed + self.calls * _GOLDEN) % (1 << 63))
         self.calls += 1
-        keep = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) >= self.p
+        w = world()
+        if w is None:
+            keep = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) >= self.p
+        else:  # a data-parallel rank holds rows w.rows(B) of the global batch: the global mask's rows
+            rows = w.rows(len(x) * w.size)
+            keep = torch.rand((len(x) * w.size, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)[rows] >= self.p
         self.mask = keep.to(x.dtype).div_(1 - self.p)
         return x * self.mask
 

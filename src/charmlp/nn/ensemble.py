@@ -40,6 +40,11 @@ class Ensemble(Layer):
         self.out = torch.logsumexp(self.logp, 0) - math.log(K)
         return self.out
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval output, each member through its inference forward (no backward follows)."""
+        logp = torch.stack([torch.log_softmax(m.inference_forward()(x), -1) for m in self.members])
+        return torch.logsumexp(logp, 0) - math.log(len(self.members))
+
     # training: each member's share of dL/dlogits goes to that member's backward (ids: no input gradient)
     # eval: out = log Σ_k e^(ls_k) − log K, ls_k = log_softmax(z_k)  →  d out/d ls_k = r_k = e^(ls_k − out)/K
     # (member k's responsibility, Σ_k r_k = 1); g_k = dout·r_k  →  dz_k = g_k − softmax(z_k)·Σ_v g_k

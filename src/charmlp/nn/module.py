@@ -41,6 +41,12 @@ class Layer(nn.Module):
     def backward(self, dout: torch.Tensor) -> torch.Tensor | None:  # noqa: D102
         raise NotImplementedError(f"{type(self).__name__} has no hand-written backward")
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward of evaluation (under `torch.no_grad()`, in eval mode): the same function as
+        `forward`, which it is unless a layer can skip what only its backward needs (the recurrent
+        layer's per-step caches). No `backward` may follow it."""
+        return self(x)
+
     def scratch(self, name: str, shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor of `shape` that this layer reuses from one backward to the next
         for an intermediate result (`like` gives dtype and device). On the CPU a fresh large tensor

@@ -42,6 +42,11 @@ class Cell(Layer):
         cache `step_backward` needs."""
         raise NotImplementedError
 
+    def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`step`'s h', written into `out` (B, H), with nothing kept for a backward: evaluation's step.
+        It may overwrite `xp` (B, gates·H, its rows contiguous), which may be `out` itself (one gate)."""
+        raise NotImplementedError
+
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         """From dL/dh', writes dL/dxp into `dxp` (B, gates·H) and returns dL/dh. The recurrent
         weights' gradients wait for `weights_backward`."""
@@ -92,6 +97,11 @@ class RNNCell(Cell):
         h_new = torch.tanh(torch.addmm(xp, h, self.Wh))  # the add rides in the matmul
         return h_new, (h, h_new)
 
+    def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if xp.data_ptr() != out.data_ptr():
+            out.copy_(xp)
+        return out.addmm_(h, self.Wh).tanh_()  # xp + h·Wh in one gemm (β = 1), as `step`'s addmm
+
     # h' = tanh(a), a = xp + h·Wh  →  da = (1 − h'²)·dh', dxp = da, dh = da·Whᵀ
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         _, h_new = cache
@@ -129,6 +139,13 @@ class GRUCell(Cell):
         c = torch.tanh(torch.addmm(xp[:, 2 * H :], rh, self.Wc))
         h_new = torch.addcmul(h, z, c - h)
         return h_new, (h, z, r, rh, c)
+
+    def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        H = self.hidden_size
+        zr = xp[:, : 2 * H].addmm_(h, self.Wh).sigmoid_()  # in xp's own rows: gemm with ldc = 3H, no copy
+        z, r = zr[:, :H], zr[:, H:]
+        c = xp[:, 2 * H :].addmm_(r * h, self.Wc).tanh_()
+        return torch.addcmul(h, z, c.sub_(h), out=out)  # h + z⊙(c − h)
 
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         h, z, r, rh, c = cache
@@ -178,6 +195,18 @@ class Recurrent(Layer):
             caches.append(cache)
         self.x, self.caches = x, caches
         return torch.stack(hs, dim=1)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward`'s hidden states (B, T, H) without the per-step caches, time-major inside: step t
+        reads the contiguous xp[t] of (T, B, gates·H) (and may overwrite it), writes hs[t] of (T, B, H)."""
+        B, T, E = x.shape
+        cell = self.cell
+        xp = torch.addmm(cell.b, x.transpose(0, 1).reshape(T * B, E), cell.Wx).view(T, B, -1)
+        hs = torch.empty(T, B, cell.hidden_size, dtype=xp.dtype, device=xp.device)
+        h = self.h0.expand(B, -1)
+        for t in range(T):
+            h = cell.infer_step(xp[t], h, hs[t])
+        return hs.transpose(0, 1)
 
     # backprop through time: dL/dh_t = dout_t + (what step t+1 sent back through h_t)
     def backward(self, dout: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,133 @@
+"""--budget: the duration parser, the planner's rule, the loop's time limit and a whole budget run."""
+
+import dataclasses
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from charmlp import budget
+from charmlp.checkpoint import read_run_config
+from charmlp.config import DataConfig, RunConfig, TrainConfig, parse_duration
+from charmlp.errors import CharmlpError
+from charmlp.models import MLPConfig, model_config
+from charmlp.train import lr_at, prepare_data, resolve_device, train
+from conftest import assert_user_error, run_cli
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0),
+                                               (" 2M ", 120.0)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten", "10d", "0s", "-1m", "0.5", "nanm", "inf", "8d", ""])
+def test_bad_durations_are_user_errors(text):
+    with pytest.raises(CharmlpError, match="--budget"):
+        parse_duration(text)
+
+
+def _mlp(path, **train) -> RunConfig:
+    tc = TrainConfig(**{"batch_size": 32, "lr": 0.1, "seed": 5, "device": "cpu", "eval_every": 50, **train})
+    return RunConfig(DataConfig(path=str(path)), MLPConfig(n_embd=8, n_hidden=64), tc)
+
+
+def test_time_limit_ends_a_finished_run_that_its_config_reproduces(tiny_data, tmp_path):
+    planned = 10**6  # far more steps than half a second holds
+    train(_mlp(tiny_data, steps=2), progress=False)  # the process's first calls (compiled step) out of the way
+    a = train(_mlp(tiny_data, steps=planned, time_limit=0.5, schedule="cosine", lr_final=0.001),
+              out_dir=tmp_path / "a", progress=False)
+    steps = a.summary["steps"]
+    assert 1 < steps < planned and a.config.train.steps == steps and a.config.train.schedule_steps == planned
+    assert 0.45 < a.summary["loop_seconds"] < 1.5  # the limit, one step and the last val evaluation
+    cfg = read_run_config(tmp_path / "a")[0]
+    assert (cfg.train.steps, cfg.train.schedule_steps) == (steps, planned)  # config.json: the run as taken
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == steps and rows[-1]["step"] == steps - 1 and "val_loss" in rows[-1]
+    assert rows[-1]["lr"] == lr_at(cfg.train, steps - 1) > 0.09  # the planned schedule: still near its start
+    # the recorded configuration (no time limit) is an ordinary run: the same losses, bit for bit
+    b = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, time_limit=0.0)), progress=False)
+    assert b.losses == a.losses and b.summary["test_loss"] == a.summary["test_loss"]
+
+
+def _fake_calibration(steps_per_s: float):
+    def calibrate(cfg, dataset, device, seconds):
+        return budget.Calibration(steps_per_s / getattr(cfg.model, "members", 1), val_seconds=0.0, eval_fixed=0.0,
+                                  setup_seconds=0.0, ready=time.perf_counter())
+    return calibrate
+
+
+def _planned(monkeypatch, tiny_data, steps_per_s: float, **model):
+    monkeypatch.setattr(budget, "calibrate", _fake_calibration(steps_per_s))
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16, **model),
+                    TrainConfig(batch_size=8, budget=100.0, eval_every=0, optimizer="adamw", lr=0.005))
+    cfg, dataset = prepare_data(cfg)
+    return budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)[0], len(dataset.Y["train"])
+
+
+def test_a_budget_that_overfits_one_model_buys_an_ensemble(monkeypatch, tiny_data):
+    # 240 training items, batches of 8: 3 steps/s for 100 s is 10 epochs (under gru's 30): one model
+    one, rows = _planned(monkeypatch, tiny_data, steps_per_s=3.0)
+    assert rows == 240 and (one.model.members, one.model.dropout, one.train.batch_size) == (1, 0.0, 8)
+    loop = 100.0 - budget.END_FIXED
+    assert one.train.steps == pytest.approx(3.0 * loop * budget.PLAN_SLACK, abs=2)
+    assert one.train.time_limit == pytest.approx(loop, abs=0.2)  # the budget, less nearly nothing spent
+    # 30 steps/s: 100 epochs for one model; 3 members, each on 8 rows of a batch of 24, ~33 epochs each
+    ens, _ = _planned(monkeypatch, tiny_data, steps_per_s=30.0)
+    rule = budget.RULES["gru"]
+    assert (ens.model.members, ens.model.dropout, ens.train.batch_size) == (3, rule.dropout, 24)
+    assert ens.train.steps == pytest.approx(10.0 * loop * budget.PLAN_SLACK, abs=5)  # the ensemble's own rate
+    # far more: capped at the rule's largest ensemble
+    assert _planned(monkeypatch, tiny_data, steps_per_s=3000.0)[0].model.members == rule.max_members
+    # --members or --dropout given: the rule leaves the shape alone
+    fixed, _ = _planned(monkeypatch, tiny_data, steps_per_s=30.0, dropout=0.2)
+    assert (fixed.model.members, fixed.model.dropout, fixed.train.batch_size) == (1, 0.2, 8)
+
+
+def test_a_tiny_budget_run_ends_on_time(tiny_data, tmp_path):
+    """3 s on 2 busy cores: the loop's own time within ±10 % (and 0.3 s) of the time it was planned,
+    and the budget's clock (start-up excluded, see budget.py) within ±10 % of the budget and 0.5 s."""
+    torch.set_num_threads(1)
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=32),
+                    TrainConfig(batch_size=16, budget=3.0, optimizer="adamw", lr=0.005, device="cpu"))
+    s = train(cfg, out_dir=tmp_path / "run", progress=False).summary
+    assert s["time_limit"] > 0.5 * 3.0  # the plan gives the loop most of the budget
+    # ±10 %, and 0.3 s for a step or an evaluation that a test running beside this one slowed
+    assert 0.9 * s["time_limit"] - 0.3 <= s["loop_seconds"] <= 1.1 * s["time_limit"] + 0.3, s
+    assert 0.9 * 3.0 - 0.5 <= s["budget_used"] <= 1.1 * 3.0 + 0.5, s
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["budget_seconds"] == 3.0 and on_disk["steps"] == s["steps"]
+    assert s["train_loss_items"] == 30 and s["train_loss_estimate"]  # a train sample the size of val (tiny: 300 items)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["val_loss"] == s["val_loss"]  # the loop's last evaluation is the final val loss, not a second pass
+    recorded = read_run_config(tmp_path / "run")[0].train
+    assert recorded.budget == 0.0 and recorded.steps == s["steps"] and math.isfinite(s["test_loss"])
+
+
+def test_budget_flags(tmp_path):
+    from charmlp.cli import build_parser, run_config_from_args
+
+    def cfg_of(*argv):
+        args = build_parser("train").parse_args(["train", "--out", str(tmp_path / "r"), *argv])
+        args.origins = {"--preset": "the default"} if "--preset" not in argv else {}
+        return run_config_from_args(args)
+
+    best = cfg_of("--model", "gru", "--preset", "best")
+    assert best.train.budget == 600.0 and best.model.members == 1  # the rule, not a constant, sizes it
+    assert cfg_of("--model", "transformer", "--budget", "90s").train.budget == 90.0  # `best`'s settings
+    assert cfg_of("--model", "gru", "--preset", "best", "--steps", "50").train.budget == 0.0  # steps outrank it
+    assert_user_error(run_cli("train", "--out", tmp_path / "x", "--budget", "3x"), "not a duration")
+    assert_user_error(run_cli("train", "--out", tmp_path / "x", "--budget", "3s", "--steps", "9"), "--budget")
+
+
+def test_a_budget_the_evaluation_alone_would_spend_is_refused(monkeypatch, tiny_data):
+    def slow_val(cfg, dataset, device, seconds):  # a val pass of 40 s: the end of the run costs ~120 s
+        return budget.Calibration(10.0, val_seconds=40.0, eval_fixed=0.0, setup_seconds=0.0, ready=time.perf_counter())
+    monkeypatch.setattr(budget, "calibrate", slow_val)
+    cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16),
+                    TrainConfig(batch_size=8, budget=100.0, optimizer="adamw", lr=0.005))
+    cfg, dataset = prepare_data(cfg)
+    with pytest.raises(CharmlpError, match=r"--budget 100s leaves 0\.0 s to train.*give `--budget 24\ds` or more"):
+        budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)
