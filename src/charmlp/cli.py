@@ -607,9 +607,18 @@ def _add_gradcheck(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_exercise_init(args: argparse.Namespace) -> int:
-    from .exercise.starter import write_starter
+    from .exercise.starter import write_layer_template, write_starter
 
-    out = write_starter(args.out, args.part, args.model)
+    if args.layer:
+        if args.part or args.model != "mlp":
+            raise CharmlpError("--part and --model are for an exercise's starter, --layer for a layer's template: give one")
+        out = write_layer_template(args.layer, args.out or f"{args.layer}.py")
+        from .exercise.catalog import CLASS_NAMES
+
+        command = " ".join(["charmlp exercise check-layer", f"{out}:{CLASS_NAMES[args.layer]}", "--layer", args.layer])
+        print(f"wrote {out}; fill it in, then: `{command}`")
+        return 0
+    out = write_starter(args.out or "backprop_exercise.py", args.part, args.model)
     print(f"wrote {out}; fill it in, then: charmlp exercise check {out}")
     return 0
 
@@ -657,12 +666,16 @@ def cmd_exercise_hint(args: argparse.Namespace) -> int:
 def _add_exercise(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="exercise_command", required=True, metavar="SUBCOMMAND")
     parts = (1, 2, 3, 4)
-    q = esub.add_parser("init", help="write the exercise's starter file (never overwrites)")
-    q.add_argument("--out", default="backprop_exercise.py", metavar="FILE",
-                   help="the starter file to write (default backprop_exercise.py)")
+    from .exercise.catalog import KINDS, help_epilog
+
+    q = esub.add_parser("init", help="write the exercise's starter file, or a layer's template (never overwrites)")
+    q.add_argument("--out", metavar="FILE",
+                   help="the file to write (default backprop_exercise.py, or K.py with --layer K)")
     q.add_argument("--part", type=int, choices=parts, help="only this part's function (default: all four)")
     q.add_argument("--model", default="mlp", choices=("mlp", "wavenet", "rnn", "gru", "transformer"),
                    help="whose backward to derive, in lecture order (default mlp)")
+    q.add_argument("--layer", choices=tuple(KINDS), metavar="K",
+                   help="a ready-to-fill template of layer kind K instead (one of: " + ", ".join(KINDS) + ")")
     q.set_defaults(func=cmd_exercise_init)
     q = esub.add_parser("check", help="check your file's gradients atom by atom and say what is wrong (exit 1 if any is)")
     q.add_argument("file", metavar="FILE", help="your exercise file (from `charmlp exercise init`)")
@@ -683,11 +696,12 @@ def _add_exercise(p: argparse.ArgumentParser) -> None:
     how.add_argument("--reveal", action="store_true", help="print the reference expression")
     how.add_argument("--reset", action="store_true", help="forget the hints used on FILE (deletes FILE.hints.json)")
     q.set_defaults(func=cmd_exercise_hint)
-    q = esub.add_parser("check-layer", help="check your layer class against charmlp's (training and eval mode)")
+    q = esub.add_parser("check-layer", help="check your layer class against charmlp's: output, dx and every parameter's "
+                        ".grad, at several shapes and seeds", epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("target", metavar="FILE:CLASS", help="your file and the layer class in it")
     which = q.add_mutually_exclusive_group(required=True)  # the old --kind counts as --layer
-    layer = which.add_argument("--layer", choices=("batchnorm1d", "linear", "tanh", "embedding"),
-                               help="the charmlp layer your class stands for")
+    layer = which.add_argument("--layer", choices=tuple(KINDS), metavar="K",
+                               help="the charmlp layer your class stands for (listed below)")
     add_renamed(which, "--kind", layer)
     q.add_argument("--timeout", type=float, default=60.0, metavar="SEC", help="time limit for your code (default 60)")
     q.add_argument("--json", action="store_true", help="print one JSON object")

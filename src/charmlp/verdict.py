@@ -94,19 +94,17 @@ class Row:
         return d
 
 
-def _md(x: float | None, width: int) -> str:
-    return f"{'' if x is None else f'{x:.1e}':>{width}}"
+NUMERIC = ("maxdiff", "rel_err")  # right-aligned columns
 
 
-# the columns a report may show after the name: column → (heading, width, the row's cell)
-COLUMNS = {
-    "shape": lambda w: ("shape", w, lambda r: f"{shape_text(r.shape):<{w}}"),
-    "status": lambda w: ("status", w, lambda r: f"{r.status:<{w}}"),
-    "exact": lambda w: ("exact", w, lambda r: f"{r.exact!s:<{w}}"),
-    "approx": lambda w: ("approx", w, lambda r: f"{r.approx!s:<{w}}"),
-    "maxdiff": lambda w: ("maxdiff", w, lambda r: _md(r.maxdiff, w)),
-    "rel_err": lambda w: ("rel_err", w, lambda r: _md(r.rel_err, w)),
-}
+def cell(column: str, r: Row) -> str:
+    """A row's text in one of a table's columns: shape, status, exact, approx, maxdiff, rel_err."""
+    if column == "shape":
+        return shape_text(r.shape)
+    if column in NUMERIC:
+        v = getattr(r, column)
+        return "" if v is None else f"{v:.1e}"
+    return str(getattr(r, column))
 
 
 @dataclass
@@ -178,15 +176,17 @@ class Report:
         return None
 
     def table_lines(self, rows: list[Row], width: int) -> list[str]:
+        def fit(text: str, column: str, w: int) -> str:
+            return f"{text:>{w}}" if column in NUMERIC else f"{text:<{w}}"
+
         # the shape column grows for a shape longer than its width (a 5-D gradient), one space kept
-        cols = [COLUMNS[c](max(w, *(len(shape_text(r.shape)) + 1 for r in rows)) if c == "shape" and rows else w)
-                for c, w in self.columns]
-        head = "".join(f"{h:>{w}}" if h in ("maxdiff", "rel_err") else f"{h:<{w}}" for h, w, _ in cols)
-        lines = [f"{'name':<{width}}{head}{self.text_heading}"]
+        columns = [(c, max(w, *(len(shape_text(r.shape)) + 1 for r in rows)) if c == "shape" and rows else w)
+                   for c, w in self.columns]
+        lines = [f"{'name':<{width}}" + "".join(fit(c, c, w) for c, w in columns) + self.text_heading]
         for r in rows:
             if (d := self.divider(r)) is not None:
                 lines.append(d)
-            lines.append((f"{r.name:<{width}}" + "".join(cell(r) for _, _, cell in cols) + self.row_text(r)).rstrip())
+            lines.append((f"{r.name:<{width}}" + "".join(fit(cell(c, r), c, w) for c, w in columns) + self.row_text(r)).rstrip())
         return lines
 
     def format_text(self) -> str:

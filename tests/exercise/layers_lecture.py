@@ -11,7 +11,8 @@ class BatchNorm1d:
 
     def __call__(self, x):
         if self.training:
-            xmean, xvar = x.mean(0, keepdim=True), x.var(0, keepdim=True)
+            dim = 0 if x.ndim == 2 else (0, 1)  # (B, T, C): over B and T, as in the WaveNet lecture
+            xmean, xvar = x.mean(dim, keepdim=True), x.var(dim, keepdim=True)
         else:
             xmean, xvar = self.running_mean, self.running_var
         xhat = (x - xmean) / torch.sqrt(xvar + self.eps)

@@ -191,3 +191,36 @@ def test_usage_errors(argv, words, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and words in err, err
 
+
+
+# ── a second batch size and seed; repeated indices; part 4's parameters ───────────────────────────────
+
+
+def test_repeated_index_mistake_is_named(ex):
+    src = plant("dC = torch.zeros_like(C)\n    dC.index_add_(0, Xb.view(-1), demb.view(-1, C.shape[1]))",
+                "dC = torch.zeros_like(C)\n    dC[Xb] += demb")
+    row = ex.check(part=1, **run_source(ex, src)).row("dC")
+    assert row.kind == "repeated" and "index_add_" in row.diagnosis and "does not accumulate" in row.diagnosis
+
+
+def test_literal_batch_sizes_fail_at_the_second_batch_and_part4_names_the_parameter(tmp_path):
+    """One file, three planted literals and one wrong update, run once in the sandbox: right at the lectures'
+    batch of 32 and wrong (or raising) at the second batch of 13; part 4 names the parameter it updates wrongly."""
+    src = plant("dlogprobs[range(n), Yb] = -1.0 / n", "dlogprobs[range(n), Yb] = -1.0 / 32")
+    src = src.replace("    dlogits[range(n), Yb] -= 1\n    dlogits /= n\n    return", "    dlogits[range(32), Yb] -= 1\n"
+                      "    dlogits /= n\n    return", 1)
+    src = src.replace("- n / (n - 1) * bnraw * (dhpreact * bnraw).sum(0))\n    return", "- 32 / 31 * bnraw * (dhpreact * "
+                      "bnraw).sum(0))\n    return", 1)
+    src = src.replace("(dC, dW1, db1, dW2, db2, dbngain, dbnbias)", "(dC, dW1, db1, -dW2, db2, dbngain, dbnbias)")
+    f = tmp_path / "mine.py"
+    f.write_text(src)
+    r1, r2, r3, r4 = check_file(f)
+    row = r1.row("dlogprobs")
+    assert row.kind == "batch-size" and "right at batch 32 but wrong at batch 13" in row.diagnosis and "not a literal" in row.diagnosis
+    assert r1.row("dC").kind == "inherited" and "fix: dlogprobs (the" in r1.summary
+    assert "at batch 13 only" in r2.error and "IndexError" in r2.error and "not a literal 32" in r2.error
+    assert r2.row("dlogits").kind == "batch-size"  # right at 32; at 13 the line raised, softmax alone left behind
+    assert r3.row("dhprebn").kind == "batch-size"
+    assert r4.row("losses").status == "wrong"
+    assert r4.row("dW2 (step 1)").kind == "sign" and r4.row("dW1 (step 1)").ok and r4.row("dC (step 1)").ok
+    assert "fix: losses, dW2 (step 1)" in r4.summary

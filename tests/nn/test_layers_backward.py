@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from charmlp.models import MLPConfig, build_model
 from charmlp.nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
-from handcheck import check_layer, check_model_finite_differences, rand
+from handcheck import check_layer, check_model_finite_differences, rand, randomise
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -128,7 +128,8 @@ def test_batchnorm_backward_follows_the_mode_forward_ran_in():
 
 
 def test_sequential_backward_walks_layers_in_reverse():
-    seq = Sequential(Linear(3, 4), Tanh(), Linear(4, 2)).double()
+    # seeded weights: Linear's are torch.empty until a model initialises them, and freed memory may hold NaN
+    seq = randomise(Sequential(Linear(3, 4), Tanh(), Linear(4, 2)), torch.Generator().manual_seed(0))
     x = rand(5, 3).requires_grad_(True)
     dout = rand(5, 2, seed=1)
     out = seq(x)

@@ -7,9 +7,10 @@ The limits (address space and file size in bytes, CPU seconds) are set with setr
 imported and before the learner's file is; see docs/exercise-sandbox.md.
 
 Reads WORKDIR/inputs.safetensors and WORKDIR/meta.json, calls the file's part<N> functions with the
-tensors they name, and writes the variables d<atom> each function leaves behind (read when it returns,
-or where it raised) to WORKDIR/out<N>.safetensors, and WORKDIR/result.json: per part the error (line,
-message) if any, non-tensor gradients, and part 4's losses. With --layer, runs the probes of
+tensors they name — once per input set (the lectures' batch of 32, then a second batch of another size
+and seed) — and writes the variables d<atom> each function leaves behind (read when it returns, or
+where it raised) to WORKDIR/out<N><set>.safetensors, and WORKDIR/result.json: per part and set the error
+(line, message) if any, non-tensor gradients, and part 4's losses and one-step parameters. With --layer, runs the probes of
 WORKDIR/probes.json on the class and writes their raw results (`run_probes`). Either way only raw
 values come back: the parent diagnoses. Imports only torch and safetensors.
 """
@@ -128,27 +129,29 @@ def main(path: str, workdir: str, parts: str) -> int:
         result["import_error"] = _where(e, path)
         json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
         return 0
-    base = {k: v for k, v in inputs.items() if not k.startswith(("batch_", "ref_"))}
-    base["n"] = int(meta["n"])
     train = int(meta.get("train_part", 4))  # the part that trains on the learner's gradients (the MLP's part4)
+    sets = meta["sets"]  # {"a": n, "b": n}: the lectures' batch and a second one (another size and seed)
+    base = {s: {**{k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith(s + ".") and ".ref_" not in "." + k},
+                "n": int(n)} for s, n in sets.items()}
+
+    def run(fn, available):
+        with contextlib.redirect_stdout(out):
+            local, ret, err = _call(fn, available)
+        return local, ret, None if err is None else (err if isinstance(err, dict) else _where(err, path))
+
     for part in map(int, parts.split(",")):
         fn = getattr(module, f"part{part}", None)
         if not callable(fn):
             result["parts"][str(part)] = {"defined": False}
             continue
-        available = dict(base)
-        if part == 3:
-            available["dhpreact"] = inputs["ref_hpreact"].clone()
+        rec: dict = {"defined": True, "sets": {}}
         if part == train:
+            # the whole loop on the lectures' batches (its losses), then one step from each set's parameters and
+            # batch, whose updated parameters tell each one's gradient
             steps = int(meta["steps"])
-            available = {"params": {k: inputs[k].clone() for k in meta["params"]}, "lr": float(meta["lr"]),
-                         "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]}
-        else:
-            available = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in available.items()}
-        with contextlib.redirect_stdout(out):
-            local, ret, err = _call(fn, available)
-        rec: dict = {"defined": True, "error": None if err is None else (err if isinstance(err, dict) else _where(err, path))}
-        if part == train:
+            params = {k: inputs[f"a.{k}"].clone() for k in meta["params"]}
+            _, ret, rec["error"] = run(fn, {"params": params, "lr": float(meta["lr"]),
+                                            "batches": [(inputs["batch_X"][i], inputs["batch_Y"][i]) for i in range(steps)]})
             try:
                 if isinstance(ret, (str, bytes, dict)):
                     raise TypeError(f"got a {type(ret).__name__}")
@@ -156,11 +159,24 @@ def main(path: str, workdir: str, parts: str) -> int:
             except (TypeError, ValueError) as e:
                 rec["losses"], rec["error"] = None, rec["error"] or {"line": None, "text": "", "message":
                                                                      f"part4 must return its list of losses: {e}"}
-        else:
+            for s in sets:
+                params = {k: inputs[f"{s}.{k}"].clone() for k in meta["params"]}
+                _, _, err = run(fn, {"params": params, "lr": float(meta["lr"]), "batches": [(inputs[f"{s}.Xb"], inputs[f"{s}.Yb"])]})
+                after = {k: v.detach().float().contiguous().clone() for k, v in params.items() if isinstance(v, torch.Tensor)}
+                save_file(after, os.path.join(workdir, f"out4{s}.safetensors"))
+                rec["sets"][s] = {"error": err}
+            result["parts"][str(part)] = rec
+            continue
+        for s in sets:
+            available = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in base[s].items()}
+            if part == 3:
+                available["dhpreact"] = inputs[f"{s}.ref_hpreact"].clone()
+            local, ret, err = run(fn, available)
+            srec: dict = {"error": err}
             if isinstance(ret, dict):
                 local.update(ret)
             elif err is None:  # the parts end with `return locals()`
-                rec["returned"] = "None" if ret is None else f"a {type(ret).__name__}"
+                srec["returned"] = "None" if ret is None else f"a {type(ret).__name__}"
             grads, other = {}, {}
             for k, v in local.items():
                 if not (k.startswith("d") and len(k) > 1) or v is None:
@@ -169,8 +185,9 @@ def main(path: str, workdir: str, parts: str) -> int:
                     grads[k] = (v.detach() if v.is_floating_point() else v.detach().float()).contiguous().clone()
                 else:
                     other[k] = type(v).__name__
-            save_file(grads, os.path.join(workdir, f"out{part}.safetensors"))
-            rec["other"] = other
+            save_file(grads, os.path.join(workdir, f"out{part}{s}.safetensors"))
+            srec["other"] = other
+            rec["sets"][s] = srec
         result["parts"][str(part)] = rec
     json.dump(result, open(os.path.join(workdir, "result.json"), "w", encoding="utf-8"))
     return 0
@@ -227,10 +244,18 @@ def _n_args(method, given: int) -> int:
 
 
 def _learner_error(exc: BaseException, path: str | None) -> dict:
+    """`_where` in the learner's file; in this process (no file given), the deepest frame outside charmlp
+    and torch, which is the learner's."""
     if path:
         return _where(exc, path)
     msg = " ".join(str(exc).split())
-    return {"line": None, "text": "", "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    line, text = None, ""
+    for fs in traceback.extract_tb(exc.__traceback__):
+        f = os.path.abspath(fs.filename)
+        if not f.startswith(here) and f"{os.sep}torch{os.sep}" not in f:
+            line, text = fs.lineno, (fs.line or "").strip()
+    return {"line": line, "text": text, "message": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
             "limit": _limit(exc)}
 
 
@@ -291,12 +316,16 @@ def run_probes(cls, probes: list[dict], tensors: dict, path: str | None = None) 
                         args = [tensors[k].clone() for k in step["args"]]
                         value = layer(*args)
                     elif op == "backward":
+                        if not rec["has_backward"]:
+                            continue
                         args = [tensors[k].clone() for k in step["args"]]
                         value = layer.backward(*args[: _n_args(layer.backward, len(args))])
                     elif op == "read":
                         value = [_find_param(layer, aliases)[1] for aliases in step["attrs"]]
                         value = [v if isinstance(v, torch.Tensor) else None for v in value]
                     elif op == "grads":
+                        if not rec["has_backward"]:
+                            continue
                         value = [None if p is None else p.grad for p in found]
                     else:
                         raise ValueError(f"unknown probe step {op!r}")

@@ -1,287 +1,321 @@
 """`check_layer`: a learner's layer class (the lectures' style: `__call__`, `parameters()`, `training`,
-running buffers) against charmlp's reference, on seeded inputs, in training and eval mode.
+running buffers, `backward(dout)` leaving each parameter's gradient in its `.grad`) against charmlp's
+own layer of that kind, for every kind in `charmlp.nn` (`layer_kinds.py`).
 
-Two halves, on either side of the process boundary: `plan(kind)` builds the probes (constructor
-arguments, parameter values, inputs, the calls to make), `_child.run_probes` runs them on the learner's
-class and returns only raw results, and `diagnose(kind, …)` — always in charmlp's own process —
-compares them with the reference and names the mistakes. `check_layer` runs all three in this process
-(a notebook); `charmlp exercise check-layer` runs the middle one in the sandboxed child.
+Three steps, on either side of the process boundary: `plan(kind)` builds the probes — for each case
+(at least two input shapes, one an odd batch, and two seeds) the constructor's arguments, seeded
+parameter values, the inputs and the calls to make; `_child.run_probes` runs them on the learner's
+class and returns only raw results; `diagnose(plan, …)` — always in charmlp's own process — computes
+the references (charmlp's layer, autograd, the learner's own parameter values), judges every row at
+every case with the shared engine (`diagnose.py`) and joins each row's cases into one (`combine`: a
+backward right at batch 32 and wrong at 13 depends on a literal size). `check_layer` runs all three in
+this process (a notebook); `charmlp exercise check-layer` runs the middle one in the sandboxed child.
 """
 
 from __future__ import annotations
 
-import math
+import re
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import CharmlpError
-from ..verdict import Report, Row
+from ..verdict import Report, Row, shape_text
+from . import catalog
 from ._child import run_probes
+from .diagnose import Slip, combine, shape_diagnosis
+from .diagnose import diagnose as engine_diagnose
+from .layer_kinds import KINDS_IN_ORDER, Call, Case, Kind, Raised
 
-KINDS = ("batchnorm1d", "linear", "tanh", "embedding")
-TOL = 1e-5  # relative to the largest entry, as the gradient checks in float32
-DIM, N = 20, 32  # features and batch of the seeded inputs
-MOMENTUM, EPS = 0.1, 1e-5
-FAN_IN, FAN_OUT = 30, 20
-VOCAB, EMBD = 27, 10
-
-
-def _close(a, b, tol: float = TOL) -> bool:
-    if not isinstance(a, torch.Tensor) or tuple(a.shape) != tuple(b.shape) or not torch.isfinite(a).all():
-        return False
-    return (a - b).abs().max().item() <= tol * max(b.abs().max().item(), 1e-30)
+SPECS: dict[str, Kind] = {k.name: k() for k in KINDS_IN_ORDER}
+KINDS = tuple(k for k in catalog.KINDS if k in SPECS)
 
 
-def _maxdiff(a, b) -> float | None:
-    if not isinstance(a, torch.Tensor) or tuple(a.shape) != tuple(b.shape):
-        return None
-    return (a.detach().double() - b.double()).abs().max().item()
+@dataclass
+class Plan:
+    """The probes of one check and what the parent keeps to judge their results: per case, the seeded
+    parameter values and the calls (inputs, upstream gradients)."""
+
+    kind: str
+    probes: list[dict]
+    tensors: dict[str, torch.Tensor]
+    cases: list[tuple[Case, dict[str, torch.Tensor], list[Call]]] = field(default_factory=list)
 
 
-def _row(name: str, got, want: torch.Tensor, candidates: list[tuple[str, str, torch.Tensor]] = (),
-         fallback: str = "") -> Row:
-    """Compare `got` with `want`; if wrong, name the first candidate mistake `got` matches."""
-    if not isinstance(got, torch.Tensor):
-        return Row(name, "wrong", tuple(want.shape), diagnosis=f"not a tensor: got {got!r}", kind="type")
-    got = got.detach().to(want.dtype)
-    if tuple(got.shape) != tuple(want.shape):
-        return Row(name, "wrong shape", tuple(want.shape), tuple(got.shape),
-                   diagnosis=f"expected {'×'.join(map(str, want.shape))}, got {'×'.join(map(str, got.shape))}"
-                             " (keepdim=True in the mean and variance?)", kind="shape")
-    md = _maxdiff(got, want)
-    if torch.equal(got, want):
-        return Row(name, "exact", tuple(want.shape), tuple(got.shape), md)
-    if _close(got, want):
-        return Row(name, "approximate", tuple(want.shape), tuple(got.shape), md)
-    if not torch.isfinite(got).all():
-        return Row(name, "wrong", tuple(want.shape), tuple(got.shape), math.inf, "contains NaN or inf", "nonfinite")
-    for kind, msg, cand in candidates:
-        if _close(got, cand, 1e-4):
-            return Row(name, "wrong", tuple(want.shape), tuple(got.shape), md, msg, kind)
-    return Row(name, "wrong", tuple(want.shape), tuple(got.shape), md, fallback or "wrong, and not one of the common mistakes",
-               "unknown")
+def check_kind(kind: str) -> Kind:
+    if kind not in SPECS:
+        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+    return SPECS[kind]
 
 
-# ── the plan: what to run on the learner's class ────────────────────────────────────────────────────
-
-PARAMS = {  # per kind: each parameter's attribute names, charmlp's first
-    "batchnorm1d": (["gamma", "weight"], ["beta", "bias"]),
-    "linear": (["weight", "W"], ["bias", "b"]),
-    "tanh": (),
-    "embedding": (["weight"],),
-}
+def _prefixed(steps: list[dict], prefix: str) -> list[dict]:
+    return [{**s, "args": [prefix + a for a in s["args"]]} if "args" in s else s for s in steps]
 
 
-def plan(kind: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def plan(kind: str) -> Plan:
     """The probes for `kind` and the tensors they name (seeded: the same every time)."""
-    g = torch.Generator().manual_seed(0)
-    T: dict[str, torch.Tensor] = {}
-    if kind == "batchnorm1d":
-        T["gamma"] = 1 + 0.3 * torch.randn(DIM, generator=g)  # off 1 and 0, so a forgotten γ or β cannot hide
-        T["beta"] = 0.3 * torch.randn(DIM, generator=g)
-        T["x"] = torch.randn(N, DIM, generator=g) * (1 + 2 * torch.rand(DIM, generator=g)) + 3 * torch.randn(DIM, generator=g)
-        T["x2"] = torch.randn(N, DIM, generator=g) * 2 + 1
-        T["dout"] = torch.randn(N, DIM, generator=torch.Generator().manual_seed(1))
-        stats = {"op": "read", "attrs": [["running_mean"], ["running_var"]]}
-        steps = [{**stats, "as": "stats0"}, {"op": "train"}, {"op": "call", "args": ["x"], "as": "train_out"},
-                 {**stats, "as": "stats1"}, {"op": "eval"}, {"op": "call", "args": ["x2"], "as": "eval_out"},
-                 {**stats, "as": "stats2"}, {"op": "train"}, {"op": "call", "args": ["x"], "as": "again"},
-                 {"op": "backward", "args": ["dout"], "as": "dx"}]
-        return [{"args": [DIM], "params": PARAMS[kind], "set": ["gamma", "beta"], "steps": steps}], T
-    if kind == "linear":
-        T["bias"] = torch.randn(FAN_OUT, generator=g)  # off 0, so a forgotten bias shows
-        T["x"] = torch.randn(N, FAN_IN, generator=g)
-        T["dout"] = torch.randn(N, FAN_OUT, generator=torch.Generator().manual_seed(1))
-        steps = [{"op": "train"}, {"op": "call", "args": ["x"], "as": "out"}, {"op": "backward", "args": ["dout"], "as": "dx"}]
-        return [{"args": [FAN_IN, FAN_OUT], "params": PARAMS[kind], "set": [None, "bias"], "steps": steps}], T
-    if kind == "tanh":
-        T["x"] = 2 * torch.randn(N, DIM, generator=g)
-        T["dout"] = torch.randn(N, DIM, generator=torch.Generator().manual_seed(1))
-        steps = [{"op": "train"}, {"op": "call", "args": ["x"], "as": "out"}, {"op": "backward", "args": ["dout"], "as": "dx"}]
-        return [{"args": [], "params": (), "steps": steps}], T
-    T["idx"] = torch.randint(0, VOCAB, (N, 3), generator=g)
-    return [{"args": [VOCAB, EMBD], "params": PARAMS[kind], "steps": [{"op": "call", "args": ["idx"], "as": "out"}]}], T
+    spec = check_kind(kind)
+    out = Plan(kind, [], {})
+    for i, case in enumerate(spec.cases):
+        g = torch.Generator().manual_seed(case.seed)
+        P = spec.param_values(g)
+        calls = spec.calls(case, g)
+        for name, v in P.items():
+            out.tensors[f"{i}.p.{name}"] = v
+        before, after = spec.extra_steps(case)
+        steps = _prefixed(before, f"{i}.") + [{"op": "train"}]
+        for t, call in enumerate(calls):
+            for k, v in call.inputs.items():
+                out.tensors[f"{i}.{t}.{k}"] = v
+            out.tensors[f"{i}.{t}.dout"] = call.dout
+            steps += [{"op": "call", "args": [f"{i}.{t}.{k}" for k in spec.inputs], "as": f"out{t}"},
+                      {"op": "backward", "args": [f"{i}.{t}.dout"], "as": f"back{t}"}]
+        for k, v in {**calls[0].inputs, **calls[0].extra}.items():  # what the extra steps name
+            out.tensors[f"{i}.{k}"] = v
+        steps += [{"op": "grads", "as": "grads"}] + _prefixed(after, f"{i}.")
+        out.probes.append({"args": list(spec.args), "params": [list(p.aliases) for p in spec.params],
+                           "set": [f"{i}.p.{p.name}" for p in spec.params], "steps": steps})
+        out.cases.append((case, P, calls))
+    return out
 
 
-# ── the diagnosis: raw results against charmlp's reference ──────────────────────────────────────────
+# ── the learner's raw results, decoded ──────────────────────────────────────────────────────────────
 
 
 def _value(enc, R: dict):
-    """The learner's value from its stand-in: a tensor, a tuple, None, or the stand-in of an error/other type."""
+    """The learner's value from its stand-in: a tensor, a tuple, None, Raised, or the stand-in of another type."""
     if enc is None or "none" in enc:
         return None
     if "tensor" in enc:
         return R[enc["tensor"]]
     if "tuple" in enc:
         return tuple(_value(e, R) for e in enc["tuple"])
-    return enc
-
-
-def _raised(name: str, enc: dict) -> Row:
-    e = enc["error"]
-    where = f" at line {e['line']} ({e['text']})" if e.get("line") and e.get("text") else (f" at line {e['line']}" if e.get("line") else "")
-    return Row(name, "wrong", diagnosis=f"raised {e['message']}{where}", kind="exception")
-
-
-def _result(rec: dict, name: str, R: dict):
-    """(value, None) of a step's result, or (None, the row saying it raised / did not run)."""
-    enc = rec["results"].get(name)
-    if enc is None:
-        return None, None
     if "error" in enc:
-        return None, _raised(name, enc)
-    return _value(enc, R), None
+        return Raised(enc["error"])
+    return _Other(enc.get("type", "?"))
 
 
-def _param_values(rec: dict, R: dict) -> list:
-    return [None if p is None else _value(p["value"], R) for p in rec["params"]]
+class _Other:
+    """A value that is not a tensor (its type's name), for a "not a tensor" row."""
+
+    def __init__(self, typ: str) -> None:
+        self.typ = typ
+
+    def __repr__(self) -> str:
+        return self.typ
 
 
-def _count_row(rec: dict, want: int, names: str) -> Row:
+def _float(v):
+    return v.detach().float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+
+# ── the diagnosis ───────────────────────────────────────────────────────────────────────────────────
+
+
+def _param_rows(spec: Kind, rec: dict, R: dict) -> tuple[list[Row], list[str], bool]:
+    """Rows for parameters() and each parameter the learner's class lacks or shapes otherwise; the learner's
+    attribute names; whether the check can go on."""
+    rows, names, ok = [], [], True
     n = rec["n_parameters"]
+    want = len(spec.params)
+    listing = "[" + ", ".join(p.name for p in spec.params) + "]"
     if isinstance(n, dict):
-        e = n["error"]
-        return Row("parameters()", "wrong", diagnosis=f"parameters() raised {e['message']}", kind="params")
-    if n is None or n == want:
-        return Row("parameters()", "exact")
-    return Row("parameters()", "wrong", diagnosis=f"expected {names}, got {n} tensors", kind="params")
+        rows.append(Row("parameters()", "wrong", diagnosis=f"parameters() {Raised(n['error']).text}", kind="params"))
+    elif n is not None and n != want:
+        rows.append(Row("parameters()", "wrong", diagnosis=f"expected {listing}, got {n} tensors" if want else
+                        f"{spec.name} has no parameters: return []", kind="params"))
+    else:
+        rows.append(Row("parameters()", "exact"))
+    for p, found in zip(spec.params, rec["params"]):
+        if found is None:
+            names.append(p.name)
+            rows.append(Row(p.name, "wrong", p.shape, diagnosis=f"no .{p.aliases[0]} attribute (charmlp reads "
+                            + " or ".join(f".{a}" for a in p.aliases) + ")", kind="params"))
+            ok = False
+            continue
+        names.append(found["name"])
+        v = _value(found["value"], R)
+        if not isinstance(v, torch.Tensor):
+            rows.append(Row(found["name"], "wrong", p.shape, diagnosis=f"not a tensor: got {v!r}", kind="type"))
+            ok = False
+        elif [d for d in v.shape if d != 1] != [d for d in p.shape if d != 1]:
+            rows.append(Row(found["name"], "wrong shape", p.shape, tuple(v.shape),
+                            diagnosis=p.layout or f"charmlp's {p.name} is {shape_text(p.shape)}", kind="shape"))
+            ok = False
+    return rows, names, ok
 
 
-def _backward_rows(rec: dict, R: dict, want_dx: torch.Tensor | None) -> list[Row]:
+_GRAD_SIZE = re.compile(r"assign a gradient of size '\[([\d, ]*)\]' to a tensor of size '\[([\d, ]*)\]'")
+
+
+def _grad_of_wrong_shape(back: Raised, spec: Kind, names: list[str], P: dict) -> tuple | None:
+    """(parameter, the learner's name for it, the shape given) when backward raised because torch refused a
+    .grad of another shape; the parameter is the one the learner's line names, or the only one of that size."""
+    m = _GRAD_SIZE.search(back.error.get("message", ""))
+    if not m:
+        return None
+    got, size = (tuple(int(d) for d in grp.split(",") if d.strip()) for grp in m.groups())
+    text = back.error.get("text", "")
+    named = [i for i, n in enumerate(names) if f".{n}.grad" in text or f"{n}.grad" in text]
+    sized = [i for i, p in enumerate(spec.params) if tuple(P[p.name].shape) == size]
+    pick = named or sized
+    if len(pick) != 1 and not (named and len(named) >= 1):
+        return None
+    i = pick[0]
+    return spec.params[i], names[i], got
+
+
+def _inherited_slips(spec: Kind, P: dict, call: Call, made: set[str]) -> dict[str, list[Slip]]:
+    """Per backward row and parameter: the gradients of each known wrong forward the learner's forward made
+    (`made`: the output row's kinds), by autograd through it, as slips saying that a backward right for that
+    forward follows from it."""
+    out: dict[str, list[Slip]] = {}
+    for kind, msg, fn in spec.forward_variants(P, call):
+        if kind not in made:
+            continue
+        with torch.enable_grad():
+            xs = {k: v.clone().requires_grad_(k in spec.grad_of) for k, v in call.inputs.items()}
+            ps = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+            wrt = [xs[k] for k in spec.grad_of] + list(ps.values())
+            grads = torch.autograd.grad(fn(xs, ps), wrt, call.dout, allow_unused=True)
+        text = f"right for your forward, which has a mistake ({msg}): fix the forward first"
+        for name, g in zip([*spec.backward_rows, *P], grads):
+            if g is not None:
+                out.setdefault(name, []).append(Slip("inherited", text, g.reshape(P[name].shape) if name in P else g))
+    return out
+
+
+def _first_bad(rows: list[Row]) -> Row:
+    return next((r for r in rows if not r.ok), next((r for r in rows if r.status == "approximate"), rows[0]))
+
+
+def _case_rows(spec: Kind, case: Case, calls: list[Call], rec: dict, R: dict, names: list[str]) -> list[tuple[str, Row]]:
+    """Every row of one case, (name, row) in the report's order: the forward, the kind's own rows, the
+    backward's return values, each parameter's .grad."""
+    res = {k: _value(v, R) for k, v in rec["results"].items()}
+    P = {p.name: _float(_value(found["value"], R)).reshape(p.shape) for p, found in zip(spec.params, rec["params"])}
+    refs = [spec.reference(P, call, res) for call in calls]
+    outs = _forward_rows(spec, P, calls, refs, res)
+    rows = [(spec.output_row, _first_bad(outs))] if outs else []
+    rows += spec.extra_rows(case, P, calls, res)
     if not rec["has_backward"]:
-        return [Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check")]
-    enc = rec["results"].get("dx") or rec["results"].get("again")
-    if enc is not None and "error" in enc:
-        return [_raised("backward", enc)]
-    got, _ = _result(rec, "dx", R)
-    return [_row("backward (dx)", got, want_dx, [("sign", "the sign is flipped", -want_dx)])]
+        return rows + [("backward", Row("backward", "skipped", diagnosis="the class has no backward(dout); nothing to check"))]
+    made = {r.kind for r in outs if not r.ok}  # a backward right for a wrong forward the check knows follows from it
+    inherited = _inherited_slips(spec, P, calls[0], made) if len(calls) == 1 and made else {}
+    back_rows, ran = _backward_rows(spec, case, P, calls, refs, res, names, inherited)
+    rows += back_rows
+    return rows + (_grad_rows(spec, case, P, calls, refs, res, rec, R, names, inherited) if ran else [])
 
 
-def _bn_rows(rec: dict, T: dict, R: dict) -> list[Row]:
-    gamma, beta = _param_values(rec, R)
-    if gamma is None or beta is None:
-        if rec["n_parameters"] != 2:
-            return [Row("parameters()", "wrong", diagnosis=f"expected [gamma, beta], got {rec['n_parameters']} tensors",
-                        kind="params")]
-        return [Row("parameters()", "wrong", diagnosis="no .gamma/.weight and .beta/.bias attributes", kind="params")]
-    G, B = gamma.reshape(-1), beta.reshape(-1)
-    stats0, err = _result(rec, "stats0", R)
-    if stats0 is None or any(s is None for s in stats0):
-        return [Row("running buffers", "wrong", diagnosis="no running_mean / running_var attributes", kind="buffers")]
-    rm0, rv0 = (s.reshape(-1) for s in stats0)
-    x = T["x"]
-    mean, var, bvar = x.mean(0), x.var(0), x.var(0, unbiased=False)
-    std = (var + EPS).sqrt()
-    want = G * (x - mean) / std + B
-    out, err = _result(rec, "train_out", R)
-    if err:
-        return [Row("training output", "wrong", diagnosis=err.diagnosis, kind="exception")]
-    rows = [_row("training output", out, want, [
-        ("precedence", "the output's batch mean is not β: did you write x − mean/std instead of (x − mean)/std?",
-         G * (x - mean / std) + B),
-        ("biased", "biased variance (1/n): the lectures' BatchNorm uses x.var(0), with Bessel's 1/(n − 1)",
-         G * (x - mean) / (bvar + EPS).sqrt() + B),
-        ("sqrt", "divided by the variance, not by its square root", G * (x - mean) / (var + EPS) + B),
-        ("gamma-beta", "γ and β not applied: out = gamma * xhat + beta", (x - mean) / std),
-    ], fallback="wrong: out should be gamma·(x − mean)/√(var + eps) + beta over the batch dimension")]
-    if isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(want.shape) and rows[-1].kind == "unknown":
-        if not torch.allclose(out.mean(0), B, atol=1e-4):
-            rows[-1].diagnosis = "the output's batch mean is not β: the mean is not fully subtracted before dividing"
-    stats1, _ = _result(rec, "stats1", R)
-    rm, rv = (s.reshape(-1) for s in stats1)
-    rows.append(_row("running_mean", rm, (1 - MOMENTUM) * rm0 + MOMENTUM * mean, [
-        ("not-updated", "running_mean not updated in training mode", rm0),
-        ("momentum", "momentum applied the wrong way round: running = (1 − momentum)·running + momentum·batch",
-         MOMENTUM * rm0 + (1 - MOMENTUM) * mean),
-    ]))
-    rows.append(_row("running_var", rv, (1 - MOMENTUM) * rv0 + MOMENTUM * var, [
-        ("not-updated", "running_var not updated in training mode", rv0),
-        ("momentum", "momentum applied the wrong way round: running = (1 − momentum)·running + momentum·batch",
-         MOMENTUM * rv0 + (1 - MOMENTUM) * var),
-        ("biased", "biased batch variance (1/n) in running_var: use x.var(0), with Bessel's 1/(n − 1)",
-         (1 - MOMENTUM) * rv0 + MOMENTUM * bvar),
-    ]))
-    # eval: the running statistics (the learner's own, so one mistake is not counted twice), no update
-    x2 = T["x2"]
-    out2, err = _result(rec, "eval_out", R)
-    if err:
-        return rows + [Row("eval output", "wrong", diagnosis=err.diagnosis, kind="exception")]
-    want2 = G * (x2 - rm) / (rv + EPS).sqrt() + B
-    rows.append(_row("eval output", out2, want2, [
-        ("eval-batch", "in eval mode the output must use the running statistics, not the batch's",
-         G * (x2 - x2.mean(0)) / (x2.var(0) + EPS).sqrt() + B),
-        ("precedence", "did you write x − mean/std instead of (x − mean)/std?", G * (x2 - rm / (rv + EPS).sqrt()) + B),
-    ]))
-    stats2, _ = _result(rec, "stats2", R)
-    moved = not (torch.equal(stats2[0].reshape(-1), rm) and torch.equal(stats2[1].reshape(-1), rv))
-    rows.append(Row("eval leaves running stats", "wrong" if moved else "exact",
-                    diagnosis="running statistics updated in eval mode: update them only when self.training" if moved else "",
-                    kind="eval-update" if moved else ""))
-    with torch.enable_grad():
-        xr = x.clone().requires_grad_(True)
-        (dx,) = torch.autograd.grad(G * (xr - xr.mean(0)) / (xr.var(0) + EPS).sqrt() + B, xr, T["dout"])
-    return rows + _backward_rows(rec, R, dx)
+def _forward_rows(spec: Kind, P: dict, calls: list[Call], refs: list, res: dict) -> list[Row]:
+    """The output's row at every call (up to one that raised)."""
+    outs = []
+    for t, (call, ref) in enumerate(zip(calls, refs)):
+        got = res.get(f"out{t}")
+        if isinstance(got, Raised):
+            outs.append(got.row(spec.output_row))
+            break
+        if f"out{t}" not in res:
+            break
+        clues = spec.forward_clues(P, call, ref)
+        clues.missing = clues.missing or "your forward returned None (not written yet?)"
+        outs.append(engine_diagnose(spec.output_row, _float(got), ref.out, clues))
+    return outs
 
 
-def _linear_rows(rec: dict, T: dict, R: dict) -> list[Row]:
-    W, b = _param_values(rec, R)
-    rows = [_count_row(rec, 2, "[weight, bias]")]
-    if W is None:
-        return rows + [Row("weight", "wrong", diagnosis="no .weight attribute", kind="params")]
-    if tuple(W.shape) != (FAN_IN, FAN_OUT):
-        return rows + [Row("weight", "wrong shape", (FAN_IN, FAN_OUT), tuple(W.shape),
-                           diagnosis="the lectures' layout is (fan_in, fan_out), so that out = x @ W + b", kind="shape")]
-    x = T["x"]
-    bias = b if b is not None else 0
-    out, err = _result(rec, "out", R)
-    rows.append(err and Row("output", "wrong", diagnosis=err.diagnosis, kind="exception")
-                or _row("output", out, x @ W + bias, [("bias", "the bias is not added", x @ W)]))
-    return rows + _backward_rows(rec, R, T["dout"] @ W.T)
+def _backward_rows(spec: Kind, case: Case, P: dict, calls: list[Call], refs: list, res: dict, names: list[str],
+                   inherited: dict) -> tuple[list[tuple[str, Row]], bool]:
+    """The rows of what backward returns (dx, a cell's dh_prev), each the worst over the calls; and whether every
+    backward ran (the parameters' .grad is judged only then)."""
+    per_row: dict[str, list[Row]] = {name: [] for name in spec.backward_rows}
+    for t, (call, ref) in enumerate(zip(calls, refs)):
+        if f"back{t}" not in res:
+            return [(n, _first_bad(rs)) for n, rs in per_row.items() if rs], False
+        back = res[f"back{t}"]
+        if isinstance(back, Raised):
+            bad = _grad_of_wrong_shape(back, spec, names, P)
+            if bad is not None:  # torch refused a .grad of the wrong shape: that parameter's row says why
+                p, name, got_shape = bad
+                want = refs[0].dparams[p.ref_name].reshape(P[p.name].shape)
+                msg, kind = shape_diagnosis(got_shape, want, spec.backward_clues(p.name, P, call, ref, case))
+                line = back.error.get("line") or "?"
+                rows = [(r, Row(r, "wrong", diagnosis=f"not checked: backward stopped at line {line} setting {name}.grad "
+                                "(see that row)", kind="inherited")) for r in spec.backward_rows]
+                return rows + [(f"{name}.grad", Row(f"{name}.grad", "wrong shape", tuple(want.shape), got_shape, diagnosis=
+                                f"expected {shape_text(tuple(want.shape))}, got {shape_text(got_shape)}: {msg} (torch refuses "
+                                "a .grad of another shape than its tensor's, so backward stopped there)", kind=kind))], False
+            for name in spec.backward_rows or ("backward",):
+                per_row.setdefault(name, []).append(back.row(name))
+            return [(n, _first_bad(rs)) for n, rs in per_row.items() if rs], False
+        got = back if isinstance(back, tuple) else (back,)
+        for j, (name, inp) in enumerate(zip(spec.backward_rows, spec.grad_of)):
+            if j >= len(got) and back is not None:  # a cell's backward returns (dx, dh_prev)
+                per_row[name].append(Row(name, "wrong", tuple(ref.dinputs[inp].shape), diagnosis=f"backward returned "
+                                         f"{len(got)} value(s); it returns ({', '.join('d' + g for g in spec.grad_of)})",
+                                         kind="return"))
+                continue
+            clues = spec.backward_clues(name, P, call, ref, case)
+            clues.slips = [*inherited.get(name, []), *clues.slips]
+            clues.missing = clues.missing or "backward returned None (not written yet?)"
+            per_row[name].append(engine_diagnose(name, _float(got[j] if j < len(got) else None), ref.dinputs[inp], clues))
+    return [(n, _first_bad(rs)) for n, rs in per_row.items() if rs], True
 
 
-def _tanh_rows(rec: dict, T: dict, R: dict) -> list[Row]:
-    n = rec["n_parameters"]
-    rows = [Row("parameters()", "exact" if not n else "wrong", diagnosis="" if not n else "tanh has no parameters: return []",
-                kind="" if not n else "params")]
-    x = T["x"]
-    out, err = _result(rec, "out", R)
-    rows.append(err and Row("output", "wrong", diagnosis=err.diagnosis, kind="exception") or _row("output", out, torch.tanh(x)))
-    h = torch.tanh(x)
-    return rows + _backward_rows(rec, R, torch.addcmul(torch.ones_like(h), h, h, value=-1.0) * T["dout"])
+def _grad_rows(spec: Kind, case: Case, P: dict, calls: list[Call], refs: list, res: dict, rec: dict, R: dict,
+               names: list[str], inherited: dict) -> list[tuple[str, Row]]:
+    """Each parameter's .grad after every call's backward (a sequence's steps add up) against the sum of the
+    references' — in the learner's parameter's shape."""
+    rows = []
+    grads = res.get("grads") or [None] * len(spec.params)
+    for i, (p, name, got) in enumerate(zip(spec.params, names, grads)):
+        shape = _value(rec["params"][i]["value"], R).shape
+        want = sum(ref.dparams[p.ref_name] for ref in refs).reshape(shape)
+        clues = spec.param_clues(p.name, P, calls, refs, case)
+        clues.slips = [*inherited.get(p.name, []), *clues.slips]
+        clues.missing = f".grad never set: backward must leave dL/d{name} in self.{name}.grad"
+        if len(calls) > 1:  # a sequence: each step's share must add up
+            clues.slips += [Slip("accumulate", f"only one time step's share: {name}.grad must add up over the {len(calls)} "
+                                 "steps (each backward adds to .grad: p.grad += …, or set it when it is None), not be "
+                                 "replaced by the last step's", ref.dparams[p.ref_name].reshape(shape)) for ref in refs]
+        rows.append((f"{name}.grad", engine_diagnose(f"{name}.grad", _float(got), want, clues)))
+    return rows
 
 
-def _embedding_rows(rec: dict, T: dict, R: dict) -> list[Row]:
-    (W,) = _param_values(rec, R)
-    rows = [_count_row(rec, 1, "[weight]")]
-    if W is None or tuple(W.shape) != (VOCAB, EMBD):
-        return rows + [Row("weight", "wrong", (VOCAB, EMBD), None if W is None else tuple(W.shape),
-                           diagnosis="expected .weight of shape (num_embeddings, embedding_dim)", kind="shape")]
-    out, err = _result(rec, "out", R)
-    return rows + [err and Row("output", "wrong", diagnosis=err.diagnosis, kind="exception") or _row("output", out, W[T["idx"]])]
-
-
-def diagnose(kind: str, records: list[dict], tensors: dict[str, torch.Tensor], results: dict[str, torch.Tensor]) -> list[Row]:
-    """The rows of a layer check from the probes' raw results (charmlp's process only)."""
-    (rec,) = records
-    if rec["error"]:
-        e = rec["error"]
-        raise CharmlpError(f"the class raised {e['message']} when built" + (f" (line {e['line']})" if e.get("line") else ""))
-    fn = {"batchnorm1d": _bn_rows, "linear": _linear_rows, "tanh": _tanh_rows, "embedding": _embedding_rows}[kind]
+def diagnose(p: Plan, records: list[dict], results: dict[str, torch.Tensor]) -> tuple[list[Row], str | None]:
+    """The rows of a layer check from the probes' raw results (charmlp's process only), and an error that
+    stopped it (the class could not be built)."""
+    spec = SPECS[p.kind]
+    first = records[0]
+    if first["error"]:
+        built = f"{catalog.CLASS_NAMES[spec.name]}({', '.join(map(repr, spec.args))})"
+        return [], f"{built} {Raised(first['error']).text}"
     with torch.no_grad():
-        return fn(rec, tensors, results)
+        rows, names, ok = _param_rows(spec, first, results)
+        if not ok:
+            return rows, None
+        per_case: dict[str, list[tuple[str, Row]]] = {}
+        for (case, _seeded, calls), rec in zip(p.cases, records):
+            if rec["error"]:
+                per_case.setdefault("construct", []).append((case.label, Raised(rec["error"]).row("construct")))
+                continue
+            for name, row in _case_rows(spec, case, calls, rec, results, names):
+                per_case.setdefault(name, []).append((case.label, row))
+    ndims = {case.label: len(case.shape) for case, _, _ in p.cases}
+    return rows + [combine(name, verdicts, ndims) for name, verdicts in per_case.items()], None
 
 
-def check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+def _notes(spec: Kind) -> list[str]:
+    cases = ", ".join(f"{c.label} (seed {c.seed}" + (f", {c.steps} steps" if c.steps > 1 else "") + ")" for c in spec.cases)
+    return [f"checked at {cases}"]
 
 
 def check_layer(cls: type, kind: str) -> Report:
     """Run the learner's layer class `cls` against charmlp's reference `kind` and diagnose the differences
     (all in this process: the notebook's way; `charmlp exercise check-layer` runs the class in a child)."""
-    check_kind(kind)
+    spec = check_kind(kind)
     if not callable(cls):
         raise CharmlpError(f"{cls!r} is not a class")
-    probes, tensors = plan(kind)
-    records, results = run_probes(cls, probes, tensors)
-    return Report(f"layer check: {getattr(cls, '__name__', cls)} as {kind}", diagnose(kind, records, tensors, results))
+    p = plan(kind)
+    records, results = run_probes(cls, p.probes, p.tensors)
+    rows, error = diagnose(p, records, results)
+    return Report(f"layer check: {getattr(cls, '__name__', cls)} as {kind}", rows, error, _notes(spec))

@@ -22,6 +22,7 @@ import torch
 from ..errors import CharmlpError
 from ..verdict import Report, Row
 from .backprop import ATOMS, PARAMS, Backprop
+from .diagnose import MATCH_TOL, REL_TOL, combine
 
 PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
@@ -161,20 +162,20 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
     process, and diagnose its raw results here, in charmlp's own process."""
     from safetensors.torch import load_file, save_file
 
-    from .layers import check_kind, diagnose, plan
+    from .layers import _notes, check_kind, diagnose, plan
 
     path_s, sep, cls_name = target.rpartition(":")
     if not sep or not path_s or not cls_name.isidentifier():
         raise CharmlpError(f"expected FILE:ClassName, got {target!r}")
-    check_kind(kind)
+    spec = check_kind(kind)
     path = Path(path_s)
     if not path.is_file():
         raise CharmlpError(f"{path}: no such file")
     title = f"layer check: {cls_name} as {kind} · {path.name}"
-    probes, tensors = plan(kind)
+    p = plan(kind)
     with tempfile.TemporaryDirectory(prefix="charmlp-layer-") as wd:
-        Path(wd, "probes.json").write_text(json.dumps(probes), encoding="utf-8")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(wd, "probes.safetensors"))
+        Path(wd, "probes.json").write_text(json.dumps(p.probes), encoding="utf-8")
+        save_file({k: v.clone().contiguous() for k, v in p.tensors.items()}, os.path.join(wd, "probes.safetensors"))
         proc = run_child(["--layer", str(path.resolve()), cls_name, wd], timeout)
         if proc is None:
             return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
@@ -191,7 +192,10 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
         _raise_on_limit(rec["error"], path)
         for r in rec["results"].values():
             _raise_on_limit(r.get("error"), path)
-    return Report(title, diagnose(kind, out["records"], tensors, results))
+    if out["records"][0]["error"]:
+        return Report(title, error=_error_line(out["records"][0]["error"], path))
+    rows, error = diagnose(p, out["records"], results)
+    return Report(title, rows, error, _notes(spec))
 
 
 def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int | None = None,
@@ -215,15 +219,21 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
     if model != "mlp":
         return check_chain_file(path, model, parts, seed, timeout, batch_size)
     ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
+    # the second set: another batch size (odd, not 32) and seed, so that a literal 32 or a fixed n shows
+    ex2 = Backprop(seed=(ex.seed + 1) % 2**63, batch_size=SECOND_BATCH if batch_size != SECOND_BATCH else SECOND_BATCH + 4)
+    sets = {"a": ex, "b": ex2}
     asked = tuple(parts or PARTS)
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
         from safetensors.torch import save_file
 
         X4, Y4 = part4_batches(ex) if 4 in asked else (torch.zeros(0, ex.n, 3, dtype=torch.long),) * 2
-        tensors = {k: v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
-        tensors.update(ref_hpreact=ex.grads["hpreact"].contiguous(), batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
+        tensors = {f"{s}.{k}": v.clone().contiguous() for s, e in sets.items() for k, v in e.tensors().items()
+                   if isinstance(v, torch.Tensor)}
+        tensors.update({f"{s}.ref_hpreact": e.grads["hpreact"].contiguous() for s, e in sets.items()})
+        tensors.update(batch_X=X4.contiguous(), batch_Y=Y4.contiguous())
         save_file(tensors, os.path.join(wd, "inputs.safetensors"))
-        Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X4), "lr": PART4_LR, "params": list(PARAMS)}))
+        Path(wd, "meta.json").write_text(json.dumps({"sets": {s: e.n for s, e in sets.items()}, "steps": len(X4),
+                                                     "lr": PART4_LR, "params": list(PARAMS)}))
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
         def whole_file(error: str) -> list[Report]:  # the file as a whole failed: one report
             titles = [TITLES[p] for p in parts] if parts else ["exercise check"]
@@ -237,40 +247,107 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return whole_file(f"{path.name} stopped Python itself: {last}")
         result = json.loads(res_file.read_text(encoding="utf-8"))
-        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values())]:
+        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
+                    *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
             _raise_on_limit(err, path)
         if result["import_error"]:
             return whole_file(_error_line(result["import_error"], path))
         if parts is None and not any(r["defined"] for r in result["parts"].values()):
             raise CharmlpError(f"{path} defines none of part1 … part4: start from `charmlp exercise init`")
-        from safetensors.torch import load_file
 
         reports = []
         for p in asked:
             rec = result["parts"][str(p)]
-            title = f"{TITLES[p]} · {path.name} (seed {ex.seed}, batch {ex.n})"
+            title = f"{TITLES[p]} · {path.name} (seed {ex.seed}, batch {ex.n}; again at batch {ex2.n}, seed {ex2.seed})"
             if not rec["defined"]:
                 if parts is not None:
                     reports.append(Report(title, error=f"{path.name} has no function part{p}"))
                 continue
-            if p == 4:
-                ref = reference_losses(ex.params, X4, Y4, PART4_LR)
-                rep = Report(title, [diagnose_losses(rec.get("losses"), ref)])
-            else:
-                grads = load_file(os.path.join(wd, f"out{p}.safetensors")) if Path(wd, f"out{p}.safetensors").is_file() else {}
-                grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
-                for k, typ in rec.get("other", {}).items():
-                    if k[1:] in ATOMS:
-                        grads[k] = _NotATensor(typ)
-                rep = ex.check(part=p, **grads)
-                rep.title = title
-                if rec.get("returned"):  # not its variables: the rows above come from what it left in its locals
-                    rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part{p} returned {rec['returned']}: "
-                                           "end it with `return locals()` so charmlp gets its variables", kind="return"))
-            if rec["error"]:
+            rep = _part4_report(title, rec, sets, X4, Y4, wd) if p == 4 else _part_report(title, p, rec, sets, wd)
+            errs = {s: sr.get("error") for s, sr in rec.get("sets", {}).items()}
+            if p == 4 and rec.get("error"):
                 rep.error = _error_line(rec["error"], path)
+            elif errs.get("a"):
+                rep.error = _error_line(errs["a"], path)
+            elif errs.get("b"):  # right at the lectures' batch, raised at the second one
+                rep.error = (f"at batch {ex2.n} only (seed {ex2.seed}): {_error_line(errs['b'], path)} — it depends on the "
+                             "batch size: use n (or x.shape[0]), not a literal 32")
             reports.append(rep)
         return reports
+
+
+SECOND_BATCH = 13  # the second set's batch: odd, and none of the exercise's other sizes (3, 10, 27, 30, 64)
+
+
+def _learner_grads(wd: str, name: str, other: dict) -> dict:
+    from safetensors.torch import load_file
+
+    f = Path(wd, name)
+    grads = load_file(str(f)) if f.is_file() else {}
+    grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
+    for k, typ in other.items():
+        if k[1:] in ATOMS:
+            grads[k] = _NotATensor(typ)
+    return grads
+
+
+def _labels(sets: dict) -> dict[str, str]:
+    return {s: f"batch {e.n}" for s, e in sets.items()}
+
+
+def _part_report(title: str, p: int, rec: dict, sets: dict, wd: str) -> Report:
+    """Parts 1–3: each set's rows from the shared diagnosis, one row per atom over both sets (`combine`)."""
+    labels = _labels(sets)
+    per_set = {s: e.check(part=p, **_learner_grads(wd, f"out{p}{s}.safetensors", rec["sets"][s].get("other", {})))
+               for s, e in sets.items()}
+    first = per_set["a"]
+    rows = [combine(r.name, [(labels[s], per_set[s].row(r.name)) for s in sets]) for r in first.rows]
+    rep = Report(title, rows)
+    returned = rec["sets"]["a"].get("returned")
+    if returned:  # not its variables: the rows above come from what it left in its locals
+        rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part{p} returned {returned}: "
+                               "end it with `return locals()` so charmlp gets its variables", kind="return"))
+    return rep
+
+
+def _part4_report(title: str, rec: dict, sets: dict, X4, Y4, wd: str) -> Report:
+    """Part 4: the losses of the whole loop, then each parameter's first update, read back as the gradient it
+    used (p₀ − p₁)/lr and diagnosed as part 1's rows are, at both sets."""
+    from safetensors.torch import load_file
+
+    ex = sets["a"]
+    rows = [diagnose_losses(rec.get("losses"), reference_losses(ex.params, X4, Y4, PART4_LR))]
+    labels = _labels(sets)
+    per: dict[str, list] = {}
+    for s, e in sets.items():
+        f = Path(wd, f"out4{s}.safetensors")
+        after = load_file(str(f)) if f.is_file() else {}
+        for k in PARAMS:
+            per.setdefault(k, []).append((labels[s], _update_row(e, k, after.get(k))))
+    rows += [combine(f"d{k} (step 1)", v) for k, v in per.items()]
+    return Report(title, rows, notes=["dX (step 1): the gradient your first update used, (X before − X after) / lr, "
+                                      "against the true one at that batch"])
+
+
+def _update_row(ex: Backprop, k: str, after) -> Row:
+    """The gradient the learner's first update of parameter `k` used, diagnosed against the true one."""
+    from .backprop import diagnose as atom_diagnose
+
+    p0, r = ex.params[k], ex.grads[k]
+    name = f"d{k} (step 1)"
+    if not isinstance(after, torch.Tensor) or after.numel() != p0.numel():
+        return Row(name, "missing", tuple(r.shape), diagnosis=f"params[{k!r}] is gone or has another shape after part4")
+    g = (p0 - after.reshape(p0.shape)) / PART4_LR
+    scale = ex.grads["hprebn"].abs().sum(0).max().item() if k == "b1" else r.abs().max().item()
+    # the update rounds p₁ = p₀ − lr·dp to float32: what the gradient read back from it can be off by
+    slack = 4 * torch.finfo(torch.float32).eps * p0.abs().max().item() / PART4_LR
+    rel = REL_TOL + slack / max(scale, 1e-30)
+    row = atom_diagnose(k, g, ex.tensors(), ex.grads, {k: g}, scale, rel=rel, match=max(MATCH_TOL, 4 * rel))
+    row.name = name
+    if not row.ok and not g.any():
+        row.kind, row.diagnosis = "no-update", (f"{k} did not change: update it in place (p -= lr * dp, or p.data -= …); "
+                                                "rebinding a name leaves params untouched")
+    return row
 
 
 class _NotATensor:
@@ -306,10 +383,11 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
         return [Report(title[p], error=error) for p in asked]
 
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
-        tensors = {k: v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
+        # one input set ("a", the lectures' batch) in the child's format (the MLP's check adds a second)
+        tensors = {f"a.{k}": v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
         save_file({**tensors, "batch_X": X.contiguous(), "batch_Y": Y.contiguous()}, os.path.join(wd, "inputs.safetensors"))
-        Path(wd, "meta.json").write_text(json.dumps({"n": ex.n, "steps": len(X), "lr": TRAIN_LR, "params": list(ex.params),
-                                                     "train_part": 2}))
+        Path(wd, "meta.json").write_text(json.dumps({"sets": {"a": ex.n}, "steps": len(X), "lr": TRAIN_LR,
+                                                     "params": list(ex.params), "train_part": 2}))
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
         if proc is None:
             return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop?")
@@ -318,14 +396,17 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return whole_file(f"{path.name} stopped Python itself: {last}")
         result = json.loads(res_file.read_text(encoding="utf-8"))
-        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values())]:
+        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
+                    *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
             _raise_on_limit(err, path)
         if result["import_error"]:
             return whole_file(_error_line(result["import_error"], path))
-        out = Path(wd, "out1.safetensors")
+        out = Path(wd, "out1a.safetensors")
         grads = {k: v for k, v in (load_file(str(out)) if out.is_file() else {}).items() if k in ex.names}
     reports: dict[int, Report] = {}
     rec = result["parts"].get("1")
+    if rec is not None and rec.get("defined"):
+        rec = {"defined": True, **rec["sets"]["a"]}  # part 1's one set
     if rec is not None:
         if not rec.get("defined"):
             reports[1] = Report(title[1], error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")

@@ -23,9 +23,9 @@ Fill in the functions below, then run
 
 The model is the lectures' MLP: 3 characters of context -> embedding C -> Linear (W1, b1)
 -> BatchNorm (bngain, bnbias; variance with n - 1) -> tanh -> Linear (W2, b2) -> cross-entropy.
-charmlp runs each function on a seeded batch of n = 32 names and passes, by name, every tensor a
-function's parameters ask for: the batch (Xb, Yb, n), the parameters, and the forward pass below,
-one atom per line:
+charmlp runs each function on a seeded batch of n = 32 names, then again on a batch of n = 13 with
+another seed (so write n, never 32), and passes, by name, every tensor a function's parameters ask
+for: the batch (Xb, Yb, n), the parameters, and the forward pass below, one atom per line:
 
 {listing}
 
@@ -99,7 +99,8 @@ PART4 = '''
 # batches: a list of (Xb, Yb); lr: the learning rate. For each batch: run the forward, append
 # loss.item(), compute every parameter's gradient with your parts 1-3, and update the parameters
 # in place (p -= lr * dp). Return the list of losses; charmlp compares it, step by step, with its
-# own hand-written engine trained from the same parameters on the same batches.
+# own hand-written engine trained from the same parameters on the same batches, and reads back, from a
+# one-step run, the gradient each parameter's first update used.
 def part4(params, batches, lr):
     C, W1, b1, W2, b2, bngain, bnbias = (params[k] for k in ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias"))
     losses = []
@@ -150,6 +151,20 @@ def write_starter(out: str | Path = "backprop_exercise.py", part: int | None = N
         if part not in (None, 1):
             raise CharmlpError(f"the {model} exercise has one part (part 1); leave --part out")
         text = chain_starter_text(model, out.name)
+    return _write_new(out, text)
+
+
+def write_layer_template(kind: str, out: str | Path) -> Path:
+    """Write the ready-to-fill template of layer kind `kind` to `out` (never overwrites). Returns the path."""
+    from .catalog import KINDS, template
+
+    if kind not in KINDS:
+        raise CharmlpError(f"--layer must be one of {', '.join(KINDS)}, got {kind!r}")
+    out = Path(out)
+    return _write_new(out, template(kind, out.name))
+
+
+def _write_new(out: Path, text: str) -> Path:
     if out.exists() or out.is_symlink():
         raise CharmlpError(f"{out} already exists; charmlp will not overwrite it (choose another --out)")
     if not out.parent.is_dir():
