@@ -157,6 +157,26 @@ def _raise_on_limit(err: dict | None, path: Path) -> None:
         raise CharmlpError(f"{path.name}{where}: {_LIMIT_TEXT[err['limit']]}")
 
 
+def _child_result(proc: subprocess.CompletedProcess | None, wd: str, path: Path, timeout: float,
+                  endless: str) -> dict | str:
+    """What the sandboxed child of an exercise check wrote (result.json), or the one error line of a
+    file that failed as a whole (timed out, stopped Python itself, did not import); a resource
+    limit the learner's code hit is raised as the user error it is."""
+    if proc is None:
+        return f"{path.name} did not finish within {timeout:g} s: {endless}"
+    res_file = Path(wd, "result.json")
+    if not res_file.is_file():
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return f"{path.name} stopped Python itself: {last}"
+    result = json.loads(res_file.read_text(encoding="utf-8"))
+    for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
+                *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
+        _raise_on_limit(err, path)
+    if result["import_error"]:
+        return _error_line(result["import_error"], path)
+    return result
+
+
 def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -> Report:
     """`FILE:ClassName`: run the learner's layer class through the probes of `kind` in a time-limited child
     process, and diagnose its raw results here, in charmlp's own process."""
@@ -239,19 +259,9 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
             titles = [TITLES[p] for p in parts] if parts else ["exercise check"]
             return [Report(f"{t} · {path.name}", error=error) for t in titles]
 
-        if proc is None:
-            return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop, or a long training run "
-                              "at the top of the file?")
-        res_file = Path(wd, "result.json")
-        if not res_file.is_file():
-            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            return whole_file(f"{path.name} stopped Python itself: {last}")
-        result = json.loads(res_file.read_text(encoding="utf-8"))
-        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
-                    *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
-            _raise_on_limit(err, path)
-        if result["import_error"]:
-            return whole_file(_error_line(result["import_error"], path))
+        result = _child_result(proc, wd, path, timeout, "an endless loop, or a long training run at the top of the file?")
+        if isinstance(result, str):
+            return whole_file(result)
         if parts is None and not any(r["defined"] for r in result["parts"].values()):
             raise CharmlpError(f"{path} defines none of part1 … part4: start from `charmlp exercise init`")
 
@@ -389,18 +399,9 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
         Path(wd, "meta.json").write_text(json.dumps({"sets": {"a": ex.n}, "steps": len(X), "lr": TRAIN_LR,
                                                      "params": list(ex.params), "train_part": 2}))
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
-        if proc is None:
-            return whole_file(f"{path.name} did not finish within {timeout:g} s: an endless loop?")
-        res_file = Path(wd, "result.json")
-        if not res_file.is_file():
-            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            return whole_file(f"{path.name} stopped Python itself: {last}")
-        result = json.loads(res_file.read_text(encoding="utf-8"))
-        for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
-                    *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
-            _raise_on_limit(err, path)
-        if result["import_error"]:
-            return whole_file(_error_line(result["import_error"], path))
+        result = _child_result(proc, wd, path, timeout, "an endless loop?")
+        if isinstance(result, str):
+            return whole_file(result)
         out = Path(wd, "out1a.safetensors")
         grads = {k: v for k, v in (load_file(str(out)) if out.is_file() else {}).items() if k in ex.names}
     reports: dict[int, Report] = {}
