@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -53,6 +54,22 @@ def run_cli(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProce
         [sys.executable, "-m", "charmlp", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, env=env, **kw,
     )
+
+
+def run_main_without_heavy_imports(argv: list[str]) -> str:
+    """Run `charmlp.cli.main(argv)` in a fresh process; assert it exits 0 having imported none of
+    torch, matplotlib, numba; return its stdout."""
+    script = (
+        "import json, sys\nfrom charmlp.cli import main\n"
+        f"code = main({[str(a) for a in argv]!r})\n"
+        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'numba')]), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stderr.strip().splitlines()[-1]) == []
+    return p.stdout
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, contains: str = "") -> None:

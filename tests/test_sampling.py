@@ -17,7 +17,7 @@ from charmlp.models import MLPConfig
 from charmlp.numpy_model import Net
 from charmlp.sampling import SAMPLE_CHUNK, _sample_chunks, sample, sample_ids, sample_run, sample_run_stream, uniforms
 from charmlp.train import train
-from conftest import SRC, assert_user_error, run_cli
+from conftest import SRC, assert_user_error, run_cli, run_main_without_heavy_imports
 from test_numpy_model import CONFIGS, random_model
 
 
@@ -174,17 +174,8 @@ def test_a_saved_run_samples_what_the_model_in_memory_samples(name, saved_runs):
 
 def test_charmlp_sample_prints_the_same_samples_without_importing_torch(saved_runs):
     d, model = saved_runs["transformer"]
-    script = (
-        "import json, sys\nfrom charmlp.cli import main\n"
-        f"code = main(['sample', {str(d)!r}, '-n', '15', '--seed', '3', '--max-len', '10', '--json'])\n"
-        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'numba')]), file=sys.stderr)\n"
-        "sys.exit(code)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stderr.strip().splitlines()[-1]) == []
-    assert json.loads(p.stdout)["samples"] == sample(model, VOCAB, n=15, seed=3, max_len=10).samples
+    stdout = run_main_without_heavy_imports(['sample', str(d), '-n', '15', '--seed', '3', '--max-len', '10', '--json'])
+    assert json.loads(stdout)["samples"] == sample(model, VOCAB, n=15, seed=3, max_len=10).samples
 
 
 def rewrite_weights(d: Path, change) -> None:

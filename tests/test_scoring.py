@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from charmlp.config import DataConfig, RunConfig, TrainConfig
 from charmlp.data import SPLITS, Vocab, load_dataset
 from charmlp.evaluate import evaluate_run
 from charmlp.scoring import MAX_LOGITS
-from conftest import SRC, assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_main_without_heavy_imports
 from test_numpy_model import CONFIGS, V, random_model
 
 VOCAB = Vocab(tuple(".abcdefghij"))  # V = 11 symbols, as random_model's
@@ -198,14 +195,5 @@ def test_an_empty_or_unreadable_file_is_one_error_line(runs, tmp_path):
 
 def test_charmlp_score_runs_without_torch(runs):
     d, _ = runs["transformer"]
-    script = (
-        "import json, sys\nfrom charmlp.cli import main\n"
-        f"code = main(['score', {str(d)!r}, 'abc', 'jaded', '--json'])\n"
-        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'numba')]), file=sys.stderr)\n"
-        "sys.exit(code)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stderr.strip().splitlines()[-1]) == []
-    assert json.loads(p.stdout) == score(d, ["abc", "jaded"]).to_dict()
+    stdout = run_main_without_heavy_imports(['score', str(d), 'abc', 'jaded', '--json'])
+    assert json.loads(stdout) == score(d, ["abc", "jaded"]).to_dict()
