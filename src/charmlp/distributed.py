@@ -54,6 +54,12 @@ class World:
         b = n // self.size
         return slice(self.rank * b, (self.rank + 1) * b)
 
+    def share(self, n: int) -> slice:
+        """This rank's contiguous share of `n` rows that need not divide evenly: ⌈n / size⌉ rows
+        each, the last ranks' fewer (or none) — an evaluation's or a calibration's slice."""
+        per = -(-n // self.size)
+        return slice(self.rank * per, (self.rank + 1) * per)
+
     def peer(self) -> str:
         """The rank(s) a lost collective waited on, as a message names them."""
         return f"rank {1 - self.rank}" if self.size == 2 else "another rank"

@@ -145,10 +145,15 @@ def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: in
     return float(total / count)
 
 
+LossFn = Callable[..., float]  # split_loss's signature: (model, X, Y, progress=None) → the mean loss
+
+
 def evaluate(model: LanguageModel, dataset: Dataset, splits: tuple[str, ...] = SPLITS,
-             progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """{"train": loss, "val": loss, "test": loss}, each exact (the whole split)."""
-    return {s: split_loss(model, dataset.X[s], dataset.Y[s], progress=progress) for s in splits}
+             progress: Callable[[int], None] | None = None, loss: LossFn | None = None) -> dict[str, float]:
+    """{"train": loss, "val": loss, "test": loss}, each exact (the whole split); `loss` in place of
+    `split_loss` (training's data-parallel ranks pass their sharded one)."""
+    loss = loss or split_loss
+    return {s: loss(model, dataset.X[s], dataset.Y[s], progress=progress) for s in splits}
 
 
 TRAIN_EXACT_ITEMS = 50_000  # a training split of more items gets an end-of-run loss estimated on this many
@@ -169,18 +174,20 @@ def train_sample_rows(dataset: Dataset, n: int) -> torch.Tensor:
 
 
 def final_losses(model: LanguageModel, dataset: Dataset, progress: Callable[[int], None] | None = None,
-                 exact_items: int | None = None, val: float | None = None) -> tuple[dict[str, float], int]:
+                 exact_items: int | None = None, val: float | None = None,
+                 loss: LossFn | None = None) -> tuple[dict[str, float], int]:
     """The end-of-run losses and the training items behind the train one: val and test exact,
     train exact up to `exact_items` (default TRAIN_EXACT_ITEMS) items, else estimated on the
     fixed seeded sample `train_sample_rows` of that many items (a ratio estimate of the
     per-character mean: Σ −log p over the sample's characters / their count). `progress` as
     `split_loss`'s; `val`, where given, is the val loss of these very weights, already computed
-    (the training loop's last evaluation)."""
-    losses = evaluate(model, dataset, ("val", "test") if val is None else ("test",), progress)
+    (the training loop's last evaluation); `loss` as `evaluate`'s."""
+    loss = loss or split_loss
+    losses = evaluate(model, dataset, ("val", "test") if val is None else ("test",), progress, loss)
     losses = {"val": val, **losses} if val is not None else losses
     rows, n = train_rows(dataset, exact_items)
     X, Y = (dataset.X["train"], dataset.Y["train"]) if rows is None else (dataset.X["train"][rows], dataset.Y["train"][rows])
-    return {"train": split_loss(model, X, Y, progress=progress), **losses}, n
+    return {"train": loss(model, X, Y, progress=progress), **losses}, n
 
 
 def train_rows(dataset: Dataset, exact_items: int | None = None) -> tuple[torch.Tensor | None, int]:

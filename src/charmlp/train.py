@@ -29,7 +29,7 @@ from .engines.eager import EagerStep, Shard
 from .engines.fast import StepFn, make_train_step
 from .engines.support import unsupported_reason
 from .errors import CharmlpError, ReportedElsewhere, flag
-from .evaluate import EVAL_CHUNK, eval_chunk, final_losses, split_loss, train_rows
+from .evaluate import EVAL_CHUNK, eval_chunk, final_losses, split_loss
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
 from .nn.losses import IGNORE
@@ -170,8 +170,7 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
     chunk = eval_chunk(model, X, chunk)
     world = distributed.world()
     if world is not None:  # data-parallel: each rank its contiguous slice of X, the sums all-reduced
-        per = -(-len(X) // world.size)
-        X = X[world.rank * per : (world.rank + 1) * per]
+        X = X[world.share(len(X))]
     layers = list(model.layers)
     for i, bn in enumerate(layers):
         if not isinstance(bn, BatchNorm1d):
@@ -191,7 +190,7 @@ def calibrate_batchnorm(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL
                 s += b.sum(0)
                 s2 += b.square_().sum(0)
             n += len(h)
-        if distributed.world() is not None:  # each rank summed its slice of the rows
+        if world is not None:  # each rank summed its slice of the rows
             sums = distributed.all_reduce_sum(torch.cat([s, s2, s.new_full((1,), n)]))
             s, s2, n = sums[: len(s)], sums[len(s) : -1], int(sums[-1])
         mean = s / n
@@ -296,7 +295,6 @@ def train(
                                              Xtr, Ytr, tc.batch_size, g)
         reducer = None if world is None else _shard(train_step, model, saver)
         Xval, Yval = dataset.X["val"], dataset.Y["val"]
-        t_loop = time.perf_counter()
         loop = TrainLoop(
             tc, train_step, state, model, saver,
             eval_every=resolve_eval_every(tc, *eval_positions(dataset)),  # 0 for an empty val split
@@ -323,20 +321,14 @@ def train(
             calibrate_batchnorm(model, Xtr)
         model.eval()
         seconds_before = 0.0 if saver is None else saver.seconds_before  # the processes before a resume
-        if world is None:
-            with tqdm(desc="eval", unit="char", unit_scale=True, disable=not progress, mininterval=0.5,
-                      dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
-                # the loop's evaluation after the last step saw these weights, unless calibration changed them
-                last_val = None if calibrate or not len(state.val_losses) else state.val_losses[-1].item()
-                split_losses, train_items = final_losses(  # a budget run's train loss: on a sample the size of val
-                    model, dataset, progress=bar.update, exact_items=budget_train_items(dataset) if budget else None,
-                    val=None if last_val is None or math.isnan(last_val) else last_val)
-        else:  # each rank a slice of every split (train: of its rows `final_losses` reads), the sums all-reduced
-            rows, train_items = train_rows(dataset)
-            Xt, Yt = (dataset.X["train"], dataset.Y["train"]) if rows is None else (dataset.X["train"][rows],
-                                                                                   dataset.Y["train"][rows])
-            split_losses = {"train": sharded_split_loss(model, Xt, Yt),
-                            **{s: sharded_split_loss(model, dataset.X[s], dataset.Y[s]) for s in ("val", "test")}}
+        with tqdm(desc="eval", unit="char", unit_scale=True, disable=not (progress and lead), mininterval=0.5,
+                  dynamic_ncols=True) as bar:  # the end-of-run losses, counted in predicted characters
+            # the loop's evaluation after the last step saw these weights, unless calibration changed them
+            last_val = None if calibrate or not len(state.val_losses) else state.val_losses[-1].item()
+            split_losses, train_items = final_losses(  # a budget run's train loss: on a sample the size of val
+                model, dataset, progress=bar.update, exact_items=budget_train_items(dataset) if budget else None,
+                val=None if last_val is None or math.isnan(last_val) else last_val,
+                loss=sharded_split_loss)  # across ranks: each a slice of every split, the sums all-reduced
         summary = _summary(model, dataset, split_losses, train_items, state.losses,
                            seconds=seconds_before + time.perf_counter() - t0,
                            train_seconds=seconds_before + train_seconds, steps_per_s=(tc.steps - start) / train_seconds)
@@ -481,17 +473,18 @@ def _run_across_ranks(loop: TrainLoop, saver: CheckpointSaver | None, lead: bool
 
 
 @torch.no_grad()
-def sharded_split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor) -> float:
+def sharded_split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor,
+                       progress: Callable[[int], None] | None = None) -> float:
     """`split_loss` over (X, Y), each data-parallel rank taking a contiguous slice of the rows:
     L = Σ_r L_r·n_r / Σ_r n_r (n_r: the slice's real targets), one float64 all-reduce. One process: split_loss."""
     world = distributed.world()
     if world is None:
-        return split_loss(model, X, Y)
-    per = -(-len(Y) // world.size)
-    rows = slice(world.rank * per, (world.rank + 1) * per)
+        return split_loss(model, X, Y, progress=progress)
+    rows = world.share(len(Y))
     Xr, Yr = X[rows], Y[rows]
     n = int((Yr != IGNORE).sum()) if model.cfg.sequence else len(Yr)
-    sums = torch.tensor([split_loss(model, Xr, Yr) * n if n else 0.0, n], dtype=torch.float64, device=world.device)
+    sums = torch.tensor([split_loss(model, Xr, Yr, progress=progress) * n if n else 0.0, n], dtype=torch.float64,
+                        device=world.device)
     distributed.all_reduce_sum(sums)
     return float(sums[0] / sums[1]) if sums[1] else float("nan")
 
