@@ -51,7 +51,8 @@ def part4_batches(ex: Backprop, steps: int = PART4_STEPS) -> tuple[torch.Tensor,
 
 def reference_losses(params: dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, lr: float) -> list[float]:
     """charmlp's manual engine (its layers' hand-written backward), plain SGD, on the same batches."""
-    from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh, cross_entropy, cross_entropy_backward
+    from ..nn import BatchNorm1d, Embedding, Flatten, Linear, Sequential, Tanh
+    from .training import sgd_losses
 
     V, E = params["C"].shape
     H = params["W1"].shape[1]
@@ -59,16 +60,7 @@ def reference_losses(params: dict[str, torch.Tensor], X: torch.Tensor, Y: torch.
     with torch.no_grad():
         for layer_param, key in zip(model.parameters(), ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")):
             layer_param.copy_(params[key].reshape(layer_param.shape))
-        losses = []
-        for Xb, Yb in zip(X, Y):
-            for p in model.parameters():
-                p.grad = None
-            logits = model(Xb)
-            losses.append(cross_entropy(logits, Yb).item())
-            model.backward(cross_entropy_backward(logits, Yb))
-            for p in model.parameters():
-                p -= lr * p.grad
-    return losses
+    return sgd_losses(model, X, Y, lr)
 
 
 def diagnose_losses(mine: list[float] | None, ref: list[float]) -> Row:
@@ -157,18 +149,27 @@ def _raise_on_limit(err: dict | None, path: Path) -> None:
         raise CharmlpError(f"{path.name}{where}: {_LIMIT_TEXT[err['limit']]}")
 
 
-def _child_result(proc: subprocess.CompletedProcess | None, wd: str, path: Path, timeout: float,
-                  endless: str) -> dict | str:
-    """What the sandboxed child of an exercise check wrote (result.json), or the one error line of a
-    file that failed as a whole (timed out, stopped Python itself, did not import); a resource
-    limit the learner's code hit is raised as the user error it is."""
+def _read_result(proc: subprocess.CompletedProcess | None, wd: str, path: Path, timeout: float,
+                 endless: str) -> dict | str:
+    """What a sandboxed child wrote in result.json, or the one error line of a child that timed out
+    or stopped Python itself (every check's child: the exercise's parts and the layer check)."""
     if proc is None:
         return f"{path.name} did not finish within {timeout:g} s: {endless}"
     res_file = Path(wd, "result.json")
     if not res_file.is_file():
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return f"{path.name} stopped Python itself: {last}"
-    result = json.loads(res_file.read_text(encoding="utf-8"))
+    return json.loads(res_file.read_text(encoding="utf-8"))
+
+
+def _child_result(proc: subprocess.CompletedProcess | None, wd: str, path: Path, timeout: float,
+                  endless: str) -> dict | str:
+    """What the sandboxed child of an exercise check wrote (result.json), or the one error line of a
+    file that failed as a whole (timed out, stopped Python itself, did not import); a resource
+    limit the learner's code hit is raised as the user error it is."""
+    result = _read_result(proc, wd, path, timeout, endless)
+    if isinstance(result, str):
+        return result
     for err in [result["import_error"], *(r.get("error") for r in result["parts"].values()),
                 *(sr.get("error") for r in result["parts"].values() for sr in r.get("sets", {}).values())]:
         _raise_on_limit(err, path)
@@ -197,13 +198,9 @@ def check_layer_file(target: str, kind: str, timeout: float = DEFAULT_TIMEOUT) -
         Path(wd, "probes.json").write_text(json.dumps(p.probes), encoding="utf-8")
         save_file({k: v.clone().contiguous() for k, v in p.tensors.items()}, os.path.join(wd, "probes.safetensors"))
         proc = run_child(["--layer", str(path.resolve()), cls_name, wd], timeout)
-        if proc is None:
-            return Report(title, error=f"{path.name} did not finish within {timeout:g} s: an endless loop?")
-        res = Path(wd, "result.json")
-        if not res.is_file():
-            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            return Report(title, error=f"{path.name} stopped Python itself: {last}")
-        out = json.loads(res.read_text(encoding="utf-8"))
+        out = _read_result(proc, wd, path, timeout, "an endless loop?")
+        if isinstance(out, str):
+            return Report(title, error=out)
         results = load_file(os.path.join(wd, "results.safetensors")) if out["records"] is not None else {}
     _raise_on_limit(out["error"], path)
     if out["error"]:
