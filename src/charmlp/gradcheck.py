@@ -28,7 +28,7 @@ from .data import Dataset, load_dataset
 from .engines import autograd_grads
 from .errors import CharmlpError
 from .models import LanguageModel, MLPConfig, build_model, check_members_batch
-from .models.mlp_atoms import BN_EPS, MLP_CHAIN, ORDER
+from .models.mlp_atoms import BN_EPS, MLP_CHAIN, ORDER, judge_scale
 from .models.mlp_atoms import parameters as exercise_parameters
 from .nn import BatchNorm1d, LayerNorm, Linear, cross_entropy, cross_entropy_backward
 from .verdict import Report, Row, judge
@@ -146,9 +146,8 @@ def atomic_check(
         d = MLP_CHAIN.by_hand({**batch, **F_})
         rows = []
         for name in ATOMIC_ROWS:
-            scale, note = None, ""
-            if name == "b1":  # Σ_batch of terms that cancel exactly: judge against their size
-                scale, note = auto["hprebn"].abs().sum(0).max().item(), "note 2"
+            scale = judge_scale(name, auto)  # db1: Σ_batch of terms that cancel exactly, judged against their size
+            note = "" if scale is None else "note 2"
             rows.append(compare("atomic", name, d[name], auto[name], tol, scale=scale, note=note))
 
         # Part 2: the fused expressions the manual engine uses, fed autograd's own upstream gradients

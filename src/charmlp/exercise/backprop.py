@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..config import LECTURE_SEED, DataConfig
 from ..errors import CharmlpError
 from ..models.atoms import AtomChain
-from ..models.mlp_atoms import MLP_CHAIN, ORDER, PARAMS, parameters
+from ..models.mlp_atoms import MLP_CHAIN, ORDER, PARAMS, judge_scale, parameters
 from ..verdict import Report, Row, close
 from .diagnose import MATCH_TOL, REL_TOL, Clues, Part, Slip, ratio_name, repeated_index
 from .diagnose import diagnose as engine_diagnose
@@ -218,9 +218,7 @@ class Backprop:
         for atom in atoms:
             # part 2 and 3 are fused: judge them on their own, not by the atoms they skip
             Lp = L if part in (None, 1) else {atom: L.get(atom)}
-            scale = None
-            if atom == "b1":  # the true db1 is 0 up to round-off: judge against the size of the terms that cancel
-                scale = self.grads["hprebn"].abs().sum(0).max().item()
+            scale = judge_scale(atom, self.grads)  # db1: 0 up to round-off, judged against the terms that cancel
             rows.append(diagnose(atom, L.get(atom), F_, self.grads, Lp, scale))
         title = {None: "backprop exercise", 1: "part 1: every atom's gradient", 2: "part 2: the fused cross-entropy backward",
                  3: "part 3: the fused BatchNorm backward"}[part]

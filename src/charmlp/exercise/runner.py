@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CharmlpError
+from ..models.mlp_atoms import judge_scale
 from ..verdict import Report, Row
 from .backprop import ATOMS, PARAMS, Backprop
 from .diagnose import MATCH_TOL, REL_TOL, combine
@@ -345,7 +346,8 @@ def _update_row(ex: Backprop, k: str, after) -> Row:
     if not isinstance(after, torch.Tensor) or after.numel() != p0.numel():
         return Row(name, "missing", tuple(r.shape), diagnosis=f"params[{k!r}] is gone or has another shape after part4")
     g = (p0 - after.reshape(p0.shape)) / PART4_LR
-    scale = ex.grads["hprebn"].abs().sum(0).max().item() if k == "b1" else r.abs().max().item()
+    scale = judge_scale(k, ex.grads)
+    scale = r.abs().max().item() if scale is None else scale
     # the update rounds p₁ = p₀ − lr·dp to float32: what the gradient read back from it can be off by
     slack = 4 * torch.finfo(torch.float32).eps * p0.abs().max().item() / PART4_LR
     rel = REL_TOL + slack / max(scale, 1e-30)

@@ -149,3 +149,11 @@ def parameters(vocab_size: int, block_size: int, n_embd: int, n_hidden: int, gen
         "bngain": randn(n_hidden) * 0.1 + 1.0,
         "bnbias": randn(n_hidden) * 0.1,
     }
+
+
+def judge_scale(atom: str, grads: dict) -> float | None:
+    """The size `atom`'s gradient is judged against where its true value is 0 up to round-off, from
+    the reference gradients `grads`: db1 = Σ_batch dhprebn of terms that cancel exactly (the
+    BatchNorm after it removes b1), so its round-off scales with the largest |dhprebn| column sum.
+    None: the gradient's own size (every other atom)."""
+    return grads["hprebn"].abs().sum(0).max().item() if atom == "b1" else None
