@@ -127,6 +127,11 @@ class Net:
         """The NumPy forward of an in-memory `LanguageModel` (weights copied to the CPU)."""
         return cls(describe_model(model), model_arrays(model))
 
+    @classmethod
+    def of(cls, model: Any) -> Net:
+        """`model` itself if it is a Net, else the NumPy forward of the `LanguageModel` (`from_model`)."""
+        return model if isinstance(model, Net) else cls.from_model(model)
+
     def _fail(self, msg: str) -> NoReturn:
         raise CharmlpError(f"{self.where} {msg}")
 

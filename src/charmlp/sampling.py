@@ -18,7 +18,7 @@ import numpy as np
 
 from .checkpoint import load_net
 from .config import DEFAULT_MAX_LEN, DEFAULT_SAMPLE_SEED
-from .data import Vocab, read_items, resolve_data_path
+from .data import Vocab, read_items
 from .errors import CharmlpError, flag
 from .numpy_model import Cache, Net, filter_cache
 
@@ -154,10 +154,6 @@ def _sample_batch(
     return flat, lengths, len(alive)
 
 
-def _as_net(model: LanguageModel | Net) -> Net:
-    return model if isinstance(model, Net) else Net.from_model(model)
-
-
 def _check_seed(seed: int) -> None:
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise CharmlpError(f"--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
@@ -185,7 +181,7 @@ def sample_ids(
     """
     _check_seed(seed)
     rows, truncated = [], 0
-    for flat, lengths, cut in _sample_chunks(_as_net(model), n, uniforms(seed), list(prefix_ids), temperature, top_k,
+    for flat, lengths, cut in _sample_chunks(Net.of(model), n, uniforms(seed), list(prefix_ids), temperature, top_k,
                                              max_new):
         ids, ends = flat.tolist(), np.cumsum(lengths).tolist()
         rows += [ids[e - k : e] for e, k in zip(ends, lengths.tolist(), strict=True)]
@@ -221,12 +217,11 @@ Batches = Iterator[tuple[list[str], int, int]]  # per batch: the items kept, how
 
 class SampleStream:
     """Samples batch by batch: iterate it for lists of at most `SAMPLE_CHUNK` items; the
-    statistics count the items yielded so far (novelty against `training_items`, a set in memory)."""
+    statistics count the items yielded so far (novelty against `known`, the training items as a set)."""
 
-    def __init__(self, batches: Batches, training_items: list[str] | None, requested: int = 0) -> None:
+    def __init__(self, batches: Batches, known: set[str] | None) -> None:
         self._batches = batches
-        self._known = None if training_items is None else set(training_items)
-        self.requested = requested  # n: fewer came when a filtered draw reached draw_bound(n)
+        self._known = known
         self.count = self.novel = self.truncated = self.draws = 0
 
     def __iter__(self) -> Iterator[list[str]]:
@@ -320,8 +315,9 @@ def sample_stream(
     if novel and training_items is None:
         raise CharmlpError("novel sampling needs the training file's items: pass training_items (or use sample_run)")
     _check_seed(seed)
-    excluded = {*(training_items if novel else ()), *exclude}
-    net = _as_net(model)
+    known = None if training_items is None else set(training_items)  # one set: novelty, and --novel's exclusion
+    excluded = set(exclude) if not novel else known if not exclude else known | set(exclude)
+    net = Net.of(model)
     max_new = max_len - len(prefix)
     next_batch = _batch_sampler(net, n, uniforms(seed), prefix_ids, temperature, top_k, max_new)
     chars = np.array([ord(c) for c in vocab.itos], np.uint32)  # id → code point
@@ -341,7 +337,7 @@ def sample_stream(
             yield items, int(cut.sum()), k
 
     filtered = unique or excluded or min_len > len(prefix)
-    return SampleStream(_kept(texts, n, unique, excluded, min_len) if filtered else every(), training_items, n)
+    return SampleStream(_kept(texts, n, unique, excluded, min_len) if filtered else every(), known)
 
 
 def sample(
@@ -380,9 +376,8 @@ def sample_run_stream(run_dir: str | Path, n: int = 20, novel: bool = False, exc
     Runs saved with a description of their layers are read and sampled without torch; older
     ones are loaded with torch and described in memory (the same samples, a slower start)."""
     saved = load_net(run_dir)
-    data_path = resolve_data_path(saved.data.path)
     try:
-        items = read_items(data_path)
+        items = read_items(saved.data.path)  # the embedded names where the run trained on them
     except CharmlpError as e:
         items = None
         exclude = list(exclude)

@@ -261,5 +261,5 @@ def score(
     else:
         if vocab is None:
             raise CharmlpError("scoring a model needs its vocabulary: pass vocab=")
-        net = run if isinstance(run, Net) else Net.from_model(run)
+        net = Net.of(run)
     return score_net(net, vocab, items, per_char)
