@@ -124,20 +124,20 @@ def split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: in
     count = 0
     if sequence:
         budget = positions_per_pass(model)
-        batches: Iterator[tuple[torch.Tensor | slice, int]] = (
-            (torch.from_numpy(ix), L)
-            for ix, L in length_batches(row_lengths(Y), lambda L: max(1, min(chunk, budget // L))))
+        lengths = row_lengths(Y)  # each row's targets, on the CPU: a pass's count without a read-back
+        batches: Iterator[tuple[torch.Tensor | slice, int, int]] = (
+            (torch.from_numpy(ix), L, int(lengths[ix].sum()))
+            for ix, L in length_batches(lengths, lambda L: max(1, min(chunk, budget // L))))
     else:
         step = eval_chunk(model, X, chunk)
-        batches = ((slice(i, i + step), 1) for i in range(0, len(Y), step))
-    for ix, L in batches:
+        batches = ((slice(i, i + step), 1, len(Y[i : i + step])) for i in range(0, len(Y), step))
+    for ix, L, n in batches:
         xb, yb = (X[ix, :L], Y[ix, :L]) if sequence else (X[ix], Y[ix])
         xb, yb = xb.to(device), yb.to(device)
         logits = forward(xb)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1).long(),
                               ignore_index=IGNORE, reduction="none")
         total += nll.double().sum()  # ignored targets give 0
-        n = int((yb != IGNORE).sum()) if sequence else len(yb)
         count += n
         if progress is not None:
             progress(n)
