@@ -12,6 +12,7 @@ torch is imported inside the functions: this module sits on the lowest floor.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 import re
@@ -49,14 +50,9 @@ class World:
     local_size: int
     device: str = "cpu"  # where the collectives' tensors live: NCCL reduces only on the GPU
 
-    def rows(self, n: int) -> slice:
-        """This rank's contiguous share of `n` global rows (n divisible by the size)."""
-        b = n // self.size
-        return slice(self.rank * b, (self.rank + 1) * b)
-
     def share(self, n: int) -> slice:
-        """This rank's contiguous share of `n` rows that need not divide evenly: ⌈n / size⌉ rows
-        each, the last ranks' fewer (or none) — an evaluation's or a calibration's slice."""
+        """This rank's contiguous share of `n` rows: ⌈n / size⌉ rows each, the last ranks' fewer (or
+        none) where n does not divide evenly — a batch (it does), an evaluation's or a calibration's slice."""
         per = -(-n // self.size)
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -135,25 +131,31 @@ class LostRank(CharmlpError):
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Σ_ranks t: in place, or (a tensor that requires grad) a new tensor whose backward sums the
     gradient across ranks; `t` itself outside a world. Use the returned tensor."""
-    w = _WORLD
-    if w is None:
+    if _WORLD is None:
         return t
+    if t.requires_grad:  # autograd's engine: the sum's backward all-reduces the gradient
+        return _all_reduce_function().apply(t)
+    _all_reduce_in_place(t)
+    return t
+
+
+def _all_reduce_in_place(t: torch.Tensor) -> None:
+    """dist.all_reduce(t), a failed collective as the `LostRank` line (forward or backward alike)."""
     import torch.distributed as dist
 
+    w = _WORLD
+    assert w is not None
     try:
-        if t.requires_grad:  # autograd's engine: the sum's backward all-reduces the gradient
-            return _AllReduceSum.apply(t)
         dist.all_reduce(t)
     except RuntimeError as e:  # gloo/NCCL: the peer's connection closed, or the timeout passed
         timed_out = re.search(r"time[sd]? ?out", str(e), re.IGNORECASE)  # gloo: "Timed out waiting …ms for recv"
         why = f"no answer within {_timeout_s:g} s" if timed_out else "its connection closed"
         raise LostRank(f"rank {w.rank} of {w.size} lost {w.peer()} ({why})") from None
-    return t
 
 
+@functools.cache  # defined on first use: torch loads only when a world does
 def _all_reduce_function() -> type:
     import torch
-    import torch.distributed as dist
 
     class AllReduceSum(torch.autograd.Function):
         """y = Σ_ranks x on every rank; every rank's loss depends on y, so dL/dx = Σ_ranks dL_r/dy."""
@@ -161,30 +163,16 @@ def _all_reduce_function() -> type:
         @staticmethod
         def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
             y = x.clone()
-            dist.all_reduce(y)
+            _all_reduce_in_place(y)
             return y
 
         @staticmethod
         def backward(ctx: object, dy: torch.Tensor) -> torch.Tensor:
             dx = dy.contiguous().clone()
-            dist.all_reduce(dx)
+            _all_reduce_in_place(dx)
             return dx
 
     return AllReduceSum
-
-
-class _LazyFunction:
-    """The autograd function, defined on first use (torch loads only when a world does)."""
-
-    fn: type | None = None
-
-    def apply(self, t: torch.Tensor) -> torch.Tensor:
-        if self.fn is None:
-            self.fn = _all_reduce_function()
-        return self.fn.apply(t)
-
-
-_AllReduceSum = _LazyFunction()
 
 
 def agree(error: BaseException | None, what: str) -> None:

@@ -437,7 +437,7 @@ def _shard(train_step: StepFn, model: LanguageModel, saver: CheckpointSaver | No
             signals.agreed = reducer.stop
         return loss
 
-    train_step.shard = Shard(world.rows, reduce)
+    train_step.shard = Shard(world.share, reduce)
     return reducer
 
 

@@ -37,8 +37,8 @@ class Dropout(Layer):
         w = world()
         if w is None:
             keep = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) >= self.p
-        else:  # a data-parallel rank holds rows w.rows(B) of the global batch: the global mask's rows
-            rows = w.rows(len(x) * w.size)
+        else:  # a data-parallel rank holds rows w.share(B) of the global batch: the global mask's rows
+            rows = w.share(len(x) * w.size)
             keep = torch.rand((len(x) * w.size, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)[rows] >= self.p
         self.mask = keep.to(x.dtype).div_(1 - self.p)
         return x * self.mask
