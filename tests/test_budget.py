@@ -53,7 +53,7 @@ def test_time_limit_ends_a_finished_run_that_its_config_reproduces(tiny_data, tm
 
 
 def _fake_calibration(steps_per_s: float):
-    def calibrate(cfg, dataset, device, seconds):
+    def calibrate(cfg, dataset, device, seconds, warm=True):
         return budget.Calibration(steps_per_s / getattr(cfg.model, "members", 1), val_seconds=0.0, eval_fixed=0.0,
                                   setup_seconds=0.0, ready=time.perf_counter())
     return calibrate
@@ -127,7 +127,7 @@ def test_budget_flags(tmp_path):
 
 
 def test_a_budget_the_evaluation_alone_would_spend_is_refused(monkeypatch, tiny_data):
-    def slow_val(cfg, dataset, device, seconds):  # a val pass of 40 s: the end of the run costs ~120 s
+    def slow_val(cfg, dataset, device, seconds, warm=True):  # a val pass of 40 s: the end of the run costs ~120 s
         return budget.Calibration(10.0, val_seconds=40.0, eval_fixed=0.0, setup_seconds=0.0, ready=time.perf_counter())
     monkeypatch.setattr(budget, "calibrate", slow_val)
     cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16),

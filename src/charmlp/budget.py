@@ -79,11 +79,12 @@ class Calibration:
     ready: float  # time.perf_counter() after the first steps: the process's start-up is behind it
 
 
-def calibrate(cfg: RunConfig, dataset: Dataset, device: torch.device, seconds: float) -> Calibration:
+def calibrate(cfg: RunConfig, dataset: Dataset, device: torch.device, seconds: float, warm: bool = True) -> Calibration:
     """Time `cfg`'s training step for about `seconds` on a model of its own, and one pass over the
     val split. A first model takes the process's first calls (lazy imports, compiled kernels
     loaded: once a process) untimed; a second one is timed from its build. The run's own model and
-    generator are untouched: the run is what its configuration says, whatever was measured here."""
+    generator are untouched: the run is what its configuration says, whatever was measured here.
+    `warm=False`: the process's first calls are behind it (a second calibration), no untimed model."""
     Xtr, Ytr = dataset.X["train"].to(device), dataset.Y["train"].to(device)
     lr = cfg.train.lr
 
@@ -97,7 +98,8 @@ def calibrate(cfg: RunConfig, dataset: Dataset, device: torch.device, seconds: f
             float(step(lr))
         return model, step
 
-    build()
+    if warm:
+        build()
     ready = t0 = time.perf_counter()
     model, step = build()
     setup = time.perf_counter() - t0  # what the run's own set-up costs (its first steps are in its loop)
@@ -130,22 +132,23 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
     rows = len(dataset.Y["train"])
     cal = calibrate(cfg, dataset, device, _calibration_seconds(budget))
     started = cal.ready
+    end = end_rows(dataset)  # the rows the end of the run reads (a seeded train sample: drawn once here)
     rule = RULES.get(cfg.model.kind)
     if rule is not None and getattr(cfg.model, "members", 1) == 1 and getattr(cfg.model, "dropout", 0.0) == 0.0:
-        loop = _loop_seconds(cfg, dataset, cal, started)
+        loop = _loop_seconds(cfg, dataset, cal, started, end)
         epochs = cal.steps_per_s * max(0.0, loop) * cfg.train.batch_size / max(1, rows)
         members = max(1, min(rule.max_members, int(epochs // rule.fit_epochs)))
         if members > 1:
             model = dataclasses.replace(cfg.model, members=members, dropout=rule.dropout)
             train = dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size * members)
             cfg = dataclasses.replace(cfg, model=model, train=train)
-            cal = calibrate(cfg, dataset, device, _calibration_seconds(budget))
-    loop = _loop_seconds(cfg, dataset, cal, started)
+            cal = calibrate(cfg, dataset, device, _calibration_seconds(budget), warm=False)
+    loop = _loop_seconds(cfg, dataset, cal, started, end)
     if loop < MIN_LOOP_SHARE * budget:  # a run of a few steps is no model: say what the budget needs
         need = (budget - loop) / (1 - 2 * MIN_LOOP_SHARE)  # the loop then gets half of it
         raise CharmlpError(
             f"{flag('--budget', f'{budget:g}s')} leaves {max(0.0, loop):.1f} s to train: on this data and machine the calibration "
-            f"and the final evaluation (val, test and a sample of train: {sum(end_rows(dataset).values())} rows) take the "
+            f"and the final evaluation (val, test and a sample of train: {sum(end.values())} rows) take the "
             f"rest; give `--budget {math.ceil(need)}s` or more")
     steps = _steps(cal.steps_per_s * loop * PLAN_SLACK)
     n_evals = evals(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)))
@@ -173,10 +176,11 @@ def end_rows(dataset: Dataset) -> dict[str, int]:
             "val": len(dataset.Y["val"]), "test": len(dataset.Y["test"])}
 
 
-def _loop_seconds(cfg: RunConfig, dataset: Dataset, cal: Calibration, started: float) -> float:
+def _loop_seconds(cfg: RunConfig, dataset: Dataset, cal: Calibration, started: float, rows: dict[str, int]) -> float:
     """What the budget leaves the training loop: less what is spent, the run's own set-up and its end
-    (`end_rows`: a pass's fixed cost and the val pass's cost per row; the files written)."""
+    (`rows`, what `end_rows` gives: a pass's fixed cost and the val pass's cost per row;
+    the files written)."""
     per_row = (cal.val_seconds - cal.eval_fixed) / max(1, len(dataset.Y["val"]))
-    end = sum(cal.eval_fixed + per_row * n for n in end_rows(dataset).values()) + END_FIXED
+    end = sum(cal.eval_fixed + per_row * n for n in rows.values()) + END_FIXED
     spent = time.perf_counter() - started
     return cfg.train.budget - spent - cal.setup_seconds - end  # < 0: the budget does not cover even that
