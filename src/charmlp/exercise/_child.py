@@ -158,12 +158,12 @@ def main(path: str, workdir: str, parts: str) -> int:
                 rec["losses"] = None if ret is None else [float(x) for x in ret]
             except (TypeError, ValueError) as e:
                 rec["losses"], rec["error"] = None, rec["error"] or {"line": None, "text": "", "message":
-                                                                     f"part4 must return its list of losses: {e}"}
-            for s in sets:
+                                                                     f"part{part} must return its list of losses: {e}"}
+            for s in sets if meta.get("step_sets", True) else ():  # the MLP's part 4 reads each set's one step
                 params = {k: inputs[f"{s}.{k}"].clone() for k in meta["params"]}
                 _, _, err = run(fn, {"params": params, "lr": float(meta["lr"]), "batches": [(inputs[f"{s}.Xb"], inputs[f"{s}.Yb"])]})
                 after = {k: v.detach().float().contiguous().clone() for k, v in params.items() if isinstance(v, torch.Tensor)}
-                save_file(after, os.path.join(workdir, f"out4{s}.safetensors"))
+                save_file(after, os.path.join(workdir, f"out{part}{s}.safetensors"))
                 rec["sets"][s] = {"error": err}
             result["parts"][str(part)] = rec
             continue

@@ -396,7 +396,8 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
         tensors = {f"a.{k}": v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
         save_file({**tensors, "batch_X": X.contiguous(), "batch_Y": Y.contiguous()}, os.path.join(wd, "inputs.safetensors"))
         Path(wd, "meta.json").write_text(json.dumps({"sets": {"a": ex.n}, "steps": len(X), "lr": TRAIN_LR,
-                                                     "params": list(ex.params), "train_part": 2}))
+                                                     "params": list(ex.params), "train_part": 2,
+                                                     "step_sets": False}))  # part 2 is judged by its losses alone
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
         result = _child_result(proc, wd, path, timeout, "an endless loop?")
         if isinstance(result, str):
