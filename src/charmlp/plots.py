@@ -34,9 +34,10 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure, dpi: float | None = None) -> bytes:
+    """`fig` as PNG bytes (at `dpi`, or the figure's own)."""
     buf = BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", **({} if dpi is None else {"dpi": dpi}))
     return buf.getvalue()
 
 
@@ -88,7 +89,7 @@ def loss_curve_png(
     ax.set_title("Training loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _hist_panels(states: States, legend_rows: int = 1, width: float = 14):
@@ -124,7 +125,7 @@ def activation_hist_png(states: States) -> bytes:
         ax.set_title(f"Activations, {title}")
         _legend_below(ax)
     fig.suptitle("Tanh activation distribution per layer")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def gradient_hist_png(states: States) -> bytes:
@@ -148,7 +149,7 @@ def gradient_hist_png(states: States) -> bytes:
         ax.set_ylabel("density")
         ax.set_title(f"Gradients, {title}")
     fig.suptitle("Gradient distribution per tanh layer (similar widths across layers = healthy)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def weight_grad_hist_png(states: States) -> bytes:
@@ -168,7 +169,7 @@ def weight_grad_hist_png(states: States) -> bytes:
         ax.set_title(f"Weight gradients, {title}")
         _legend_below(ax)
     fig.suptitle("Weight-gradient distribution per weight matrix (legend: std(grad) / std(weight))")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def update_ratio_png(diag: dict) -> bytes:
@@ -189,7 +190,7 @@ def update_ratio_png(diag: dict) -> bytes:
     ax.set_title(f"Update-to-data ratio per weight matrix (sampled every {diag.get('every', '?')} steps)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: the lines stay visible
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def saturation_over_training_png(diag: dict) -> bytes:
@@ -206,7 +207,7 @@ def saturation_over_training_png(diag: dict) -> bytes:
     ax.grid(alpha=0.3)
     if diag["tanh"]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def saturation_map_png(states: States, threshold: float = MAP_THRESHOLD) -> bytes:
@@ -228,7 +229,7 @@ def saturation_map_png(states: States, threshold: float = MAP_THRESHOLD) -> byte
         ax.set_xlabel(f"hidden unit of layer {s.label}")
         ax.set_ylabel("example in batch" if s.out.dim() == 2 else "example × position in batch")
     fig.suptitle(f"Saturation map of the first tanh layer: white = |h| > {threshold}")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def embedding_png(coords: torch.Tensor, chars: list[str], share: list[float] | None, n_embd: int) -> bytes:
@@ -253,7 +254,7 @@ def embedding_png(coords: torch.Tensor, chars: list[str], share: list[float] | N
         ax.set_ylabel("embedding dimension 2")
         ax.set_title("Character embeddings (2 dimensions)")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def lr_find_png(
@@ -275,4 +276,4 @@ def lr_find_png(
     ax.set_title("Learning-rate finder: loss while the learning rate grows each step")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    return _png(fig)
+    return png_bytes(fig)

@@ -228,6 +228,7 @@ def _plot(study: Any, path: Path) -> Path:
     import optuna
 
     from .checkpoint import atomic_write_bytes
+    from .plots import png_bytes
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its matplotlib plots are marked experimental
@@ -236,12 +237,9 @@ def _plot(study: Any, path: Path) -> Path:
     fig = ax.figure
     fig.set_size_inches(7, 4)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    png = png_bytes(fig, dpi=100)
     matplotlib.pyplot.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png)
     return path
 
 
