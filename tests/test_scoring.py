@@ -135,13 +135,14 @@ def test_sorted_is_most_to_least_likely(runs):
 
 
 def test_long_items_are_scored_in_bounded_batches(runs, monkeypatch):
-    """Many batches give what one gives."""
+    """Many batches give what one gives, to float32's rounding: a BLAS kernel may round a row
+    differently in a batch of another size (it picks its kernel by shape and CPU)."""
     d, _ = runs["rnn"]
     items = ITEMS * 30
     want = [x.log_likelihood for x in score(d, items).items]
     monkeypatch.setattr("charmlp.scoring.MAX_LOGITS", 3 * V * 7)
     assert MAX_LOGITS != 3 * V * 7
-    np.testing.assert_allclose([x.log_likelihood for x in score(d, items).items], want, rtol=1e-12)
+    np.testing.assert_allclose([x.log_likelihood for x in score(d, items).items], want, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the command line

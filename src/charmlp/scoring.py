@@ -27,6 +27,7 @@ import numpy as np
 from .checkpoint import load_net
 from .data import Vocab, encode_items, escaped, example_arrays
 from .errors import CharmlpError
+from .nn.module_numpy import log_softmax
 from .numpy_model import Net
 
 if TYPE_CHECKING:
@@ -120,17 +121,9 @@ class Scores:
 # ----------------------------------------------------------------------------- the batched forward
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    """log softmax over the last axis, in float64: z − m − log Σ e^(z − m)."""
-    z = z.astype(np.float64)
-    z -= z.max(-1, keepdims=True)
-    z -= np.log(np.exp(z).sum(-1, keepdims=True))
-    return z
-
-
 def _pick(logits: np.ndarray, y: np.ndarray, ranks: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Per row: log p(y) and, with `ranks`, 1 + #{v : p_v > p_y}."""
-    logp = _log_softmax(logits)
+    logp = log_softmax(logits.astype(np.float64))
     mine = np.take_along_axis(logp, y[:, None], 1)
     return mine[:, 0], ((logp > mine).sum(1) + 1 if ranks else None)
 
@@ -153,7 +146,7 @@ def _window_targets(net: Net, items: list[str], vocab: Vocab, ranks: bool) -> tu
     for i in range(0, len(order), rows):
         t = order[i : i + rows]
         _, first, inv = np.unique(code[t], return_index=True, return_inverse=True)
-        lp = _log_softmax(net(X[t[first]]))  # (distinct contexts, V)
+        lp = log_softmax(net(X[t[first]]).astype(np.float64))  # (distinct contexts, V)
         y = Y[t].astype(np.int64)
         logp[t] = mine = lp[inv, y]
         if ranks:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from ..config import ModelConfig
-from ..nn import BatchNorm1d, Dropout, Embedding, Ensemble, Linear, Sequential
+from ..nn import BatchNorm1d, Dropout, Embedding, Ensemble, Linear, Sequential, mixture
 from .base import ModelSpec, Stepper
 from .registry import spec_of
 
@@ -104,12 +104,12 @@ class EnsembleStepper:
         return torch.cat(starts, 1)
 
     def step(self, states: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        new, logp = [], []
+        new, zs = [], []
         for m, s in zip(self.members, torch.split(states, self.widths, 1), strict=True):
             s2, z = m.step(s, ids)
             new.append(s2)
-            logp.append(torch.log_softmax(z, -1))
-        return torch.cat(new, 1), torch.logsumexp(torch.stack(logp), 0) - math.log(len(self.members))
+            zs.append(z)
+        return torch.cat(new, 1), mixture(zs)[1]
 
 
 def init_tanh_stack(model: LanguageModel, generator: torch.Generator) -> None:

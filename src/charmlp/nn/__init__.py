@@ -22,7 +22,7 @@ _EXPORTS = {
     "containers": ("Sequential",),
     "dropout": ("Dropout",),
     "embedding": ("Embedding", "PositionEmbedding"),
-    "ensemble": ("Ensemble",),
+    "ensemble": ("Ensemble", "mixture"),
     "layernorm": ("LayerNorm",),
     "linear": ("Linear",),
     "losses": ("cross_entropy", "cross_entropy_backward"),

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .module import Layer
+
+
+def mixture(zs: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members' logits z_k → (ls, out): ls_k = log_softmax(z_k) stacked (K, …, V), and the mean of
+    their probabilities as log-probabilities, out = log((1/K) Σ_k softmax(z_k)) = logsumexp_k(ls_k) − log K."""
+    ls = torch.stack([torch.log_softmax(z, -1) for z in zs])
+    return ls, torch.logsumexp(ls, 0) - math.log(len(ls))
 
 
 class Ensemble(Layer):
@@ -36,14 +43,12 @@ class Ensemble(Layer):
             self.shares = [len(s) for s in torch.tensor_split(x, K)]
             return torch.cat([m(s) for m, s in zip(self.members, torch.tensor_split(x, K), strict=True)])
         self.shares = None
-        self.logp = torch.stack([torch.log_softmax(m.eval_forward()(x), -1) for m in self.members])  # (K, …, V)
-        self.out = torch.logsumexp(self.logp, 0) - math.log(K)
+        self.logp, self.out = mixture(m.eval_forward()(x) for m in self.members)  # logp: (K, …, V)
         return self.out
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """The eval output, each member through its inference forward (no backward follows)."""
-        logp = torch.stack([torch.log_softmax(m.inference_forward()(x), -1) for m in self.members])
-        return torch.logsumexp(logp, 0) - math.log(len(self.members))
+        return mixture(m.inference_forward()(x) for m in self.members)[1]
 
     # training: each member's share of dL/dlogits goes to that member's backward (ids: no input gradient)
     # eval: out = log Σ_k e^(ls_k) − log K, ls_k = log_softmax(z_k)  →  d out/d ls_k = r_k = e^(ls_k − out)/K

@@ -17,6 +17,12 @@ import numpy as np
 Cache = dict[str, dict[str, Any]]  # layer path → its state from earlier positions
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in x's dtype: x − m − log Σ e^(x − m), m the row's max."""
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
 @dataclass(frozen=True)
 class Kind:
     """What a layer type holds: tensors by rank (`optional` ones may be absent), attributes,
