@@ -27,6 +27,16 @@ REL_TOL = 1e-5  # approximate: max|g − r| ≤ 1e-5·max|r|, as `charmlp gradch
 MATCH_TOL = 1e-4  # a candidate mistake matches when within 1e-4 of it (the learner's rounding differs)
 
 
+class NotATensor:
+    """Stands for a learner's value that is not a tensor (its type's name), for a "not a tensor" row."""
+
+    def __init__(self, typ: str) -> None:
+        self.typ = typ
+
+    def __repr__(self) -> str:
+        return self.typ
+
+
 @dataclass
 class Slip:
     """A known mistake: the gradient it gives (`value`), or a test of the learner's gradient (`test`)."""

@@ -23,7 +23,7 @@ from ..errors import CharmlpError
 from ..verdict import Report, Row, shape_text
 from . import catalog
 from ._child import run_probes
-from .diagnose import Slip, combine, shape_diagnosis
+from .diagnose import NotATensor, Slip, combine, shape_diagnosis
 from .diagnose import diagnose as engine_diagnose
 from .layer_kinds import KINDS_IN_ORDER, Call, Case, Kind, Raised
 
@@ -92,17 +92,7 @@ def _value(enc, R: dict):
         return tuple(_value(e, R) for e in enc["tuple"])
     if "error" in enc:
         return Raised(enc["error"])
-    return _Other(enc.get("type", "?"))
-
-
-class _Other:
-    """A value that is not a tensor (its type's name), for a "not a tensor" row."""
-
-    def __init__(self, typ: str) -> None:
-        self.typ = typ
-
-    def __repr__(self) -> str:
-        return self.typ
+    return NotATensor(enc.get("type", "?"))
 
 
 def _float(v):

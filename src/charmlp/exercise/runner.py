@@ -23,7 +23,7 @@ from ..errors import CharmlpError
 from ..models.mlp_atoms import judge_scale
 from ..verdict import Report, Row
 from .backprop import ATOMS, PARAMS, Backprop
-from .diagnose import MATCH_TOL, REL_TOL, combine
+from .diagnose import MATCH_TOL, REL_TOL, NotATensor, combine
 
 PARTS = (1, 2, 3, 4)
 PART4_STEPS, PART4_LR = 200, 0.1
@@ -295,7 +295,7 @@ def _learner_grads(wd: str, name: str, other: dict) -> dict:
     grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
     for k, typ in other.items():
         if k[1:] in ATOMS:
-            grads[k] = _NotATensor(typ)
+            grads[k] = NotATensor(typ)
     return grads
 
 
@@ -359,16 +359,6 @@ def _update_row(ex: Backprop, k: str, after) -> Row:
     return row
 
 
-class _NotATensor:
-    """Stands for a learner's gradient that is not a tensor (its type's name)."""
-
-    def __init__(self, typ: str) -> None:
-        self.typ = typ
-
-    def __repr__(self) -> str:
-        return self.typ
-
-
 def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed: int | None, timeout: float,
                      batch_size: int = 32, train_steps: int | None = None) -> list[Report]:
     """`check` of a file marked for `model` (any but the MLP): part1 (every gradient) and part2 (training
@@ -412,7 +402,7 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
         if not rec.get("defined"):
             reports[1] = Report(title[1], error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")
         else:
-            grads.update({k: _NotATensor(typ) for k, typ in rec.get("other", {}).items() if k in ex.names})
+            grads.update({k: NotATensor(typ) for k, typ in rec.get("other", {}).items() if k in ex.names})
             rep = reports[1] = ex.check(part=1, **grads)
             rep.title = title[1]
             if rec.get("returned"):
