@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..verdict import Row, close, maxdiff, shape_text
+from ..verdict import Row, close, judge, shape_text
 
 REL_TOL = 1e-5  # approximate: max|g − r| ≤ 1e-5·max|r|, as `charmlp gradcheck` in float32
 MATCH_TOL = 1e-4  # a candidate mistake matches when within 1e-4 of it (the learner's rounding differs)
@@ -116,12 +116,12 @@ def diagnose(name: str, g, r: torch.Tensor, clues: Clues | None = None) -> Row:
         slip = _first_slip(g, c)
         return Row(name, "wrong", shape, gs, math.inf, f"contains {where}: " + (slip[1] if slip else c.nonfinite),
                    slip[0] if slip else "nonfinite")
-    md = maxdiff(g, r)
     s = r.abs().max().item() if c.scale is None else c.scale
-    row = lambda **kw: Row(name, shape=shape, got_shape=gs, maxdiff=md, rel_err=md / s if s > 0 else None, **kw)  # noqa: E731
-    if torch.equal(g, r):
+    status, md, rel_err = judge(g, r, c.rel, s)  # the comparison every check makes
+    row = lambda **kw: Row(name, shape=shape, got_shape=gs, maxdiff=md, rel_err=rel_err if s > 0 else None, **kw)  # noqa: E731
+    if status == "exact":
         return row(status="exact")
-    if close(g, r, c.rel, s):
+    if status == "approximate":
         kind, msg = c.approx(g) if c.approx else ("rounding", "approximate: round-off (operations grouped differently from autograd's)")
         return row(status="approximate", kind=kind, diagnosis=msg)
     up = c.inherited(g) if c.inherited else None
