@@ -167,6 +167,21 @@ def test_training_part_matches_the_engine_and_names_the_parameter(tmp_path):
     assert not p2.ok and "the parameter whose gradient differs: dWh" in p2.rows[0].diagnosis, p2.format_text()
 
 
+def test_part1_is_checked_again_at_a_second_batch_size(tmp_path):
+    """A gradient right only at the lectures' batch (a literal 32) is wrong at the second set's batch;
+    a part that raises there only says that it depends on the batch size."""
+    f = tmp_path / "f.py"
+    f.write_text(filled("gru", "_d['dWy'] = _d['dWy'] * (32 / len(Yb))"))
+    (p1,) = check_chain_file(f, "gru", (1,), None, 60.0)
+    assert "again at batch 13" in p1.title
+    (row,) = [r for r in p1.rows if not r.ok]
+    assert row.name == "dWy" and row.kind == "batch-size", p1.format_text()
+    assert row.diagnosis.startswith("right at batch 32 but wrong at batch 13 (off by 32/13"), row.diagnosis
+    f.write_text(filled("gru", "assert len(Yb) == 32"))
+    (p1,) = check_chain_file(f, "gru", (1,), None, 60.0)
+    assert p1.error.startswith("at batch 13 only") and "not a literal 32" in p1.error, p1.error
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_reference_answers_train_to_the_engines_losses(tmp_path, model):

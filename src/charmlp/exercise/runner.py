@@ -238,7 +238,7 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
         return check_chain_file(path, model, parts, seed, timeout, batch_size)
     ex = Backprop(**({} if seed is None else {"seed": seed}), batch_size=batch_size)
     # the second set: another batch size (odd, not 32) and seed, so that a literal 32 or a fixed n shows
-    ex2 = Backprop(seed=(ex.seed + 1) % 2**63, batch_size=SECOND_BATCH if batch_size != SECOND_BATCH else SECOND_BATCH + 4)
+    ex2 = Backprop(seed=(ex.seed + 1) % 2**63, batch_size=second_batch(batch_size))
     sets = {"a": ex, "b": ex2}
     asked = tuple(parts or PARTS)
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
@@ -271,31 +271,48 @@ def check_file(path: str | Path, parts: tuple[int, ...] | None = None, seed: int
                 if parts is not None:
                     reports.append(Report(title, error=f"{path.name} has no function part{p}"))
                 continue
-            rep = _part4_report(title, rec, sets, X4, Y4, wd) if p == 4 else _part_report(title, p, rec, sets, wd)
-            errs = {s: sr.get("error") for s, sr in rec.get("sets", {}).items()}
-            if p == 4 and rec.get("error"):
-                rep.error = _error_line(rec["error"], path)
-            elif errs.get("a"):
-                rep.error = _error_line(errs["a"], path)
-            elif errs.get("b"):  # right at the lectures' batch, raised at the second one
-                rep.error = (f"at batch {ex2.n} only (seed {ex2.seed}): {_error_line(errs['b'], path)} — it depends on the "
-                             "batch size: use n (or x.shape[0]), not a literal 32")
+            if p == 4:
+                rep = _part4_report(title, rec, sets, X4, Y4, wd)
+                if rec.get("error"):
+                    rep.error = _error_line(rec["error"], path)
+            else:
+                rep = _part_report(title, p, rec, sets, wd, MLP_NAMES)
+            if not rep.error:
+                rep.error = _set_error(rec, path, ex2)
             reports.append(rep)
         return reports
 
 
 SECOND_BATCH = 13  # the second set's batch: odd, and none of the exercise's other sizes (3, 10, 27, 30, 64)
+MLP_NAMES = frozenset("d" + a for a in ATOMS)
 
 
-def _learner_grads(wd: str, name: str, other: dict) -> dict:
+def second_batch(batch_size: int) -> int:
+    """The second input set's batch: SECOND_BATCH, or another odd size where the first set already has it."""
+    return SECOND_BATCH if batch_size != SECOND_BATCH else SECOND_BATCH + 4
+
+
+def _set_error(rec: dict, path: Path, second) -> str | None:
+    """The error line of a part that raised: at the lectures' batch as it is, at the second batch only
+    as a batch-size dependence (`second`: that set's exercise)."""
+    errs = {s: sr.get("error") for s, sr in rec.get("sets", {}).items()}
+    if errs.get("a"):
+        return _error_line(errs["a"], path)
+    if errs.get("b"):  # right at the lectures' batch, raised at the second one
+        return (f"at batch {second.n} only (seed {second.seed}): {_error_line(errs['b'], path)} — it depends on the "
+                "batch size: use n (or x.shape[0]), not a literal 32")
+    return None
+
+
+def _learner_grads(wd: str, name: str, other: dict, names: frozenset[str] | tuple[str, ...]) -> dict:
+    """The gradients a part left in `name` (a safetensors file), those of the exercise's `names` only;
+    a value that is not a tensor (`other`: name → its type) as its NotATensor stand-in."""
     from safetensors.torch import load_file
 
     f = Path(wd, name)
     grads = load_file(str(f)) if f.is_file() else {}
-    grads = {k: v for k, v in grads.items() if k[1:] in ATOMS}
-    for k, typ in other.items():
-        if k[1:] in ATOMS:
-            grads[k] = NotATensor(typ)
+    grads = {k: v for k, v in grads.items() if k in names}
+    grads.update({k: NotATensor(typ) for k, typ in other.items() if k in names})
     return grads
 
 
@@ -303,10 +320,11 @@ def _labels(sets: dict) -> dict[str, str]:
     return {s: f"batch {e.n}" for s, e in sets.items()}
 
 
-def _part_report(title: str, p: int, rec: dict, sets: dict, wd: str) -> Report:
-    """Parts 1–3: each set's rows from the shared diagnosis, one row per atom over both sets (`combine`)."""
+def _part_report(title: str, p: int, rec: dict, sets: dict, wd: str, names: frozenset[str] | tuple[str, ...]) -> Report:
+    """The gradient parts (the MLP's 1–3, the other models' 1): each set's rows from the shared
+    diagnosis, one row per atom over both sets (`combine`)."""
     labels = _labels(sets)
-    per_set = {s: e.check(part=p, **_learner_grads(wd, f"out{p}{s}.safetensors", rec["sets"][s].get("other", {})))
+    per_set = {s: e.check(part=p, **_learner_grads(wd, f"out{p}{s}.safetensors", rec["sets"][s].get("other", {}), names))
                for s, e in sets.items()}
     first = per_set["a"]
     rows = [combine(r.name, [(labels[s], per_set[s].row(r.name)) for s in sets]) for r in first.rows]
@@ -364,7 +382,7 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
     """`check` of a file marked for `model` (any but the MLP): part1 (every gradient) and part2 (training
     on them, against charmlp's engine) run confined as the MLP's parts, diagnosed here with the model's
     Exercise (one checker, the model's chain)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from .exercises import exercise_for, training_batches
     from .training import TRAIN_LR, TRAIN_STEPS, engine_losses, name_parameter
@@ -374,42 +392,37 @@ def check_chain_file(path: Path, model: str, parts: tuple[int, ...] | None, seed
             raise CharmlpError(f"--part must be 1 or 2 for the {model} exercise (it has parts 1 and 2), got {p}")
     asked = tuple(parts or (1, 2))
     ex = exercise_for(model, seed, batch_size)
+    # part 1 again at a second batch size and seed, as the MLP's parts: a literal batch size or a fixed n shows
+    ex2 = exercise_for(model, (ex.seed + 1) % 2**63, second_batch(batch_size))
+    sets = {"a": ex, "b": ex2}
     titles = {1: f"part 1: every atom's gradient ({model})", 2: f"part 2: training on your gradients ({model})"}
-    title = {p: f"{titles[p]} · {path.name} (seed {ex.seed}, batch {ex.n})" for p in asked}
+    title = {1: f"{titles[1]} · {path.name} (seed {ex.seed}, batch {ex.n}; again at batch {ex2.n}, seed {ex2.seed})",
+             2: f"{titles[2]} · {path.name} (seed {ex.seed}, batch {ex.n})"}
     X, Y = training_batches(ex, train_steps or TRAIN_STEPS) if 2 in asked else (torch.zeros(0, ex.n, 1, dtype=torch.long),) * 2
 
     def whole_file(error: str) -> list[Report]:
         return [Report(title[p], error=error) for p in asked]
 
     with tempfile.TemporaryDirectory(prefix="charmlp-exercise-") as wd:
-        # one input set ("a", the lectures' batch) in the child's format (the MLP's check adds a second)
-        tensors = {f"a.{k}": v.clone().contiguous() for k, v in ex.tensors().items() if isinstance(v, torch.Tensor)}
+        # both input sets in the child's format; part 2 trains at the first set's batch
+        tensors = {f"{s}.{k}": v.clone().contiguous() for s, e in sets.items() for k, v in e.tensors().items()
+                   if isinstance(v, torch.Tensor)}
         save_file({**tensors, "batch_X": X.contiguous(), "batch_Y": Y.contiguous()}, os.path.join(wd, "inputs.safetensors"))
-        Path(wd, "meta.json").write_text(json.dumps({"sets": {"a": ex.n}, "steps": len(X), "lr": TRAIN_LR,
-                                                     "params": list(ex.params), "train_part": 2,
+        Path(wd, "meta.json").write_text(json.dumps({"sets": {s: e.n for s, e in sets.items()}, "steps": len(X),
+                                                     "lr": TRAIN_LR, "params": list(ex.params), "train_part": 2,
                                                      "step_sets": False}))  # part 2 is judged by its losses alone
         proc = run_child([str(path.resolve()), wd, ",".join(map(str, asked))], timeout)
         result = _child_result(proc, wd, path, timeout, "an endless loop?")
         if isinstance(result, str):
             return whole_file(result)
-        out = Path(wd, "out1a.safetensors")
-        grads = {k: v for k, v in (load_file(str(out)) if out.is_file() else {}).items() if k in ex.names}
-    reports: dict[int, Report] = {}
-    rec = result["parts"].get("1")
-    if rec is not None and rec.get("defined"):
-        rec = {"defined": True, **rec["sets"]["a"]}  # part 1's one set
-    if rec is not None:
-        if not rec.get("defined"):
-            reports[1] = Report(title[1], error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")
-        else:
-            grads.update({k: NotATensor(typ) for k, typ in rec.get("other", {}).items() if k in ex.names})
-            rep = reports[1] = ex.check(part=1, **grads)
-            rep.title = title[1]
-            if rec.get("returned"):
-                rep.rows.insert(0, Row("return value", "wrong", diagnosis=f"part1 returned {rec['returned']}: end it with "
-                                       "`return locals()` so charmlp gets its variables", kind="return"))
-            if rec["error"]:
-                rep.error = _error_line(rec["error"], path)
+        reports: dict[int, Report] = {}
+        rec = result["parts"].get("1")
+        if rec is not None:
+            if not rec.get("defined"):
+                reports[1] = Report(title[1], error=f"{path.name} has no function part1 (start from `charmlp exercise init --model {model}`)")
+            else:
+                rep = reports[1] = _part_report(title[1], 1, rec, sets, wd, ex.names)
+                rep.error = _set_error(rec, path, ex2)
     rec2 = result["parts"].get("2")
     if rec2 is not None:
         part1 = reports.get(1)
