@@ -21,6 +21,7 @@ The Debian word lists (apt: wamerican, wngerman, wfrench, wspanish) are under /u
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -152,6 +153,21 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def save_case(key: str, case: dict, machine: dict) -> dict:
+    """Merge one finished case into RESULTS and return the whole file's contents: read, update and
+    replace under an exclusive lock, so that races run side by side (one list each, `--threads 1`
+    on two cores) keep each other's cases; written atomically, an interrupted race keeps its finished ones."""
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"cases": {}}
+        results["machine"] = machine
+        results["cases"][key] = case
+        tmp = RESULTS.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(RESULTS)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lists", default=",".join(LISTS), help="comma-separated data files; names: the embedded names")
@@ -160,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"cases": {}}
-    results["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                          "threads": args.threads}
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+               "threads": args.threads}
     for lst in args.lists.split(","):
         data = None if lst == "names" else lst
         ds = load_dataset(DataConfig(path=data, sequence=True))
@@ -173,12 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 c = {"model": model, **charmlp_run(data, 60 * minutes, model, args.threads)}
                 print(f"{key}: peer …", file=sys.stderr, flush=True)
                 p = peer(data, 60 * minutes)
-                results["cases"][key] = {"list": Path(lst).name, "items": sum(len(v) for v in ds.items.values()),
-                                         "minutes": minutes, "charmlp": c, "peer": p,
-                                         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-                tmp = RESULTS.with_suffix(".tmp")  # atomically: an interrupted race keeps its finished cases
-                tmp.write_text(json.dumps(results, indent=2) + "\n")
-                tmp.replace(RESULTS)
+                results = save_case(key, {"list": Path(lst).name, "items": sum(len(v) for v in ds.items.values()),
+                                          "minutes": minutes, "charmlp": c, "peer": p,
+                                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, machine)
     print(table(results))
     return 0
 
