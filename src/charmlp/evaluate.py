@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_run
-from .data import SPLITS, Dataset, load_dataset
+from .data import SPLITS, Dataset, item_lengths, load_dataset
 from .models import LanguageModel
 from .models.base import Stepper
 from .nn.losses import IGNORE
@@ -168,7 +168,7 @@ def train_sample_rows(dataset: Dataset, n: int) -> torch.Tensor:
     pick = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(items), n, replace=False))
     if dataset.sequence:
         return torch.from_numpy(pick)
-    rows_of = np.fromiter(map(len, items), np.int64, len(items)) + 1
+    rows_of = item_lengths(items) + 1
     starts, k = np.cumsum(rows_of) - rows_of, rows_of[pick]
     return torch.from_numpy(np.repeat(starts[pick] - (np.cumsum(k) - k), k) + np.arange(int(k.sum())))
 
