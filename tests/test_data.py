@@ -293,7 +293,7 @@ def test_shuffled_order_is_pythons_shuffle(n, seed):
 
     ref = list(range(n))
     random.Random(seed).shuffle(ref)
-    assert shuffled_order(n, seed).tolist() == ref
+    assert shuffled_order(n, seed, python_below=0).tolist() == ref == shuffled_order(n, seed).tolist()
 
 
 def test_load_datasets_splits_of_the_names_are_todays_seeded_shuffle():

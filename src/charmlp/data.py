@@ -506,14 +506,20 @@ def item_lengths(items: Iterable[str]) -> np.ndarray:
 
 
 SHUFFLE_DRAWS = 1 << 20  # Mersenne Twister outputs drawn at a time for `shuffled_order`
+PYTHON_SHUFFLE_BELOW = 1 << 20  # fewer items: Python's own shuffle of their indices (quicker than importing Numba)
 
 
-def shuffled_order(n: int, seed: int) -> np.ndarray:
+def shuffled_order(n: int, seed: int, python_below: int = PYTHON_SHUFFLE_BELOW) -> np.ndarray:
     """The order `random.Random(seed).shuffle` puts n things in (entry i: the index that lands at
     position i), without a list of n objects. Python's shuffle swaps x[i] with x[randbelow(i + 1)]
     for i = n − 1 … 1, each randbelow(m) a rejection loop on getrandbits(m.bit_length()): the top
     bits of one 32-bit output of its Mersenne Twister, which NumPy's MT19937 continues from
-    Python's state (`data_kernels.shuffle_draws`)."""
+    Python's state (`data_kernels.shuffle_draws`). Below `python_below` items, Python's shuffle
+    itself, of a list of their indices."""
+    if n < python_below:
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        return np.array(order, np.int64).reshape(n)
     perm = np.arange(n, dtype=np.int64)
     if n < 2:
         return perm
@@ -566,7 +572,8 @@ class Dataset:
             "vocab": "".join(self.vocab.itos),
             "block_size": self.block_size,
             "items": {s: len(self.items[s]) for s in SPLITS},
-            "examples": {s: int((self.Y[s] >= 0).sum()) for s in SPLITS},  # predicted characters
+            # predicted characters (a count: torch's sum of a mask would hold it as int64)
+            "examples": {s: int(np.count_nonzero(self.Y[s].numpy() >= 0)) for s in SPLITS},
         }
 
 
