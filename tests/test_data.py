@@ -1,16 +1,23 @@
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charmlp.config import DataConfig
 from charmlp.data import (
+    Items,
     Vocab,
     build_examples,
+    build_sequences,
     default_data_path,
     escaped,
+    items_from_bytes,
     load_dataset,
     min_items_for_split,
     parse_items,
     read_items,
+    shuffled_order,
     split_items,
 )
 from charmlp.errors import CharmlpError
@@ -206,3 +213,107 @@ def test_a_gzipped_file_gives_the_same_items_and_split(tmp_path):
     gz.write_bytes(gzip.compress(raw)[:-100])  # cut short
     with pytest.raises(CharmlpError, match="does not decompress"):
         read_items(gz)
+
+
+# ----------------------------------------------------------------------------- streaming read, array-backed items
+
+
+def _lines_ref(text: str) -> list[str]:
+    """The whole-text reading the chunked one must equal: BOM at the start only; `\\n`, `\\r\\n`, `\\r`."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return [s.strip() for s in text.split("\n")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "é", "漢", "😀", " ", "\t", "\n", "\r", "\r\n", "\ufeff", "\u2028", "\x85"]),
+                max_size=40), st.integers(1, 9))
+def test_chunked_reading_equals_reading_the_whole_text(parts, chunk):
+    text = "".join(parts)
+    raw = text.encode("utf-8")
+    want = [s for s in _lines_ref(text) if s]
+    if not want:
+        with pytest.raises(CharmlpError, match="no items"):
+            items_from_bytes(raw, "t", chunk=chunk)
+        return
+    assert items_from_bytes(raw, "t", chunk=chunk) == want == parse_items(text)
+    assert items_from_bytes(raw, "t") == want  # one chunk
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 7, 1 << 20])
+def test_chunk_cuts_at_crlf_lone_cr_bom_and_multibyte_characters(chunk):
+    raw = "\ufeffab\r\ncd\re\u00e9f\r\r\n漢字 \r\n\n😀\r".encode()
+    assert items_from_bytes(raw, "t", chunk=chunk) == ["ab", "cd", "eéf", "漢字", "😀"]
+    assert items_from_bytes(b"x\n\xef\xbb\xbfy\n", "t", chunk=chunk) == ["x", "\ufeffy"]  # a BOM later is a character
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 1 << 20])
+def test_a_non_utf8_byte_or_a_nul_in_a_later_chunk_is_reported_at_its_offset_and_line(chunk):
+    raw = b"ab\r\ncd\n\xc3\xa9\rxy\n" * 3 + b"z\xe9\n"
+    with pytest.raises(CharmlpError, match=f"byte 0xe9 at offset {len(raw) - 2} \\(line 10\\)"):
+        items_from_bytes(raw, "t", chunk=chunk)
+    with pytest.raises(CharmlpError, match="contains a NUL byte on line 10"):
+        items_from_bytes(raw[:-3] + b"z\x00\n", "t", chunk=chunk)
+    with pytest.raises(CharmlpError, match="byte 0xff at offset 7"):  # not UTF-8 wins over a NUL before it
+        items_from_bytes(b"a\x00\nbc\nd\xff\n", "t", chunk=chunk)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1 << 20])
+def test_long_lines_are_skipped_with_their_line_numbers_across_chunks(chunk, capsys):
+    text = "ab\r\n" + "y" * 12 + "\r\rcd\n  " + "z" * 11 + " \nef"
+    assert items_from_bytes(text.encode(), "t", max_len=10, chunk=chunk) == ["ab", "cd", "ef"]
+    long = [(i + 1, len(s)) for i, s in enumerate(_lines_ref(text)) if len(s) > 10]
+    assert long == [(2, 12), (5, 11)]
+    assert "skipped 2 lines (2, 5; the longest 12 characters) of t" in capsys.readouterr().err
+
+
+def test_a_gzip_read_in_small_chunks(tmp_path):
+    import gzip
+
+    plain = tmp_path / "f.txt"
+    plain.write_bytes("émile\r\nzoë\n\nab\r".encode() * 50)
+    gz = tmp_path / "f.txt.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_items(gz, chunk=7) == read_items(plain, chunk=3) == parse_items(plain.read_text(encoding="utf-8"))
+
+
+def test_items_act_as_a_sequence_of_str():
+    strs = ["emma", "", "漢字", "a\ud800b", "zoë"]
+    items = Items.from_strs(strs)
+    assert items.codes.dtype == np.uint32 and len(items) == 5 and items == strs and list(items) == strs
+    assert items[-1] == "zoë" and items[1:3] == strs[1:3] and items.take(np.array([4, 0])) == ["zoë", "emma"]
+    assert items.longest() == 4 and items.chars() == 12 and "漢字" in items and items != strs[:4]
+    assert [s for batch in items.take(np.array([3, 2, 0])).batches(2) for s in batch] == [strs[3], strs[2], strs[0]]
+    assert Items.from_strs(["ab", "c"]).codes.dtype == np.uint8
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3000), st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 100)))
+def test_shuffled_order_is_pythons_shuffle(n, seed):
+    import random
+
+    ref = list(range(n))
+    random.Random(seed).shuffle(ref)
+    assert shuffled_order(n, seed, python_below=0).tolist() == ref == shuffled_order(n, seed).tolist()
+
+
+def test_load_datasets_splits_of_the_names_are_todays_seeded_shuffle():
+    import random
+
+    names = list(read_items())
+    random.Random(42).shuffle(names)
+    n1, n2 = int(0.8 * len(names)), int(0.9 * len(names))
+    ds = load_dataset()
+    assert ds.items["train"] == names[:n1] and ds.items["val"] == names[n1:n2] and ds.items["test"] == names[n2:]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_windows_and_rows_of_shuffled_items_of_a_wide_alphabet(k):
+    items = Items.from_strs(["漢字a", "b", "", "ccé😀"]).take(np.array([3, 1, 0, 2]))
+    vocab = Vocab.from_items(items)
+    X, Y = build_examples(items, vocab, k)
+    Xr, Yr = _loop_reference(list(items), vocab, k)
+    assert torch.equal(X.long(), Xr) and torch.equal(Y.long(), Yr)
+    Xs, Ys = build_sequences(items, vocab, 6)
+    assert Xs[0].tolist() == [0, *vocab.encode("ccé😀"), 0] and Ys[0].tolist() == [*vocab.encode("ccé😀"), 0, -1]
+    with pytest.raises(CharmlpError, match="'x' are not in the vocabulary"):
+        build_examples(["ax"], Vocab.from_items(["a"]), k)

@@ -391,3 +391,22 @@ def test_a_checkpoint_from_before_a_new_option_still_resumes(tiny_data):
     del old["model"]["dropout"]
     assert not _same_run(old, _run_fingerprint(cfg2, ds), cfg2)  # not the default: not the same run
     assert not _same_run(None, now, cfg) and not _same_run({"train": 1}, now, cfg)
+
+
+def test_the_data_fingerprint_is_the_hash_of_each_item_and_its_newline(tmp_path):
+    """Batched over the split's arrays, the hash old checkpoints hold: item by item."""
+    import hashlib
+
+    from charmlp.config import DataConfig
+    from charmlp.data import load_dataset
+    from charmlp.resume import data_fingerprint
+
+    p = tmp_path / "d.txt"
+    p.write_text("".join(f"{a}é{b}漢\n" for a in "abcdefgh" for b in "ijkl"), encoding="utf-8")
+    ds = load_dataset(DataConfig(path=str(p)))
+    h = hashlib.sha256()
+    for s in ("train", "val", "test"):
+        h.update(f"{s}:{len(ds.items[s])}\n".encode())
+        for item in list(ds.items[s]):
+            h.update(item.encode("utf-8") + b"\n")
+    assert data_fingerprint(ds) == h.hexdigest()

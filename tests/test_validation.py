@@ -82,10 +82,14 @@ def test_unreadable_file_in_process(tmp_path, capsys, monkeypatch):
     """The same case where the tests run as root: reading fails with EACCES."""
     p = write(tmp_path, b"anna\n")
 
-    def denied(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    real_open = Path.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(self, *args, **kwargs):
+        if self == p:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
     assert "Permission denied; check its permissions" in cli_error(capsys, "data", "--data", p)
 
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_run
-from .data import SPLITS, Dataset, load_dataset
+from .data import SPLITS, Dataset, item_lengths, load_dataset
 from .models import LanguageModel
 from .models.base import Stepper
-from .nn.losses import IGNORE
+from .nn.losses import IGNORE, row_targets
 
 EVAL_CHUNK = 65536  # examples per forward pass: bounds memory on large files
 MAX_CHUNK_LOGITS = 1 << 24  # logits per forward pass (64 MiB of float32)
@@ -32,7 +32,7 @@ def eval_chunk(model: LanguageModel, X: torch.Tensor, chunk: int = EVAL_CHUNK) -
 
 def row_lengths(Y: torch.Tensor) -> np.ndarray:
     """Whole-item rows: each row's positions up to its end token (its targets ≠ −1: item length + 1)."""
-    return (Y != IGNORE).sum(1).cpu().numpy()
+    return row_targets(Y).cpu().numpy()
 
 
 def length_batches(lengths: np.ndarray, rows_for: Callable[[int], int]) -> Iterator[tuple[np.ndarray, int]]:
@@ -168,7 +168,7 @@ def train_sample_rows(dataset: Dataset, n: int) -> torch.Tensor:
     pick = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(items), n, replace=False))
     if dataset.sequence:
         return torch.from_numpy(pick)
-    rows_of = np.fromiter(map(len, items), np.int64, len(items)) + 1
+    rows_of = item_lengths(items) + 1
     starts, k = np.cumsum(rows_of) - rows_of, rows_of[pick]
     return torch.from_numpy(np.repeat(starts[pick] - (np.cumsum(k) - k), k) + np.arange(int(k.sum())))
 

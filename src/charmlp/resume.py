@@ -40,7 +40,7 @@ from .checkpoint import (
     remove_stale_temporaries,
 )
 from .config import RunConfig, TrainConfig, model_config_to_dict, renamed_keys
-from .data import SPLITS, Dataset, Vocab
+from .data import SPLITS, Dataset, Vocab, as_items
 from .errors import CharmlpError, TrainingInterrupted
 from .lock import LOCK, RunDirLock
 from .models import LanguageModel
@@ -56,8 +56,8 @@ def data_fingerprint(dataset: Dataset) -> str:
     h = hashlib.sha256()
     for s in SPLITS:
         h.update(f"{s}:{len(dataset.items[s])}\n".encode())
-        for item in dataset.items[s]:
-            h.update(item.encode("utf-8", "surrogatepass") + b"\n")
+        for batch in as_items(dataset.items[s]).batches():  # item + "\n" each, a batch per update
+            h.update(("\n".join(batch) + "\n").encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 

@@ -32,7 +32,7 @@ from .errors import CharmlpError, ReportedElsewhere, flag
 from .evaluate import EVAL_CHUNK, eval_chunk, final_losses, split_loss
 from .models import LanguageModel, build_model, check_members_batch, spec_of, validate_model_config
 from .nn import BatchNorm1d
-from .nn.losses import IGNORE
+from .nn.losses import count_targets
 from .optim import make_optimizer
 from .resume import (
     AgreedStopSignals,
@@ -353,7 +353,7 @@ def eval_positions(dataset: Dataset) -> tuple[int, float]:
     Ytr, Yval = dataset.Y["train"], dataset.Y["val"]
     if not dataset.sequence:
         return len(Yval), 1.0
-    return int((Yval != IGNORE).sum()), float((Ytr != IGNORE).sum()) / max(1, len(Ytr))
+    return count_targets(Yval), count_targets(Ytr) / max(1, len(Ytr))
 
 
 def _n_evals(tc: TrainConfig, dataset: Dataset) -> int:
@@ -482,7 +482,7 @@ def sharded_split_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor,
         return split_loss(model, X, Y, progress=progress)
     rows = world.share(len(Y))
     Xr, Yr = X[rows], Y[rows]
-    n = int((Yr != IGNORE).sum()) if model.cfg.sequence else len(Yr)
+    n = count_targets(Yr) if model.cfg.sequence else len(Yr)
     sums = torch.tensor([split_loss(model, Xr, Yr, progress=progress) * n if n else 0.0, n], dtype=torch.float64,
                         device=world.device)
     distributed.all_reduce_sum(sums)

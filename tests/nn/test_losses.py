@@ -48,3 +48,12 @@ def test_whole_item_backward_matches_autograd_and_finite_differences(seed):
             return dloss * cross_entropy_backward(z, Y)
 
     assert torch.autograd.gradcheck(Fused.apply, (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-8)
+
+
+def test_row_targets_count_each_rows_targets_block_by_block(monkeypatch):
+    from charmlp.nn import losses
+
+    Y = torch.tensor([[3, 0, -1, -1], [0, -1, -1, -1], [1, 2, 3, 0], [2, 0, -1, -1], [1, 1, 0, -1]], dtype=torch.int16)
+    monkeypatch.setattr(losses, "COUNT_ROWS", 2)  # three blocks, the last one short
+    assert losses.row_targets(Y).tolist() == [2, 1, 4, 2, 3] == (Y != -1).sum(1).tolist()
+    assert losses.count_targets(Y) == 12 and losses.row_targets(Y[:0]).tolist() == []

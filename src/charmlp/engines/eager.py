@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..models import LanguageModel
-from ..nn.losses import IGNORE
+from ..nn.losses import IGNORE, row_targets
 from ..optim import load_optimizer_state_dict, optimizer_state_dict
 from . import grad_fn
 
@@ -68,7 +68,7 @@ class EagerStep:
         self.batch_size, self.generator = batch_size, generator
         self.device = X.device
         # whole items: each row's count of real targets (on the CPU, so trimming never waits for a GPU)
-        self.lengths = (Y != IGNORE).sum(1).cpu() if Y.dim() == 2 else None
+        self.lengths = row_targets(Y).cpu() if Y.dim() == 2 else None
 
     def positions(self, ix: torch.Tensor) -> int | None:
         """Whole items: the positions the batch `ix` (on the CPU) needs, up to its longest item's
