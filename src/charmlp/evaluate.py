@@ -63,8 +63,8 @@ TREE_ROWS = 4096  # rows per block of the prefix tree: a depth's nodes stay cach
 
 def tree_levels(key: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The prefix tree of lexicographically sorted rows, every depth at once. `key` (B, T) holds
-    each row's inputs and −1 past its length, so rows r−1 and r share exactly their first d_r
-    inputs (d_r the first column where they differ). At depth t, row r (active: length > t)
+    each row's inputs and, past its length, a value no input takes, so rows r−1 and r share
+    exactly their first d_r inputs (d_r the first column where they differ). At depth t, row r (active: length > t)
     opens a node where t ≥ d_r, else it is in the node of the row above; nodes are numbered
     per depth in row order. Returns `new` (T, B): row r opens a node at depth t; `node` (T, B):
     the node of row r at depth t (where active); `active` (T, B); and the depths' node counts."""
@@ -92,7 +92,9 @@ def prefix_tree_nll(stepper: Stepper, X: torch.Tensor, Y: torch.Tensor, lengths:
     boundary rows, so small blocks cost little beyond the calls."""
     Xn, Yn = X.cpu().numpy(), Y.cpu().numpy()
     T = Xn.shape[1]
-    key = np.where(np.arange(T)[None, :] < lengths[:, None], Xn, -1).astype(np.int32)
+    # inputs + 1, 0 past each row's length, in the narrowest dtype (the sort runs ~10× faster on bytes)
+    dtype = np.uint8 if Xn.size == 0 or int(Xn.max()) < 255 else np.int64
+    key = np.where(np.arange(T)[None, :] < lengths[:, None], Xn.astype(np.int64) + 1, 0).astype(dtype)
     order = np.lexsort(key.T[::-1])  # column 0 the primary key
     total = torch.zeros((), dtype=torch.float64, device=device)
     root = stepper.start().to(device)
@@ -101,13 +103,14 @@ def prefix_tree_nll(stepper: Stepper, X: torch.Tensor, Y: torch.Tensor, lengths:
         block = order[b : b + rows]
         Lb = lengths[block]
         depth = int(Lb.max())
-        new, node, active, counts = tree_levels(key[block, :depth], Lb)
-        tn, rn = np.nonzero(new)  # the nodes, depth by depth, each by the row that opens it
-        parent = np.where(tn > 0, node[np.maximum(tn - 1, 0), rn], 0)  # its parent's index in the depth above
-        ta, ra = np.nonzero(active)  # every target, depth by depth
-        flat = node[ta, ra] * V + Yn[block[ra], ta]
-        ids_d, parent_d, flat_d = (torch.from_numpy(a.astype(np.int64)).to(device)
-                                   for a in (key[block[rn], tn], parent, flat))
+        kb = key[block, :depth]
+        new, node, active, counts = tree_levels(kb, Lb)
+        above = np.zeros_like(node)
+        above[1:] = node[:-1]  # each row's node at the depth above: its parent where it opens one
+        # (T, B) masks read in row-major order: depth by depth, rows in order within each
+        ids, parent = kb.T[new].astype(np.int64) - 1, above[new]
+        flat = node[active] * V + Yn[block, :depth].T[active]  # each target at its node's logits
+        ids_d, parent_d, flat_d = (torch.from_numpy(a.astype(np.int64)).to(device) for a in (ids, parent, flat))
         picked = torch.empty(len(flat), dtype=root.dtype, device=device)
         nodes_at = np.concatenate([[0], np.cumsum(counts)])
         rows_at = np.concatenate([[0], np.cumsum(active.sum(1))])
