@@ -11,8 +11,8 @@ import torch
 
 from charmlp.checkpoint import load_run
 from charmlp.config import DataConfig
-from charmlp.data import build_examples, build_sequences, load_dataset
-from charmlp.evaluate import MAX_CHUNK_BYTES, TRAIN_SAMPLE_SEED, eval_chunk, length_batches, split_loss, train_sample_rows
+from charmlp.data import Vocab, build_examples, build_sequences, load_dataset
+from charmlp.evaluate import MAX_CHUNK_BYTES, TRAIN_SAMPLE_SEED, eval_chunk, length_batches, split_loss, train_sample_rows, tree_levels
 from charmlp.models import build_model, model_config
 from conftest import make_items
 
@@ -97,6 +97,42 @@ def test_split_loss_equals_the_training_forward_over_whole_padded_rows(names, na
     assert 1.0 < want < 20.0  # confident and often wrong: far from uniform
     assert split_loss(model, X, Y) == pytest.approx(want, abs=1e-6)
     assert split_loss(model, X, Y, chunk=97) == pytest.approx(want, abs=1e-6)  # many blocks and buckets
+
+
+def training_forward_loss(model, X, Y) -> float:
+    """The reference: the model's training-time forward over every padded row, −log p summed in float64."""
+    with torch.no_grad():
+        logits = model(X)
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1).long(),
+                                                ignore_index=-1, reduction="none")
+    return float(nll.double().sum() / (Y != -1).sum())
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru", "gru ×2"])
+def test_the_prefix_tree_is_exact_where_items_share_prefixes_and_some_are_prefixes_of_others(name):
+    """Random items over 3 letters: many share prefixes, some repeat, some are prefixes of others."""
+    rng = np.random.default_rng(5)
+    stems = ["".join(rng.choice(list("abc"), rng.integers(1, 6))) for _ in range(30)]
+    items = [s + "".join(rng.choice(list("abc"), rng.integers(0, 4))) for s in rng.choice(stems, 300)]
+    items += stems[:10] + [stems[0][:1]]  # the stems themselves: prefixes of other items
+    vocab = Vocab.from_items(items)
+    X, Y = build_sequences(items, vocab, max(map(len, items)) + 1)
+    ds = type("D", (), {"vocab": vocab, "block_size": X.shape[1]})
+    model = sharp_model(name, ds)
+    want = training_forward_loss(model, X, Y)
+    for chunk in (len(Y), 13, 1):  # one block, many, one row each (no sharing at all)
+        assert split_loss(model, X, Y, chunk=chunk) == pytest.approx(want, abs=1e-6)
+
+
+def test_tree_levels_number_each_distinct_prefix_once():
+    key = np.array([[0, 1, 2, -1], [0, 1, 2, 3], [0, 1, 3, -1], [0, 1, 3, -1], [0, 2, -1, -1]])
+    lengths = np.array([3, 4, 3, 3, 2])
+    new, node, active, counts = tree_levels(key, lengths)
+    assert counts.tolist() == [1, 2, 2, 1]  # ".", ".a" ".b", ".ab" ".ac", ".abc"
+    assert not new[:, 3].any()  # a repeated row opens no node
+    assert node[2][active[2]].tolist() == [0, 0, 1, 1]
+    distinct = {tuple(k[: t + 1]) for k, L in zip(key, lengths) for t in range(L)}
+    assert int(counts.sum()) == len(distinct)
 
 
 def test_length_batches_cover_every_row_once_each_cut_at_its_longest():

@@ -130,3 +130,17 @@ def test_infer_is_forward_without_the_caches(cell_class, seed):
         got = layer.infer(x)
     assert layer.caches is caches
     torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("cell_class", [RNNCell, GRUCell])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_infer_step_hw_is_the_step_given_h_wh(cell_class, seed):
+    """The prefix tree's step (`Cell.infer_step_hw`: h·Wh computed ahead, tanh as 2σ(2a) − 1 on the
+    CPU) is `infer_step`'s h' to round-off."""
+    B, _, E, H = sizes(seed)
+    cell = randomise(cell_class(E, H), seed)
+    xp, h = rand(B, cell.gates * H, seed=seed + 3), rand(B, H, seed=seed + 4)
+    with torch.no_grad():
+        want = cell.infer_step(xp.clone(), h, torch.empty(B, H, dtype=h.dtype))
+        got = cell.infer_step_hw(xp.clone(), h @ cell.Wh, h if cell.reads_h else None, torch.empty(B, H, dtype=h.dtype))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

@@ -92,28 +92,52 @@ def init_recurrent(model: LanguageModel, generator: torch.Generator) -> None:
 
 
 class RecurrentStepper:
-    """The model one position at a time from a state h (N, H) (`models.base.Stepper`), for
-    evaluation (eval mode: dropout is the identity). The embedding and the cell's input projection
-    fold into one table, x·Wx + b = C[id]·Wx + b = (C·Wx + b)[id] (V rows of gates·H): a gather per
-    step instead of a matmul; the step keeps nothing for a backward (`Cell.infer_step`)."""
+    """The model one position at a time (`models.base.Stepper`), for evaluation (eval mode:
+    dropout is the identity). The embedding and the cell's input projection fold into one table,
+    x·Wx + b = C[id]·Wx + b = (C·Wx + b)[id] (V rows of gates·H): a gather per step instead of a
+    matmul. A prefix's state is [h, h·Wh] (the tanh cell, which reads h only through h·Wh: h·Wh
+    alone): its children's recurrent half, computed with its own logits in one gemm,
+    h·[Wh | W_out] (one wide product instead of a narrow one for the head); the step keeps
+    nothing for a backward (`Cell.infer_step_hw`)."""
 
     def __init__(self, model: LanguageModel) -> None:
         import torch
 
-        emb, rec, self.head = (m for m in model.layers if not isinstance(m, nn.Dropout))
-        self.cell, self.h0 = rec.cell, rec.h0
+        emb, rec, head = (m for m in model.layers if not isinstance(m, nn.Dropout))
+        self.cell = rec.cell
         self.table = torch.addmm(rec.cell.b, emb.weight, rec.cell.Wx)
+        W = torch.cat([rec.cell.Wh, head.weight], 1)  # (H, Wh's columns + V)
+        # zero columns up to a multiple of 16 (the gemm's tiles), so that each state row starts aligned
+        self.W = torch.nn.functional.pad(W, (0, -W.shape[1] % 16))
+        self.bias, self.vocab = head.bias, head.weight.shape[1]
+        self.hw = rec.cell.Wh.shape[1]
+        self.keep = rec.cell.hidden_size if rec.cell.reads_h else 0  # state columns that hold h
+        self.h0 = rec.h0
 
     def start(self) -> torch.Tensor:
-        return self.h0[None]
+        buf = self._buffer(1, self.h0)
+        if self.keep:
+            buf[:, : self.keep] = self.h0
+        return self._state(buf, self.h0[None])[0]
 
-    def step(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffer(self, n: int, like: torch.Tensor) -> torch.Tensor:
         import torch
 
+        return torch.empty(n, self.keep + self.W.shape[1], dtype=like.dtype, device=like.device)
+
+    def _state(self, buf: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states [h, h·Wh] (or h·Wh) and the logits h·W_out + b of prefixes whose hidden
+        states are h (N, H), in buf (N, state width + V), whose h columns are already written."""
+        k, hw = self.keep, self.hw
+        buf[:, k:].addmm_(h, self.W, beta=0)  # [h·Wh | h·W_out] in one gemm (ldc = buf's width)
+        return buf[:, : k + hw], buf[:, k + hw : k + hw + self.vocab].add_(self.bias)
+
+    def step(self, states: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.keep
         xp = self.table.index_select(0, ids)  # (N, gates·H), ours to overwrite
-        out = xp if self.cell.gates == 1 else torch.empty_like(xp[:, : self.cell.hidden_size])
-        h_new = self.cell.infer_step(xp, h, out)
-        return h_new, self.head.infer(h_new)
+        buf = self._buffer(len(ids), xp)
+        h = self.cell.infer_step_hw(xp, states[:, k:], states[:, :k] if k else None, buf[:, :k] if k else xp)
+        return self._state(buf, h)
 
 
 # Presets, measured on names (README "Model zoo: bigram, rnn, gru"). None holds a name-specific

@@ -21,6 +21,14 @@ from .module import Layer, accumulate_grad
 Cache = tuple[torch.Tensor, ...]
 
 
+def tanh_(a: torch.Tensor) -> torch.Tensor:
+    """tanh(a) in place, for evaluation's steps: on the CPU as 2σ(2a) − 1 (the same function;
+    torch's CPU sigmoid runs ~3× faster than its tanh, and the two scalings are exact), elsewhere tanh."""
+    if a.device.type != "cpu":
+        return a.tanh_()
+    return a.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
 class Cell(Layer):
     """One step of a recurrent cell: h_t = f(x_t·Wx + b, h_{t−1}).
 
@@ -45,6 +53,16 @@ class Cell(Layer):
     def infer_step(self, xp: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`step`'s h', written into `out` (B, H), with nothing kept for a backward: evaluation's step.
         It may overwrite `xp` (B, gates·H, its rows contiguous), which may be `out` itself (one gate)."""
+        raise NotImplementedError
+
+    # the recurrent half h·Wh computed ahead (the prefix tree's parents, beside their head)
+    reads_h = True  # whether `infer_step_hw` reads h itself, beyond hw = h·Wh
+
+    def infer_step_hw(self, xp: torch.Tensor, hw: torch.Tensor, h: torch.Tensor | None,
+                      out: torch.Tensor) -> torch.Tensor:
+        """`infer_step` given hw = h·Wh (B, Wh's columns) already computed: h' into `out` (B, H).
+        It may overwrite `xp` (B, gates·H), which may be `out` itself (one gate); `h` may be None
+        where `reads_h` is False."""
         raise NotImplementedError
 
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
@@ -102,6 +120,12 @@ class RNNCell(Cell):
             out.copy_(xp)
         return out.addmm_(h, self.Wh).tanh_()  # xp + h·Wh in one gemm (β = 1), as `step`'s addmm
 
+    reads_h = False
+
+    def infer_step_hw(self, xp: torch.Tensor, hw: torch.Tensor, h: torch.Tensor | None,
+                      out: torch.Tensor) -> torch.Tensor:
+        return tanh_(torch.add(xp, hw, out=out))  # h' = tanh(xp + h·Wh)
+
     # h' = tanh(a), a = xp + h·Wh  →  da = (1 − h'²)·dh', dxp = da, dh = da·Whᵀ
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
         _, h_new = cache
@@ -145,6 +169,15 @@ class GRUCell(Cell):
         zr = xp[:, : 2 * H].addmm_(h, self.Wh).sigmoid_()  # in xp's own rows: gemm with ldc = 3H, no copy
         z, r = zr[:, :H], zr[:, H:]
         c = xp[:, 2 * H :].addmm_(r * h, self.Wc).tanh_()
+        return torch.addcmul(h, z, c.sub_(h), out=out)  # h + z⊙(c − h)
+
+    def infer_step_hw(self, xp: torch.Tensor, hw: torch.Tensor, h: torch.Tensor | None,
+                      out: torch.Tensor) -> torch.Tensor:
+        assert h is not None
+        H = self.hidden_size
+        zr = xp[:, : 2 * H].add_(hw).sigmoid_()  # σ(xp_zr + h·Wh), hw holding h·Wh's z and r blocks
+        z, r = zr[:, :H], zr[:, H:]
+        c = tanh_(xp[:, 2 * H :].addmm_(r * h, self.Wc))
         return torch.addcmul(h, z, c.sub_(h), out=out)  # h + z⊙(c − h)
 
     def step_backward(self, dh_new: torch.Tensor, cache: Cache, dxp: torch.Tensor) -> torch.Tensor:
