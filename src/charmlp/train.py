@@ -349,8 +349,7 @@ def train(
         else:
             _run_across_ranks(loop, saver, lead)
         loop_seconds = time.perf_counter() - t_loop
-        replanned = loop.tc is not tc  # the schedule followed the clock: config.json records its knots
-        cfg = dataclasses.replace(cfg, train=loop.tc)
+        cfg = dataclasses.replace(cfg, train=loop.tc)  # a schedule that followed the clock: with its knots
         if state.step < loop.tc.steps or len(state.losses) > state.step:  # the time limit stopped the loop, or
             cfg, state = _stopped_early(cfg, state)  # a re-plan left room: a finished run of the steps taken
         tc = cfg.train
@@ -380,7 +379,7 @@ def train(
         if reducer is not None and reducer.calls:
             summary["allreduce_seconds_per_step"] = reducer.seconds / reducer.calls
         if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
-            _write_run(run_dir, state, summary, model, keep_config=resume and not (tc.schedule_steps or replanned))
+            _write_run(run_dir, state, summary, model, keep_config=resume and not (tc.schedule_steps or tc.knots))
         if budget:  # what the budget's clock counted, the run directory written; start-up before it
             summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
                            startup_seconds=budget_start - t0, time_limit=tc.time_limit)
