@@ -119,8 +119,11 @@ def test_budget_flags(tmp_path):
 
     planned = cfg_of("--model", "gru", "--preset", "budget")
     assert planned.train.budget == 600.0 and planned.model.members == 1  # the rule, not a constant, sizes it
-    best = cfg_of("--model", "gru", "--preset", "best")  # the constant, measured names preset
-    assert best.train.budget == 0.0 and best.model.members == 4 and best.train.positions > 0
+    assert cfg_of("--model", "gru", "--preset", "best") == planned  # the best in 10 minutes: the budget's
+    assert cfg_of("--model", "rnn", "--preset", "best").train.budget == 600.0
+    assert cfg_of("--model", "transformer", "--preset", "best").train.budget == 600.0
+    mlp = cfg_of("--model", "mlp", "--preset", "best")  # the window models keep their constant names preset
+    assert mlp.train.budget == 0.0 and mlp.train.steps == 30000
     alone = cfg_of("--model", "transformer", "--budget", "90s")  # the `budget` preset's settings
     assert alone.train.budget == 90.0 and alone.train.batch_size == 32 and alone.model.members == 1
     assert cfg_of("--model", "mlp", "--budget", "90s").train.budget == 90.0  # no `budget` preset: `best`'s
@@ -188,9 +191,11 @@ def test_a_budget_run_follows_the_clock(tiny_data, tmp_path, monkeypatch, case):
     recorded = read_run_config(tmp_path / "a")[0]
     _ends_on_time_with_its_schedule_complete(a.summary, recorded.train, clock)
     assert 0.9 * 3.0 - 0.5 <= a.summary["budget_used"] <= 1.1 * 3.0 + 0.5, a.summary
+    assert recorded.train.eval_every > 0  # as planned: the replay evaluates where the run did
     b = train(dataclasses.replace(recorded, train=dataclasses.replace(recorded.train, time_limit=0.0)),
-              progress=False)
+              out_dir=tmp_path / "b", progress=False)
     assert b.losses == a.losses and b.summary["test_loss"] == a.summary["test_loss"]
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
 
 
 def test_an_interrupted_budget_run_resumes_with_its_knots(tiny_data, tmp_path):

@@ -311,7 +311,8 @@ def train(
     val_seconds = 0.0
     if budget:  # plan steps and shape for the budget; config.json records the plan
         cfg, budget_start, val_seconds = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0))
+        every = resolve_eval_every(cfg.train, *eval_positions(dataset))  # as planned: the re-plans move the steps
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0, eval_every=every))
     g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
