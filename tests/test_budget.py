@@ -143,6 +143,13 @@ def test_a_budget_the_evaluation_alone_would_spend_is_refused(monkeypatch, tiny_
         budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)
 
 
+def test_a_replan_fills_the_time_left_with_steps_and_the_evaluations_due():
+    # n ÷ r + c (n ÷ v + 1) = left: 760 steps at 100/s, an evaluation of 0.5 s every 200 steps and one at the end
+    assert budget.replanned_steps(10.0, 100.0, 0.5, 200) == 760
+    assert budget.replanned_steps(10.0, 100.0, 0.5, 0) == 1000  # no evaluations
+    assert budget.replanned_steps(0.1, 100.0, 0.5, 200) == 1  # out of time: one more step, then the guard
+
+
 class _Clockwork:
     """A step hook: each step's lr, and `sleep` seconds after each step taken in the first
     `slow_for` seconds (a machine busy with something else, then free)."""

@@ -15,7 +15,8 @@ The plan, made once at the start of a run (`plan_budget`):
    periodic val evaluations). The learning-rate schedule is one of the progress p ∈ [0, 1], which
    starts as step ÷ (steps − 1): the knot (0, steps).
 4. **Follow the clock** (the loop, `replanned_steps`): every `REPLAN_SHARE` of L the loop re-plans
-   its end from the steps/s of its last `RATE_STRETCH` of L (its val evaluations' time left out)
+   its end from the steps/s of its last `RATE_STRETCH` of L (its val evaluations' time left out;
+   sooner, from the rate since the last re-plan, where it ran twice the steps that one expected)
    and what its remaining evaluations will take, so that its last step lands at L; a new end adds
    a knot (step, end): from there p goes linearly from where it is to 1 at the new end, so the
    schedule ends complete whether the machine sped up or slowed down.
@@ -48,9 +49,10 @@ CALIBRATE_SHARE = 0.03  # of the budget, for each calibration
 CALIBRATE_MIN, CALIBRATE_MAX = 0.2, 10.0  # seconds
 WARMUP_STEPS = 3  # untimed steps first (allocations, kernels' first calls)
 # the loop re-plans its end every REPLAN_SHARE of its time (at least REPLAN_MIN seconds), from the rate
-# of its last RATE_STRETCH: a shared machine's rate swings by 10 % and more, and in a minute by 2×
+# of its last RATE_STRETCH, and sooner where it took twice the steps the last re-plan's rate gave (then
+# from the rate since): a shared machine's rate swings by 10 % and more, and when other jobs come and go by 10×
 REPLAN_SHARE, REPLAN_MIN = 0.015, 0.05
-RATE_STRETCH = 0.05
+RATE_STRETCH = 0.03
 END_FIXED = 0.1  # seconds for writing the run directory and the rest of the end of a run
 MIN_LOOP_SHARE = 0.25  # a budget that leaves the loop less than this share of it is refused
 

@@ -651,14 +651,15 @@ class TrainLoop:
         every = math.inf if self.follow_clock is None else replan_seconds(self.tc.time_limit)
         self._samples.append((started, st.step, 0.0))
         check = min(deadline, started + every)  # the next time the clock is read for more than the deadline
+        due = sys.maxsize  # or the step: a machine that sped up past the plan's rate re-plans before its time
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
                 while st.step < self.tc.steps:  # a re-plan moves the end
                     if self._hook_stop or ((now := clock()) >= check and now >= deadline):  # the time limit: finished
                         self._stop_on_time()
                         break
-                    if now >= check:  # a re-plan is due
-                        self._replan(now, deadline - now)
+                    if now >= check or st.step >= due:  # a re-plan is due
+                        due = self._replan(now, deadline - now, every, st.step >= due and now < check)
                         check = min(deadline, now + every)
                     first = st.step
                     if window == 1 or (end := self._window_end(first)) == first + 1:
@@ -674,24 +675,28 @@ class TrainLoop:
                     self.bar.update(st.step - self.bar.n)
                 self.bar.close()
 
-    def _replan(self, now: float, left: float) -> None:
+    def _replan(self, now: float, left: float, every: float, sped_up: bool) -> int:
         """The steps re-planned from the rate of a recent stretch (steps over its time less its val
-        evaluations') so that the loop's last step ends at its time limit, `left` seconds from `now`
-        (`budget.replanned_steps`): a knot (this step, the new end) added to the schedule."""
+        evaluations'; `sped_up`: the steps since the last re-plan, twice what its rate gave in its
+        `every` seconds) so that the loop's last step ends at its time limit, `left` seconds from
+        `now` (`budget.replanned_steps`): a knot (this step, the new end) added to the schedule.
+        Returns the step by which the next re-plan is due, whatever the clock says."""
         st, tc, samples = self.state, self.tc, self._samples
         samples.append((now, st.step, self.eval_seconds))
         stretch = RATE_STRETCH * tc.time_limit
         while len(samples) > 2 and now - samples[1][0] >= stretch:  # the oldest sample at least `stretch` back
             samples.popleft()
-        t0, s0, e0 = samples[0]
+        t0, s0, e0 = samples[-2] if sped_up else samples[0]
         busy = now - t0 - (self.eval_seconds - e0)
         if st.step <= s0 or busy <= 0:
-            return
+            return sys.maxsize
+        rate = (st.step - s0) / busy
         per_eval = self.eval_seconds / self.evals if self.evals else self.follow_clock
-        steps = st.step + replanned_steps(left, (st.step - s0) / busy, per_eval or 0.0, self.eval_every)
+        steps = st.step + replanned_steps(left, rate, per_eval or 0.0, self.eval_every)
         if steps != tc.steps:
             knots = tc.knots[:-1] if tc.knots[-1][0] == st.step else tc.knots  # one knot a step
             self._retarget(dataclasses.replace(tc, steps=steps, knots=(*knots, (st.step, steps))))
+        return st.step + max(2, int(2 * rate * every))
 
     def _retarget(self, tc: TrainConfig) -> None:
         """The loop, its loss records (grown with room to spare), its checkpoints and its bar, for the steps of `tc`."""
