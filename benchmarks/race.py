@@ -132,7 +132,8 @@ def charmlp_run(data: str | None, seconds: float, model: str, threads: int) -> d
         c = json.loads((out / "config.json").read_text())
     keep = ("test_loss", "val_loss", "train_loss", "steps", "budget_used", "startup_seconds", "loop_seconds", "n_params")
     return {**{k: s[k] for k in keep}, "process_seconds": wall, "time_limit": c["train"]["time_limit"],
-            "schedule_steps": c["train"]["schedule_steps"],  # 0: every planned step ran before the guard
+            # the schedule's end as last re-planned (the steps taken: it ran to its end; more: the guard stopped it)
+            "planned_steps": c["train"]["knots"][-1][1] if c["train"].get("knots") else c["train"]["schedule_steps"],
             "members": c["model"].get("members", 1), "dropout": c["model"].get("dropout", 0.0)}
 
 

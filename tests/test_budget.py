@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import math
+import os
+import signal
 import time
 
 import pytest
@@ -11,9 +13,10 @@ import torch
 from charmlp import budget
 from charmlp.checkpoint import read_run_config
 from charmlp.config import DataConfig, RunConfig, TrainConfig, parse_duration
-from charmlp.errors import CharmlpError
+from charmlp.errors import CharmlpError, TrainingInterrupted
 from charmlp.models import MLPConfig, model_config
-from charmlp.train import lr_at, prepare_data, resolve_device, train
+from charmlp.resume import read_checkpoint
+from charmlp.train import lr_at, prepare_data, resolve_device, resume, train
 from conftest import assert_user_error, run_cli
 
 
@@ -72,13 +75,13 @@ def test_a_budget_that_overfits_one_model_buys_an_ensemble(monkeypatch, tiny_dat
     one, rows = _planned(monkeypatch, tiny_data, steps_per_s=3.0)
     assert rows == 240 and (one.model.members, one.model.dropout, one.train.batch_size) == (1, 0.0, 8)
     loop = 100.0 - budget.END_FIXED
-    assert one.train.steps == pytest.approx(3.0 * loop * budget.PLAN_SLACK, abs=2)
+    assert one.train.steps == pytest.approx(3.0 * loop, abs=2) and one.train.knots == ((0, one.train.steps),)
     assert one.train.time_limit == pytest.approx(loop, abs=0.2)  # the budget, less nearly nothing spent
     # 30 steps/s: 100 epochs for one model; 3 members, each on 8 rows of a batch of 24, ~33 epochs each
     ens, _ = _planned(monkeypatch, tiny_data, steps_per_s=30.0)
     rule = budget.RULES["gru"]
     assert (ens.model.members, ens.model.dropout, ens.train.batch_size) == (3, rule.dropout, 24)
-    assert ens.train.steps == pytest.approx(10.0 * loop * budget.PLAN_SLACK, abs=5)  # the ensemble's own rate
+    assert ens.train.steps == pytest.approx(10.0 * loop, abs=5)  # the ensemble's own rate
     # far more: capped at the rule's largest ensemble
     assert _planned(monkeypatch, tiny_data, steps_per_s=3000.0)[0].model.members == rule.max_members
     # --members or --dropout given: the rule leaves the shape alone
@@ -116,8 +119,11 @@ def test_budget_flags(tmp_path):
 
     planned = cfg_of("--model", "gru", "--preset", "budget")
     assert planned.train.budget == 600.0 and planned.model.members == 1  # the rule, not a constant, sizes it
-    best = cfg_of("--model", "gru", "--preset", "best")  # the constant, measured names preset
-    assert best.train.budget == 0.0 and best.model.members == 4 and best.train.positions > 0
+    assert cfg_of("--model", "gru", "--preset", "best") == planned  # the best in 10 minutes: the budget's
+    assert cfg_of("--model", "rnn", "--preset", "best").train.budget == 600.0
+    assert cfg_of("--model", "transformer", "--preset", "best").train.budget == 600.0
+    mlp = cfg_of("--model", "mlp", "--preset", "best")  # the window models keep their constant names preset
+    assert mlp.train.budget == 0.0 and mlp.train.steps == 30000
     alone = cfg_of("--model", "transformer", "--budget", "90s")  # the `budget` preset's settings
     assert alone.train.budget == 90.0 and alone.train.batch_size == 32 and alone.model.members == 1
     assert cfg_of("--model", "mlp", "--budget", "90s").train.budget == 90.0  # no `budget` preset: `best`'s
@@ -135,3 +141,79 @@ def test_a_budget_the_evaluation_alone_would_spend_is_refused(monkeypatch, tiny_
     cfg, dataset = prepare_data(cfg)
     with pytest.raises(CharmlpError, match=r"--budget 100s leaves 0\.0 s to train.*give `--budget 24\ds` or more"):
         budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)
+
+
+def test_a_replan_fills_the_time_left_with_steps_and_the_evaluations_due():
+    # n ÷ r + c (n ÷ v + 1) = left: 760 steps at 100/s, an evaluation of 0.5 s every 200 steps and one at the end
+    assert budget.replanned_steps(10.0, 100.0, 0.5, 200) == 760
+    assert budget.replanned_steps(10.0, 100.0, 0.5, 0) == 1000  # no evaluations
+    assert budget.replanned_steps(0.1, 100.0, 0.5, 200) == 1  # out of time: one more step, then the guard
+
+
+class _Clockwork:
+    """A step hook: each step's lr, and `sleep` seconds after each step taken in the first
+    `slow_for` seconds (a machine busy with something else, then free)."""
+
+    def __init__(self, slow_for: float = 0.0, sleep: float = 0.0, interrupt_after: float = math.inf):
+        self.slow_for, self.sleep, self.interrupt_after = slow_for, sleep, interrupt_after
+        self.lrs: dict[int, float] = {}
+        self.t0: float | None = None
+
+    def __call__(self, step, model, lr, loss):
+        now = time.perf_counter()
+        self.t0 = now if self.t0 is None else self.t0
+        self.lrs[step] = lr
+        if now - self.t0 < self.slow_for:
+            time.sleep(self.sleep)
+        if now - self.t0 >= self.interrupt_after:
+            self.interrupt_after = math.inf
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would
+
+
+def _gru_budget(tiny_data, seconds: float = 3.0) -> RunConfig:
+    return RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=32),
+                     TrainConfig(batch_size=16, budget=seconds, optimizer="adamw", lr=0.005, lr_final=0.00005,
+                                 schedule="cosine", device="cpu"))
+
+
+def _ends_on_time_with_its_schedule_complete(s: dict, tc: TrainConfig, clock: _Clockwork) -> None:
+    assert 0.9 * s["time_limit"] - 0.3 <= s["loop_seconds"] <= 1.1 * s["time_limit"] + 0.3, s
+    assert len(tc.knots) > 2 and tc.steps == s["steps"]  # re-planned, the steps taken recorded
+    last = clock.lrs[tc.steps - 1]
+    assert last == lr_at(tc, tc.steps - 1) <= tc.lr_final + 0.01 * (tc.lr - tc.lr_final)  # the cosine at its end
+
+
+@pytest.mark.parametrize("case", ["slow first half", "calibrated on a busy machine"])
+def test_a_budget_run_follows_the_clock(tiny_data, tmp_path, monkeypatch, case):
+    """The step's speed changes after the plan: the loop still ends on time, with its schedule at
+    its end; the recorded config.json replays the run bit for bit."""
+    torch.set_num_threads(1)
+    if case == "slow first half":  # calibrated at full speed, then 4 ms a step for the loop's first second
+        clock = _Clockwork(slow_for=1.0, sleep=0.004)
+    else:  # calibrated at a third of the speed the loop then steps at
+        clock, calibrate = _Clockwork(), budget.calibrate
+        monkeypatch.setattr(budget, "calibrate", lambda *a, **k: dataclasses.replace(
+            calibrate(*a, **k), steps_per_s=calibrate(*a, **k).steps_per_s / 3))
+    a = train(_gru_budget(tiny_data), out_dir=tmp_path / "a", progress=False, hooks=(clock,))
+    recorded = read_run_config(tmp_path / "a")[0]
+    _ends_on_time_with_its_schedule_complete(a.summary, recorded.train, clock)
+    assert 0.9 * 3.0 - 0.5 <= a.summary["budget_used"] <= 1.1 * 3.0 + 0.5, a.summary
+    assert recorded.train.eval_every > 0  # as planned: the replay evaluates where the run did
+    b = train(dataclasses.replace(recorded, train=dataclasses.replace(recorded.train, time_limit=0.0)),
+              out_dir=tmp_path / "b", progress=False)
+    assert b.losses == a.losses and b.summary["test_loss"] == a.summary["test_loss"]
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+def test_an_interrupted_budget_run_resumes_with_its_knots(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    clock = _Clockwork(interrupt_after=1.2)  # after a few re-plans
+    with pytest.raises(TrainingInterrupted):
+        train(_gru_budget(tiny_data), out_dir=run, progress=False, hooks=(clock,))
+    ck = read_checkpoint(run)
+    assert len(ck.meta["knots"]) > 2 and ck.steps == ck.meta["knots"][-1][1]
+    res = resume(run, progress=False)  # no more re-plans: on to the steps planned at the checkpoint
+    recorded = read_run_config(run)[0].train
+    assert [list(k) for k in recorded.knots] == ck.meta["knots"] and recorded.steps == res.summary["steps"] == ck.steps
+    replay = train(dataclasses.replace(res.config, train=dataclasses.replace(recorded, time_limit=0.0)), progress=False)
+    assert replay.losses == res.losses

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from charmlp.data import load_dataset
 from charmlp.errors import CharmlpError
 from charmlp.evaluate import split_loss
 from charmlp.models import MLPConfig, apply_preset
-from charmlp.train import calibrate_batchnorm, lr_at, prepare_data, train
+from charmlp.train import calibrate_batchnorm, lr_at, prepare_data, train, validate_train_config
 
 
 def _cfg(path, **train) -> RunConfig:
@@ -49,6 +50,35 @@ def test_lr_schedules():
     cos = dataclasses.replace(tc, schedule="cosine")
     assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 99) == pytest.approx(0.01)
     assert lr_at(dataclasses.replace(tc, schedule="constant"), 99) == 0.1
+
+
+def test_a_schedule_with_knots():
+    """Knots (step, end) bend the progress p: the steps before a knot keep their lr bit for bit, the
+    schedule ends at lr_final at the last knot's end, and p is the old step ÷ (steps − 1) under (0, steps)."""
+    cos = TrainConfig(steps=100, lr=0.1, lr_final=0.01, schedule="cosine")
+    one = dataclasses.replace(cos, knots=((0, 100),))
+    assert [lr_at(one, s) for s in range(100)] == [lr_at(cos, s) for s in range(100)]
+    bent = dataclasses.replace(cos, steps=200, knots=((0, 100), (40, 250), (90, 200)))  # longer, then a little shorter
+    lrs = [lr_at(bent, s) for s in range(200)]
+    assert lrs[:40] == [lr_at(one, s) for s in range(40)] and lrs[199] == 0.01
+    assert all(a > b for a, b in zip(lrs[:199], lrs[1:], strict=False))  # falling all the way, no jump at a knot
+    assert lrs[40] == pytest.approx(lr_at(one, 40))  # continuous: the knot starts where the old span was
+    step = dataclasses.replace(bent, schedule="step", decay_at=0.5)  # lr while p < 0.5
+    decayed = next(s for s in range(200) if lr_at(step, s) == 0.01)
+    assert lr_at(step, decayed - 1) == 0.1
+    p = [math.acos(max(-1.0, min(1.0, 2 * (lr - 0.01) / 0.09 - 1))) / math.pi for lr in lrs]  # the cosine's progress back
+    assert p[decayed - 1] < 0.5 <= p[decayed]
+    assert lr_at(dataclasses.replace(bent, schedule="constant"), 150) == 0.1
+    from charmlp.config import run_config_from_dict, run_config_to_dict  # the JSON round trip, old configs
+    cfg = RunConfig(train=bent)
+    assert run_config_from_dict(json.loads(json.dumps(run_config_to_dict(cfg)))) == cfg
+    old = run_config_to_dict(RunConfig(train=cos))
+    del old["train"]["knots"]  # written before knots: the schedule as it was
+    assert run_config_from_dict(old).train == cos
+    with pytest.raises(CharmlpError, match="knots"):
+        run_config_from_dict({**old, "train": {**old["train"], "knots": [[0, 10, 3]]}})
+    with pytest.raises(CharmlpError, match="knots"):
+        validate_train_config(dataclasses.replace(cos, knots=((0, 100), (40, 30))))
 
 
 def test_presets():

@@ -11,13 +11,20 @@ The plan, made once at the start of a run (`plan_budget`):
    epochs) with the rule's dropout; below it, one model trained for all the budget. An ensemble is
    calibrated again. `--members` or `--dropout` given: the rule leaves both alone.
 3. **Plan the steps**: the loop's time L = budget − what the calibration spent − the end of the run
-   (`final_losses` with `budget_train_items`, estimated from the val pass); steps = rate × (L − the periodic val evaluations)
-   × `PLAN_SLACK`. The learning-rate schedule spans those steps.
-4. **Guard**: `time_limit` = L stops the loop at L, the run then ends as a finished run whose
-   config.json records the steps taken (and `schedule_steps`, the steps its schedule spanned).
+   (`final_losses` with `budget_train_items`, estimated from the val pass); steps = rate × (L − the
+   periodic val evaluations). The learning-rate schedule is one of the progress p ∈ [0, 1], which
+   starts as step ÷ (steps − 1): the knot (0, steps).
+4. **Follow the clock** (the loop, `replanned_steps`): every `REPLAN_SHARE` of L the loop re-plans
+   its end from the steps/s of its last `RATE_STRETCH` of L (its val evaluations' time left out;
+   sooner, from the rate since the last re-plan, where it ran twice the steps that one expected)
+   and what its remaining evaluations will take, so that its last step lands at L; a new end adds
+   a knot (step, end): from there p goes linearly from where it is to 1 at the new end, so the
+   schedule ends complete whether the machine sped up or slowed down.
+5. **Guard**: `time_limit` = L stops the loop at L (a machine that slows down in the last
+   re-plan's stretch), the run then ends as a finished run whose config.json records the steps taken.
 
-The steps planned depend on timing, so two budget runs differ; the run directory's config.json
-(steps, shape, no budget) reproduces a budget run bit for bit.
+The steps depend on timing, so two budget runs differ; the run directory's config.json (steps,
+knots, shape, no budget) reproduces a budget run bit for bit.
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ from .optim import make_optimizer
 CALIBRATE_SHARE = 0.03  # of the budget, for each calibration
 CALIBRATE_MIN, CALIBRATE_MAX = 0.2, 10.0  # seconds
 WARMUP_STEPS = 3  # untimed steps first (allocations, kernels' first calls)
-# steps planned for 20 % more than the calibrated rate fits, so that the guard, not a machine that got
-# faster than calibrated (a shared machine's rate swings by 10 % and more), ends the loop, on time;
-# the cosine schedule is then cut at ~83 % of its span, where lr is lr_final + 7 % of (lr − lr_final)
-PLAN_SLACK = 1.2
+# the loop re-plans its end every REPLAN_SHARE of its time (at least REPLAN_MIN seconds), from the rate
+# of its last RATE_STRETCH, and sooner where it took twice the steps the last re-plan's rate gave (then
+# from the rate since): a shared machine's rate swings by 10 % and more, and when other jobs come and go by 10×
+REPLAN_SHARE, REPLAN_MIN = 0.015, 0.05
+RATE_STRETCH = 0.03
 END_FIXED = 0.1  # seconds for writing the run directory and the rest of the end of a run
 MIN_LOOP_SHARE = 0.25  # a budget that leaves the loop less than this share of it is refused
 
@@ -121,11 +129,12 @@ def _calibration_seconds(budget: float) -> float:
 
 
 def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
-                evals: Callable[[RunConfig], int]) -> tuple[RunConfig, float]:
-    """`cfg` (completed from the data, `budget` > 0) with its steps, shape and time limit planned to
-    end the run `budget` seconds after the budget's clock starts, and that start (a
+                evals: Callable[[RunConfig], int]) -> tuple[RunConfig, float, float]:
+    """`cfg` (completed from the data, `budget` > 0) with its steps, shape, first knot and time limit
+    planned to end the run `budget` seconds after the budget's clock starts; that start (a
     `time.perf_counter()`): when the first calibration's first steps are done, so the process's
-    start-up (imports, the kernels' first calls: a few seconds, once) is not counted.
+    start-up (imports, the kernels' first calls: a few seconds, once) is not counted; and the
+    seconds of one val pass (the loop's re-plans' estimate until it has timed one of its own).
     `evals(cfg)` is the number of periodic val evaluations the loop would make. See the module's
     docstring."""
     budget = cfg.train.budget
@@ -150,12 +159,27 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
             f"{flag('--budget', f'{budget:g}s')} leaves {max(0.0, loop):.1f} s to train: on this data and machine the calibration "
             f"and the final evaluation (val, test and a sample of train: {sum(end.values())} rows) take the "
             f"rest; give `--budget {math.ceil(need)}s` or more")
-    steps = _steps(cal.steps_per_s * loop * PLAN_SLACK)
+    steps = _steps(cal.steps_per_s * loop)
     n_evals = evals(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)))
     stepping = max(0.0, loop - n_evals * cal.val_seconds)  # the periodic evaluations run inside the loop's time
-    steps = _steps(cal.steps_per_s * stepping * PLAN_SLACK)
+    steps = _steps(cal.steps_per_s * stepping)
     return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=steps, positions=0, schedule_steps=0, time_limit=max(loop, 1e-3))), started
+        cfg.train, steps=steps, positions=0, schedule_steps=0, knots=((0, steps),),
+        time_limit=max(loop, 1e-3))), started, cal.val_seconds
+
+
+def replan_seconds(time_limit: float) -> float:
+    """Seconds between a budget loop's re-plans."""
+    return max(REPLAN_MIN, REPLAN_SHARE * time_limit)
+
+
+def replanned_steps(left: float, steps_per_s: float, eval_seconds: float, eval_every: int) -> int:
+    """Steps n (≥ 1) that fill the `left` seconds of a loop stepping at `steps_per_s` = r, with a val
+    evaluation of `eval_seconds` = c every `eval_every` = v steps (0: none) and one after its last:
+    n ÷ r + c (n ÷ v + 1) = left, so n = r (left − c) ÷ (1 + r c ÷ v)."""
+    c = eval_seconds if eval_every else 0.0
+    per_step = 1.0 + (steps_per_s * c / eval_every if eval_every else 0.0)
+    return _steps(steps_per_s * (left - c) / per_step)
 
 
 def _steps(n: float) -> int:

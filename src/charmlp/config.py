@@ -104,6 +104,10 @@ class TrainConfig:
     budget: float = 0.0
     time_limit: float = 0.0  # > 0: the loop stops after this many seconds, a finished run (the budget's guard)
     schedule_steps: int = 0  # > 0: the steps the lr schedule spans (a run the guard stopped early); 0: steps
+    # a schedule that followed the clock (a budget run's re-plans): (step, end) pairs, the first at step 0: from
+    # `step` on, the schedule's progress p goes linearly from where it was to 1 at step `end` − 1
+    # (`train.schedule_of`); () : p = step ÷ (span − 1) over `schedule_steps` or `steps`
+    knots: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -159,15 +163,27 @@ def config_from_dict(cls: type, d: Any, where: str) -> Any:
             "it was written by another charmlp version"
         )
     kwargs = dict(d)
+    if cls is TrainConfig and "knots" in kwargs:
+        kwargs["knots"] = knots_from_json(kwargs["knots"], f"{where}.knots in config.json")
     defaults = cls()
     for k, v in kwargs.items():
-        if not _same_kind(getattr(defaults, k), v):
+        if k != "knots" and not _same_kind(getattr(defaults, k), v):  # knots: read above
             raise CharmlpError(f"{where}.{k} in config.json has the wrong type ({v!r}); the run directory is damaged")
     if cls is DataConfig and "split" in kwargs:
         kwargs["split"] = tuple(kwargs["split"])
     if cls is DataConfig:  # a config.json written before --max-item-len: its run kept every line
         kwargs.setdefault("max_item_len", 0)
     return cls(**kwargs)
+
+
+def knots_from_json(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """JSON's `knots` ([[step, end], …]) as the field holds them; a user error for anything else."""
+    def whole(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not (isinstance(value, list) and all(isinstance(k, list) and len(k) == 2 and all(map(whole, k)) for k in value)):
+        raise CharmlpError(f"{where} is not a list of [step, end] pairs; the run directory is damaged")
+    return tuple((k[0], k[1]) for k in value)
 
 
 def _same_kind(default: Any, value: Any) -> bool:

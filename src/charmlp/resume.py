@@ -39,7 +39,7 @@ from .checkpoint import (
     remove_file,
     remove_stale_temporaries,
 )
-from .config import RunConfig, TrainConfig, model_config_to_dict, renamed_keys
+from .config import RunConfig, TrainConfig, knots_from_json, model_config_to_dict, renamed_keys
 from .data import SPLITS, Dataset, Vocab, as_items
 from .errors import CharmlpError, TrainingInterrupted
 from .lock import LOCK, RunDirLock
@@ -61,8 +61,13 @@ def data_fingerprint(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
+def _train_fields(tc: TrainConfig) -> dict[str, Any]:
+    """`tc`'s fields as a checkpoint's JSON holds them (knots: lists)."""
+    return {**dataclasses.asdict(tc), "knots": [list(k) for k in tc.knots]}
+
+
 def _run_fingerprint(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
-    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in NON_NUMERIC_TRAIN_FIELDS}
+    train = {k: v for k, v in _train_fields(cfg.train).items() if k not in NON_NUMERIC_TRAIN_FIELDS}
     return {
         "model": model_config_to_dict(cfg.model),
         "train": train,
@@ -77,7 +82,7 @@ def _same_run(saved: Any, now: dict[str, Any], cfg: RunConfig) -> bool:
     checkpoint was written (absent from it) counts as its default: with it, the run is the same."""
     if not (isinstance(saved, dict) and isinstance(saved.get("train"), dict) and isinstance(saved.get("model"), dict)):
         return False
-    defaults = {"train": dataclasses.asdict(TrainConfig()), "model": model_config_to_dict(type(cfg.model)())}
+    defaults = {"train": _train_fields(TrainConfig()), "model": model_config_to_dict(type(cfg.model)())}
     saved = {**saved, "model": renamed_keys(type(cfg.model), saved["model"])}  # a checkpoint from before a rename
     filled = {**saved, **{k: {**{f: defaults[k][f] for f in now[k]}, **saved[k]} for k in ("train", "model")}}
     return filled == now
@@ -307,6 +312,14 @@ class CheckpointSaver:
         self.started = time.perf_counter()
         self.seconds_before = 0.0  # wall time the interrupted processes spent (from the checkpoint)
 
+    def retarget(self, tc: TrainConfig, losses: torch.Tensor, val_losses: torch.Tensor | None) -> None:
+        """The run re-planned (a budget run's schedule following the clock): its checkpoints now
+        record `tc`'s steps and knots, and the loss records `losses`, `val_losses`."""
+        d = self.run_dir
+        d.cfg = dataclasses.replace(d.cfg, train=tc)
+        d.fingerprint = _run_fingerprint(d.cfg, d.dataset)
+        self.total, self.losses, self.val_losses = tc.steps, losses, val_losses
+
     def restore(self, ck: Checkpoint | None) -> int:
         """Load `ck` (from `RunDirectory.begin`) into the live objects; returns the first step to take."""
         if ck is None:
@@ -341,7 +354,8 @@ class CheckpointSaver:
             return
         tensors, meta = state_tensors(self.model, self.optimizer, self.generator, self.losses, step, self.val_losses)
         seconds = self.seconds_before + time.perf_counter() - self.started
-        meta.update(kind="train_state", step=step, steps=self.total, reason=reason,
+        knots = self.run_dir.cfg.train.knots
+        meta.update(kind="train_state", step=step, steps=self.total, reason=reason, knots=[list(k) for k in knots],
                     fingerprint=self.run_dir.fingerprint, seconds=seconds)
         atomic_write_bytes(self.run_dir.path / STATE, encode_tensors(tensors, meta))
         self.last_saved = step
@@ -385,5 +399,8 @@ def resume_run_config(run_dir: str | Path) -> tuple[RunConfig, Vocab]:
     ck = read_checkpoint(d)
     if (d / WEIGHTS).is_file() and (ck is None or ck.step >= ck.steps):
         raise CharmlpError(f"{d} is a finished run; nothing to resume (sample from it with `charmlp sample {d}`)")
+    if ck is not None and ck.meta.get("knots"):  # a budget run re-planned after config.json was written
+        knots = knots_from_json(ck.meta["knots"], "the checkpoint's schedule")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=ck.steps, knots=knots))
     return cfg, vocab
 

@@ -7,6 +7,8 @@ minibatch, so the same seed gives the same losses bit for bit on the same machin
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 import dataclasses
 import json
@@ -21,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .budget import budget_train_items, plan_budget
+from .budget import RATE_STRETCH, budget_train_items, plan_budget, replan_seconds, replanned_steps
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
@@ -67,16 +69,46 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate for `step` (0-based) under the configured schedule."""
+def schedule_of(cfg: TrainConfig) -> Callable[[int], float]:
+    """The learning rate of each step (0-based) under the configured schedule, as a function.
+
+    The schedule is one of the progress p ∈ [0, 1]: cosine, lr_final + ½(lr − lr_final)(1 + cos πp);
+    step, lr while p < decay_at, then lr_final. Without knots p = step ÷ (span − 1) over the span
+    (`schedule_steps` or `steps`; the step schedule: lr while step < decay_at · span, as it always was).
+    With knots (k_i, e_i) (a budget run's re-plans, `budget.replanned_steps`), p is piecewise linear:
+    from p_i at step k_i towards 1 at step e_i − 1, p(s) = p_i + (1 − p_i)(s − k_i) ÷ (e_i − 1 − k_i)
+    up to the next knot, p_0 = 0 and p_{i+1} = min(1, p_i's segment at k_{i+1}): each step's p is the
+    very float the run computed, so the recorded knots replay its lr bit for bit."""
+    lr, lr_final = cfg.lr, cfg.lr_final
     if cfg.schedule == "constant":
-        return cfg.lr
+        return lambda step: lr
     span = cfg.schedule_steps or cfg.steps  # a run its time limit stopped early keeps its planned schedule
-    if cfg.schedule == "step":  # the lectures: lr until decay_at·steps, then lr_final
-        return cfg.lr if step < cfg.decay_at * span else cfg.lr_final
-    # cosine from lr to lr_final over the run
-    t = step / max(1, span - 1)
-    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
+    if not cfg.knots:
+        if cfg.schedule == "step":  # the lectures: lr until decay_at·steps, then lr_final
+            cut = cfg.decay_at * span
+            return lambda step: lr if step < cut else lr_final
+        return lambda step: lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * (step / max(1, span - 1))))
+    starts = [k for k, _ in cfg.knots]
+    segments, p = [], 0.0  # (k_i, p_i, e_i − 1 − k_i) of each knot
+    for i, (k, end) in enumerate(cfg.knots):
+        if i:
+            p = segments[-1][1]
+            p = min(1.0, p + (1 - p) * (k - segments[-1][0]) / segments[-1][2])
+        segments.append((k, p, max(1, end - 1 - k)))
+
+    def progress(step: int) -> float:
+        k, p0, d = segments[bisect.bisect_right(starts, step) - 1]
+        return min(1.0, p0 + (1 - p0) * (step - k) / d)
+
+    if cfg.schedule == "step":
+        at = cfg.decay_at
+        return lambda step: lr if progress(step) < at else lr_final
+    return lambda step: lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * progress(step)))
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for `step` (0-based) under the configured schedule (`schedule_of`)."""
+    return schedule_of(cfg)(step)
 
 
 EVAL_BUDGET = 0.05  # the default --eval-every spends at most about this share of the training work on val
@@ -128,6 +160,11 @@ def validate_train_config(cfg: TrainConfig, batchnorm: bool = True, members: int
     for ok, msg in checks:
         if not ok:
             raise CharmlpError(msg)
+    knots = cfg.knots
+    if knots and not (knots[0][0] == 0 and all(a[0] < b[0] for a, b in zip(knots, knots[1:], strict=False))
+                      and all(k < end <= 100_000_000 for k, end in knots)):
+        raise CharmlpError(f"knots must be [step, end] pairs with steps rising from 0 and step < end ≤ 100000000, "
+                           f"got {[list(k) for k in knots]}")
     if batchnorm and cfg.batch_size < 2:
         raise CharmlpError(
             f"{flag('--batch-size', 1)} cannot train with BatchNorm (the batch variance needs n − 1 ≥ 1); use a batch of 2 or more"
@@ -271,9 +308,11 @@ def train(
     lead = world is None or world.rank == 0  # the one rank that writes, shows progress and runs the hooks
     t0 = time.perf_counter()
     budget = cfg.train.budget if not resume else 0.0
+    val_seconds = 0.0
     if budget:  # plan steps and shape for the budget; config.json records the plan
-        cfg, budget_start = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0))
+        cfg, budget_start, val_seconds = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
+        every = resolve_eval_every(cfg.train, *eval_positions(dataset))  # as planned: the re-plans move the steps
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0, eval_every=every))
     g = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg.model, generator=g).to(device)
     model.train()
@@ -303,6 +342,7 @@ def train(
             window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
             bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), mininterval=0.5,
                      dynamic_ncols=True),
+            follow_clock=val_seconds if budget else None,  # a resumed budget run keeps its knots and steps
         )
         t_loop = time.perf_counter()
         if world is None:
@@ -310,11 +350,12 @@ def train(
         else:
             _run_across_ranks(loop, saver, lead)
         loop_seconds = time.perf_counter() - t_loop
-        if state.step < tc.steps:  # the time limit stopped the loop: a finished run of the steps taken
-            cfg, state = _stopped_early(cfg, state)
-            tc = cfg.train
-            if run_dir is not None:
-                run_dir.cfg = cfg
+        cfg = dataclasses.replace(cfg, train=loop.tc)  # a schedule that followed the clock: with its knots
+        if state.step < loop.tc.steps or len(state.losses) > state.step:  # the time limit stopped the loop, or
+            cfg, state = _stopped_early(cfg, state)  # a re-plan left room: a finished run of the steps taken
+        tc = cfg.train
+        if run_dir is not None:
+            run_dir.cfg = cfg
         train_seconds = time.perf_counter() - t0
         calibrate = bool(model.batchnorms()) and tc.calibrate_bn
         if calibrate:
@@ -339,7 +380,7 @@ def train(
         if reducer is not None and reducer.calls:
             summary["allreduce_seconds_per_step"] = reducer.seconds / reducer.calls
         if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
-            _write_run(run_dir, state, summary, model, keep_config=resume and not tc.schedule_steps)
+            _write_run(run_dir, state, summary, model, keep_config=resume and not (tc.schedule_steps or tc.knots))
         if budget:  # what the budget's clock counted, the run directory written; start-up before it
             summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
                            startup_seconds=budget_start - t0, time_limit=tc.time_limit)
@@ -364,9 +405,11 @@ def _n_evals(tc: TrainConfig, dataset: Dataset) -> int:
 
 def _stopped_early(cfg: RunConfig, state: TrainState) -> tuple[RunConfig, TrainState]:
     """A run the time limit stopped after `state.step` steps, as a run of that many steps planned so:
-    its learning-rate schedule still the one planned (`schedule_steps`), the loss records cut there."""
+    its learning-rate schedule still the one planned (`schedule_steps`; knots need none: they hold
+    the span), the loss records cut there."""
     tc = cfg.train
-    tc = dataclasses.replace(tc, steps=state.step, schedule_steps=tc.schedule_steps or tc.steps)
+    span = tc.schedule_steps or (0 if tc.knots or state.step == tc.steps else tc.steps)
+    tc = dataclasses.replace(tc, steps=state.step, schedule_steps=span)
     state = dataclasses.replace(state, losses=state.losses[: state.step].clone(),
                                 val_losses=state.val_losses[: state.step].clone())
     return dataclasses.replace(cfg, train=tc), state
@@ -584,9 +627,15 @@ class TrainLoop:
 
     def __init__(self, tc: TrainConfig, train_step: StepFn, state: TrainState, model: LanguageModel,
                  saver: CheckpointSaver | None, *, eval_every: int, val_loss: Callable[[], float],
-                 hooks: tuple[StepHook, ...], window: int, bar: tqdm) -> None:
+                 hooks: tuple[StepHook, ...], window: int, bar: tqdm, follow_clock: float | None = None) -> None:
         self.tc, self.train_step, self.state, self.model, self.saver = tc, train_step, state, model, saver
         self.eval_every, self.val_loss, self.hooks, self.window, self.bar = eval_every, val_loss, hooks, window, bar
+        self.lr = schedule_of(tc)
+        # a budget run's schedule follows the clock (`_replan`): the seconds a val evaluation is
+        # expected to take until one is measured; None: the steps stay as configured
+        self.follow_clock = follow_clock if tc.time_limit and tc.knots else None
+        self.eval_seconds, self.evals = 0.0, 0  # the loop's val evaluations: their time, their count
+        self._samples: collections.deque[tuple[float, int, float]] = collections.deque()  # (clock, step, eval_seconds)
         signals = None if saver is None else saver.signals  # without a run directory no signal is caught
         self._stop_asked = (lambda: False) if signals is None else (lambda: signals.pending is not None)
         self._val_hooks = [h.on_val for h in hooks if hasattr(h, "on_val")]
@@ -594,19 +643,27 @@ class TrainLoop:
 
     def run(self) -> None:
         """From `state.step` to the last step; a caught Ctrl-C/SIGTERM stops cleanly at a window's end."""
-        st, tc, window = self.state, self.tc, self.window
+        st, window = self.state, self.window
         checked_step, after_window = self._checked_step, self._after_window  # bound once: the loop is hot
         clock = time.perf_counter
-        deadline = clock() + tc.time_limit if tc.time_limit else math.inf
+        started = clock()
+        deadline = started + self.tc.time_limit if self.tc.time_limit else math.inf
+        every = math.inf if self.follow_clock is None else replan_seconds(self.tc.time_limit)
+        self._samples.append((started, st.step, 0.0))
+        check = min(deadline, started + every)  # the next time the clock is read for more than the deadline
+        due = sys.maxsize  # or the step: a machine that sped up past the plan's rate re-plans before its time
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
-                while st.step < tc.steps:
-                    if self._hook_stop or clock() >= deadline:  # the time limit: the run ends here, finished
+                while st.step < self.tc.steps:  # a re-plan moves the end
+                    if self._hook_stop or ((now := clock()) >= check and now >= deadline):  # the time limit: finished
                         self._stop_on_time()
                         break
+                    if now >= check or st.step >= due:  # a re-plan is due
+                        due = self._replan(now, deadline - now, every, st.step >= due and now < check)
+                        check = min(deadline, now + every)
                     first = st.step
                     if window == 1 or (end := self._window_end(first)) == first + 1:
-                        st.lr = lr = lr_at(tc, first)
+                        st.lr = lr = self.lr(first)
                         checked_step(first, lr)
                         last = first
                     else:
@@ -617,6 +674,41 @@ class TrainLoop:
                 if not self.bar.disable:
                     self.bar.update(st.step - self.bar.n)
                 self.bar.close()
+
+    def _replan(self, now: float, left: float, every: float, sped_up: bool) -> int:
+        """The steps re-planned from the rate of a recent stretch (steps over its time less its val
+        evaluations'; `sped_up`: the steps since the last re-plan, twice what its rate gave in its
+        `every` seconds) so that the loop's last step ends at its time limit, `left` seconds from
+        `now` (`budget.replanned_steps`): a knot (this step, the new end) added to the schedule.
+        Returns the step by which the next re-plan is due, whatever the clock says."""
+        st, tc, samples = self.state, self.tc, self._samples
+        samples.append((now, st.step, self.eval_seconds))
+        stretch = RATE_STRETCH * tc.time_limit
+        while len(samples) > 2 and now - samples[1][0] >= stretch:  # the oldest sample at least `stretch` back
+            samples.popleft()
+        t0, s0, e0 = samples[-2] if sped_up else samples[0]
+        busy = now - t0 - (self.eval_seconds - e0)
+        if st.step <= s0 or busy <= 0:
+            return sys.maxsize
+        rate = (st.step - s0) / busy
+        per_eval = self.eval_seconds / self.evals if self.evals else self.follow_clock
+        steps = st.step + replanned_steps(left, rate, per_eval or 0.0, self.eval_every)
+        if steps != tc.steps:
+            knots = tc.knots[:-1] if tc.knots[-1][0] == st.step else tc.knots  # one knot a step
+            self._retarget(dataclasses.replace(tc, steps=steps, knots=(*knots, (st.step, steps))))
+        return st.step + max(2, int(2 * rate * every))
+
+    def _retarget(self, tc: TrainConfig) -> None:
+        """The loop, its loss records (grown with room to spare), its checkpoints and its bar, for the steps of `tc`."""
+        self.tc, self.lr, st = tc, schedule_of(tc), self.state
+        if tc.steps > len(st.losses):
+            n = min(100_000_000, tc.steps + tc.steps // 4)
+            losses, val_losses = torch.empty(n), torch.full((n,), math.nan, dtype=torch.float64)
+            losses[: st.step], val_losses[: st.step] = st.losses[: st.step], st.val_losses[: st.step]
+            st.losses, st.val_losses = losses, val_losses
+        if self.saver is not None:
+            self.saver.retarget(tc, st.losses, st.val_losses)
+        self.bar.total = tc.steps
 
     def _stop_on_time(self) -> None:
         """The end of a run its time limit stops: the val loss of its last step, as the last step
@@ -652,7 +744,8 @@ class TrainLoop:
         (a caught signal ends the window early)."""
         st, step = self.state, self.train_step
         assert isinstance(step, EagerStep)
-        lrs = [lr_at(self.tc, s) for s in range(first, end)]
+        lr = self.lr
+        lrs = [lr(s) for s in range(first, end)]
         snap = step.snapshot()
         chunk = step.window(lrs, stop=self._stop_asked).cpu()  # the one host sync
         if not bool(torch.isfinite(chunk).all()):
@@ -671,7 +764,10 @@ class TrainLoop:
         final, or on a caught Ctrl-C/SIGTERM: saved, then `TrainingInterrupted`)."""
         st = self.state
         if self.eval_every and ((last + 1) % self.eval_every == 0 or last + 1 == self.tc.steps):
+            t = time.perf_counter()
             st.val_losses[last] = val = self.val_loss()
+            self.eval_seconds += time.perf_counter() - t
+            self.evals += 1
             st.postfix["val"] = f"{val:.4f}"
             for on_val in self._val_hooks:
                 self._hook_stop |= bool(on_val(last, self.tc.steps, val))
@@ -708,12 +804,13 @@ class TrainLoop:
 def metrics_lines(tc: TrainConfig, losses: list[float], val_losses: list[float]) -> Iterator[str]:
     """metrics.jsonl's lines: every `log_every`-th step's minibatch loss and lr, and every step
     whose val loss was evaluated (`--eval-every`) with it as "val_loss"."""
+    lr_at = schedule_of(tc)
     for s in range(tc.steps):
         loss, val = losses[s], val_losses[s]
         if not math.isnan(val):
-            yield json.dumps({"step": s, "loss": loss, "lr": lr_at(tc, s), "val_loss": val})
+            yield json.dumps({"step": s, "loss": loss, "lr": lr_at(s), "val_loss": val})
         elif s % tc.log_every == 0:  # json.dumps's text, 3× faster: both write repr() of the finite numbers
-            yield f'{{"step": {s}, "loss": {loss!r}, "lr": {lr_at(tc, s)!r}}}'
+            yield f'{{"step": {s}, "loss": {loss!r}, "lr": {lr_at(s)!r}}}'
 
 
 def resume(
