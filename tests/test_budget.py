@@ -119,11 +119,8 @@ def test_budget_flags(tmp_path):
 
     planned = cfg_of("--model", "gru", "--preset", "budget")
     assert planned.train.budget == 600.0 and planned.model.members == 1  # the rule, not a constant, sizes it
-    assert cfg_of("--model", "gru", "--preset", "best") == planned  # the best in 10 minutes: the budget's
-    assert cfg_of("--model", "rnn", "--preset", "best").train.budget == 600.0
-    assert cfg_of("--model", "transformer", "--preset", "best").train.budget == 600.0
-    mlp = cfg_of("--model", "mlp", "--preset", "best")  # the window models keep their constant names preset
-    assert mlp.train.budget == 0.0 and mlp.train.steps == 30000
+    best = cfg_of("--model", "gru", "--preset", "best")  # the constant, measured names preset (docs/budget.md: why)
+    assert best.train.budget == 0.0 and best.model.members == 4 and best.train.positions > 0
     alone = cfg_of("--model", "transformer", "--budget", "90s")  # the `budget` preset's settings
     assert alone.train.budget == 90.0 and alone.train.batch_size == 32 and alone.model.members == 1
     assert cfg_of("--model", "mlp", "--budget", "90s").train.budget == 90.0  # no `budget` preset: `best`'s

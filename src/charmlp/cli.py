@@ -163,8 +163,7 @@ PRESET_ABOUT = {
     "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
     "quick": "a short demo run",
     "fast": "the lectures' val loss in a fraction of their time",
-    "best": "the best in 10 minutes: rnn, gru, transformer --budget 10m on this data and machine; mlp, wavenet, bigram "
-            "the lowest val loss found on names within 10 minutes",
+    "best": "the lowest val loss found on names within a 10-minute budget",
     "budget": "what --budget T starts from (rnn, gru, transformer; T = 10m unless given): steps, ensemble and dropout "
               "planned from the data and this machine",
 }

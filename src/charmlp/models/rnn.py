@@ -165,22 +165,21 @@ GRU_PRESETS: dict[str, dict] = {
     # hidden 192 with 0.2 1.939 (seeds 1, 2: 1.935, 1.942), 0.3 1.944 (14 000); hidden 256 with 0.3
     # 1.940 (slower). Every single gru over-fits (train 1.72–1.77); mixing them is what helps: those
     # three as one mixture 1.906; trained as an ensemble of 3 with dropout 0.2: 1.907, of 4: 1.903;
-    # of 4 with dropout 0.1 (members that fit better, the mixture evens out their errors): 1.898 —
-    # hidden 192, dropout 0.1, 4 members, batch 256, 12 000 steps, weight decay 0.1: the constant
-    # 10-minute preset `best` was until `--budget` followed the clock (its flags: docs/budget.md).
+    # of 4 with dropout 0.1 (members that fit better, the mixture evens out their errors): 1.898.
+    "best": {**_ADAMW, "model": {"n_hidden": 192, "dropout": 0.1, "members": 4}, "batch_size": 256,
+             "positions": 12000 * 256 * 16, "weight_decay": 0.1},
     # what a `--budget T` run starts from (10 minutes unless T is given): budget.py's RULES plan the
     # steps from the data and the machine, and an ensemble of up to 4 with dropout 0.1 where one gru
-    # would see more than the 30 epochs each member of that ensemble saw on names; `best` is it
+    # would see more than the 30 epochs each member of `best` saw on names
     "budget": {**_ADAMW, "model": {"n_hidden": 192}, "weight_decay": 0.1, "budget": 600.0},
 }
-GRU_PRESETS["best"] = GRU_PRESETS["budget"]
 # the tanh cell's step is ~2.6× cheaper than the GRU's: a wider state (256), more steps and more
 # members fit in the time. Test on names: one rnn of hidden 256, 18 000 steps of 64: 1.957 (dropout
 # 0.1: 1.957); an ensemble of 2 (batch 128): 1.923 in 140 s; of 6 (batch 384): 1.906 in 7.5 min
-# (45 epochs a member; budget.py's rule for `--budget`: up to 6 members, no dropout), the constant
-# `best` until `--budget` followed the clock; `best` is now the budget's 10 minutes.
+# (45 epochs a member; budget.py's rule for `--budget`: up to 6 members, no dropout).
+RNN_PRESETS["best"] = {**_ADAMW, "model": {"n_hidden": 256, "members": 6}, "batch_size": 384,
+                       "positions": 18000 * 384 * 16, "weight_decay": 0.1}
 RNN_PRESETS["budget"] = {**_ADAMW, "model": {"n_hidden": 256}, "weight_decay": 0.1, "budget": 600.0}
-RNN_PRESETS["best"] = RNN_PRESETS["budget"]
 
 RNN_SPEC = ModelSpec(
     name="rnn",

@@ -132,14 +132,15 @@ SPEC = ModelSpec(
         # dropout 1.989 (it over-fits: train 1.70); with 0.1 1.956, 0.2 1.980; 0.1 at 24 000 steps
         # 1.940 (454 s beside another run); n_embd 96 with 0.1 at 14 000 steps 1.946 (415 s).
         # Then an ensemble of 2 (`members`, each on 32 items of every batch of 64), 18 000 steps:
-        # 1.925 in 8.3 min (24 000 steps would take over 10), evaluating every 2000 steps (a val
-        # evaluation costs about as much as 50 steps): the constant `best` until `--budget` followed
-        # the clock (its flags: docs/budget.md).
+        # 1.925 in 8.3 min (24 000 steps would take over 10).
+        # (A val evaluation costs about as much as 50 steps: the presets evaluate rarely.)
+        "best": {"model": {"dropout": 0.1, "members": 2}, "positions": 18000 * 64 * 16, "batch_size": 64,
+                 "optimizer": "adamw", "lr": 2e-3, "lr_final": 1e-5, "schedule": "cosine", "weight_decay": 0.05,
+                 "eval_every": 2000},
         # what a `--budget T` run starts from (10 minutes unless T is given): budget.py's RULES plan the
         # steps from the data and the machine, and an ensemble of up to 2 with dropout 0.1 where one
-        # model would see more than the 22 epochs each member of that ensemble saw on names; `best` is it
+        # model would see more than the 22 epochs each member of `best` saw on names
         "budget": {"budget": 600.0, "batch_size": 32, "optimizer": "adamw", "lr": 2e-3, "lr_final": 1e-5,
                    "schedule": "cosine", "weight_decay": 0.05},
     },
 )
-SPEC.presets["best"] = SPEC.presets["budget"]  # the best in 10 minutes: the budget's plan, following the clock
