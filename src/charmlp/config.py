@@ -177,11 +177,13 @@ def config_from_dict(cls: type, d: Any, where: str) -> Any:
 
 
 def knots_from_json(value: Any, where: str) -> tuple[tuple[int, int], ...]:
-    """JSON's `knots` ([[step, end], …]) as the field holds them; a user error for anything else."""
+    """JSON's `knots` ([[step, end], …]; or the field's own tuples, from `run_config_to_dict` without
+    a trip through JSON) as the field holds them; a user error for anything else."""
     def whole(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
-    if not (isinstance(value, list) and all(isinstance(k, list) and len(k) == 2 and all(map(whole, k)) for k in value)):
+    pairs = (list, tuple)
+    if not (isinstance(value, pairs) and all(isinstance(k, pairs) and len(k) == 2 and all(map(whole, k)) for k in value)):
         raise CharmlpError(f"{where} is not a list of [step, end] pairs; the run directory is damaged")
     return tuple((k[0], k[1]) for k in value)
 
