@@ -67,7 +67,7 @@ def _planned(monkeypatch, tiny_data, steps_per_s: float, **model):
     cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16, **model),
                     TrainConfig(batch_size=8, budget=100.0, eval_every=0, optimizer="adamw", lr=0.005))
     cfg, dataset = prepare_data(cfg)
-    return budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0)[0], len(dataset.Y["train"])
+    return budget.plan_budget(cfg, dataset, resolve_device("cpu"), evals=lambda c: 0).cfg, len(dataset.Y["train"])
 
 
 def test_a_budget_that_overfits_one_model_buys_an_ensemble(monkeypatch, tiny_data):
@@ -214,3 +214,59 @@ def test_an_interrupted_budget_run_resumes_with_its_knots(tiny_data, tmp_path):
     assert [list(k) for k in recorded.knots] == ck.meta["knots"] and recorded.steps == res.summary["steps"] == ck.steps
     replay = train(dataclasses.replace(res.config, train=dataclasses.replace(recorded, time_limit=0.0)), progress=False)
     assert replay.losses == res.losses
+
+
+def _reshaper(planned: int, steps_per_s: dict[int, float], rows: int = 240, batch: int = 8) -> budget.Reshaper:
+    """The Reshaper plan_budget makes for a gru of batch `batch` on `rows` training rows, planned as
+    `planned` members, calibrated at `steps_per_s` (members → steps/s; a val pass of 0.1 s a member)."""
+    cals = {m: budget.Calibration(r, val_seconds=0.1 * m, eval_fixed=0.0, setup_seconds=0.0, ready=0.0)
+            for m, r in steps_per_s.items()}
+    base = RunConfig(DataConfig(), model_config("gru", n_hidden=16),
+                     TrainConfig(batch_size=batch, budget=100.0, eval_every=0, optimizer="adamw", lr=0.005))
+    return budget.Reshaper(base, budget.RULES["gru"], planned, cals, {m: 0.0 for m in cals}, rows, evals=lambda c: 0)
+
+
+def test_the_loops_rate_rechooses_the_shape():
+    rule = budget.RULES["gru"]  # 30 epochs a member, at most 4
+    # calibrated at 3 steps/s (10 epochs in 100 s: one model), the loop steps at 30/s: 90 s left are 90 epochs
+    r = _reshaper(1, {1: 3.0})(rate=30.0, left=90.0, elapsed=6.0)
+    cfg = r.plan.cfg
+    assert (cfg.model.members, cfg.model.dropout, cfg.train.batch_size) == (3, rule.dropout, 24)
+    # 3 members step at a third of one model's rate now (10/s): the loop's 90 s, less the 3 members' set-up (none)
+    assert cfg.train.steps == pytest.approx(900, abs=2) and cfg.train.time_limit == pytest.approx(90.0)
+    assert cfg.train.knots == ((0, cfg.train.steps),) and r.plan.val_seconds == pytest.approx(0.03)  # 3 members' 0.3 s, 10× faster
+    assert r.plan.reshaped == {"from": 1, "to": 3, "after_seconds": 6.0}
+    assert "ensemble of 3" in r.note and "10×" in r.note and "after 6.0 s" in r.note
+    # within a factor 1.25 of the epochs the planned shape gives: it stays (no start over for a few per cent)
+    assert _reshaper(1, {1: 3.0})(rate=3.9, left=90.0, elapsed=6.0) is None  # 11.7 epochs: one model
+    assert _reshaper(2, {1: 30.0, 2: 16.0})(rate=16.0 * 1.2, left=90.0, elapsed=6.0) is None  # 81 epochs: 2 or 3
+    # planned as an ensemble of 4 on a free machine, which then became 8× slower: one model
+    slow = _reshaper(4, {1: 40.0, 4: 12.0})(rate=1.5, left=90.0, elapsed=6.0)
+    assert (slow.plan.cfg.model.members, slow.plan.cfg.model.dropout, slow.plan.cfg.train.batch_size) == (1, 0.0, 8)
+    # one model steps at 40/s calibrated, 8× slower now: 5/s
+    assert slow.plan.cfg.train.steps == pytest.approx(450, abs=2) and "one model" in slow.note
+
+
+def test_a_run_calibrated_on_a_busy_machine_starts_over_as_an_ensemble(tiny_data, tmp_path, monkeypatch, capsys):
+    """The calibration says one model (a 1000th of the speed the loop finds); the loop, after 6 % of
+    its time, finds the budget buys an ensemble and starts over in it: the run still ends on time,
+    the summary says so, and config.json replays the run bit for bit."""
+    torch.set_num_threads(1)
+    calibrate = budget.calibrate
+    monkeypatch.setattr(budget, "calibrate", lambda *a, **k: dataclasses.replace(
+        calibrate(*a, **k), steps_per_s=calibrate(*a, **k).steps_per_s / 1000))
+    monkeypatch.setitem(budget.RULES, "gru", budget.EnsembleRule(fit_epochs=0.05, max_members=3, dropout=0.1))
+    a = train(_gru_budget(tiny_data), out_dir=tmp_path / "a", progress=False)
+    s, recorded = a.summary, read_run_config(tmp_path / "a")[0]
+    assert s.get("reshaped", {}).get("from") == 1 and s["reshaped"]["to"] >= 2, (s, recorded.train)
+    assert (recorded.model.members, recorded.model.dropout) == (s["reshaped"]["to"], 0.1)
+    assert recorded.train.batch_size == 16 * recorded.model.members and recorded.train.steps == s["steps"]
+    assert "starting over in that shape" in capsys.readouterr().err
+    assert 0.9 * s["time_limit"] - 0.3 <= s["loop_seconds"] <= 1.1 * s["time_limit"] + 0.3, s
+    assert 0.9 * 3.0 - 0.5 <= s["budget_used"] <= 1.1 * 3.0 + 0.5, s  # the start over inside the budget
+    on_disk = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert on_disk["reshaped"] == s["reshaped"] and on_disk["n_params"] == s["n_params"]
+    b = train(dataclasses.replace(recorded, train=dataclasses.replace(recorded.train, time_limit=0.0)),
+              out_dir=tmp_path / "b", progress=False)
+    assert b.losses == a.losses and b.summary["test_loss"] == a.summary["test_loss"]
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()

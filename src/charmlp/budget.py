@@ -9,7 +9,10 @@ The plan, made once at the start of a run (`plan_budget`):
    one model of that kind starts to over-fit (measured on names), the budget buys an ensemble of
    M = ⌊E ÷ E_fit⌋ members (each on its own `batch`-row share, so each still sees about E_fit
    epochs) with the rule's dropout; below it, one model trained for all the budget. An ensemble is
-   calibrated again. `--members` or `--dropout` given: the rule leaves both alone.
+   calibrated again. `--members` or `--dropout` given: the rule leaves both alone. The loop chooses
+   again, once, from its own rate after `RESHAPE_AT` of its time (`Reshaper`: a calibration beside
+   other jobs is no measure of ten minutes), and where that buys another shape the run starts over
+   in it (`Reshaped`), on the same budget clock.
 3. **Plan the steps**: the loop's time L = budget − what the calibration spent − the end of the run
    (`final_losses` with `budget_train_items`, estimated from the val pass); steps = rate × (L − the
    periodic val evaluations). The learning-rate schedule is one of the progress p ∈ [0, 1], which
@@ -19,7 +22,9 @@ The plan, made once at the start of a run (`plan_budget`):
    sooner, from the rate since the last re-plan, where it ran twice the steps that one expected)
    and what its remaining evaluations will take, so that its last step lands at L; a new end adds
    a knot (step, end): from there p goes linearly from where it is to 1 at the new end, so the
-   schedule ends complete whether the machine sped up or slowed down.
+   schedule ends complete whether the machine sped up or slowed down. A loop that reaches its end
+   with more than two re-plans' time left (planned from a calibration far slower than the loop)
+   re-plans there.
 5. **Guard**: `time_limit` = L stops the loop at L (a machine that slows down in the last
    re-plan's stretch), the run then ends as a finished run whose config.json records the steps taken.
 
@@ -55,6 +60,9 @@ REPLAN_SHARE, REPLAN_MIN = 0.015, 0.05
 RATE_STRETCH = 0.03
 END_FIXED = 0.1  # seconds for writing the run directory and the rest of the end of a run
 MIN_LOOP_SHARE = 0.25  # a budget that leaves the loop less than this share of it is refused
+# the loop re-chooses a rule-chosen shape once, from its own rate, after RESHAPE_AT of its time (`Reshaper`);
+# the planned shape stays where the rule gives it for epochs within a factor RESHAPE_BAND of the estimate
+RESHAPE_AT, RESHAPE_BAND = 0.06, 1.25
 
 
 @dataclass(frozen=True)
@@ -128,30 +136,45 @@ def _calibration_seconds(budget: float) -> float:
     return min(CALIBRATE_MAX, max(CALIBRATE_MIN, CALIBRATE_SHARE * budget))
 
 
-def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
-                evals: Callable[[RunConfig], int]) -> tuple[RunConfig, float, float]:
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What `plan_budget` decided: the run's configuration (steps, shape, first knot, time limit),
+    when the budget's clock started (a `time.perf_counter()`), the seconds of one val pass (the
+    loop's re-plans' estimate until it times one of its own), and, where the rule chose the
+    shape, the `Reshaper` the loop asks once, from its own rate."""
+
+    cfg: RunConfig
+    budget: float  # seconds, as given
+    started: float
+    val_seconds: float
+    reshape: Reshaper | None = None
+    reshaped: dict | None = None  # a run started over in another shape: from, to, after how many seconds
+
+
+def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device, evals: Callable[[RunConfig], int]) -> BudgetPlan:
     """`cfg` (completed from the data, `budget` > 0) with its steps, shape, first knot and time limit
-    planned to end the run `budget` seconds after the budget's clock starts; that start (a
-    `time.perf_counter()`): when the first calibration's first steps are done, so the process's
-    start-up (imports, the kernels' first calls: a few seconds, once) is not counted; and the
-    seconds of one val pass (the loop's re-plans' estimate until it has timed one of its own).
-    `evals(cfg)` is the number of periodic val evaluations the loop would make. See the module's
-    docstring."""
+    planned to end the run `budget` seconds after the budget's clock starts: when the first
+    calibration's first steps are done, so the process's start-up (imports, the kernels' first
+    calls: a few seconds, once) is not counted. `evals(cfg)` is the number of periodic val
+    evaluations the loop would make. See the module's docstring."""
     budget = cfg.train.budget
     rows = len(dataset.Y["train"])
     cal = calibrate(cfg, dataset, device, _calibration_seconds(budget))
+    cals = {1: cal}
     started = cal.ready
     end = end_rows(dataset)  # the rows the end of the run reads (a seeded train sample: drawn once here)
     rule = RULES.get(cfg.model.kind)
     if rule is not None and getattr(cfg.model, "members", 1) == 1 and getattr(cfg.model, "dropout", 0.0) == 0.0:
+        base = cfg
         loop = _loop_seconds(cfg, dataset, cal, started, end)
-        epochs = cal.steps_per_s * max(0.0, loop) * cfg.train.batch_size / max(1, rows)
-        members = max(1, min(rule.max_members, int(epochs // rule.fit_epochs)))
+        members = _members(rule, cal.steps_per_s * max(0.0, loop) * cfg.train.batch_size / max(1, rows))
         if members > 1:
-            model = dataclasses.replace(cfg.model, members=members, dropout=rule.dropout)
-            train = dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size * members)
-            cfg = dataclasses.replace(cfg, model=model, train=train)
-            cal = calibrate(cfg, dataset, device, _calibration_seconds(budget), warm=False)
+            cfg = _shaped(base, rule, members)
+            cal = cals[members] = calibrate(cfg, dataset, device, _calibration_seconds(budget), warm=False)
+        reshape = Reshaper(base, rule, members, cals, {m: _end_seconds(dataset, c, end) for m, c in cals.items()},
+                           rows, evals)
+    else:
+        reshape = None
     loop = _loop_seconds(cfg, dataset, cal, started, end)
     if loop < MIN_LOOP_SHARE * budget:  # a run of a few steps is no model: say what the budget needs
         need = (budget - loop) / (1 - 2 * MIN_LOOP_SHARE)  # the loop then gets half of it
@@ -159,13 +182,95 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device,
             f"{flag('--budget', f'{budget:g}s')} leaves {max(0.0, loop):.1f} s to train: on this data and machine the calibration "
             f"and the final evaluation (val, test and a sample of train: {sum(end.values())} rows) take the "
             f"rest; give `--budget {math.ceil(need)}s` or more")
-    steps = _steps(cal.steps_per_s * loop)
+    return BudgetPlan(_with_steps(cfg, cal.steps_per_s, cal.val_seconds, loop, evals), budget, started, cal.val_seconds,
+                      reshape)
+
+
+def _members(rule: EnsembleRule, epochs: float) -> int:
+    """The ensemble the rule gives for `epochs` epochs of one model: ⌊epochs ÷ fit_epochs⌋, 1 to max_members."""
+    return max(1, min(rule.max_members, int(epochs // rule.fit_epochs)))
+
+
+def _shaped(cfg: RunConfig, rule: EnsembleRule, members: int) -> RunConfig:
+    """`cfg` (one model, no dropout) as an ensemble of `members` with the rule's dropout, each member
+    on its own `batch_size` rows of every batch."""
+    if members == 1:
+        return cfg
+    model = dataclasses.replace(cfg.model, members=members, dropout=rule.dropout)
+    return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size * members))
+
+
+def _with_steps(cfg: RunConfig, steps_per_s: float, val_seconds: float, loop: float,
+                evals: Callable[[RunConfig], int]) -> RunConfig:
+    """`cfg` planned for a loop of `loop` seconds: what its periodic val evaluations leave is for
+    stepping, steps = rate × that; the knot (0, steps), the time limit `loop`."""
+    steps = _steps(steps_per_s * loop)
     n_evals = evals(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)))
-    stepping = max(0.0, loop - n_evals * cal.val_seconds)  # the periodic evaluations run inside the loop's time
-    steps = _steps(cal.steps_per_s * stepping)
+    stepping = max(0.0, loop - n_evals * val_seconds)  # the periodic evaluations run inside the loop's time
+    steps = _steps(steps_per_s * stepping)
     return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=steps, positions=0, schedule_steps=0, knots=((0, steps),),
-        time_limit=max(loop, 1e-3))), started, cal.val_seconds
+        cfg.train, steps=steps, positions=0, schedule_steps=0, knots=((0, steps),), time_limit=max(loop, 1e-3)))
+
+
+class Reshaped(Exception):  # noqa: N818 (not an error: the loop's way back to `train`, which starts over)
+    """Raised by the loop where its own rate buys another shape than the calibration's: `plan` is
+    the run to start over with, on the same budget clock."""
+
+    def __init__(self, plan: BudgetPlan, note: str) -> None:
+        super().__init__(note)
+        self.plan, self.note = plan, note
+
+
+@dataclass(frozen=True)
+class Reshaper:
+    """The shape (`RULES`) chosen again, once, from the rate the loop finds after RESHAPE_AT of its
+    time. A calibration of a few seconds does not hold for the budget on a shared machine: one
+    made while other jobs held the cores buys one model, which over-fits once the machine is free,
+    and one made on a free machine can buy an ensemble too slow to see its epochs once it is busy.
+    The step's and the val pass's seconds of a shape of m members are those calibrated (one model,
+    and the planned ensemble), straight between them or proportional to m beyond, times the
+    machine's load now (the loop's step time over the calibrated one). The planned shape stays
+    where the rule would give it for epochs within a factor RESHAPE_BAND of those estimated."""
+
+    base: RunConfig  # the configuration the rule shaped: one model, no dropout, the budget's
+    rule: EnsembleRule
+    members: int  # the planned shape
+    cals: dict[int, Calibration]  # members → its calibration: one model's, and the planned ensemble's
+    ends: dict[int, float]  # members → the end of the run's seconds, calibrated
+    rows: int  # training rows
+    evals: Callable[[RunConfig], int]
+
+    def _at(self, values: dict[int, float], m: int) -> float:
+        """A calibrated figure for m members: straight between the calibrated shapes, proportional
+        to m where only one model was calibrated."""
+        if len(values) == 1:
+            return values[1] * m
+        (m0, v0), (m1, v1) = sorted(values.items())
+        return v0 + (v1 - v0) * (m - m0) / (m1 - m0)
+
+    def __call__(self, rate: float, left: float, elapsed: float) -> Reshaped | None:
+        """At `rate` steps/s of the planned shape with `left` seconds to the loop's time limit, after
+        `elapsed` seconds of loop: the run in the shape the rule now gives, planned to end when this
+        loop would have, or None where the planned shape stays."""
+        step = {m: 1.0 / c.steps_per_s for m, c in self.cals.items()}
+        load = (1.0 / rate) / self._at(step, self.members)  # this machine now, against the calibration
+        epochs = left / (self._at(step, 1) * load) * self.base.train.batch_size / max(1, self.rows)
+        low, choice = _members(self.rule, epochs / RESHAPE_BAND), _members(self.rule, epochs)
+        if low <= self.members <= _members(self.rule, epochs * RESHAPE_BAND):
+            return None
+        val = self._at({m: c.val_seconds for m, c in self.cals.items()}, choice) * load
+        setup = self._at({m: c.setup_seconds for m, c in self.cals.items()}, choice) * load
+        loop = left - setup - (self._at(self.ends, choice) - self._at(self.ends, self.members)) * load
+        if loop < 0.5 * left:  # starting over would leave too little of the budget
+            return None
+        cfg = _with_steps(_shaped(self.base, self.rule, choice), 1.0 / (self._at(step, choice) * load), val, loop,
+                          self.evals)
+        shape = f"an ensemble of {choice} (dropout {self.rule.dropout:g})" if choice > 1 else "one model"
+        note = (f"note: {epochs:.0f} epochs fit in the time left at the speed this machine now trains at "
+                f"({1 / load:.2g}× the calibration's): the budget buys {shape}, "
+                f"not {self.members}; starting over in that shape after {elapsed:.1f} s")
+        return Reshaped(BudgetPlan(cfg, self.base.train.budget, 0.0, val, None,
+                                   {"from": self.members, "to": choice, "after_seconds": round(elapsed, 3)}), note)
 
 
 def replan_seconds(time_limit: float) -> float:
@@ -200,11 +305,15 @@ def end_rows(dataset: Dataset) -> dict[str, int]:
             "val": len(dataset.Y["val"]), "test": len(dataset.Y["test"])}
 
 
+def _end_seconds(dataset: Dataset, cal: Calibration, rows: dict[str, int]) -> float:
+    """The end of the run's seconds: a pass over `rows` (what `end_rows` gives) of each split, from
+    the calibration's val pass (a fixed cost and a cost per row), and the files written."""
+    per_row = (cal.val_seconds - cal.eval_fixed) / max(1, len(dataset.Y["val"]))
+    return sum(cal.eval_fixed + per_row * n for n in rows.values()) + END_FIXED
+
+
 def _loop_seconds(cfg: RunConfig, dataset: Dataset, cal: Calibration, started: float, rows: dict[str, int]) -> float:
     """What the budget leaves the training loop: less what is spent, the run's own set-up and its end
-    (`rows`, what `end_rows` gives: a pass's fixed cost and the val pass's cost per row;
-    the files written)."""
-    per_row = (cal.val_seconds - cal.eval_fixed) / max(1, len(dataset.Y["val"]))
-    end = sum(cal.eval_fixed + per_row * n for n in rows.values()) + END_FIXED
+    (`_end_seconds`)."""
     spent = time.perf_counter() - started
-    return cfg.train.budget - spent - cal.setup_seconds - end  # < 0: the budget does not cover even that
+    return cfg.train.budget - spent - cal.setup_seconds - _end_seconds(dataset, cal, rows)  # < 0: not even that

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .budget import RATE_STRETCH, budget_train_items, plan_budget, replan_seconds, replanned_steps
+from .budget import RATE_STRETCH, RESHAPE_AT, BudgetPlan, Reshaped, Reshaper, budget_train_items, plan_budget, replan_seconds, replanned_steps
 from .checkpoint import SUMMARY, save_run, write_json, write_metrics
 from .config import DEVICES, ENGINES, MAX_BUDGET, MIN_BUDGET, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .data import Dataset, default_data_path, load_dataset
@@ -307,10 +307,25 @@ def train(
         _check_world(cfg, dataset, world)
     lead = world is None or world.rank == 0  # the one rank that writes, shows progress and runs the hooks
     t0 = time.perf_counter()
-    budget = cfg.train.budget if not resume else 0.0
-    val_seconds = 0.0
-    if budget:  # plan steps and shape for the budget; config.json records the plan
-        cfg, budget_start, val_seconds = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
+    plan = None  # a budget run's plan; config.json records it (a resumed budget run keeps its knots and steps)
+    if cfg.train.budget and not resume:
+        plan = plan_budget(cfg, dataset, device, evals=lambda c: _n_evals(c.train, dataset))
+    while True:
+        try:
+            return _run(cfg if plan is None else plan.cfg, dataset, device, world, lead, out_dir, progress, hooks,
+                        resume, force, t0, plan)
+        except Reshaped as r:  # the loop's own rate buys another shape: start over in it, on the budget's clock
+            if lead:
+                print(r.note, file=sys.stderr)
+            plan, force = dataclasses.replace(r.plan, started=plan.started), True  # its directory begun: ours
+
+
+def _run(cfg: RunConfig, dataset: Dataset, device: torch.device, world: distributed.World | None, lead: bool,
+         out_dir: str | Path | None, progress: bool, hooks: tuple[StepHook, ...], resume: bool, force: bool,
+         t0: float, plan: BudgetPlan | None) -> TrainResult:
+    """`train` once its data is prepared and a budget planned (`plan`: its steps and shape)."""
+    budget = 0.0 if plan is None else plan.budget
+    if plan is not None:
         every = resolve_eval_every(cfg.train, *eval_positions(dataset))  # as planned: the re-plans move the steps
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget=0.0, eval_every=every))
     g = torch.Generator().manual_seed(cfg.train.seed)
@@ -342,7 +357,8 @@ def train(
             window=resolve_sync_every(tc, device) if isinstance(train_step, EagerStep) else 1,
             bar=tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), mininterval=0.5,
                      dynamic_ncols=True),
-            follow_clock=val_seconds if budget else None,  # a resumed budget run keeps its knots and steps
+            follow_clock=None if plan is None else plan.val_seconds,
+            reshape=None if plan is None else plan.reshape,
         )
         t_loop = time.perf_counter()
         if world is None:
@@ -382,8 +398,10 @@ def train(
         if run_dir is not None and lead:  # a run stopped early rewrites config.json: it records the steps taken
             _write_run(run_dir, state, summary, model, keep_config=resume and not (tc.schedule_steps or tc.knots))
         if budget:  # what the budget's clock counted, the run directory written; start-up before it
-            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - budget_start,
-                           startup_seconds=budget_start - t0, time_limit=tc.time_limit)
+            summary.update(budget_seconds=budget, budget_used=time.perf_counter() - plan.started,
+                           startup_seconds=plan.started - t0, time_limit=tc.time_limit)
+            if plan.reshaped is not None:
+                summary["reshaped"] = plan.reshaped
             if run_dir is not None:
                 write_json(run_dir.path / SUMMARY, summary)
     return TrainResult(model, dataset, cfg, state.losses.tolist(), summary, None if run_dir is None else run_dir.path)
@@ -627,13 +645,17 @@ class TrainLoop:
 
     def __init__(self, tc: TrainConfig, train_step: StepFn, state: TrainState, model: LanguageModel,
                  saver: CheckpointSaver | None, *, eval_every: int, val_loss: Callable[[], float],
-                 hooks: tuple[StepHook, ...], window: int, bar: tqdm, follow_clock: float | None = None) -> None:
+                 hooks: tuple[StepHook, ...], window: int, bar: tqdm, follow_clock: float | None = None,
+                 reshape: Reshaper | None = None) -> None:
         self.tc, self.train_step, self.state, self.model, self.saver = tc, train_step, state, model, saver
         self.eval_every, self.val_loss, self.hooks, self.window, self.bar = eval_every, val_loss, hooks, window, bar
         self.lr = schedule_of(tc)
         # a budget run's schedule follows the clock (`_replan`): the seconds a val evaluation is
         # expected to take until one is measured; None: the steps stay as configured
         self.follow_clock = follow_clock if tc.time_limit and tc.knots else None
+        # a shape the rule chose from the calibration, chosen again once from the loop's own rate (`_replan`)
+        self.reshape = reshape if self.follow_clock is not None else None
+        self._started = math.nan  # the loop's start, a perf_counter()
         self.eval_seconds, self.evals = 0.0, 0  # the loop's val evaluations: their time, their count
         self._samples: collections.deque[tuple[float, int, float]] = collections.deque()  # (clock, step, eval_seconds)
         signals = None if saver is None else saver.signals  # without a run directory no signal is caught
@@ -646,7 +668,7 @@ class TrainLoop:
         st, window = self.state, self.window
         checked_step, after_window = self._checked_step, self._after_window  # bound once: the loop is hot
         clock = time.perf_counter
-        started = clock()
+        self._started = started = clock()
         deadline = started + self.tc.time_limit if self.tc.time_limit else math.inf
         every = math.inf if self.follow_clock is None else replan_seconds(self.tc.time_limit)
         self._samples.append((started, st.step, 0.0))
@@ -654,13 +676,18 @@ class TrainLoop:
         due = sys.maxsize  # or the step: a machine that sped up past the plan's rate re-plans before its time
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
-                while st.step < self.tc.steps:  # a re-plan moves the end
+                # a re-plan moves the end; a plan's end reached with more than two re-plans' time left (a
+                # calibration far slower than the loop) is re-planned from the rate since the last re-plan
+                while st.step < self.tc.steps or (self.follow_clock is not None and deadline - clock() > 2 * every):
                     if self._hook_stop or ((now := clock()) >= check and now >= deadline):  # the time limit: finished
                         self._stop_on_time()
                         break
-                    if now >= check or st.step >= due:  # a re-plan is due
-                        due = self._replan(now, deadline - now, every, st.step >= due and now < check)
+                    if now >= check or st.step >= min(due, self.tc.steps):  # a re-plan is due
+                        sped_up = st.step >= min(due, self.tc.steps) and now < check
+                        due = self._replan(now, deadline - now, every, sped_up)
                         check = min(deadline, now + every)
+                        if st.step >= self.tc.steps:
+                            break
                     first = st.step
                     if window == 1 or (end := self._window_end(first)) == first + 1:
                         st.lr = lr = self.lr(first)
@@ -691,6 +718,10 @@ class TrainLoop:
         if st.step <= s0 or busy <= 0:
             return sys.maxsize
         rate = (st.step - s0) / busy
+        if self.reshape is not None and now - self._started >= RESHAPE_AT * tc.time_limit:
+            reshape, self.reshape = self.reshape, None  # once
+            if (reshaped := reshape(rate, left, now - self._started)) is not None:
+                raise reshaped  # `train` starts over in the shape this rate buys
         per_eval = self.eval_seconds / self.evals if self.evals else self.follow_clock
         steps = st.step + replanned_steps(left, rate, per_eval or 0.0, self.eval_every)
         if steps != tc.steps:
