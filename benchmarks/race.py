@@ -138,19 +138,21 @@ def charmlp_run(data: str | None, seconds: float, model: str, threads: int) -> d
 
 
 def table(results: dict) -> str:
-    lines = ["| list | items | budget | charmlp model | charmlp test NLL | peer test NLL | margin | charmlp used |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
-    for _, r in sorted(results["cases"].items()):
+    """docs/budget.md's table: a row per list × budget, the lists by size."""
+    lines = ["| list | items | T | charmlp | charmlp test | peer test | margin | charmlp's clock (steps) | peer steps |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(results["cases"].values(), key=lambda r: (r["items"], r["minutes"])):
         c, p = r.get("charmlp"), r.get("peer")
         if not (c and p):
             continue
         if "error" in c:
-            lines.append(f"| {r['list']} | {r['items']} | {r['minutes']:g} min | refused: {c['error']} | — | "
-                         f"{p['test_loss']:.4f} | | |")
+            lines.append(f"| {r['list']} | {r['items']:,} | {r['minutes']:g} min | refused: {c['error']} | — | "
+                         f"{p['test_loss']:.4f} | | | {p['steps']:,} |")
             continue
-        lines.append(f"| {r['list']} | {r['items']} | {r['minutes']:g} min | {c['model']} (×{c['members']}) | "
-                     f"{c['test_loss']:.4f} | {p['test_loss']:.4f} | {p['test_loss'] - c['test_loss']:+.4f} | "
-                     f"{c['budget_used']:.0f} s |")
+        shape = f"{c['model']} ×{c['members']}" + (f", dropout {c['dropout']:g}" if c["dropout"] else "")
+        lines.append(f"| {r['list']} | {r['items']:,} | {r['minutes']:g} min | {shape} | **{c['test_loss']:.4f}** | "
+                     f"{p['test_loss']:.4f} | {p['test_loss'] - c['test_loss']:+.4f} | "
+                     f"{c['budget_used']:.1f} s ({c['steps']:,}) | {p['steps']:,} |")
     return "\n".join(lines)
 
 
@@ -175,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="minutes, comma-separated")
     ap.add_argument("--models", default="gru", help="charmlp's models, comma-separated (each races the peer)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table", action="store_true", help="print the table of the results file and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                "threads": args.threads}
