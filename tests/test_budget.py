@@ -55,15 +55,21 @@ def test_time_limit_ends_a_finished_run_that_its_config_reproduces(tiny_data, tm
     assert b.losses == a.losses and b.summary["test_loss"] == a.summary["test_loss"]
 
 
-def _fake_calibration(steps_per_s: float):
+def _fake_calibration(steps_per_s: float, member_cost: float = 1.0):
+    """One model steps at `steps_per_s`; m members' step costs 1 + member_cost × (m − 1) of one model's."""
     def calibrate(cfg, dataset, device, seconds, warm=True):
-        return budget.Calibration(steps_per_s / getattr(cfg.model, "members", 1), val_seconds=0.0, eval_fixed=0.0,
+        cost = 1 + member_cost * (getattr(cfg.model, "members", 1) - 1)
+        return budget.Calibration(steps_per_s / cost, val_seconds=0.0, eval_fixed=0.0,
                                   setup_seconds=0.0, ready=time.perf_counter())
     return calibrate
 
 
-def _planned(monkeypatch, tiny_data, steps_per_s: float, **model):
-    monkeypatch.setattr(budget, "calibrate", _fake_calibration(steps_per_s))
+RULE = budget.EnsembleRule(fit_epochs=30.0, max_members=4, dropout=0.1, plain_epochs=10.0, plain_dropout=0.2)
+
+
+def _planned(monkeypatch, tiny_data, steps_per_s: float, member_cost: float = 1.0, **model):
+    monkeypatch.setattr(budget, "calibrate", _fake_calibration(steps_per_s, member_cost))
+    monkeypatch.setitem(budget.RULES, "gru", RULE)
     cfg = RunConfig(DataConfig(path=str(tiny_data)), model_config("gru", n_hidden=16, **model),
                     TrainConfig(batch_size=8, budget=100.0, eval_every=0, optimizer="adamw", lr=0.005))
     cfg, dataset = prepare_data(cfg)
@@ -71,17 +77,25 @@ def _planned(monkeypatch, tiny_data, steps_per_s: float, **model):
 
 
 def test_a_budget_that_overfits_one_model_buys_an_ensemble(monkeypatch, tiny_data):
-    # 240 training items, batches of 8: 3 steps/s for 100 s is 10 epochs (under gru's 30): one model
-    one, rows = _planned(monkeypatch, tiny_data, steps_per_s=3.0)
+    # 240 training items, batches of 8: 2 steps/s for 100 s is 6.7 epochs (under 10): one model, no dropout
+    one, rows = _planned(monkeypatch, tiny_data, steps_per_s=2.0)
     assert rows == 240 and (one.model.members, one.model.dropout, one.train.batch_size) == (1, 0.0, 8)
     loop = 100.0 - budget.END_FIXED
-    assert one.train.steps == pytest.approx(3.0 * loop, abs=2) and one.train.knots == ((0, one.train.steps),)
+    assert one.train.steps == pytest.approx(2.0 * loop, abs=2) and one.train.knots == ((0, one.train.steps),)
     assert one.train.time_limit == pytest.approx(loop, abs=0.2)  # the budget, less nearly nothing spent
+    # 4.5 steps/s: 15 epochs, past the 10 one model sees without over-fitting: one model with dropout
+    plain, _ = _planned(monkeypatch, tiny_data, steps_per_s=4.5)
+    assert (plain.model.members, plain.model.dropout, plain.train.batch_size) == (1, RULE.plain_dropout, 8)
     # 30 steps/s: 100 epochs for one model; 3 members, each on 8 rows of a batch of 24, ~33 epochs each
     ens, _ = _planned(monkeypatch, tiny_data, steps_per_s=30.0)
-    rule = budget.RULES["gru"]
+    rule = RULE
     assert (ens.model.members, ens.model.dropout, ens.train.batch_size) == (3, rule.dropout, 24)
     assert ens.train.steps == pytest.approx(10.0 * loop, abs=5)  # the ensemble's own rate
+    # an ensemble's step that costs half a model more a member (its work batched): 4 members at 12
+    # steps/s see 40 epochs each, past 30: the rule takes the 4, where a cost of m models would give 3
+    batched, _ = _planned(monkeypatch, tiny_data, steps_per_s=30.0, member_cost=0.5)
+    assert (batched.model.members, batched.train.batch_size) == (4, 32)
+    assert batched.train.steps == pytest.approx(12.0 * loop, abs=5)
     # far more: capped at the rule's largest ensemble
     assert _planned(monkeypatch, tiny_data, steps_per_s=3000.0)[0].model.members == rule.max_members
     # --members or --dropout given: the rule leaves the shape alone
@@ -119,8 +133,10 @@ def test_budget_flags(tmp_path):
 
     planned = cfg_of("--model", "gru", "--preset", "budget")
     assert planned.train.budget == 600.0 and planned.model.members == 1  # the rule, not a constant, sizes it
-    best = cfg_of("--model", "gru", "--preset", "best")  # the constant, measured names preset (docs/budget.md: why)
-    assert best.train.budget == 0.0 and best.model.members == 4 and best.train.positions > 0
+    best = cfg_of("--model", "gru", "--preset", "best")  # the gru's best is --budget 10m
+    assert best == planned
+    rnn = cfg_of("--model", "rnn", "--preset", "best")  # the rnn's: still the constant names preset (docs/budget.md)
+    assert rnn.train.budget == 0.0 and rnn.model.members == 6 and rnn.train.positions > 0
     alone = cfg_of("--model", "transformer", "--budget", "90s")  # the `budget` preset's settings
     assert alone.train.budget == 90.0 and alone.train.batch_size == 32 and alone.model.members == 1
     assert cfg_of("--model", "mlp", "--budget", "90s").train.budget == 90.0  # no `budget` preset: `best`'s
@@ -216,35 +232,39 @@ def test_an_interrupted_budget_run_resumes_with_its_knots(tiny_data, tmp_path):
     assert replay.losses == res.losses
 
 
-def _reshaper(planned: int, steps_per_s: dict[int, float], rows: int = 240, batch: int = 8) -> budget.Reshaper:
-    """The Reshaper plan_budget makes for a gru of batch `batch` on `rows` training rows, planned as
-    `planned` members, calibrated at `steps_per_s` (members → steps/s; a val pass of 0.1 s a member)."""
+def _reshaper(planned: tuple[int, float], steps_per_s: dict[int, float], rows: int = 240, batch: int = 8) -> budget.Reshaper:
+    """The Reshaper plan_budget makes for a gru of batch `batch` on `rows` training rows, planned in
+    shape `planned` (members, dropout), calibrated at `steps_per_s` (members → steps/s; a val pass
+    of 0.1 s a member)."""
     cals = {m: budget.Calibration(r, val_seconds=0.1 * m, eval_fixed=0.0, setup_seconds=0.0, ready=0.0)
             for m, r in steps_per_s.items()}
     base = RunConfig(DataConfig(), model_config("gru", n_hidden=16),
                      TrainConfig(batch_size=batch, budget=100.0, eval_every=0, optimizer="adamw", lr=0.005))
-    return budget.Reshaper(base, budget.RULES["gru"], planned, cals, {m: 0.0 for m in cals}, rows, evals=lambda c: 0)
+    return budget.Reshaper(base, RULE, planned, cals, {m: 0.0 for m in cals}, rows, evals=lambda c: 0)
 
 
 def test_the_loops_rate_rechooses_the_shape():
-    rule = budget.RULES["gru"]  # 30 epochs a member, at most 4
-    # calibrated at 3 steps/s (10 epochs in 100 s: one model), the loop steps at 30/s: 90 s left are 90 epochs
-    r = _reshaper(1, {1: 3.0})(rate=30.0, left=90.0, elapsed=6.0)
+    rule = RULE  # 30 epochs a member, at most 4; one model's dropout past 10
+    # calibrated at 2 steps/s (6.7 epochs in 100 s: one model), the loop steps at 30/s: 90 s left are 90 epochs
+    r = _reshaper((1, 0.0), {1: 2.0})(rate=30.0, left=90.0, elapsed=6.0)
     cfg = r.plan.cfg
     assert (cfg.model.members, cfg.model.dropout, cfg.train.batch_size) == (3, rule.dropout, 24)
     # 3 members step at a third of one model's rate now (10/s): the loop's 90 s, less the 3 members' set-up (none)
     assert cfg.train.steps == pytest.approx(900, abs=2) and cfg.train.time_limit == pytest.approx(90.0)
-    assert cfg.train.knots == ((0, cfg.train.steps),) and r.plan.val_seconds == pytest.approx(0.03)  # 3 members' 0.3 s, 10× faster
-    assert r.plan.reshaped == {"from": 1, "to": 3, "after_seconds": 6.0}
-    assert "ensemble of 3" in r.note and "10×" in r.note and "after 6.0 s" in r.note
+    assert cfg.train.knots == ((0, cfg.train.steps),) and r.plan.val_seconds == pytest.approx(0.02)  # 3 members: 0.3 s, 15× faster
+    assert r.plan.reshaped == {"from": [1, 0.0], "to": [3, 0.1], "after_seconds": 6.0}
+    assert "ensemble of 3 (dropout 0.1), not one model;" in r.note and "15×" in r.note and "after 6.0 s" in r.note
     # within a factor 1.25 of the epochs the planned shape gives: it stays (no start over for a few per cent)
-    assert _reshaper(1, {1: 3.0})(rate=3.9, left=90.0, elapsed=6.0) is None  # 11.7 epochs: one model
-    assert _reshaper(2, {1: 30.0, 2: 16.0})(rate=16.0 * 1.2, left=90.0, elapsed=6.0) is None  # 81 epochs: 2 or 3
-    # planned as an ensemble of 4 on a free machine, which then became 8× slower: one model
-    slow = _reshaper(4, {1: 40.0, 4: 12.0})(rate=1.5, left=90.0, elapsed=6.0)
-    assert (slow.plan.cfg.model.members, slow.plan.cfg.model.dropout, slow.plan.cfg.train.batch_size) == (1, 0.0, 8)
+    assert _reshaper((1, 0.0), {1: 3.0})(rate=3.6, left=90.0, elapsed=6.0) is None  # 10.8 epochs: with dropout, or not
+    # 2 members calibrated at 16 steps/s, 3 costed along the line through 1 and 2: 2 or 3 within the band
+    assert _reshaper((2, 0.1), {1: 30.0, 2: 16.0})(rate=16.0, left=90.0, elapsed=6.0) is None
+    # planned as an ensemble of 4 on a free machine, which then became 8× slower: one model, 15 epochs, its dropout
+    slow = _reshaper((4, 0.1), {1: 40.0, 4: 12.0})(rate=1.5, left=90.0, elapsed=6.0)
+    assert (slow.plan.cfg.model.members, slow.plan.cfg.model.dropout, slow.plan.cfg.train.batch_size) == (1, 0.2, 8)
     # one model steps at 40/s calibrated, 8× slower now: 5/s
-    assert slow.plan.cfg.train.steps == pytest.approx(450, abs=2) and "one model" in slow.note
+    assert slow.plan.cfg.train.steps == pytest.approx(450, abs=2) and "buys one model (dropout 0.2)" in slow.note
+    # 3 epochs left: one model without dropout
+    assert _reshaper((4, 0.1), {1: 40.0, 4: 12.0})(rate=0.3, left=90.0, elapsed=6.0).plan.cfg.model.dropout == 0.0
 
 
 def test_a_run_calibrated_on_a_busy_machine_starts_over_as_an_ensemble(tiny_data, tmp_path, monkeypatch, capsys):
@@ -258,8 +278,8 @@ def test_a_run_calibrated_on_a_busy_machine_starts_over_as_an_ensemble(tiny_data
     monkeypatch.setitem(budget.RULES, "gru", budget.EnsembleRule(fit_epochs=0.05, max_members=3, dropout=0.1))
     a = train(_gru_budget(tiny_data), out_dir=tmp_path / "a", progress=False)
     s, recorded = a.summary, read_run_config(tmp_path / "a")[0]
-    assert s.get("reshaped", {}).get("from") == 1 and s["reshaped"]["to"] >= 2, (s, recorded.train)
-    assert (recorded.model.members, recorded.model.dropout) == (s["reshaped"]["to"], 0.1)
+    assert s.get("reshaped", {}).get("from") == [1, 0.0] and s["reshaped"]["to"][0] >= 2, (s, recorded.train)
+    assert [recorded.model.members, recorded.model.dropout] == s["reshaped"]["to"] and recorded.model.dropout == 0.1
     assert recorded.train.batch_size == 16 * recorded.model.members and recorded.train.steps == s["steps"]
     assert "starting over in that shape" in capsys.readouterr().err
     assert 0.9 * s["time_limit"] - 0.3 <= s["loop_seconds"] <= 1.1 * s["time_limit"] + 0.3, s

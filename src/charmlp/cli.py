@@ -163,7 +163,8 @@ PRESET_ABOUT = {
     "seed": "the lectures' setup (mlp, wavenet: 200k steps)",
     "quick": "a short demo run",
     "fast": "the lectures' val loss in a fraction of their time",
-    "best": "the lowest val loss found on names within a 10-minute budget",
+    "best": "the best model in 10 minutes: gru's is --budget 10m (planned from the data and this machine), "
+            "the others' the best found on names in 10 minutes",
     "budget": "what --budget T starts from (rnn, gru, transformer; T = 10m unless given): steps, ensemble and dropout "
               "planned from the data and this machine",
 }
