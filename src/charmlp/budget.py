@@ -8,11 +8,12 @@ The plan, made once at the start of a run (`plan_budget`):
    the budget at that rate, E = steps × batch ÷ training rows. The largest ensemble is calibrated
    too. The budget buys an ensemble of as many members as each still see the epochs E_fit at which
    one model of that kind starts to over-fit (measured on names), at the ensemble's own rate (each
-   member on its own `batch`-row share), with the rule's dropout; below it, one model trained for all the budget (with `plain_dropout` past
-   `plain_epochs`). The chosen ensemble is calibrated. `--members` or `--dropout` given: the rule
-   leaves both alone. The loop chooses again, once, from its own rate after `RESHAPE_AT` of its time (`Reshaper`: a calibration beside
-   other jobs is no measure of ten minutes), and where that buys another shape the run starts over
-   in it (`Reshaped`), on the same budget clock.
+   member on its own `batch`-row share), with the rule's dropout; below it, one model trained for
+   all the budget (with `plain_dropout` past `plain_epochs`). The chosen ensemble is calibrated.
+   `--members` or `--dropout` given: the rule leaves both alone. The loop chooses again, once,
+   from its own rate after `RESHAPE_AT` of its time (`Reshaper`: a calibration beside other jobs
+   is no measure of ten minutes), and where that buys another shape the run starts over in it
+   (`Reshaped`), on the same budget clock.
 3. **Plan the steps**: the loop's time L = budget − what the calibration spent − the end of the run
    (`final_losses` with `budget_train_items`, estimated from the val pass); steps = rate × (L − the
    periodic val evaluations). The learning-rate schedule is one of the progress p ∈ [0, 1], which
@@ -258,13 +259,14 @@ class Reshaper:
     made while other jobs held the cores buys one model, which over-fits once the machine is free,
     and one made on a free machine can buy an ensemble too slow to see its epochs once it is busy.
     The step's and the val pass's seconds of a shape of m members are those calibrated
-    (`_interpolated`), times the machine's load now (the loop's step time over the calibrated one). The planned shape stays
-    where the rule would give it for epochs within a factor RESHAPE_BAND of those estimated."""
+    (`_interpolated`), times the machine's load now (the loop's step time over the calibrated one).
+    The planned shape stays where the rule would give it for epochs within a factor RESHAPE_BAND
+    of those estimated."""
 
     base: RunConfig  # the configuration the rule shaped: one model, no dropout, the budget's
     rule: EnsembleRule
     shape: tuple[int, float]  # the planned one: members, dropout
-    cals: dict[int, Calibration]  # members → its calibration: one model's, and the planned ensemble's
+    cals: dict[int, Calibration]  # members → its calibration: one model's, the largest ensemble's, the planned one's
     ends: dict[int, float]  # members → the end of the run's seconds, calibrated
     rows: int  # training rows
     evals: Callable[[RunConfig], int]

@@ -673,7 +673,9 @@ class TrainLoop:
         every = math.inf if self.follow_clock is None else replan_seconds(self.tc.time_limit)
         self._samples.append((started, st.step, 0.0))
         check = min(deadline, started + every)  # the next time the clock is read for more than the deadline
-        due = sys.maxsize  # or the step: a machine that sped up past the plan's rate re-plans before its time
+        # or the step: a machine that sped up past the plan's rate re-plans before its time, at the latest at
+        # the plan's end
+        due = self.tc.steps
         with contextlib.nullcontext() if self.saver is None else self.saver.signals.catching():
             try:
                 # a re-plan moves the end; a plan's end reached with more than two re-plans' time left (a
@@ -682,9 +684,8 @@ class TrainLoop:
                     if self._hook_stop or ((now := clock()) >= check and now >= deadline):  # the time limit: finished
                         self._stop_on_time()
                         break
-                    if now >= check or st.step >= min(due, self.tc.steps):  # a re-plan is due
-                        sped_up = st.step >= min(due, self.tc.steps) and now < check
-                        due = self._replan(now, deadline - now, every, sped_up)
+                    if now >= check or st.step >= due:  # a re-plan is due
+                        due = min(self.tc.steps, self._replan(now, deadline - now, every, st.step >= due and now < check))
                         check = min(deadline, now + every)
                         if st.step >= self.tc.steps:
                             break
